@@ -1,0 +1,73 @@
+"""Shared fixtures: real servers on 127.0.0.1 and clients that are always stopped."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+import wsbridge
+from wsbridge.testing import Server
+
+
+class Collector:
+    """A subscriber / signal receiver that records what it gets and lets a
+    test wait, on a condition, until enough arrived."""
+
+    def __init__(self) -> None:
+        self.items: List[Any] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        item = kwargs if kwargs else args[0]
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify_all()
+
+    def wait(self, n: int = 1, timeout: float = 10.0) -> List[Any]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.items) >= n, timeout)
+            assert ok, f"waited {timeout} s for {n} item(s), got {len(self.items)}: {self.items[:5]!r}"
+            return list(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@pytest.fixture
+def collector() -> Callable[[], Collector]:
+    return Collector
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with Server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., wsbridge.Client]]:
+    """Build clients; every one is stopped at teardown and must leave no thread behind."""
+    clients: List[wsbridge.Client] = []
+
+    def make(url: str, **kwargs: Any) -> wsbridge.Client:
+        kwargs.setdefault("backoff", wsbridge.Backoff(initial=0.05, max_delay=0.2, jitter=0))
+        client = wsbridge.Client(url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        assert client.stop(timeout=10), f"{client.name} left threads running"
+        leftovers = [t.name for t in threading.enumerate() if t.name.startswith(client.name + "-")]
+        assert not leftovers, f"threads outlived {client.name}: {leftovers}"

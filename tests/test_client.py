@@ -1,0 +1,323 @@
+"""The client end to end, against a real WebSocket server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+import wsbridge
+from wsbridge import Message, PipeCodec, RawCodec
+from wsbridge.testing import Server
+
+
+def test_connects_receives_in_order_and_stops_cleanly(server, make_client, collector):
+    got = collector()
+    client = make_client(server.url)
+    client.on("tick", got)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send_many({"type": "tick", "seq": i} for i in range(1, 2001))
+    items = got.wait(2000)
+    assert [m.seq for m in items] == list(range(1, 2001))
+    assert all(isinstance(m, Message) and m.received_at for m in items)
+    assert client.stop(timeout=10)
+    assert all(not t.is_alive() for t in client.threads())
+    assert client.state == "stopped"
+
+
+def test_context_manager_starts_and_stops(server):
+    with wsbridge.Client(server.url) as client:
+        client.wait_connected(timeout=10)
+        threads = client.threads()
+        assert {t.name.rsplit("-", 1)[-1] for t in threads} >= {"supervisor", "dispatcher"}
+        assert all(t.name.startswith(client.name) for t in threads)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_dispatch_by_type_and_on_any(server, make_client, collector):
+    chats, trades, everything = collector(), collector(), collector()
+    client = make_client(server.url)
+
+    @client.on("chat")
+    def on_chat(msg):
+        chats(msg)
+
+    client.on("trade", trades)
+    client.on_any(everything)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "body": "a"}, {"type": "trade", "px": 1}, {"type": "other"}, {"type": "chat", "body": "b"})
+    everything.wait(4)
+    assert [m.payload["body"] for m in chats.wait(2)] == ["a", "b"]
+    assert [m.payload["px"] for m in trades.wait(1)] == [1]
+    assert [m.type for m in everything.items] == ["chat", "trade", "other", "chat"]
+    assert client.off(on_chat) == 1
+    server.send({"type": "chat", "body": "c"})
+    everything.wait(5)
+    assert len(chats) == 2
+
+
+def test_a_subscriber_that_raises_is_reported_and_others_still_get_the_message(server, make_client, collector):
+    good, errors = collector(), collector()
+    client = make_client(server.url)
+
+    def broken(msg):
+        raise RuntimeError(f"boom on {msg.payload['n']}")
+
+    client.on("x", broken)
+    client.on("x", good)
+    client.signals.error.connect(errors)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send(*({"type": "x", "n": i} for i in range(3)))
+    assert [m.payload["n"] for m in good.wait(3)] == [0, 1, 2]
+    reports = errors.wait(3)
+    assert [r["context"] for r in reports] == ["subscriber"] * 3
+    assert str(reports[0]["error"]) == "boom on 0" and reports[0]["subscriber"] is broken
+    assert client.stats.subscriber_errors == 3
+
+
+def test_a_subscriber_error_without_error_receivers_is_logged(server, make_client, collector, caplog):
+    done = collector()
+    client = make_client(server.url)
+    client.on("x", lambda msg: 1 / 0)
+    client.on("x", done)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    with caplog.at_level(logging.ERROR, logger="wsbridge"):
+        server.send({"type": "x"})
+        done.wait(1)
+        client.stop()
+    assert any("ZeroDivisionError" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+def test_malformed_frames_are_reported_and_the_stream_goes_on(make_client, collector):
+    with Server(codec=PipeCodec()) as server:
+        good, errors = collector(), collector()
+        client = make_client(server.url, codec=PipeCodec())
+        client.on("chat", good)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send(
+            ("chat|2|ok", False),
+            ('chat|15|"Hello world!"', False),
+            (b"chat|2|\xff\xfe", False),  # a text frame that is not UTF-8
+            ("chat|5|again", False),
+        )
+        assert [m.payload for m in good.wait(2)] == ["ok", "again"]
+        reports = errors.wait(2)
+        assert [r["context"] for r in reports] == ["decode", "decode"]
+        assert isinstance(reports[0]["error"], wsbridge.ProtocolError)
+        assert "15" in str(reports[0]["error"]) and reports[0]["frame"] == b'chat|15|"Hello world!"'
+        assert client.stats.protocol_errors == 2
+
+
+def test_pipe_frames_with_several_messages_and_binary_frames(make_client, collector):
+    codec = PipeCodec(fixed={"tick": 3})
+    with Server(codec=codec) as server:
+        got = collector()
+        client = make_client(server.url, codec=codec)
+        client.on_any(got)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send(codec.encode_many([Message("chat", "a|b"), Message("tick", "123"), Message("chat", "é")]))
+        server.send(codec.encode(Message("blob", b"\x00\x01|")))
+        items = got.wait(4)
+        assert [(m.type, m.payload) for m in items] == [("chat", "a|b"), ("tick", "123"), ("chat", "é"), ("blob", b"\x00\x01|")]
+
+
+def test_raw_codec_text_and_binary_both_ways(make_client):
+    with Server(codec=RawCodec(), echo=True) as server:
+        client = make_client(server.url, codec=RawCodec())
+        client.start().wait_connected(timeout=10)
+        client.send("héllo")
+        client.send(b"\x00\xffdata")
+        first, second = client.recv(timeout=10), client.recv(timeout=10)
+        assert (first.type, first.payload) == ("text", "héllo")
+        assert (second.type, second.payload) == ("binary", b"\x00\xffdata")
+        frames = server.wait_received(2)
+        assert [(f.data, f.binary) for f in frames] == [("héllo", False), (b"\x00\xffdata", True)]
+
+
+def test_send_encodes_dicts_and_messages_through_the_codec(server, make_client):
+    client = make_client(server.url)
+    client.start().wait_connected(timeout=10)
+    client.send({"type": "chat", "body": "hi"})
+    client.send(Message("chat", {"body": "there"}, seq=2))
+    server.wait_received(2)
+    assert [(m.type, m.payload.get("body"), m.seq) for m in server.received_messages()] == [
+        ("chat", "hi", None),
+        ("chat", "there", 2),
+    ]
+    with pytest.raises(TypeError):
+        client.send(12345)  # type: ignore[arg-type]
+
+
+def test_send_from_many_threads_keeps_each_threads_order(server, make_client):
+    client = make_client(server.url)
+    client.start().wait_connected(timeout=10)
+    barrier = threading.Barrier(8)
+
+    def worker(k):
+        barrier.wait(timeout=10)
+        for i in range(200):
+            client.send({"type": "m", "t": k, "i": i})
+
+    threads = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    server.wait_received(1600)
+    per_thread = {}
+    for m in server.received_messages():
+        per_thread.setdefault(m.payload["t"], []).append(m.payload["i"])
+    assert per_thread == {k: list(range(200)) for k in range(8)}
+
+
+def test_sends_before_start_are_buffered_and_flushed_in_order(server, make_client):
+    client = make_client(server.url)
+    for i in range(50):
+        client.send({"type": "early", "i": i})
+    assert client.stats.outbox == 50
+    client.start().wait_connected(timeout=10)
+    client.send({"type": "late"})
+    server.wait_received(51)
+    assert [m.payload.get("i") for m in server.received_messages()] == list(range(50)) + [None]
+    assert client.stats.flushed == 50 and client.stats.outbox == 0
+
+
+def test_pull_api_recv_timeout_and_order(server, make_client):
+    client = make_client(server.url)
+    client.start().wait_connected(timeout=10)
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.05)
+    server.send({"type": "a", "n": 1}, {"type": "b", "n": 2})
+    assert [client.recv(timeout=10).payload["n"] for _ in range(2)] == [1, 2]
+
+
+def test_wait_for_and_messages_leave_other_types_buffered(server, make_client):
+    client = make_client(server.url)
+    client.start().wait_connected(timeout=10)
+    server.send(
+        {"type": "chat", "n": 1}, {"type": "ack", "id": 7}, {"type": "chat", "n": 2}, {"type": "ack", "id": 8}, {"type": "done"}
+    )
+    ack = client.wait_for("ack", lambda m: m.payload["id"] == 8, timeout=10)
+    assert ack.payload["id"] == 8
+    assert client.wait_for("done", timeout=10).type == "done"
+    chats = list(client.messages(types={"chat"}, timeout=0.2))
+    assert [m.payload["n"] for m in chats] == [1, 2]
+    assert client.recv(timeout=10).payload == {"type": "ack", "id": 7}
+    with pytest.raises(TimeoutError, match="of type ack"):
+        client.wait_for("ack", timeout=0.05)
+
+
+def test_pull_api_ends_when_the_client_stops(server, make_client):
+    client = make_client(server.url)
+    client.start().wait_connected(timeout=10)
+    server.send({"type": "last"})
+    client.wait_for("last", timeout=10)
+    server.send({"type": "after"})
+    server.ping()
+    client.stop()
+    assert [m.type for m in client.messages(timeout=5)] == ["after"]
+    with pytest.raises(wsbridge.ClientClosed):
+        client.recv(timeout=5)
+    with pytest.raises(wsbridge.ClientClosed):
+        client.send("too late")
+
+
+def test_pull_buffer_drop_oldest_is_counted(server, make_client):
+    client = make_client(server.url, pull_buffer=10)
+    client.start().wait_connected(timeout=10)
+    server.send_many({"type": "n", "i": i} for i in range(25))
+    server.ping()
+    client.wait_for("n", lambda m: m.payload["i"] == 24, timeout=10)
+    assert client.stats.pull_dropped == 15
+    assert [m.payload["i"] for m in client.messages(timeout=0.1)] == list(range(15, 24))
+
+
+def test_a_slow_subscriber_does_not_stall_the_socket(server, make_client):
+    release = threading.Event()
+    client = make_client(server.url)
+    client.on("slow", lambda msg: release.wait(30))
+    client.start().wait_connected(timeout=10)
+    server.send({"type": "slow"})
+    server.send_many({"type": "fast", "i": i} for i in range(500))
+    # The client answers pings on its reader thread: once this returns,
+    # every frame sent before the ping has been read and decoded.
+    server.ping(timeout=10)
+    stats = client.stats
+    assert stats.received == 501 and stats.dispatched <= 1
+    release.set()
+    client.wait_for("fast", lambda m: m.payload["i"] == 499, timeout=10)
+
+
+def test_stop_delivers_what_was_already_received(server, make_client, collector):
+    got = collector()
+    gate = threading.Event()
+    client = make_client(server.url)
+    client.on("m", lambda msg: gate.wait(30))
+    client.on("m", got)
+    client.start().wait_connected(timeout=10)
+    server.send_many({"type": "m", "i": i} for i in range(100))
+    server.ping()
+    threading.Timer(0.05, gate.set).start()
+    assert client.stop(timeout=10)
+    assert [m.payload["i"] for m in got.items] == list(range(100))
+
+
+def test_wait_connected_times_out_with_the_last_error(make_client, free_port):
+    client = make_client(f"ws://127.0.0.1:{free_port}/")
+    client.start()
+    with pytest.raises(TimeoutError, match="ConnectionRefused"):
+        client.wait_connected(timeout=0.5)
+    assert client.stats.connect_attempts >= 1
+
+
+def test_a_refused_handshake_gives_up_at_once(make_client, collector):
+    with Server(reject_status=401) as server:
+        gave_up = collector()
+        client = make_client(server.url)
+        client.signals.gave_up.connect(gave_up)
+        client.start()
+        with pytest.raises(wsbridge.ConnectError, match="401"):
+            client.wait_connected(timeout=10)
+        gave_up.wait(1)
+        assert server.handshakes_refused == 1
+        assert client.state == "gave_up"
+        with pytest.raises(wsbridge.ClientClosed):
+            client.recv(timeout=1)
+
+
+def test_lifecycle_signals(server, make_client, collector):
+    connected, disconnected = collector(), collector()
+    client = make_client(server.url)
+    client.signals.connected.connect(connected)
+    client.signals.disconnected.connect(disconnected)
+    client.start().wait_connected(timeout=10)
+    connected.wait(1)
+    server.close_clients(code=1001, reason="going away")
+    report = disconnected.wait(1)[0]
+    assert (report["code"], report["reason"]) == (1001, "going away")
+
+
+def test_invalid_configuration_is_a_clear_error():
+    with pytest.raises(ValueError, match="ping_interval .* greater than ping_timeout"):
+        wsbridge.Client("ws://127.0.0.1:1/", ping_interval=5, ping_timeout=10)
+    with pytest.raises(ValueError, match="ws:// or wss://"):
+        wsbridge.Client("http://127.0.0.1:1/?token=secret")
+    try:
+        wsbridge.Client("http://u:pw@127.0.0.1:1/?token=secret")
+    except ValueError as exc:
+        assert "secret" not in str(exc) and "pw" not in str(exc)
+
+
+def test_stats_and_repr_hide_secrets(server, make_client):
+    client = make_client(server.url + "?token=s3cr3t&room=1", headers={"Authorization": "Bearer s3cr3t"})
+    client.start().wait_connected(timeout=10)
+    assert "s3cr3t" not in repr(client) and "room=1" in repr(client)
+    assert "s3cr3t" not in repr(client.stats)

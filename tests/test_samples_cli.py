@@ -1,0 +1,55 @@
+"""The samples and the command line, run as a user runs them (subprocesses)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, timeout=60):
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def test_sample_chat_callbacks():
+    result = run("samples/chat_callbacks.py")
+    assert result.returncode == 0, result.stderr
+    assert "*** ada joined" in result.stdout
+    assert "ada: bye" in result.stdout
+    assert "received 4 messages" in result.stdout
+
+
+def test_sample_chat_pull():
+    result = run("samples/chat_pull.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [l.split(": ", 1)[1] for l in lines[:5]] == [f"message {i}" for i in range(1, 6)]
+    assert "me: hello?" in result.stdout
+    assert "presence: {'type': 'presence', 'who': 'bot', 'online': False}" in result.stdout
+
+
+def test_demo_runs_and_tallies():
+    result = run("-m", "wsbridge", "demo", "--burst", "3000")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "alice: hello, is the feed live?" in out
+    assert "ALERT  ACME up 0.7% in one tick" in out
+    assert re.search(r"^\s+tick\s+3,000$", out, re.M)
+    assert "0 protocol errors, 0 subscriber errors" in out
+    assert "messages/s" in out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]])
+def test_help(args):
+    result = run("-m", "wsbridge", *args)
+    assert result.returncode == 0 and "usage: wsbridge" in result.stdout
+
+
+def test_no_command_prints_help_and_exits_2():
+    result = run("-m", "wsbridge")
+    assert result.returncode == 2 and "COMMAND" in result.stdout

@@ -1,0 +1,38 @@
+"""wsbridge: live WebSocket data for synchronous Python.
+
+    import wsbridge
+
+    with wsbridge.Client("ws://127.0.0.1:8765/feed") as client:
+        client.wait_connected(timeout=5)
+        for msg in client.messages(types={"chat"}, timeout=10):
+            print(msg.payload)
+"""
+
+from .backoff import NO_RETRY, Backoff
+from .client import Client
+from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
+from .errors import ClientClosed, ConnectError, OutboxFull, ProtocolError, WsbridgeError
+from .message import Message
+from .outbox import Outbox
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientClosed",
+    "Codec",
+    "ConnectError",
+    "JsonCodec",
+    "Message",
+    "NO_RETRY",
+    "Outbox",
+    "OutboxFull",
+    "PipeCodec",
+    "ProtocolError",
+    "RawCodec",
+    "Stats",
+    "WsbridgeError",
+    "codec_by_name",
+]

@@ -1,0 +1,250 @@
+"""One connection attempt: a websocket-client `WebSocketApp` and its reader thread.
+
+The supervisor makes a new `Connection` for every attempt, so no state leaks
+from one socket to the next. websocket-client's own reconnect loop stays off
+(it sleeps a fixed time and never reports the drop); so does its UTF-8 check
+(pure Python without ``wsaccel``; codecs decode strictly themselves), which is
+why text frames arrive here as bytes and ``on_data`` tells text from binary.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import websocket
+from websocket import ABNF
+
+try:  # POSIX: ask the kernel how many bytes wait, without reading them
+    import fcntl
+    import termios
+
+    def _bytes_waiting(raw: socket.socket) -> int:
+        return struct.unpack("i", fcntl.ioctl(raw.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+except ImportError:  # pragma: no cover - Windows: always wake at once
+
+    def _bytes_waiting(raw: socket.socket) -> int:
+        return 0
+
+log = logging.getLogger("wsbridge")
+
+try:
+    import ssl
+
+    ssl_socket_types: tuple = (ssl.SSLSocket,)
+except ImportError:  # pragma: no cover
+    ssl_socket_types = ()
+
+OPCODE_BINARY = ABNF.OPCODE_BINARY
+OPCODE_TEXT = ABNF.OPCODE_TEXT
+
+
+class Connection:
+    """A single WebSocket connection, run by one named reader thread.
+
+    ``on_frame(data, binary)`` runs on the reader thread for every complete
+    data frame; ``on_end(conn)`` once, when the reader thread is about to exit.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_frame: Callable[[bytes, bool], None],
+        on_open: Callable[["Connection"], None],
+        on_end: Callable[["Connection"], None],
+        on_drained: Callable[[], None] = lambda: None,
+        headers: Optional[Union[Dict[str, str], List[str]]] = None,
+        sslopt: Optional[Dict[str, Any]] = None,
+        subprotocols: Optional[List[str]] = None,
+        ping_interval: float = 0,
+        ping_timeout: Optional[float] = None,
+        io_timeout: Optional[float] = None,
+        name: str = "wsbridge-reader",
+    ) -> None:
+        self.url = url
+        self._on_frame = on_frame
+        self._on_open_cb = on_open
+        self._on_end = on_end
+        self._on_drained = on_drained
+        self._raw: Optional[socket.socket] = None
+        self._sslopt = sslopt
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._io_timeout = io_timeout
+        if isinstance(headers, dict):
+            headers = [f"{k}: {v}" for k, v in headers.items()]
+        self.app = websocket.WebSocketApp(
+            url,
+            header=headers,
+            on_open=self._handle_open,
+            on_data=self._handle_data,
+            on_error=self._handle_error,
+            on_close=self._handle_close,
+            on_ping=self._handle_control,
+            on_pong=self._handle_control,
+            subprotocols=subprotocols,
+        )
+        self.opened = threading.Event()
+        self.ended = threading.Event()
+        self.opened_at: Optional[float] = None
+        self.last_frame_at = time.monotonic()
+        self.close_code: Optional[int] = None
+        self.close_reason: Optional[str] = None
+        self.error: Optional[BaseException] = None
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- reader thread -------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.app.run_forever(
+                sslopt=self._sslopt,
+                ping_interval=self._ping_interval,
+                ping_timeout=self._ping_timeout,
+                skip_utf8_validation=True,
+                reconnect=0,
+            )
+        except BaseException as exc:  # run_forever re-raises KeyboardInterrupt/SystemExit
+            if self.error is None:
+                self.error = exc
+        finally:
+            self.ended.set()
+            try:
+                self._on_end(self)
+            except Exception:
+                log.exception("wsbridge: connection end handler failed")
+
+    def _handle_open(self, app: websocket.WebSocketApp) -> None:
+        raw = app.sock.sock if app.sock else None
+        if raw is not None and self._io_timeout:
+            # Bound every blocking send and every partial-frame read: a peer
+            # that stops reading or stalls mid-frame is dead, not slow.
+            raw.settimeout(self._io_timeout)
+        self._raw = raw
+        self.opened_at = self.last_frame_at = time.monotonic()
+        self.opened.set()
+        self._on_open_cb(self)
+
+    def _handle_data(self, app: websocket.WebSocketApp, data: bytes, opcode: int, fin: bool) -> None:
+        self.last_frame_at = time.monotonic()
+        if opcode == OPCODE_TEXT:
+            self._on_frame(data, False)
+        elif opcode == OPCODE_BINARY:
+            self._on_frame(data, True)
+        if not self._next_frame_here():
+            self._on_drained()
+
+    def _next_frame_here(self) -> bool:
+        """Is the whole next frame already received, so that reading it
+        will not block? Then the dispatcher need not be woken yet.
+
+        websocket-client reads exactly one frame at a time, so the bytes the
+        kernel holds start with the next frame's header: peek at it and
+        compare the frame's length with what is there. A partly received
+        frame (or anything unclear, such as TLS) wakes the dispatcher, so a
+        message never waits for a later, slow frame.
+        """
+        raw = self._raw
+        if raw is None or isinstance(raw, ssl_socket_types):
+            return False
+        try:
+            waiting = _bytes_waiting(raw)
+            if waiting < 2:
+                return False
+            head = raw.recv(min(waiting, 10), socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return False
+        if len(head) < 2:
+            return False
+        size = head[1] & 0x7F
+        mask = 4 if head[1] & 0x80 else 0
+        if size == 126:
+            if len(head) < 4:
+                return False
+            need = 4 + mask + int.from_bytes(head[2:4], "big")
+        elif size == 127:
+            if len(head) < 10:
+                return False
+            need = 10 + mask + int.from_bytes(head[2:10], "big")
+        else:
+            need = 2 + mask + size
+        return waiting >= need
+
+    def _handle_control(self, app: websocket.WebSocketApp, data: bytes) -> None:
+        self.last_frame_at = time.monotonic()
+        if not self._next_frame_here():
+            self._on_drained()
+
+    def _handle_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
+        if self.error is None and not self.closing:
+            self.error = exc
+        # The connection is over. Cut the socket now so websocket-client's
+        # teardown does not wait 3 s for a close frame from a dead peer.
+        self.abort()
+
+    def _handle_close(self, app: websocket.WebSocketApp, code: Optional[int], reason: Optional[str]) -> None:
+        self.close_code = code
+        self.close_reason = reason
+        if code is not None and isinstance(self.error, websocket.WebSocketConnectionClosedException):
+            # websocket-client reports every close frame on on_error too; a
+            # close with a code is an orderly end, described by code and reason.
+            self.error = None
+
+    # -- any thread ----------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.opened.is_set() and not self.ended.is_set()
+
+    def send(self, data: Union[str, bytes], binary: bool) -> None:
+        """Write one frame; raises if the socket did not take all of it."""
+        ws = self.app.sock
+        if ws is None:
+            raise websocket.WebSocketConnectionClosedException("connection is closed")
+        if ws.send(data, OPCODE_BINARY if binary else OPCODE_TEXT) == 0:
+            raise websocket.WebSocketConnectionClosedException("connection is closed")
+
+    def ping_overdue(self, now_wall: float) -> bool:
+        """Has a ping gone unanswered for longer than ``ping_timeout``?"""
+        if not self._ping_timeout:
+            return False
+        last_ping = self.app.last_ping_tm
+        return bool(last_ping) and self.app.last_pong_tm < last_ping and now_wall - last_ping > self._ping_timeout
+
+    def close(self, code: int = 1000, reason: str = "", wait: float = 1.0) -> None:
+        """Close politely: send a close frame, wait up to ``wait`` s for the
+        peer's, then cut the socket. Joins nothing; see `join`."""
+        self.closing = True
+        ws = self.app.sock
+        if ws is not None and self.opened.is_set():
+            try:
+                ws.send_close(code, reason.encode("utf-8"))
+            except Exception:
+                pass
+            if self.ended.wait(wait):
+                return
+        self.abort()
+
+    def abort(self) -> None:
+        """Cut the TCP connection at once; the reader thread then ends."""
+        self.app.keep_running = False
+        ws = self.app.sock
+        raw = ws.sock if ws is not None else None
+        if raw is not None:
+            try:
+                raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        return not self.thread.is_alive()

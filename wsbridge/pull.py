@@ -1,0 +1,164 @@
+"""The pull API's buffer: blocking ``recv`` for scripts that do not want callbacks.
+
+The dispatcher adds each batch under one lock acquisition. Consumers take
+the oldest message, optionally filtered by type or predicate; a filtered take
+leaves non-matching messages in place for later calls, so ``wait_for("ack")``
+never eats a ``chat`` message that ``recv()`` would have returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable, Collection, Deque, Iterable, Optional
+
+from .errors import ClientClosed
+from .message import Message
+
+log = logging.getLogger("wsbridge")
+
+PULL_POLICIES = ("drop_oldest", "block")
+
+Predicate = Callable[[Message], bool]
+
+
+class PullBuffer:
+    """Bounded buffer of received messages for `recv`, `messages` and `wait_for`.
+
+    ``overflow="drop_oldest"`` (default): when full, the oldest message is
+    discarded and counted in ``dropped``, so a program that only uses
+    callbacks never stalls on a buffer nobody reads. The buffer is full at
+    ``maxsize`` messages or ``max_bytes`` of frame data, whichever comes first
+    (a message counts the size of the frame it came in). ``overflow="block"``:
+    the dispatcher waits for a reader, which in turn makes the socket reader
+    wait (TCP backpressure) — lossless, for programs that pull every message.
+    """
+
+    def __init__(self, maxsize: int = 10_000, overflow: str = "drop_oldest", max_bytes: int = 16 * 1024 * 1024) -> None:
+        if maxsize < 0:
+            raise ValueError("pull buffer maxsize must be >= 0 (0 disables it)")
+        if overflow not in PULL_POLICIES:
+            raise ValueError(f"pull overflow policy must be one of {PULL_POLICIES}, not {overflow!r}")
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self._bytes = 0
+        self._items: Deque[Message] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._unbounded = False
+        self.dropped = 0
+        self._pulling = False
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def enabled(self) -> bool:
+        return self.maxsize > 0
+
+    def extend(self, messages: Iterable[Message]) -> int:
+        """Add messages (dispatcher thread); return how many old ones were dropped."""
+        dropped = 0
+        items = self._items
+        with self._cond:
+            for message in messages:
+                size = len(message.raw) if message.raw is not None else 0
+                if self._full(size):
+                    if self.overflow == "block":
+                        while self._full(size):
+                            self._cond.notify_all()
+                            self._cond.wait(0.1)
+                    else:
+                        while self._full(size):
+                            self._pop()
+                            dropped += 1
+                items.append(message)
+                self._bytes += size
+            self._cond.notify_all()
+        if dropped:
+            self.dropped += dropped
+            if self._pulling and not self._warned:
+                # Once, and at INFO: a program may pull once (wait_for an
+                # ack) and then live on callbacks; the count is in stats.
+                self._warned = True
+                log.info(
+                    "wsbridge pull buffer full (%d messages): dropping the oldest; "
+                    "raise pull_buffer or use pull_overflow='block'",
+                    self.maxsize,
+                )
+        return dropped
+
+    def _full(self, incoming: int) -> bool:
+        if self._unbounded or not self._items:
+            return False
+        return len(self._items) >= self.maxsize or self._bytes + incoming > self.max_bytes
+
+    def _pop(self, index: int = 0) -> Message:
+        items = self._items
+        message = items[index]
+        del items[index]
+        if message.raw is not None:
+            self._bytes -= len(message.raw)
+        return message
+
+    def get(
+        self,
+        timeout: Optional[float] = None,
+        types: Optional[Collection[str]] = None,
+        predicate: Optional[Predicate] = None,
+    ) -> Message:
+        """Take the oldest matching message, waiting up to ``timeout`` seconds.
+
+        Raises `TimeoutError` when none arrives in time and `ClientClosed`
+        when the client stopped and nothing matching is left.
+        """
+        if not self.enabled:
+            raise RuntimeError("the pull API is off (pull_buffer=0)")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._pulling = True
+            while True:
+                message = self._take(types, predicate)
+                if message is not None:
+                    if self.overflow == "block":
+                        self._cond.notify_all()
+                    return message
+                if self._closed:
+                    raise ClientClosed("client stopped; no more messages")
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        what = f" of type {', '.join(sorted(types))}" if types else ""
+                        raise TimeoutError(f"no message{what} within {timeout} s")
+                    self._cond.wait(remaining)
+
+    def _take(self, types: Optional[Collection[str]], predicate: Optional[Predicate]) -> Optional[Message]:
+        items = self._items
+        if not items:
+            return None
+        if types is None and predicate is None:
+            return self._pop()
+        for index, message in enumerate(items):
+            if (types is None or message.type in types) and (predicate is None or predicate(message)):
+                return self._pop(index)
+        return None
+
+    def unblock(self) -> None:
+        """Stop making the dispatcher wait (the client is stopping: what
+        was received still goes in, whatever the bound)."""
+        with self._cond:
+            self._unbounded = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """No more messages will come: wake every waiter."""
+        with self._cond:
+            self._closed = True
+            self._unbounded = True
+            self._cond.notify_all()

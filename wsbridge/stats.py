@@ -1,0 +1,36 @@
+"""A snapshot of a client's counters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters since the client was made (a consistent-enough snapshot:
+    each counter is written by one thread and read without a lock)."""
+
+    state: str = "new"
+    frames: int = 0
+    bytes: int = 0
+    received: int = 0
+    dispatched: int = 0
+    protocol_errors: int = 0
+    subscriber_errors: int = 0
+    sent: int = 0
+    queued: int = 0
+    outbox: int = 0
+    flushed: int = 0
+    outbox_dropped: int = 0
+    pull_buffered: int = 0
+    pull_dropped: int = 0
+    dispatch_pending: int = 0
+    backpressure_waits: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    connect_attempts: int = 0
+    disconnects: int = 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
