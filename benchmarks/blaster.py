@@ -8,25 +8,12 @@ Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import socket
 import sys
 import threading
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def frame(payload: bytes, opcode: int) -> bytes:
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return header + payload
+from wsbridge.testing.raw import accept_handshake, frame
 
 
 def payloads(kind: str, count: int) -> bytes:
@@ -49,20 +36,9 @@ def payloads(kind: str, count: int) -> bytes:
 
 def serve_one(conn: socket.socket) -> None:
     with conn:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = conn.recv(4096)
-            if not chunk:
-                return
-            request += chunk
-        lines = request.split(b"\r\n")
-        path = lines[0].split()[1].decode()
-        key = next(l.split(b":", 1)[1].strip() for l in lines if l.lower().startswith(b"sec-websocket-key"))
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
+        path = accept_handshake(conn)
+        if path is None:
+            return
         _, kind, count = path.split("/")
         data = payloads(kind, int(count))
         try:

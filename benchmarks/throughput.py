@@ -24,52 +24,50 @@ import wsbridge
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+class Stopwatch:
+    """Counts calls; notes the time of the first and of the ``count``-th."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.n = 0
+        self.first = self.last = 0.0
+        self.done = threading.Event()
+
+    def __call__(self, *args) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.first = time.perf_counter()
+        if self.n == self.count:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def rate(self) -> float:
+        return (self.count - 1) / (self.last - self.first)
+
+
 def bare_app(url: str, count: int) -> float:
     """websocket-client as shipped: WebSocketApp, on_message counts."""
-    done = threading.Event()
-    marks = {}
-    n = 0
-
-    def on_message(app, data):
-        nonlocal n
-        n += 1
-        if n == 1:
-            marks["first"] = time.perf_counter()
-        if n == count:
-            marks["last"] = time.perf_counter()
-            done.set()
-
-    app = websocket.WebSocketApp(url, on_message=on_message)
+    watch = Stopwatch(count)
+    app = websocket.WebSocketApp(url, on_message=watch)
     thread = threading.Thread(target=app.run_forever, name="bench-bare", daemon=True)
     thread.start()
-    if not done.wait(300):
+    if not watch.done.wait(300):
         raise RuntimeError("bare app did not finish")
     thread.join(30)
-    return (count - 1) / (marks["last"] - marks["first"])
+    return watch.rate()
 
 
 def wsbridge_client(url: str, count: int, codec: wsbridge.Codec) -> float:
-    """wsbridge, every feature of this release on: decode, ordered dispatch to one subscriber, pull buffer."""
-    done = threading.Event()
-    marks = {}
-    n = 0
-
-    def on_message(msg):
-        nonlocal n
-        n += 1
-        if n == 1:
-            marks["first"] = time.perf_counter()
-        if n == count:
-            marks["last"] = time.perf_counter()
-            done.set()
-
+    """wsbridge with every feature of this release on: decode, ordered
+    dispatch to one subscriber, the pull buffer."""
+    watch = Stopwatch(count)
     client = wsbridge.Client(url, codec=codec, backoff=wsbridge.NO_RETRY)
-    client.on_any(on_message)
+    client.on_any(watch)
     client.start()
-    if not done.wait(300):
+    if not watch.done.wait(300):
         raise RuntimeError(f"wsbridge did not finish: {client.stats}")
     client.stop()
-    return (count - 1) / (marks["last"] - marks["first"])
+    return watch.rate()
 
 
 def main() -> None:

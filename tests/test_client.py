@@ -321,3 +321,30 @@ def test_stats_and_repr_hide_secrets(server, make_client):
     client.start().wait_connected(timeout=10)
     assert "s3cr3t" not in repr(client) and "room=1" in repr(client)
     assert "s3cr3t" not in repr(client.stats)
+
+
+def test_a_message_is_delivered_while_the_next_frame_is_still_arriving(make_client):
+    """The reader defers waking the dispatcher only while the next frame is
+    complete in the kernel; half a frame must not hold back the one before."""
+    from wsbridge.testing.raw import BINARY, frame, RawServer
+
+    with RawServer() as raw:
+        client = make_client(raw.url, codec=RawCodec())
+        client.start().wait_connected(timeout=10)
+        big = frame(b"x" * 100_000, BINARY)
+        raw.sendall(frame(b"first") + big[:50_000])
+        assert client.recv(timeout=10).payload == "first"
+        raw.sendall(big[50_000:])
+        assert client.recv(timeout=10).payload == b"x" * 100_000
+
+
+def test_no_thread_outlives_the_client_including_websocket_clients_own(server):
+    before = set(threading.enumerate())
+    for _ in range(3):
+        client = wsbridge.Client(server.url, ping_interval=2, ping_timeout=1)
+        client.start().wait_connected(timeout=10)
+        server.send({"type": "x"})
+        client.recv(timeout=10)
+        assert client.stop(timeout=10)
+    # websocket-client's ping thread is joined by its teardown, before stop() returns.
+    assert set(threading.enumerate()) - before == set()

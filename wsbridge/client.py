@@ -541,7 +541,8 @@ class Client:
                     last = self._describe(conn.error) if conn.error else f"close code {conn.close_code}"
                     self._give_up(
                         ConnectError(f"retries exhausted (max_attempts={self.backoff.max_attempts}); last: {last}"),
-                        level=logging.WARNING,
+                        # NO_RETRY asked for one connection: its end is news, not a problem.
+                        level=logging.INFO if self.backoff.max_attempts == 0 else logging.WARNING,
                     )
                     break
                 delay = self.backoff.delay(failures)
