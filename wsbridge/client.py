@@ -351,10 +351,13 @@ class Client:
         """
         frame = self._frame(obj)
         with self._send_cond:
-            if self._state in ("stopped", "gave_up"):
-                raise ClientClosed(f"{self.name} is {self._state}; nothing can be sent")
+            self._check_open()
+            if self._outbox.full and self._outbox.overflow == "block":
+                self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
+            # Invariant: _live is set only while the outbox is empty, so a
+            # direct send can never overtake a buffered frame.
             conn = self._live
-            if conn is not None and not len(self._outbox):
+            if conn is not None:
                 try:
                     conn.send(*frame)
                     self._sent += 1
@@ -363,25 +366,27 @@ class Client:
                     log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
                     self._live = None
                     conn.abort()
-            self._enqueue(frame, self._outbox_timeout if timeout is None else timeout)
-
-    def _enqueue(self, frame: OutFrame, timeout: Optional[float]) -> None:
-        outbox = self._outbox
-        if outbox.full and outbox.overflow == "block":
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while outbox.full:
-                if self._state in ("stopped", "gave_up"):
-                    raise ClientClosed(f"{self.name} is {self._state}; nothing can be sent")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise OutboxFull(f"send buffer still full ({outbox.maxsize} messages) after {timeout} s")
-                self._send_cond.wait(remaining)
-        dropped = outbox.put(frame, keep_head=self._inflight is not None)
-        self._queued += 1
+            dropped = self._outbox.put(frame, keep_head=self._inflight is not None)
+            self._queued += 1
         if dropped is not None:
             self._outbox_dropped += 1
             log.warning("%s: send buffer full; dropped the oldest unsent message (%d dropped so far)", self.name, self._outbox_dropped)
             self._emit(self.signals.dropped, what="outbox", count=1)
+
+    def _check_open(self) -> None:
+        if self._state in ("stopped", "gave_up"):
+            raise ClientClosed(f"{self.name} is {self._state}; nothing can be sent")
+
+    def _wait_for_room(self, timeout: Optional[float]) -> None:
+        """The ``block`` policy: wait (lock released) until the flush makes room."""
+        outbox = self._outbox
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while outbox.full:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise OutboxFull(f"send buffer still full ({outbox.maxsize} messages) after {timeout} s")
+            self._send_cond.wait(remaining)
+            self._check_open()
 
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""

@@ -3,9 +3,13 @@
 ``Server`` is a WebSocket server (the ``websockets`` library's asyncio server
 in a thread of its own) that pushes scripted messages in any codec, echoes,
 broadcasts like a chat room, records what it receives, and can refuse,
-close or drop connections on demand. Needs the ``server`` extra.
+close or drop connections on demand. ``Proxy`` sits between a client and a
+server and injects network faults: cuts, half-open stalls, refusals, and
+close frames with chosen codes. ``RawServer`` writes arbitrary bytes. Needs the ``server`` extra.
 """
 
+from .proxy import Proxy
+from .raw import RawServer
 from .server import Received, Server
 
-__all__ = ["Received", "Server"]
+__all__ = ["Proxy", "RawServer", "Received", "Server"]

@@ -1,0 +1,234 @@
+"""Reconnects, dead peers and the send buffer, through real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import wsbridge
+from wsbridge import Backoff, OutboxFull
+from wsbridge.testing import Proxy, Server
+
+FAST = Backoff(initial=0.05, factor=2, max_delay=0.2, jitter=0)
+
+
+@pytest.fixture
+def proxy(server):
+    with Proxy(("127.0.0.1", server.port)) as p:
+        yield p
+
+
+def connected_count(client, collector):
+    got = collector()
+    client.signals.connected.connect(got)
+    return got
+
+
+def test_reconnects_after_the_server_restarts(make_client, collector):
+    with Server() as server:
+        client = make_client(server.url, backoff=FAST)
+        connected = connected_count(client, collector)
+        disconnected = collector()
+        client.signals.disconnected.connect(disconnected)
+        client.start().wait_connected(timeout=10)
+        server.stop()
+        disconnected.wait(1)
+        server.start()
+        connected.wait(2, timeout=10)
+        client.wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send({"type": "after", "n": 1})
+        assert client.wait_for("after", timeout=10).payload["n"] == 1
+        assert client.stats.reconnects == 1
+
+
+def test_reconnects_after_a_proxy_cut(proxy, server, make_client, collector):
+    client = make_client(proxy.url, backoff=FAST)
+    connected = connected_count(client, collector)
+    client.start().wait_connected(timeout=10)
+    assert proxy.cut() == 1
+    connected.wait(2, timeout=10)
+    client.wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "ok"})
+    assert client.wait_for("ok", timeout=10)
+
+
+def test_a_half_open_peer_is_detected_by_ping_timeout(proxy, make_client, collector):
+    ping_interval, ping_timeout = 0.5, 0.25
+    client = make_client(proxy.url, backoff=FAST, ping_interval=ping_interval, ping_timeout=ping_timeout)
+    connected = connected_count(client, collector)
+    disconnected = collector()
+    client.signals.disconnected.connect(disconnected)
+    client.start().wait_connected(timeout=10)
+    proxy.stall()
+    # The contract: disconnected within ping_interval + ping_timeout + 1 s of the peer going silent.
+    report = disconnected.wait(1, timeout=ping_interval + ping_timeout + 1)[0]
+    assert "pong" in str(report["error"])  # ours ("no pong within") or websocket-client's ("ping/pong timed out")
+    proxy.resume()
+    connected.wait(2, timeout=10)
+
+
+def test_an_idle_timeout_detects_a_silent_peer_without_pings(proxy, make_client, collector):
+    client = make_client(proxy.url, backoff=FAST, ping_interval=0, idle_timeout=0.3)
+    disconnected = collector()
+    client.signals.disconnected.connect(disconnected)
+    client.start().wait_connected(timeout=10)
+    proxy.stall()
+    report = disconnected.wait(1, timeout=0.3 + 1)[0]
+    assert "no frame for 0.3 s" in str(report["error"])
+
+
+def test_a_stalled_handshake_hits_the_connect_timeout(proxy, make_client):
+    proxy.stall()
+    client = make_client(proxy.url, connect_timeout=0.3, backoff=Backoff(initial=30))
+    client.start()
+    with pytest.raises(TimeoutError, match="not open within 0.3 s"):
+        client.wait_connected(timeout=5)
+
+
+def test_stop_during_a_backoff_wait_returns_at_once(make_client, free_port, collector):
+    client = make_client(f"ws://127.0.0.1:{free_port}/", backoff=Backoff(initial=30, jitter=0))
+    reconnecting = collector()
+    client.signals.reconnecting.connect(reconnecting)
+    client.start()
+    assert reconnecting.wait(1)[0] == {"attempt": 1, "delay": 30}
+    # The backoff wait is 30 s; stop() must interrupt it and join every thread.
+    assert client.stop(timeout=5)
+
+
+def test_backoff_delays_follow_the_policy(make_client, free_port, collector):
+    client = make_client(f"ws://127.0.0.1:{free_port}/", backoff=Backoff(initial=0.01, factor=2, max_delay=0.04, jitter=0, max_attempts=4))
+    reconnecting, gave_up = collector(), collector()
+    client.signals.reconnecting.connect(reconnecting)
+    client.signals.gave_up.connect(gave_up)
+    client.start()
+    gave_up.wait(1)
+    assert [(r["attempt"], r["delay"]) for r in reconnecting.items] == [(1, 0.01), (2, 0.02), (3, 0.04), (4, 0.04)]
+    assert client.stats.connect_attempts == 5
+    with pytest.raises(wsbridge.ConnectError, match="retries exhausted"):
+        client.wait_connected(timeout=1)
+
+
+def test_a_connection_that_stayed_up_resets_the_backoff(proxy, make_client, collector):
+    client = make_client(proxy.url, backoff=Backoff(initial=0.05, jitter=0, reset_after=0))
+    connected = connected_count(client, collector)
+    reconnecting = collector()
+    client.signals.reconnecting.connect(reconnecting)
+    client.start().wait_connected(timeout=10)
+    for n in (2, 3):
+        proxy.cut()
+        connected.wait(n, timeout=10)
+    assert [r["attempt"] for r in reconnecting.wait(2)] == [1, 1]
+
+
+def test_policy_close_codes_are_not_retried(proxy, make_client, collector):
+    client = make_client(proxy.url, backoff=FAST)
+    gave_up = collector()
+    client.signals.gave_up.connect(gave_up)
+    client.start().wait_connected(timeout=10)
+    proxy.close_with(1008, "policy violation")
+    assert "1008" in str(gave_up.wait(1)[0]["error"])
+    assert proxy.accepted == 1 and client.state == "gave_up"
+
+
+def test_going_away_is_retried(proxy, make_client, collector):
+    client = make_client(proxy.url, backoff=FAST)
+    connected = connected_count(client, collector)
+    client.start().wait_connected(timeout=10)
+    proxy.close_with(1001, "restarting")
+    connected.wait(2, timeout=10)
+
+
+def test_sends_from_8_threads_while_the_server_is_down_arrive_once_in_order(make_client):
+    server = Server().start()
+    url = server.url
+    server.stop()
+    try:
+        client = make_client(url, backoff=FAST)
+        client.start()
+        barrier = threading.Barrier(8)
+
+        def worker(k):
+            barrier.wait(timeout=10)
+            for i in range(125):
+                client.send({"type": "m", "t": k, "i": i})
+
+        threads = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert client.stats.outbox == 1000 and not client.connected
+        server.start()
+        client.wait_connected(timeout=10)
+        server.wait_received(1000)
+        client.send({"type": "after"})
+        server.wait_received(1001)
+        messages = server.received_messages()
+        assert len(messages) == 1001 and messages[-1].type == "after"
+        per_thread = {}
+        for m in messages[:-1]:
+            per_thread.setdefault(m.payload["t"], []).append(m.payload["i"])
+        assert per_thread == {k: list(range(125)) for k in range(8)}
+        assert client.stats.flushed == 1000
+    finally:
+        server.stop()
+
+
+def test_outbox_raise_policy(make_client, free_port):
+    client = make_client(f"ws://127.0.0.1:{free_port}/", outbox_size=3, outbox_overflow="raise")
+    for i in range(3):
+        client.send(f"m{i}")
+    with pytest.raises(OutboxFull):
+        client.send("m3")
+    assert [data for data, _ in client.unsent()] == ["m0", "m1", "m2"]
+
+
+def test_outbox_drop_oldest_policy_counts_and_signals(make_client, collector):
+    server = Server().start()
+    url = server.url
+    server.stop()
+    try:
+        client = make_client(url, backoff=FAST, outbox_size=5, outbox_overflow="drop_oldest")
+        dropped = collector()
+        client.signals.dropped.connect(dropped)
+        client.start()
+        for i in range(8):
+            client.send(f"m{i}")
+        assert client.stats.outbox_dropped == 3
+        assert [d["what"] for d in dropped.wait(3)] == ["outbox"] * 3
+        server.start()
+        client.wait_connected(timeout=10)
+        assert [f.data for f in server.wait_received(5)] == [f"m{i}" for i in range(3, 8)]
+    finally:
+        server.stop()
+
+
+def test_outbox_block_policy_waits_for_room_then_times_out(make_client):
+    server = Server().start()
+    url = server.url
+    server.stop()
+    try:
+        client = make_client(url, backoff=FAST, outbox_size=2, outbox_overflow="block")
+        client.start()
+        client.send("a")
+        client.send("b")
+        with pytest.raises(OutboxFull, match="after 0.05 s"):
+            client.send("c", timeout=0.05)
+        sent = threading.Event()
+
+        def blocked_sender():
+            client.send("c", timeout=30)
+            sent.set()
+
+        thread = threading.Thread(target=blocked_sender, name="blocked-sender")
+        thread.start()
+        server.start()  # the flush makes room; the blocked send goes through
+        assert sent.wait(10)
+        thread.join(10)
+        assert [f.data for f in server.wait_received(3)] == ["a", "b", "c"]
+        assert client.unsent() == []
+    finally:
+        server.stop()

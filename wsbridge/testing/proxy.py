@@ -1,0 +1,181 @@
+"""`Proxy`: a fault-injecting TCP relay on 127.0.0.1 between a client and a server.
+
+It forwards bytes untouched until told otherwise: `cut` ends every relayed
+connection at once, `stall` stops relaying without closing anything (a
+half-open peer: the client's pings go unanswered), `refuse` closes the
+listening socket so new connections are refused until `accept`, and
+`close_with` sends the client a WebSocket close frame with a chosen code.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import List, Optional, Tuple
+
+from .raw import CLOSE, frame
+
+
+class _Pair:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.threads: List[threading.Thread] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for sock in (self.client, self.upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Proxy:
+    """Relay 127.0.0.1:``port`` to ``target``; every thread it starts is joined by `close`."""
+
+    def __init__(self, target: Tuple[str, int], port: int = 0) -> None:
+        self.target = target
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._lock = threading.Lock()
+        self._pairs: List[_Pair] = []
+        self._threads: List[threading.Thread] = []
+        self._listener: Optional[socket.socket] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self.accepted = 0
+        self.port = port
+        self.accept()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- listening --------------------------------------------------------
+    def accept(self) -> None:
+        """(Re)open the listening socket on the same port."""
+        if self._listener is not None:
+            return
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,), name="wsbridge-proxy-accept", daemon=True)
+        self._accept_thread.start()
+
+    def refuse(self) -> None:
+        """Close the listening socket: new connections are refused until `accept`."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(10)
+            self._accept_thread = None
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pair = _Pair(client, upstream)
+            with self._lock:
+                self.accepted += 1
+                self._pairs.append(pair)
+                for src, dst, name in ((client, upstream, "up"), (upstream, client, "down")):
+                    thread = threading.Thread(target=self._pump, args=(pair, src, dst), name=f"wsbridge-proxy-{name}", daemon=True)
+                    pair.threads.append(thread)
+                    self._threads.append(thread)
+                    thread.start()
+
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                self._flowing.wait()
+                if pair.closed:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    # -- faults -------------------------------------------------------------
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return sum(1 for pair in self._pairs if not pair.closed)
+
+    def _live_pairs(self) -> List[_Pair]:
+        with self._lock:
+            return [pair for pair in self._pairs if not pair.closed]
+
+    def _cut(self, pairs: List[_Pair]) -> int:
+        for pair in pairs:
+            pair.close()
+        self._flowing.set()  # release pumps held by a stall so they see the cut
+        return len(pairs)
+
+    def cut(self) -> int:
+        """End every relayed connection now (both sides see the TCP close)."""
+        return self._cut(self._live_pairs())
+
+    def stall(self) -> None:
+        """Stop relaying in both directions, closing nothing (half-open)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def close_with(self, code: int, reason: str = "") -> None:
+        """Send every client a close frame with ``code``, then cut."""
+        payload = struct.pack("!H", code) + reason.encode("utf-8")
+        pairs = self._live_pairs()
+        for pair in pairs:
+            pair.closed = True  # stop the pumps relaying anything after the close frame
+            try:
+                pair.client.sendall(frame(payload, CLOSE))
+            except OSError:
+                pass
+        self._cut(pairs)
+
+    def close(self) -> None:
+        """Stop listening, cut everything, join every thread."""
+        self.refuse()
+        self.cut()
+        with self._lock:
+            threads = list(self._threads)
+            pairs = list(self._pairs)
+        for thread in threads:
+            thread.join(10)
+        for pair in pairs:
+            for sock in (pair.client, pair.upstream):
+                sock.close()
