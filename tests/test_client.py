@@ -348,3 +348,18 @@ def test_no_thread_outlives_the_client_including_websocket_clients_own(server):
         assert client.stop(timeout=10)
     # websocket-client's ping thread is joined by its teardown, before stop() returns.
     assert set(threading.enumerate()) - before == set()
+
+
+def test_lambdas_connected_to_signals_stay_connected(server, make_client):
+    seen = []
+    done = threading.Event()
+    client = make_client(server.url)
+    client.signals.connected.connect(lambda sender, **kw: seen.append(("connected", kw["url"])))
+    client.signals.message.connect(lambda sender, message: (seen.append(message.type), done.set()))
+    import gc
+
+    gc.collect()
+    client.start().wait_connected(timeout=10)
+    server.send({"type": "x"})
+    assert done.wait(10)
+    assert seen == [("connected", server.url), "x"]

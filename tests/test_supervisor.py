@@ -232,3 +232,18 @@ def test_outbox_block_policy_waits_for_room_then_times_out(make_client):
         assert client.unsent() == []
     finally:
         server.stop()
+
+
+def test_refused_connections_are_retried_until_the_port_listens_again(proxy, make_client, collector):
+    client = make_client(proxy.url, backoff=FAST)
+    connected = connected_count(client, collector)
+    reconnecting = collector()
+    client.signals.reconnecting.connect(reconnecting)
+    client.start().wait_connected(timeout=10)
+    proxy.refuse()
+    proxy.cut()
+    reconnecting.wait(3, timeout=10)  # at least two refused attempts after the cut
+    assert connected.items and len(connected.items) == 1
+    proxy.accept()
+    connected.wait(2, timeout=10)
+    client.wait_connected(timeout=10)

@@ -17,6 +17,19 @@ from .message import Message
 MessageHandler = Callable[[Message], Any]
 
 
+class StrongSignal(Signal):
+    """A blinker `Signal` that holds its receivers strongly by default.
+
+    blinker's default weak references silently drop a lambda or a closure
+    the moment ``connect`` returns; a client's receivers should live as long
+    as the client (``disconnect`` removes them). Pass ``weak=True`` for
+    blinker's behaviour.
+    """
+
+    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = False) -> Any:  # type: ignore[override]
+        return super().connect(receiver, sender, weak)
+
+
 class Subscriber:
     """Adapts ``fn(message)`` to blinker's ``receiver(sender, message=...)``.
 
@@ -58,7 +71,7 @@ class Signals:
 
     def __init__(self) -> None:
         for name in self.NAMES:
-            setattr(self, name, Signal(name))
+            setattr(self, name, StrongSignal(name))
         self.types: Dict[str, Signal] = {}
 
     connecting: Signal
@@ -74,12 +87,12 @@ class Signals:
         """The signal of one message type, created on first use."""
         signal = self.types.get(mtype)
         if signal is None:
-            signal = self.types[mtype] = Signal(f"type:{mtype}")
+            signal = self.types[mtype] = StrongSignal(f"type:{mtype}")
         return signal
 
     def subscribe(self, signal: Signal, fn: MessageHandler) -> Subscriber:
         subscriber = Subscriber(fn)
-        signal.connect(subscriber, sender=ANY, weak=False)
+        signal.connect(subscriber)
         return subscriber
 
     def unsubscribe(self, fn: Callable[..., Any], mtype: Optional[str] = None) -> int:
