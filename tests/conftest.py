@@ -36,6 +36,39 @@ class Collector:
         return len(self.items)
 
 
+def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:
+    """``threads`` threads, started together, each sending ``each`` numbered messages."""
+    barrier = threading.Barrier(threads)
+
+    def worker(k: int) -> None:
+        barrier.wait(timeout=10)
+        for i in range(each):
+            client.send({"type": "m", "t": k, "i": i})
+
+    workers = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(30)
+
+
+def per_thread(messages: List[wsbridge.Message]) -> dict:
+    """What `send_from_threads` sent, as received: thread -> its message numbers in order."""
+    out: dict = {}
+    for m in messages:
+        out.setdefault(m.payload["t"], []).append(m.payload["i"])
+    return out
+
+
+@pytest.fixture
+def down_server() -> Iterator[Server]:
+    """A server that has a port but is not listening yet: call ``start()``."""
+    srv = Server().start()
+    srv.stop()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def collector() -> Callable[[], Collector]:
     return Collector

@@ -11,6 +11,8 @@ import wsbridge
 from wsbridge import Message, PipeCodec, RawCodec
 from wsbridge.testing import Server
 
+from conftest import per_thread, send_from_threads
+
 
 def test_connects_receives_in_order_and_stops_cleanly(server, make_client, collector):
     got = collector()
@@ -159,23 +161,9 @@ def test_send_encodes_dicts_and_messages_through_the_codec(server, make_client):
 def test_send_from_many_threads_keeps_each_threads_order(server, make_client):
     client = make_client(server.url)
     client.start().wait_connected(timeout=10)
-    barrier = threading.Barrier(8)
-
-    def worker(k):
-        barrier.wait(timeout=10)
-        for i in range(200):
-            client.send({"type": "m", "t": k, "i": i})
-
-    threads = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    send_from_threads(client, threads=8, each=200)
     server.wait_received(1600)
-    per_thread = {}
-    for m in server.received_messages():
-        per_thread.setdefault(m.payload["t"], []).append(m.payload["i"])
-    assert per_thread == {k: list(range(200)) for k in range(8)}
+    assert per_thread(server.received_messages()) == {k: list(range(200)) for k in range(8)}
 
 
 def test_sends_before_start_are_buffered_and_flushed_in_order(server, make_client):

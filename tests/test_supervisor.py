@@ -10,6 +10,8 @@ import wsbridge
 from wsbridge import Backoff, OutboxFull
 from wsbridge.testing import Proxy, Server
 
+from conftest import per_thread, send_from_threads
+
 FAST = Backoff(initial=0.05, factor=2, max_delay=0.2, jitter=0)
 
 
@@ -141,40 +143,21 @@ def test_going_away_is_retried(proxy, make_client, collector):
     connected.wait(2, timeout=10)
 
 
-def test_sends_from_8_threads_while_the_server_is_down_arrive_once_in_order(make_client):
-    server = Server().start()
-    url = server.url
-    server.stop()
-    try:
-        client = make_client(url, backoff=FAST)
-        client.start()
-        barrier = threading.Barrier(8)
-
-        def worker(k):
-            barrier.wait(timeout=10)
-            for i in range(125):
-                client.send({"type": "m", "t": k, "i": i})
-
-        threads = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert client.stats.outbox == 1000 and not client.connected
-        server.start()
-        client.wait_connected(timeout=10)
-        server.wait_received(1000)
-        client.send({"type": "after"})
-        server.wait_received(1001)
-        messages = server.received_messages()
-        assert len(messages) == 1001 and messages[-1].type == "after"
-        per_thread = {}
-        for m in messages[:-1]:
-            per_thread.setdefault(m.payload["t"], []).append(m.payload["i"])
-        assert per_thread == {k: list(range(125)) for k in range(8)}
-        assert client.stats.flushed == 1000
-    finally:
-        server.stop()
+def test_sends_from_8_threads_while_the_server_is_down_arrive_once_in_order(down_server, make_client):
+    client = make_client(down_server.url, backoff=FAST)
+    client.start()
+    send_from_threads(client, threads=8, each=125)
+    assert client.stats.outbox == 1000 and not client.connected
+    down_server.start()
+    client.wait_connected(timeout=10)
+    server = down_server
+    server.wait_received(1000)
+    client.send({"type": "after"})
+    server.wait_received(1001)
+    messages = server.received_messages()
+    assert len(messages) == 1001 and messages[-1].type == "after"
+    assert per_thread(messages[:-1]) == {k: list(range(125)) for k in range(8)}
+    assert client.stats.flushed == 1000
 
 
 def test_outbox_raise_policy(make_client, free_port):
@@ -186,52 +169,40 @@ def test_outbox_raise_policy(make_client, free_port):
     assert [data for data, _ in client.unsent()] == ["m0", "m1", "m2"]
 
 
-def test_outbox_drop_oldest_policy_counts_and_signals(make_client, collector):
-    server = Server().start()
-    url = server.url
-    server.stop()
-    try:
-        client = make_client(url, backoff=FAST, outbox_size=5, outbox_overflow="drop_oldest")
-        dropped = collector()
-        client.signals.dropped.connect(dropped)
-        client.start()
-        for i in range(8):
-            client.send(f"m{i}")
-        assert client.stats.outbox_dropped == 3
-        assert [d["what"] for d in dropped.wait(3)] == ["outbox"] * 3
-        server.start()
-        client.wait_connected(timeout=10)
-        assert [f.data for f in server.wait_received(5)] == [f"m{i}" for i in range(3, 8)]
-    finally:
-        server.stop()
+def test_outbox_drop_oldest_policy_counts_and_signals(down_server, make_client, collector):
+    client = make_client(down_server.url, backoff=FAST, outbox_size=5, outbox_overflow="drop_oldest")
+    dropped = collector()
+    client.signals.dropped.connect(dropped)
+    client.start()
+    for i in range(8):
+        client.send(f"m{i}")
+    assert client.stats.outbox_dropped == 3
+    assert [d["what"] for d in dropped.wait(3)] == ["outbox"] * 3
+    down_server.start()
+    client.wait_connected(timeout=10)
+    assert [f.data for f in down_server.wait_received(5)] == [f"m{i}" for i in range(3, 8)]
 
 
-def test_outbox_block_policy_waits_for_room_then_times_out(make_client):
-    server = Server().start()
-    url = server.url
-    server.stop()
-    try:
-        client = make_client(url, backoff=FAST, outbox_size=2, outbox_overflow="block")
-        client.start()
-        client.send("a")
-        client.send("b")
-        with pytest.raises(OutboxFull, match="after 0.05 s"):
-            client.send("c", timeout=0.05)
-        sent = threading.Event()
+def test_outbox_block_policy_waits_for_room_then_times_out(down_server, make_client):
+    client = make_client(down_server.url, backoff=FAST, outbox_size=2, outbox_overflow="block")
+    client.start()
+    client.send("a")
+    client.send("b")
+    with pytest.raises(OutboxFull, match="after 0.05 s"):
+        client.send("c", timeout=0.05)
+    sent = threading.Event()
 
-        def blocked_sender():
-            client.send("c", timeout=30)
-            sent.set()
+    def blocked_sender():
+        client.send("c", timeout=30)
+        sent.set()
 
-        thread = threading.Thread(target=blocked_sender, name="blocked-sender")
-        thread.start()
-        server.start()  # the flush makes room; the blocked send goes through
-        assert sent.wait(10)
-        thread.join(10)
-        assert [f.data for f in server.wait_received(3)] == ["a", "b", "c"]
-        assert client.unsent() == []
-    finally:
-        server.stop()
+    thread = threading.Thread(target=blocked_sender, name="blocked-sender")
+    thread.start()
+    down_server.start()  # the flush makes room; the blocked send goes through
+    assert sent.wait(10)
+    thread.join(10)
+    assert [f.data for f in down_server.wait_received(3)] == ["a", "b", "c"]
+    assert client.unsent() == []
 
 
 def test_refused_connections_are_retried_until_the_port_listens_again(proxy, make_client, collector):
