@@ -202,6 +202,7 @@ def test_outbox_block_policy_waits_for_room_then_times_out(down_server, make_cli
     assert sent.wait(10)
     thread.join(10)
     assert [f.data for f in down_server.wait_received(3)] == ["a", "b", "c"]
+    client.wait_connected(timeout=10)  # connected = flushed: the outbox is empty
     assert client.unsent() == []
 
 
