@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -34,6 +35,16 @@ class Collector:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Re-check ``predicate`` until it holds, for state that no event announces
+    (a thread being alive, a file growing); bounded in time."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        pause.wait(0.005)
 
 
 def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:

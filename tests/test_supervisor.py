@@ -8,9 +8,9 @@ import pytest
 
 import wsbridge
 from wsbridge import Backoff, OutboxFull
-from wsbridge.testing import Proxy, Server
+from wsbridge.testing import Blackhole, Proxy, Server
 
-from conftest import per_thread, send_from_threads
+from conftest import per_thread, send_from_threads, wait_until
 
 FAST = Backoff(initial=0.05, factor=2, max_delay=0.2, jitter=0)
 
@@ -88,6 +88,29 @@ def test_a_stalled_handshake_hits_the_connect_timeout(proxy, make_client):
     client.start()
     with pytest.raises(TimeoutError, match="not open within 0.3 s"):
         client.wait_connected(timeout=5)
+
+
+def test_an_unanswered_tcp_connect_hits_the_connect_timeout(make_client, collector):
+    with Blackhole() as hole:
+        client = make_client(hole.url, connect_timeout=0.3, backoff=wsbridge.NO_RETRY)
+        gave_up = collector()
+        client.signals.gave_up.connect(gave_up)
+        client.start()
+        # Without a bound of our own the kernel retries the SYN for about two minutes.
+        error = gave_up.wait(1, timeout=5)[0]["error"]
+        assert "connect" in str(error) and ("in time" in str(error) or "not open within 0.3 s" in str(error))
+        assert client.stats.connect_attempts == 1
+
+
+def test_stop_interrupts_an_unanswered_tcp_connect(make_client, collector):
+    with Blackhole() as hole:
+        client = make_client(hole.url, connect_timeout=60)
+        client.start()
+        readers = lambda: [t for t in client.threads() if t.name.endswith("-reader-1") and t.is_alive()]
+        wait_until(lambda: readers(), what="reader thread dialling")
+        reader = readers()[0]
+        assert client.stop(timeout=3)  # not 60 s: the pending connect() is cut
+        assert not reader.is_alive()
 
 
 def test_stop_during_a_backoff_wait_returns_at_once(make_client, free_port, collector):

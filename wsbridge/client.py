@@ -82,7 +82,8 @@ class Client:
     idle_timeout
         Also treat the peer as dead after this many seconds without any frame.
     connect_timeout
-        Seconds allowed from the start of an attempt to the open socket.
+        Seconds allowed from the start of an attempt to the open socket:
+        TCP connect (an unanswered SYN included), TLS and the HTTP upgrade.
     close_timeout
         Seconds `stop` waits for the peer's close frame before cutting.
     headers, sslopt, subprotocols
@@ -514,6 +515,7 @@ class Client:
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout or None,
             io_timeout=self._io_timeout(),
+            connect_timeout=self.connect_timeout,
             name=f"{self.name}-reader-{self._attempts}",
         )
 

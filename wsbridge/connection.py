@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import websocket
 from websocket import ABNF
 
+from .dial import open_socket, uses_proxy
+
 try:  # POSIX: ask the kernel how many bytes wait, without reading them
     import fcntl
     import termios
@@ -65,6 +67,7 @@ class Connection:
         ping_interval: float = 0,
         ping_timeout: Optional[float] = None,
         io_timeout: Optional[float] = None,
+        connect_timeout: float = 10.0,
         name: str = "wsbridge-reader",
     ) -> None:
         self.url = url
@@ -77,6 +80,10 @@ class Connection:
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._io_timeout = io_timeout
+        self._connect_timeout = connect_timeout
+        self._sock_lock = threading.Lock()
+        self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
+        self._aborted = False
         if isinstance(headers, dict):
             headers = [f"{k}: {v}" for k, v in headers.items()]
         self.app = websocket.WebSocketApp(
@@ -106,6 +113,9 @@ class Connection:
 
     def _run(self) -> None:
         try:
+            if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
+                deadline = time.monotonic() + self._connect_timeout
+                self.app.prepared_socket = open_socket(self.url, self._sslopt, deadline, self._adopt)
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
@@ -122,6 +132,13 @@ class Connection:
                 self._on_end(self)
             except Exception:
                 log.exception("wsbridge: connection end handler failed")
+
+    def _adopt(self, sock: socket.socket) -> None:
+        """Make a socket being dialled reachable by `abort` (or refuse it)."""
+        with self._sock_lock:
+            if self._aborted:
+                raise ConnectionAbortedError("connection attempt aborted")
+            self._sock = sock
 
     def _handle_open(self, app: websocket.WebSocketApp) -> None:
         raw = app.sock.sock if app.sock else None
@@ -236,13 +253,16 @@ class Connection:
     def abort(self) -> None:
         """Cut the TCP connection at once; the reader thread then ends."""
         self.app.keep_running = False
+        with self._sock_lock:
+            self._aborted = True
+            dialled = self._sock
         ws = self.app.sock
-        raw = ws.sock if ws is not None else None
-        if raw is not None:
-            try:
-                raw.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        for sock in {dialled, ws.sock if ws is not None else None}:
+            if sock is not None:
+                try:  # also wakes a connect() still waiting for the peer's SYN-ACK
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def join(self, timeout: Optional[float] = None) -> bool:
         if self.thread.ident is not None and self.thread is not threading.current_thread():

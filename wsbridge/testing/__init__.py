@@ -5,11 +5,14 @@ in a thread of its own) that pushes scripted messages in any codec, echoes,
 broadcasts like a chat room, records what it receives, and can refuse,
 close or drop connections on demand. ``Proxy`` sits between a client and a
 server and injects network faults: cuts, half-open stalls, refusals, and
-close frames with chosen codes. ``RawServer`` writes arbitrary bytes. Needs the ``server`` extra.
+close frames with chosen codes. ``RawServer`` writes arbitrary bytes.
+``Blackhole`` is a port whose TCP handshake is never answered (a host that
+is down). Needs the ``server`` extra.
 """
 
+from .blackhole import Blackhole
 from .proxy import Proxy
 from .raw import RawServer
 from .server import Received, Server
 
-__all__ = ["Proxy", "RawServer", "Received", "Server"]
+__all__ = ["Blackhole", "Proxy", "RawServer", "Received", "Server"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 import threading
 import time
 from http import HTTPStatus
@@ -34,8 +35,9 @@ class Server:
     ``port=0`` picks a free port; `url` tells it. ``script`` is sent to every
     client as soon as it connects. ``echo`` sends every received frame back
     to its sender; ``broadcast`` sends it to every client (a chat room).
-    ``reject_status`` refuses handshakes with that HTTP status. Every frame
-    received is recorded in `received`.
+    ``reject_status`` refuses handshakes with that HTTP status. ``ssl`` (a
+    server-side `ssl.SSLContext`) serves ``wss://``. Every frame received is
+    recorded in `received`.
 
     Items to send are `Message` objects or dicts (encoded with ``codec``),
     ``str`` (a text frame), ``bytes`` (a binary frame), or ``(data, binary)``
@@ -54,6 +56,7 @@ class Server:
         broadcast: bool = False,
         script: Iterable[Item] = (),
         reject_status: Optional[int] = None,
+        ssl: Optional["ssl_module.SSLContext"] = None,
         name: str = "wsbridge-testserver",
     ) -> None:
         self.codec = codec if codec is not None else JsonCodec()
@@ -64,6 +67,7 @@ class Server:
         self.broadcast = broadcast
         self.script: List[Item] = list(script)
         self.reject_status = reject_status
+        self.ssl = ssl
         self.name = name
         self.received: List[Received] = []
         self.connections_total = 0
@@ -80,7 +84,7 @@ class Server:
     # -- lifecycle ---------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
+        return f"{'wss' if self.ssl else 'ws'}://{self.host}:{self.port}{self.path}"
 
     def __enter__(self) -> "Server":
         return self.start()
@@ -137,6 +141,7 @@ class Server:
             ping_interval=None,
             max_size=None,
             max_queue=None,
+            ssl=self.ssl,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()

@@ -1,0 +1,101 @@
+"""Open the TCP (and TLS) connection ourselves, within a deadline.
+
+websocket-client opens its socket with a process-global timeout and keeps it
+out of reach until ``connect`` returns: a SYN that is never answered holds
+the reader thread for the kernel's whole retry schedule (about two minutes on
+Linux), and nothing can cut it short, so ``stop()`` could not join that
+thread. `open_socket` dials instead, bounded by the attempt's deadline, and
+hands each socket to ``adopt`` the moment it exists, so another thread can
+shut it down in any phase (a shutdown wakes a pending ``connect``). The result
+goes to websocket-client as a *prepared socket* for the HTTP upgrade.
+
+TLS is websocket-client's own wrapping (same ``sslopt`` keys, same
+verification defaults), with the handshake run here so the deadline and
+``adopt`` cover it too.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from typing import Any, Callable, Dict, Optional
+
+import websocket
+from websocket._http import _ssl_socket  # websocket-client's TLS wrapping, so sslopt means what it documents
+from websocket._url import get_proxy_info, parse_url
+
+Adopt = Callable[[socket.socket], None]
+
+_TRY_NEXT = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+
+
+def uses_proxy(url: str) -> bool:
+    """Would websocket-client route ``url`` through a proxy from the environment
+    (``http_proxy``/``https_proxy``, minus ``no_proxy``)? Then it dials itself."""
+    hostname, _, _, secure = parse_url(url)
+    return bool(get_proxy_info(hostname, secure)[0])
+
+
+def open_socket(url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt) -> socket.socket:
+    """A connected (and, for ``wss://``, TLS-established) socket to ``url``'s host.
+
+    Each address the name resolves to is tried in turn, as websocket-client
+    does; every step is bounded by ``deadline`` (a `time.monotonic` value),
+    and the socket keeps the remaining time as its timeout for the HTTP
+    upgrade. Raises `TimeoutError` naming the step that ran out of time.
+    """
+    hostname, port, _, secure = parse_url(url)
+    where = f"{hostname}:{port}"
+    infos = socket.getaddrinfo(hostname, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    if not infos:  # pragma: no cover - getaddrinfo raises instead
+        raise OSError(f"{where}: name resolved to no address")
+    last: Optional[OSError] = None
+    for family, socktype, proto, _, address in infos:
+        sock = socket.socket(family, socktype, proto)
+        try:
+            adopt(sock)
+            for option in websocket.DEFAULT_SOCKET_OPTION:
+                sock.setsockopt(*option)
+            sock.settimeout(_remaining(deadline, f"TCP connect to {where}"))
+            try:
+                sock.connect(address)
+            except socket.timeout:
+                raise TimeoutError(f"TCP connect to {where} not answered in time") from None
+            except OSError as exc:
+                if exc.errno not in _TRY_NEXT:
+                    raise
+                last = exc
+                sock.close()
+                continue
+            if secure:
+                sock = _tls(sock, sslopt or {}, hostname, deadline, adopt, where)
+            sock.settimeout(_remaining(deadline, f"WebSocket upgrade with {where}"))
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+    assert last is not None
+    raise last
+
+
+def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: float, adopt: Adopt, where: str) -> socket.socket:
+    tls = _ssl_socket(sock, {**sslopt, "do_handshake_on_connect": False}, hostname)
+    try:
+        adopt(tls)
+        tls.settimeout(_remaining(deadline, f"TLS handshake with {where}"))
+        try:
+            tls.do_handshake()
+        except socket.timeout:
+            raise TimeoutError(f"TLS handshake with {where} not finished in time") from None
+    except BaseException:
+        tls.close()
+        raise
+    return tls
+
+
+def _remaining(deadline: float, step: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"{step}: connect timeout reached")
+    return left
