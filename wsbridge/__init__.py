@@ -14,7 +14,9 @@ from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
 from .errors import ClientClosed, ConnectError, OutboxFull, ProtocolError, WsbridgeError
 from .message import Message
 from .outbox import Outbox
+from .sequence import Gap, SequenceTracker
 from .stats import Stats
+from .store import SQLiteStore, Store, StoreError
 
 __version__ = "0.1.0"
 
@@ -32,7 +34,12 @@ __all__ = [
     "PipeCodec",
     "ProtocolError",
     "RawCodec",
+    "SQLiteStore",
+    "SequenceTracker",
     "Stats",
+    "Store",
+    "StoreError",
+    "Gap",
     "WsbridgeError",
     "codec_by_name",
 ]

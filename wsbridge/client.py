@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import websocket
@@ -33,8 +33,11 @@ from .message import Message
 from .outbox import Outbox
 from .pull import PullBuffer
 from .redact import redact_url
+from .resume import default_resume_request
+from .sequence import Outcome, Positions, SequenceTracker
 from .signals import MessageHandler, Signals, Subscriber, deliver
 from .stats import Stats
+from .store import Store, StoreError
 
 log = logging.getLogger("wsbridge")
 
@@ -45,6 +48,19 @@ FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
 """Handshake refusals that retrying will not fix: the client gives up."""
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
 """Close codes that say "your client is wrong", not "try again later"."""
+
+ResumeBuilder = Callable[[Positions], Optional[Sendable]]
+
+_EXPIRE = object()
+"""Dispatcher item: give up gaps that waited longer than ``gap_timeout``."""
+
+
+class _Stored(NamedTuple):
+    """Dispatcher item: a message from the store, past its handled mark."""
+
+    key: int
+    message: Message
+
 
 _ids = itertools.count(1)
 _live_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -98,6 +114,19 @@ class Client:
     retry_fatal
         Retry even after a refusal that will not heal by itself (HTTP 401,
         403, ...; close codes 1008, ...; a TLS certificate that fails).
+    store
+        A `Store` (e.g. `SQLiteStore`) that keeps every message before its
+        subscribers see it; on start, stored messages past the handled mark
+        are delivered first and the feed resumes from the stored positions.
+    resume
+        After every (re)connect and on a gap, ask the server to resend what
+        came after the last sequence ids received: ``True`` (the default
+        request, see `wsbridge.resume`), ``False``, or a callable
+        ``positions -> message`` (None: send nothing) in your server's shape.
+    gap_timeout, max_held
+        Messages after a gap wait (in memory, up to ``max_held`` per stream)
+        this many seconds for the missing ones; then the gap is lost
+        (``gap`` signal, ``stats.lost``) and they are delivered.
     """
 
     def __init__(
@@ -122,6 +151,10 @@ class Client:
         pull_overflow: str = "drop_oldest",
         dispatch_queue: int = 100_000,
         retry_fatal: bool = False,
+        store: Optional[Store] = None,
+        resume: Union[bool, ResumeBuilder] = True,
+        gap_timeout: float = 5.0,
+        max_held: int = 10_000,
         name: Optional[str] = None,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
@@ -159,6 +192,16 @@ class Client:
         self._live: Optional[Connection] = None  # open and flushed: sends go straight out
         self._inflight: Optional[OutFrame] = None  # the outbox head being flushed
 
+        self.store = store
+        if resume is True:
+            self._resume: Optional[ResumeBuilder] = lambda positions: default_resume_request(self.codec, positions)
+        else:
+            self._resume = resume or None
+        self._tracker = SequenceTracker(gap_timeout=gap_timeout, max_held=max_held)
+        self._positions: Positions = {}  # the tracker's, as of the last batch (read by the supervisor)
+        self._resume_wanted = False
+        self._replay: List[Tuple[int, Message]] = []  # from the store, for the dispatcher
+
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._dispatcher = Dispatcher(self._handle_batch, dispatch_queue, name=f"{self.name}-dispatcher")
         self._supervisor = threading.Thread(target=self._supervise, name=f"{self.name}-supervisor", daemon=True)
@@ -174,6 +217,8 @@ class Client:
         self._frames = self._bytes = self._received = 0  # reader
         self._protocol_errors = 0  # reader
         self._dispatched = self._subscriber_errors = 0  # dispatcher
+        self._duplicates = self._gaps = self._lost = self._stored = self._store_errors = self._replayed = 0  # dispatcher
+        self._resumes = 0  # supervisor
         self._sent = self._queued = self._flushed = self._outbox_dropped = 0  # under _send_cond
         self._connects = self._attempts = self._disconnects = 0  # supervisor
 
@@ -213,11 +258,27 @@ class Client:
                 if self._state in ("stopped", "gave_up"):
                     raise ClientClosed(f"{self.name} was stopped; make a new Client")
                 return self
+            if self.store is not None:
+                self._open_store()
             self._state = "connecting"
         _live_clients.add(self)
         self._dispatcher.start()
         self._supervisor.start()
         return self
+
+    def _open_store(self) -> None:
+        """Open the store and pick up where the last run stopped (raises `StoreError`)."""
+        store = self.store
+        assert store is not None
+        store.open()
+        positions = store.positions()
+        tracker = self._tracker
+        self._tracker = SequenceTracker(positions, gap_timeout=tracker.gap_timeout, max_held=tracker.max_held, id_window=tracker.id_window)
+        self._positions = dict(positions)
+        pending = store.unhandled()
+        if pending:
+            log.info("%s: %d stored message(s) were not handled before; delivering them first", self.name, len(pending))
+            self._replay = pending
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":
         """Block until connected (socket open, send buffer flushed).
@@ -264,6 +325,8 @@ class Client:
             self._pull.unblock()
             self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
         self._pull.close()
+        if self.store is not None and not self._dispatcher.thread.is_alive():
+            self.store.close()
         _live_clients.discard(self)
         left = len(self._outbox)
         if left:
@@ -395,12 +458,15 @@ class Client:
             return self._outbox.items()
 
     def _flush(self, conn: Connection) -> bool:
-        """Send the buffer in order; open for direct sends once it is empty."""
+        """Send the buffer in order, then the resume request; open for
+        direct sends once both are out (so nothing new overtakes them)."""
         cond = self._send_cond
         while True:
             with cond:
                 frame = self._outbox.peek()
                 if frame is None:
+                    if not self._send_resume(conn):
+                        return False
                     if conn.is_open and not self._stopping.is_set():
                         self._live = conn
                         return True
@@ -420,6 +486,31 @@ class Client:
                 self._flushed += 1
                 self._sent += 1
                 cond.notify_all()
+
+    def _send_resume(self, conn: Connection) -> bool:
+        """Ask the server for what came after our positions (if there are any)."""
+        self._resume_wanted = False
+        positions = self._positions
+        if self._resume is None or not positions:
+            return True
+        try:
+            request = self._resume(dict(positions))
+            if request is None:
+                return True
+            frame = self._frame(request)
+        except Exception as exc:
+            self._report(exc, "resume")
+            return True
+        try:
+            conn.send(*frame)
+        except Exception as exc:
+            log.info("%s: resume request not sent (%s)", self.name, exc)
+            conn.abort()
+            return False
+        self._resumes += 1
+        self._sent += 1
+        log.debug("%s: resume request sent for %d stream(s)", self.name, len(positions))
+        return True
 
     # -- reader thread -------------------------------------------------------
     def _on_frame(self, data: bytes, binary: bool) -> None:
@@ -477,20 +568,32 @@ class Client:
         log.error("%s: signal receiver %r raised", self.name, receiver, exc_info=exc)
 
     def _handle_batch(self, batch: List[Any]) -> None:
+        """Dedup and order the batch, store it, then deliver it item by item."""
+        items = self._track(batch)
+        keys = self._store_batch(items) if self.store is not None else None
         signals = self.signals
         types = signals.types
         any_signal = signals.message
         failed = self._subscriber_failed
+        store = self.store
         pull = self._pull
         pulled: List[Message] = []
-        for item in batch:
-            if item.__class__ is Message:
+        for item in items:
+            cls = item.__class__
+            if cls is Message or cls is _Stored:
+                if cls is _Stored:
+                    key, item = item
+                    self._replayed += 1
+                else:
+                    key = next(keys) if keys is not None else None
                 signal = types.get(item.type)
                 if signal is not None and signal.receivers:
                     deliver(signal, self, failed, message=item)
                 if any_signal.receivers:
                     deliver(any_signal, self, failed, message=item)
                 self._dispatched += 1
+                if key is not None:
+                    store.mark_handled(key)  # type: ignore[union-attr]
                 pulled.append(item)
             else:
                 signal, kwargs = item
@@ -499,6 +602,68 @@ class Client:
             dropped = pull.extend(pulled)
             if dropped:
                 deliver(signals.dropped, self, self._listener_failed, what="pull", count=dropped)
+
+    def _track(self, batch: List[Any]) -> List[Any]:
+        """Run the batch through the sequence tracker: duplicates out, held
+        messages released in order, gap and duplicate news as signals."""
+        tracker = self._tracker
+        out: List[Any] = []
+        now = time.monotonic()
+        for item in batch:
+            if item.__class__ is Message:
+                if item.seq is None and item.id is None:
+                    out.append(item)
+                else:
+                    self._tracked(tracker.offer(item, now), out, item)
+            elif item is _EXPIRE:
+                for outcome in tracker.expire(now):
+                    self._tracked(outcome, out, None)
+            else:
+                out.append(item)
+        positions = tracker.positions()
+        if positions != self._positions:
+            self._positions = positions
+        return out
+
+    def _tracked(self, outcome: Outcome, out: List[Any], message: Optional[Message]) -> None:
+        if outcome.duplicate:
+            self._duplicates += 1
+            if self.signals.duplicate.receivers:
+                out.append((self.signals.duplicate, {"message": message}))
+            return
+        if outcome.opened is not None:
+            self._gaps += 1
+            gap = outcome.opened
+            log.info("%s: gap in stream %r: ids %d..%d missing; holding later messages back", self.name, gap.stream, gap.first, gap.last)
+            out.append((self.signals.gap, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "open"}))
+            self._resume_wanted = True
+            self._wakeup.set()
+        if outcome.lost is not None:
+            gap = outcome.lost
+            self._lost += gap.count
+            log.warning("%s: stream %r: %d message(s) (ids %d..%d) never arrived; going on without them",
+                        self.name, gap.stream, gap.count, gap.first, gap.last)
+            out.append((self.signals.gap, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "lost"}))
+        out.extend(outcome.ready)
+        if outcome.filled is not None:
+            gap = outcome.filled
+            out.append((self.signals.gap, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "filled"}))
+
+    def _store_batch(self, items: List[Any]) -> Optional[Iterator[int]]:
+        """Write the batch's new messages in one transaction; their keys, in order."""
+        messages = [item for item in items if item.__class__ is Message]
+        if not messages:
+            return None
+        try:
+            first = self.store.append(messages, self._positions)  # type: ignore[union-attr]
+        except Exception as exc:
+            self._store_errors += 1
+            error = exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}")
+            log.error("%s: %s; delivering %d message(s) without storing them", self.name, error, len(messages))
+            deliver(self.signals.error, self, self._listener_failed, error=error, context="store", count=len(messages))
+            return None
+        self._stored += len(messages)
+        return iter(range(first, first + len(messages)))
 
     # -- supervisor thread -------------------------------------------------------
     def _new_connection(self) -> Connection:
@@ -526,6 +691,10 @@ class Client:
     def _supervise(self) -> None:
         failures = 0
         try:
+            replay, self._replay = self._replay, []
+            for key, message in replay:  # before anything new arrives
+                self._dispatcher.put(_Stored(key, message))
+            self._dispatcher.wake()
             while not self._stopping.is_set():
                 conn = self._new_connection()
                 self._conn = conn
@@ -588,6 +757,11 @@ class Client:
                 if self._flush(conn):
                     self._set_state("connected")
                 continue
+            if self._resume_wanted:
+                with self._send_cond:  # in line with the sends, never between two frames
+                    self._send_resume(conn)
+            if self._tracker.held and len(self._dispatcher) < self._dispatcher.maxsize:
+                self._dispatcher.put_now(_EXPIRE)
             if conn.ping_overdue(time.time()):
                 conn.error = TimeoutError(f"no pong within {self.ping_timeout} s: peer presumed dead")
                 conn.abort()
@@ -674,6 +848,14 @@ class Client:
             pull_dropped=self._pull.dropped,
             dispatch_pending=len(self._dispatcher),
             backpressure_waits=self._dispatcher.blocked,
+            duplicates=self._duplicates,
+            gaps=self._gaps,
+            lost=self._lost,
+            held=self._tracker.held,
+            resumes=self._resumes,
+            stored=self._stored,
+            store_errors=self._store_errors,
+            replayed=self._replayed,
             connects=self._connects,
             reconnects=max(0, self._connects - 1),
             connect_attempts=self._attempts,

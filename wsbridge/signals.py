@@ -64,10 +64,14 @@ class Signals:
                    ``message`` or ``frame`` when there is one)
     dropped        data was discarded by a stated overflow policy (``what``,
                    ``count``)
+    duplicate      a message already received was dropped (``message``)
+    gap            sequence ids of a stream are missing (``stream``,
+                   ``first``, ``last``, ``status``: "open" when found, then
+                   "filled" once they arrived or "lost" when given up)
     =============  ==========================================================
     """
 
-    NAMES = ("connecting", "connected", "disconnected", "reconnecting", "gave_up", "message", "error", "dropped")
+    NAMES = ("connecting", "connected", "disconnected", "reconnecting", "gave_up", "message", "error", "dropped", "duplicate", "gap")
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -82,6 +86,8 @@ class Signals:
     message: Signal
     error: Signal
     dropped: Signal
+    duplicate: Signal
+    gap: Signal
 
     def for_type(self, mtype: str) -> Signal:
         """The signal of one message type, created on first use."""

@@ -27,6 +27,14 @@ class Stats:
     pull_dropped: int = 0
     dispatch_pending: int = 0
     backpressure_waits: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    lost: int = 0
+    held: int = 0
+    resumes: int = 0
+    stored: int = 0
+    store_errors: int = 0
+    replayed: int = 0
     connects: int = 0
     reconnects: int = 0
     connect_attempts: int = 0

@@ -8,13 +8,15 @@ import ssl as ssl_module
 import threading
 import time
 from http import HTTPStatus
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Set, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple, Union
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..codec import Codec, JsonCodec
+from ..errors import ProtocolError
 from ..message import Message
+from ..resume import parse_resume_request
 
 log = logging.getLogger("wsbridge.testing")
 
@@ -27,6 +29,29 @@ class Received(NamedTuple):
     data: Union[str, bytes]
     binary: bool
     client: int
+
+
+class Published(NamedTuple):
+    """One entry of the server's feed history."""
+
+    stream: Optional[str]
+    seq: int
+    data: Union[str, bytes]
+    text: Optional[bool]
+
+
+class _Peer:
+    """A connected client and where it is in the feed history."""
+
+    def __init__(self, ws: ServerConnection, number: int, cursor: int) -> None:
+        self.ws = ws
+        self.number = number
+        self.cursor = cursor  # index of the next history entry to consider
+        self.need: Dict[Optional[str], int] = {}  # stream -> first seq it lacks (absent: 1)
+        self.force_until = 0  # entries before this index are sent even if old (the resend overlap)
+        self.skipped: Set[Tuple[Optional[str], int]] = set()
+        self.wake = asyncio.Event()
+        self.resumes = 0
 
 
 class Server:
@@ -43,6 +68,16 @@ class Server:
     ``str`` (a text frame), ``bytes`` (a binary frame), or ``(data, binary)``
     tuples, which send ``data`` exactly as given (a text frame may then carry
     invalid UTF-8, for testing).
+
+    **Feed with history.** `publish` numbers messages per stream (``seq``,
+    and ``stream`` when given), keeps them, and streams them to every
+    client: from the first one (``feed_from="start"``) or from those
+    published after it connected (``"now"``). A client's resume request (the
+    default shape of `wsbridge.resume`) moves it to just after the positions
+    it names. Faults for the client's dedup and gap handling: ``resend``
+    earlier messages again on every resume (duplicates), ``skip`` the
+    sequence ids given the first time they are sent to a client (gaps that
+    a resume fills), ``reorder`` sends every pair of messages swapped.
     """
 
     def __init__(
@@ -57,8 +92,14 @@ class Server:
         script: Iterable[Item] = (),
         reject_status: Optional[int] = None,
         ssl: Optional["ssl_module.SSLContext"] = None,
+        feed_from: str = "start",
+        resend: int = 0,
+        skip: Collection[int] = (),
+        reorder: bool = False,
         name: str = "wsbridge-testserver",
     ) -> None:
+        if feed_from not in ("start", "now"):
+            raise ValueError("feed_from is 'start' or 'now'")
         self.codec = codec if codec is not None else JsonCodec()
         self.host = host
         self.port = port
@@ -68,6 +109,14 @@ class Server:
         self.script: List[Item] = list(script)
         self.reject_status = reject_status
         self.ssl = ssl
+        self.feed_from = feed_from
+        self.resend = resend
+        self.skip = frozenset(skip)
+        self.reorder = reorder
+        self.history: List[Published] = []
+        self.resumes: List[Dict[Optional[str], int]] = []
+        self._next_seq: Dict[Optional[str], int] = {}
+        self._peers: Dict[ServerConnection, _Peer] = {}
         self.name = name
         self.received: List[Received] = []
         self.connections_total = 0
@@ -163,23 +212,34 @@ class Server:
             self._ids[ws] = self.connections_total
             self._clients.add(ws)
             self._cond.notify_all()
+        peer = self._peers[ws] = _Peer(ws, self._ids[ws], len(self.history) if self.feed_from == "now" else 0)
+        feeder: Optional[asyncio.Task] = None
         try:
             for item in self.script:
                 await self._send_item(ws, item)
+            feeder = asyncio.create_task(self._feed(peer))
             async for data in ws:
                 await self.on_frame(ws, data)
         except ConnectionClosed:
             pass
         finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+            self._peers.pop(ws, None)
             with self._cond:
                 self._clients.discard(ws)
                 self._cond.notify_all()
 
     async def on_frame(self, ws: ServerConnection, data: Union[str, bytes]) -> None:
-        """Handle one received frame: record, then echo or broadcast."""
+        """Handle one received frame: record, resume the feed, echo or broadcast."""
         with self._cond:
             self.received.append(Received(data, isinstance(data, bytes), self._ids.get(ws, 0)))
             self._cond.notify_all()
+        positions = self._resume_request(data)
+        if positions is not None:
+            self._rewind(self._peers[ws], positions)
+            return
         if self.echo:
             await ws.send(data)
         if self.broadcast:
@@ -188,6 +248,85 @@ class Server:
                     await other.send(data)
                 except ConnectionClosed:
                     pass
+
+    # -- the feed ----------------------------------------------------------------
+    def _resume_request(self, data: Union[str, bytes]) -> Optional[Dict[Optional[str], int]]:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        try:
+            messages = self.codec.decode(raw, isinstance(data, bytes))
+        except ProtocolError:
+            return None
+        for msg in messages:
+            positions = parse_resume_request(msg)
+            if positions is not None:
+                return positions
+        return None
+
+    def _rewind(self, peer: _Peer, positions: Dict[Optional[str], int]) -> None:
+        """Move ``peer`` to just after ``positions``, ``resend`` entries earlier."""
+        need = {stream: seq + 1 for stream, seq in positions.items()}
+        first = next((i for i, e in enumerate(self.history) if e.seq >= need.get(e.stream, 1)), len(self.history))
+        peer.need = need
+        peer.force_until = first
+        peer.cursor = max(0, first - self.resend)
+        peer.resumes += 1
+        with self._cond:
+            self.resumes.append(dict(positions))
+            self._cond.notify_all()
+        peer.wake.set()
+
+    async def _feed(self, peer: _Peer) -> None:
+        history = self.history
+        while True:
+            while peer.cursor < len(history):
+                i = peer.cursor
+                batch = [i]
+                if self.reorder and i + 1 < len(history):
+                    batch = [i + 1, i]
+                peer.cursor = i + len(batch)
+                for k in batch:
+                    entry = history[k]
+                    if k >= peer.force_until and entry.seq < peer.need.get(entry.stream, 1):
+                        continue  # the client has it
+                    if entry.seq in self.skip and (entry.stream, entry.seq) not in peer.skipped:
+                        peer.skipped.add((entry.stream, entry.seq))
+                        continue
+                    await peer.ws.send(entry.data, text=entry.text)
+            peer.wake.clear()
+            await peer.wake.wait()
+
+    def publish(self, *items: Union[Message, dict], stream: Optional[str] = None, timeout: float = 30.0) -> List[int]:
+        """Number ``items`` in ``stream`` (``seq`` and, if given, ``stream``
+        fields), keep them in the history and feed them to every client;
+        returns their sequence ids. Works while stopped, too."""
+        return self.publish_many(items, stream=stream, timeout=timeout)
+
+    def publish_many(self, items: Iterable[Union[Message, dict]], stream: Optional[str] = None, timeout: float = 60.0) -> List[int]:
+        entries: List[Published] = []
+        with self._cond:
+            seq = self._next_seq.get(stream, 1)
+            for item in items:
+                if isinstance(item, Message):
+                    item = item._replace(seq=seq, stream=stream if stream is not None else item.stream)
+                else:
+                    item = dict(item, seq=seq)
+                    if stream is not None:
+                        item["stream"] = stream
+                data, text = self._frame(item)
+                entries.append(Published(stream, seq, data, text))
+                seq += 1
+            self._next_seq[stream] = seq
+
+        async def go() -> None:
+            self.history.extend(entries)
+            for peer in self._peers.values():
+                peer.wake.set()
+
+        if self._loop is None:
+            self.history.extend(entries)
+        else:
+            self._call(go, timeout)
+        return [e.seq for e in entries]
 
     def _frame(self, item: Item) -> Tuple[Union[str, bytes], Optional[bool]]:
         if isinstance(item, tuple):

@@ -1,0 +1,247 @@
+"""Delivery that loses nothing: resume, dedup, gaps and the store, over real sockets."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import wsbridge
+from wsbridge import Backoff, SQLiteStore, StoreError
+from wsbridge.testing import Proxy, Server
+
+FAST = Backoff(initial=0.01, factor=2, max_delay=0.05, jitter=0)
+HERE = Path(__file__).parent
+
+
+def ticks(n, start=1):
+    return [{"type": "tick", "n": i} for i in range(start, start + n)]
+
+
+@pytest.fixture
+def feed():
+    """A feed server that sends only what is published after a client connects
+    (so whatever a reconnected client gets of the downtime, a resume got it)."""
+    with Server(feed_from="now") as srv:
+        yield srv
+
+
+def cut_and_publish(proxy, server, client, items, connected):
+    """Take the client offline, publish ``items`` meanwhile, let it back in."""
+    proxy.refuse()
+    proxy.cut()
+    server.wait_until(lambda s: s.clients == 0)
+    server.publish_many(items)
+    proxy.accept()
+    connected.wait(2, timeout=10)
+
+
+def test_a_reconnected_client_resumes_after_its_last_message(feed, make_client, collector):
+    with Proxy(("127.0.0.1", feed.port)) as proxy:
+        got, connected = collector(), collector()
+        client = make_client(proxy.url, backoff=FAST)
+        client.on("tick", got)
+        client.signals.connected.connect(connected)
+        client.start().wait_connected(timeout=10)
+        feed.wait_clients(1)
+        feed.publish_many(ticks(10))
+        got.wait(10)
+        cut_and_publish(proxy, feed, client, ticks(10, 11), connected)
+        assert [m.seq for m in got.wait(20)] == list(range(1, 21))
+        assert feed.resumes == [{None: 10}] and client.stats.resumes == 1
+
+
+def test_messages_resent_on_resume_are_dropped_as_duplicates(make_client, collector):
+    with Server(feed_from="now", resend=5) as feed, Proxy(("127.0.0.1", feed.port)) as proxy:
+        got, connected, dups = collector(), collector(), collector()
+        client = make_client(proxy.url, backoff=FAST)
+        client.on("tick", got)
+        client.signals.connected.connect(connected)
+        client.signals.duplicate.connect(dups)
+        client.start().wait_connected(timeout=10)
+        feed.wait_clients(1)
+        feed.publish_many(ticks(10))
+        got.wait(10)
+        cut_and_publish(proxy, feed, client, ticks(5, 11), connected)
+        got.wait(15)
+        assert [d["message"].seq for d in dups.wait(5)] == [6, 7, 8, 9, 10]
+        assert [m.seq for m in got.items] == list(range(1, 16))
+        assert client.stats.duplicates == 5
+
+
+def test_a_gap_is_filled_by_a_resume_and_delivered_in_order(make_client, collector):
+    with Server(skip={5}) as feed:
+        got, gaps = collector(), collector()
+        client = make_client(feed.url)
+        client.on("tick", got)
+        client.signals.gap.connect(gaps)
+        client.start().wait_connected(timeout=10)
+        feed.publish_many(ticks(10))
+        assert [m.seq for m in got.wait(10)] == list(range(1, 11))
+        assert [(g["first"], g["last"], g["status"]) for g in gaps.wait(2)] == [(5, 5, "open"), (5, 10, "filled")]
+        assert feed.resumes == [{None: 4}]
+        assert client.stats.gaps == 1 and client.stats.lost == 0 and client.stats.duplicates == 5
+
+
+def test_reordered_messages_are_delivered_in_order(make_client, collector):
+    with Server(reorder=True) as feed:
+        got = collector()
+        client = make_client(feed.url)
+        client.on("tick", got)
+        client.start().wait_connected(timeout=10)
+        feed.publish_many(ticks(1))  # the first message of a stream sets where it starts
+        got.wait(1)
+        feed.publish_many(ticks(100, 2))
+        assert [m.seq for m in got.wait(101)] == list(range(1, 102))
+
+
+def test_a_gap_nobody_fills_is_lost_after_gap_timeout_and_the_stream_goes_on(make_client, collector):
+    with Server(skip={5}) as feed:
+        got, gaps = collector(), collector()
+        client = make_client(feed.url, resume=False, gap_timeout=0.2)
+        client.on("tick", got)
+        client.signals.gap.connect(gaps)
+        client.start().wait_connected(timeout=10)
+        feed.publish_many(ticks(10))
+        assert [m.seq for m in got.wait(9)] == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+        assert [(g["first"], g["last"], g["status"]) for g in gaps.wait(2)] == [(5, 5, "open"), (5, 5, "lost")]
+        assert client.stats.lost == 1 and feed.resumes == []
+
+
+def test_a_custom_resume_request(make_client):
+    with Server() as feed:
+        feed.publish_many(ticks(3))
+        client = make_client(feed.url, resume=lambda positions: {"type": "hello", "from": positions[None]})
+        client.start()
+        client.wait_for("tick", lambda m: m.seq == 3, timeout=10)
+        feed.drop_clients()
+        feed.wait_received(1)
+        assert feed.received_messages()[0].payload == {"type": "hello", "from": 3}
+
+
+def test_chaos_20000_messages_over_20_cuts_arrive_once_each_in_order(make_client, collector):
+    """Two streams, 20,000 messages, the connection cut mid-flow at 25 random
+    points, the server resending an overlap on every resume."""
+    per_stream, total = 10_000, 20_000
+    cut_at = sorted(random.Random(4).sample(range(100, total - 100), 25))
+    with Server(feed_from="now", resend=7) as feed, Proxy(("127.0.0.1", feed.port)) as proxy:
+        got, connected = collector(), collector()
+        cuts = []
+
+        def cutter(msg):
+            # On the dispatcher thread, in step with the flow: the rest of the
+            # stream is still in flight when the connection goes. While the
+            # client is between connections the cut waits for the next one.
+            if cut_at and len(got) >= cut_at[0] and proxy.cut():
+                cuts.append(cut_at.pop(0))
+
+        client = make_client(proxy.url, backoff=FAST)
+        client.on("tick", got)
+        client.on("tick", cutter)
+        client.signals.connected.connect(connected)
+        client.start().wait_connected(timeout=10)
+        feed.wait_clients(1)
+        for start in range(1, per_stream + 1, 1000):
+            for stream in ("a", "b"):
+                feed.publish_many(ticks(1000, start), stream=stream)
+        items = got.wait(total, timeout=90)
+        by_stream = {"a": [], "b": []}
+        for m in items:
+            by_stream[m.stream].append(m.seq)
+        assert by_stream == {"a": list(range(1, per_stream + 1)), "b": list(range(1, per_stream + 1))}
+        stats = client.stats
+        assert len(cuts) >= 20 and stats.reconnects >= 20
+        assert stats.lost == 0 and stats.duplicates > 0 and stats.dispatched == total
+
+
+def test_with_a_store_a_new_client_continues_from_the_stored_position(tmp_path, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    with Server() as feed:  # a new client is sent the whole history unless it resumes
+        feed.publish_many(ticks(50))
+        first = collector()
+        client = make_client(feed.url, store=SQLiteStore(path))
+        client.on("tick", first)
+        client.start()
+        first.wait(50)
+        client.stop()
+        feed.publish_many(ticks(25, 51))
+        second = collector()
+        client = make_client(feed.url, store=SQLiteStore(path))
+        client.on("tick", second)
+        client.start()
+        assert [m.seq for m in second.wait(25)] == list(range(51, 76))
+        assert feed.resumes == [{None: 50}]
+        client.stop()
+        assert [m.seq for m in SQLiteStore(path).history()] == list(range(1, 76))
+        assert [m.payload["n"] for m in SQLiteStore(path).history(after_seq=70)] == [71, 72, 73, 74, 75]
+
+
+def test_a_store_that_cannot_be_written_is_reported_and_delivery_goes_on(tmp_path, make_client, collector):
+    with Server() as feed:
+        got, errors = collector(), collector()
+        client = make_client(feed.url, store=SQLiteStore(str(tmp_path / "tiny.db"), max_size=32 * 1024))
+        client.on("tick", got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        feed.publish_many({"type": "tick", "pad": "x" * 2000} for _ in range(100))
+        assert [m.seq for m in got.wait(100)] == list(range(1, 101))
+        report = errors.wait(1)[0]
+        assert report["context"] == "store" and isinstance(report["error"], StoreError) and "full" in str(report["error"])
+        assert client.stats.store_errors >= 1 and client.stats.stored < 100
+
+
+def test_a_corrupt_store_is_a_clear_error_at_start(tmp_path, make_client):
+    path = tmp_path / "feed.db"
+    path.write_bytes(b"\x00garbage" * 1000)
+    client = make_client("ws://127.0.0.1:9/", store=SQLiteStore(str(path)))
+    with pytest.raises(StoreError, match="cannot open the store"):
+        client.start()
+    assert client.state == "new" and client.threads() == []
+
+
+def _read_line(proc, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            return proc.stdout.readline().strip()
+    raise AssertionError(f"no line from the child within {timeout} s")
+
+
+def test_a_killed_client_restarted_with_its_store_loses_and_repeats_nothing(tmp_path):
+    store, record = str(tmp_path / "feed.db"), tmp_path / "handled.txt"
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def child(block_at, total):
+        return subprocess.Popen(
+            [sys.executable, str(HERE / "delivery_child.py"), feed.url, store, str(record), str(block_at), str(total)],
+            stdout=subprocess.PIPE, text=True, env=env,
+        )
+
+    with Server() as feed:
+        feed.publish_many(ticks(2000))
+        proc = child(block_at=700, total=3000)
+        try:
+            assert _read_line(proc, 30) == "BLOCKED"  # inside the subscriber of seq 700
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        feed.publish_many(ticks(1000, 2001))  # more arrives while the client is dead
+        proc = child(block_at=0, total=3000)
+        try:
+            line = _read_line(proc, 60)
+            assert proc.wait(30) == 0, line
+        finally:
+            proc.kill()
+            proc.wait(10)
+    done, replayed, resumes = line.split()
+    assert done == "DONE" and int(replayed) >= 1 and int(resumes) >= 1
+    handled = [int(x) for x in record.read_text().split()]
+    assert handled == list(range(1, 3001))  # nothing lost, nothing repeated

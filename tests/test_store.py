@@ -1,0 +1,97 @@
+"""SQLiteStore alone: positions, the handled mark, history, errors."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from wsbridge import Message, SQLiteStore, StoreError
+
+
+def msg(seq, stream=None, mtype="t", payload=None, id=None):
+    return Message(mtype, payload if payload is not None else {"n": seq}, seq, id, stream, 1000.0 + seq)
+
+
+def test_append_positions_and_history_round_trip(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as store:
+        first = store.append([msg(1), msg(2, "b", "x", "text"), msg(3, None, "y", b"\x00\xff", id=["k"])], {None: 3, "b": 2})
+        assert first == 1
+        assert store.append([msg(4)], {None: 4, "b": 2}) == 4
+        assert store.positions() == {None: 4, "b": 2}
+        got = store.history()
+        assert [(m.type, m.payload, m.seq, m.stream) for m in got] == [
+            ("t", {"n": 1}, 1, None), ("x", "text", 2, "b"), ("y", b"\x00\xff", 3, None), ("t", {"n": 4}, 4, None),
+        ]
+        assert got[2].id == '["k"]' and got[0].received_at == 1001.0
+        assert [m.seq for m in store.history(type="t")] == [1, 4]
+        assert [m.seq for m in store.history(stream="b")] == [2]
+        assert [m.seq for m in store.history(since=1003.0)] == [3, 4]
+        assert [m.seq for m in store.history(after_seq=2, limit=1)] == [3]
+
+
+def test_the_handled_mark_survives_a_reopen_to_the_message(tmp_path):
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path)
+    store.open()
+    store.append([msg(n) for n in range(1, 11)], {None: 10})
+    store.mark_handled(6)  # no batch written after it: only the side file knows
+    # Simulate a crash: no close(), a second process opens the files.
+    code = (
+        "import sys; from wsbridge import SQLiteStore\n"
+        "s = SQLiteStore(sys.argv[1]); s.open()\n"
+        "print([k for k, _ in s.unhandled()], s.positions())"
+    )
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[7, 8, 9, 10] {None: 10}"
+    store.close()
+
+
+def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as store:
+        store.append([msg(1), msg(2)], {None: 2})
+        store.mark_handled(1)
+        store.append([msg(3)], {None: 3})  # saves handled=1 in the database too
+    os.remove(path + "-handled")
+    with SQLiteStore(path) as store:
+        assert [k for k, _ in store.unhandled()] == [2, 3]
+
+
+def test_a_corrupt_file_is_a_clear_error_at_open(tmp_path):
+    path = tmp_path / "feed.db"
+    path.write_bytes(b"this is not an SQLite database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        SQLiteStore(str(path)).open()
+
+
+def test_a_full_store_raises_store_error_and_keeps_what_it_had(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, max_size=64 * 1024) as store:
+        store.append([msg(1)], {None: 1})
+        big = [msg(n, payload="x" * 4000) for n in range(2, 40)]
+        with pytest.raises(StoreError, match="cannot write 38 message.*full"):
+            store.append(big, {None: 39})
+        assert [m.seq for m in store.history()] == [1] and store.positions() == {None: 1}
+        assert store.append([msg(2)], {None: 2}) == 2  # the failed batch used no keys
+
+
+def test_history_reads_beside_a_writer_from_another_connection(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as store:
+        store.append([msg(n) for n in range(1, 101)], {None: 100})
+        db = sqlite3.connect(path)
+        db.execute("BEGIN IMMEDIATE")  # another writer holds the write lock; WAL readers go on
+        assert len(store.history()) == 100
+        db.rollback()
+        db.close()
+
+
+def test_history_of_a_missing_store_is_an_error(tmp_path):
+    with pytest.raises(StoreError, match="no store"):
+        SQLiteStore(str(tmp_path / "nope.db")).history()

@@ -1,0 +1,168 @@
+"""Sequence tracking: drop duplicates, put messages back in order, find gaps.
+
+Pure logic, no threads or clocks (the caller passes ``now``). Per stream it
+keeps the last *contiguous* sequence id received: a message at or below it
+is a duplicate; the next one is delivered at once; one further ahead opens a
+gap and is held back, so subscribers see every stream in order. A gap closes
+when the missing messages arrive (the client asks the server to resend them
+with a resume request) or, after ``gap_timeout`` seconds or ``max_held``
+waiting messages, is declared lost and the held messages are released.
+
+The first message of a stream with no known position starts it (so
+positions from a store or an earlier connection matter: a message older
+than the first one seen counts as a duplicate). Messages without ``seq`` fall back to ``id``: an id seen among the last
+``id_window`` ids is a duplicate. Messages with neither pass through.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, List, NamedTuple, Optional
+
+from .message import Message
+
+Positions = Dict[Optional[str], int]
+"""Stream name (None: the unnamed stream) -> last contiguous sequence id."""
+
+
+class Gap(NamedTuple):
+    """Sequence ids ``first``..``last`` (inclusive) of ``stream`` are missing."""
+
+    stream: Optional[str]
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+class Outcome(NamedTuple):
+    """What `SequenceTracker.offer` decided about one message."""
+
+    ready: List[Message]
+    """Messages to deliver now, in order (the offered one, perhaps with held ones after it)."""
+    duplicate: bool = False
+    opened: Optional[Gap] = None
+    """A gap this message revealed (the client should ask for a resend)."""
+    filled: Optional[Gap] = None
+    """The open gap this message closed: ``first``..``last`` are now all in, in order."""
+    lost: Optional[Gap] = None
+    """A gap given up because too many messages were held behind it."""
+
+
+
+class _Stream:
+    __slots__ = ("last", "held", "gap_since", "gap_first")
+
+    def __init__(self, last: Optional[int]) -> None:
+        self.last = last
+        self.held: Dict[int, Message] = {}
+        self.gap_since = 0.0
+        self.gap_first = 0  # first missing id of the gap open since gap_since
+
+
+class SequenceTracker:
+    def __init__(
+        self,
+        positions: Optional[Positions] = None,
+        *,
+        gap_timeout: float = 5.0,
+        max_held: int = 10_000,
+        id_window: int = 10_000,
+    ) -> None:
+        if gap_timeout < 0 or max_held < 1 or id_window < 0:
+            raise ValueError("gap_timeout >= 0, max_held >= 1 and id_window >= 0 are required")
+        self.gap_timeout = gap_timeout
+        self.max_held = max_held
+        self.id_window = id_window
+        self._streams: Dict[Optional[str], _Stream] = {s: _Stream(n) for s, n in (positions or {}).items()}
+        self._ids: "OrderedDict[Any, None]" = OrderedDict()
+        self.held = 0
+        """Messages held back behind open gaps, all streams."""
+
+    def positions(self) -> Positions:
+        """Last contiguous sequence id per stream: what a resume asks to continue after."""
+        return {name: s.last for name, s in self._streams.items() if s.last is not None}
+
+    def open_gaps(self) -> List[Gap]:
+        return [Gap(name, s.last + 1, min(s.held) - 1) for name, s in self._streams.items() if s.held and s.last is not None]
+
+    def offer(self, msg: Message, now: float) -> Outcome:
+        seq = msg.seq
+        if seq is None:
+            return self._offer_unsequenced(msg)
+        stream = self._streams.get(msg.stream)
+        if stream is None:
+            # The first message of a stream we have no position for starts it.
+            self._streams[msg.stream] = _Stream(seq)
+            return Outcome([msg])
+        last = stream.last
+        if seq <= last or seq in stream.held:
+            return Outcome([], duplicate=True)
+        if seq == last + 1:
+            stream.last = seq
+            if not stream.held:
+                return Outcome([msg])
+            ready = [msg]
+            self._release_contiguous(stream, ready)
+            if stream.held:  # part of the gap arrived; the rest stays open
+                return Outcome(ready)
+            return Outcome(ready, filled=Gap(msg.stream, stream.gap_first, stream.last))
+        # Ahead of the next expected id: hold it back.
+        opened = None
+        if not stream.held:
+            stream.gap_since = now
+            stream.gap_first = last + 1
+            opened = Gap(msg.stream, last + 1, seq - 1)
+        stream.held[seq] = msg
+        self.held += 1
+        if len(stream.held) <= self.max_held:
+            return Outcome([], opened=opened)
+        outcome = self._give_up(msg.stream, stream, now)
+        return outcome._replace(opened=opened)
+
+    def expire(self, now: float) -> List[Outcome]:
+        """Give up gaps open longer than ``gap_timeout``; release what they held."""
+        out: List[Outcome] = []
+        for name, stream in self._streams.items():
+            if stream.held and now - stream.gap_since >= self.gap_timeout:
+                out.append(self._give_up(name, stream, now))
+        return out
+
+    # -- internals -----------------------------------------------------------
+    def _release_contiguous(self, stream: _Stream, ready: List[Message]) -> None:
+        held = stream.held
+        nxt = stream.last + 1
+        while nxt in held:
+            ready.append(held.pop(nxt))
+            self.held -= 1
+            stream.last = nxt
+            nxt += 1
+
+    def _give_up(self, name: Optional[str], stream: _Stream, now: float) -> Outcome:
+        """Declare the ids before the oldest held message lost, release what
+        follows them; a further gap behind starts its own clock."""
+        first_held = min(stream.held)
+        lost = Gap(name, stream.last + 1, first_held - 1)
+        stream.last = first_held - 1
+        ready: List[Message] = []
+        self._release_contiguous(stream, ready)
+        stream.gap_since = now
+        stream.gap_first = stream.last + 1
+        return Outcome(ready, lost=lost)
+
+    def _offer_unsequenced(self, msg: Message) -> Outcome:
+        mid = msg.id
+        if mid is None or not self.id_window:
+            return Outcome([msg])
+        ids = self._ids
+        try:
+            if mid in ids:
+                return Outcome([], duplicate=True)
+        except TypeError:  # an unhashable id (a list, a dict): no dedup possible
+            return Outcome([msg])
+        ids[mid] = None
+        if len(ids) > self.id_window:
+            ids.popitem(last=False)
+        return Outcome([msg])

@@ -1,0 +1,349 @@
+"""Keeping what was received: the `Store` interface and `SQLiteStore`.
+
+A store holds every message the client accepted (after dedup) and two
+positions: *received* (the last contiguous sequence id stored per stream,
+what a resume asks to continue after) and *handled* (the last stored message
+whose subscribers all returned). The client writes each batch before any
+subscriber sees it and marks each message handled after its subscribers
+return, so after a crash the messages past the handled mark are delivered
+again first: the one in flight may be repeated, none is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import secrets
+import sqlite3
+import struct
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import WsbridgeError
+from .message import Message
+from .sequence import Positions
+
+
+class StoreError(WsbridgeError):
+    """The store cannot be opened, read or written."""
+
+
+class Store:
+    """What the client needs of a store; `SQLiteStore` is the bundled one.
+
+    Keys are increasing integers the store assigns, one per message, in
+    arrival order. The client calls `open` on start, then `append` and
+    `mark_handled` from its dispatcher thread only; `history` may be called
+    from any thread.
+    """
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def positions(self) -> Positions:
+        """Last contiguous sequence id stored per stream."""
+        raise NotImplementedError
+
+    def unhandled(self) -> List[Tuple[int, Message]]:
+        """Stored messages past the handled mark, oldest first, with their keys."""
+        raise NotImplementedError
+
+    def append(self, messages: Sequence[Message], positions: Positions) -> int:
+        """Store ``messages`` (one transaction) and the new received positions;
+        return the key of the first (the rest follow, consecutive)."""
+        raise NotImplementedError
+
+    def mark_handled(self, key: int) -> None:
+        """Every subscriber returned for the message ``key`` (and all before it)."""
+        raise NotImplementedError
+
+    def history(
+        self,
+        type: Optional[str] = None,
+        stream: Optional[str] = None,
+        since: Optional[float] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> List[Message]:
+        raise NotImplementedError
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    key INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    stream TEXT,
+    seq INTEGER,
+    id,
+    kind INTEGER NOT NULL,
+    payload,
+    received_at REAL
+);
+CREATE INDEX IF NOT EXISTS messages_stream_seq ON messages (stream, seq);
+CREATE INDEX IF NOT EXISTS messages_type ON messages (type);
+CREATE TABLE IF NOT EXISTS positions (
+    skey TEXT PRIMARY KEY,
+    stream TEXT,
+    received INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value
+);
+"""
+
+# payload kinds
+_NONE, _TEXT, _BYTES, _JSON = 0, 1, 2, 3
+
+_MARK = struct.Struct("<8sq")
+"""The handled mark's side file: the store's token, then the key."""
+
+
+def _skey(stream: Optional[str]) -> str:
+    return "-" if stream is None else "s:" + stream
+
+
+def _encode_payload(payload: Any) -> Tuple[int, Any]:
+    if payload is None:
+        return _NONE, None
+    if isinstance(payload, str):
+        return _TEXT, payload
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return _BYTES, bytes(payload)
+    return _JSON, json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode_payload(kind: int, value: Any) -> Any:
+    if kind == _JSON:
+        return json.loads(value)
+    if kind == _BYTES:
+        return bytes(value)
+    return value
+
+
+def _encode_id(value: Any) -> Any:
+    if value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class SQLiteStore(Store):
+    """Messages and positions in an SQLite database (stdlib ``sqlite3``).
+
+    WAL mode, so other processes can read `history` while the client writes;
+    ``synchronous=NORMAL``: a process crash loses nothing committed, a power
+    loss may lose the last batches (which a resume fetches again). The
+    handled mark is advanced after every message, which one SQLite commit
+    each would make the bottleneck (about 24 us), so it lives in a 16-byte
+    memory-mapped side file (``<path>-handled``): a plain memory write per
+    message that the kernel keeps even when the process is killed. It is
+    also saved in the database with every batch, the fallback when the side
+    file is missing or belongs to another database.
+
+    ``max_size`` caps the database file in bytes: past it a write fails as
+    on a full disk (a `StoreError`; the client reports it and keeps
+    delivering). One client writes a store at a time.
+    """
+
+    def __init__(self, path: str, *, max_size: Optional[int] = None) -> None:
+        self.path = os.fspath(path)
+        self.max_size = max_size
+        self._db: Optional[sqlite3.Connection] = None
+        self._mark: Optional[mmap.mmap] = None
+        self._mark_file: Optional[int] = None
+        self._token = b""
+        self._next_key = 1
+        self._handled = 0
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"
+
+    # -- lifecycle -----------------------------------------------------------
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                db.execute("PRAGMA synchronous=NORMAL")
+                if self.max_size is not None:
+                    page = db.execute("PRAGMA page_size").fetchone()[0]
+                    db.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size) // page)}")
+                db.executescript(_SCHEMA)
+                token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
+                if token is None:
+                    db.execute("INSERT INTO meta VALUES ('token', ?)", (secrets.token_bytes(8),))
+                    db.execute("INSERT INTO meta VALUES ('handled', 0)")
+                    token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
+                self._token = bytes(token[0])
+                handled = db.execute("SELECT value FROM meta WHERE name = 'handled'").fetchone()[0]
+                self._next_key = (db.execute("SELECT MAX(key) FROM messages").fetchone()[0] or 0) + 1
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
+        if mode.lower() != "wal":
+            db.close()
+            raise StoreError(f"cannot open the store {self.path!r}: WAL journal mode refused ({mode})")
+        self._db = db
+        self._handled = max(int(handled), self._open_mark())
+
+    def _open_mark(self) -> int:
+        """Map the side file; return the key it records (0 when it is new or stale)."""
+        path = self.path + "-handled"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store's handled mark {path!r}: {exc}") from exc
+        try:
+            if os.fstat(fd).st_size < _MARK.size:
+                os.ftruncate(fd, _MARK.size)
+            mark = mmap.mmap(fd, _MARK.size)
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot map the store's handled mark {path!r}: {exc}") from exc
+        token, key = _MARK.unpack_from(mark)
+        self._mark_file, self._mark = fd, mark
+        if token != self._token:
+            key = 0
+            _MARK.pack_into(mark, 0, self._token, self._handled)
+        return key
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        mark, self._mark = self._mark, None
+        fd, self._mark_file = self._mark_file, None
+        if db is not None:
+            try:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'handled'", (self._handled,))
+            except sqlite3.Error:
+                pass
+            db.close()
+        if mark is not None:
+            mark.close()
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> "SQLiteStore":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.path!r} is not open")
+        return self._db
+
+    # -- the client's side ------------------------------------------------------
+    def positions(self) -> Positions:
+        rows = self._conn().execute("SELECT stream, received FROM positions").fetchall()
+        return {stream: received for stream, received in rows}
+
+    @property
+    def handled(self) -> int:
+        """The handled mark: the key of the last message whose subscribers all returned."""
+        return self._handled
+
+    def unhandled(self) -> List[Tuple[int, Message]]:
+        rows = self._conn().execute(
+            "SELECT key, type, stream, seq, id, kind, payload, received_at FROM messages WHERE key > ? ORDER BY key",
+            (self._handled,),
+        )
+        return [(row[0], self._message(row[1:])) for row in rows]
+
+    def append(self, messages: Sequence[Message], positions: Positions) -> int:
+        db = self._conn()
+        first = self._next_key
+        rows = []
+        key = first
+        for m in messages:
+            kind, payload = _encode_payload(m.payload)
+            rows.append((key, m.type, m.stream, m.seq, _encode_id(m.id), kind, payload, m.received_at))
+            key += 1
+        try:
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
+                    [(_skey(stream), stream, seq) for stream, seq in positions.items()],
+                )
+                db.execute("UPDATE meta SET value = ? WHERE name = 'handled'", (self._handled,))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}") from exc
+        self._next_key = key
+        return first
+
+    def mark_handled(self, key: int) -> None:
+        self._handled = key
+        mark = self._mark
+        if mark is not None:
+            _MARK.pack_into(mark, 0, self._token, key)
+
+    # -- reading back (any thread, any process) -------------------------------------
+    def history(
+        self,
+        type: Optional[str] = None,
+        stream: Optional[str] = None,
+        since: Optional[float] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> List[Message]:
+        """Stored messages in arrival order, filtered by type, stream (None:
+        all streams), ``received_at >= since``, ``seq > after_seq``; the
+        first ``limit`` of them. Opens its own read-only connection, so it is
+        safe beside a writing client, from any thread or process."""
+        return list(self.iter_history(type, stream, since, after_seq, limit))
+
+    def iter_history(
+        self,
+        type: Optional[str] = None,
+        stream: Optional[str] = None,
+        since: Optional[float] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Message]:
+        """`history` one message at a time (for large stores)."""
+        where, args = [], []  # type: ignore[var-annotated]
+        for clause, value in (("type = ?", type), ("stream = ?", stream), ("received_at >= ?", since), ("seq > ?", after_seq)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT type, stream, seq, id, kind, payload, received_at FROM messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        if not os.path.exists(self.path):
+            raise StoreError(f"no store at {self.path!r}")
+        try:
+            reader = sqlite3.connect(Path(self.path).absolute().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store {self.path!r}: {exc}") from exc
+        try:
+            for row in reader.execute(sql, args):
+                yield self._message(row)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store {self.path!r}: {exc}") from exc
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _message(row: Sequence[Any]) -> Message:
+        mtype, stream, seq, mid, kind, payload, received_at = row
+        return Message(mtype, _decode_payload(kind, payload), seq, mid, stream, received_at, None)
