@@ -44,11 +44,11 @@ def test_the_handled_mark_survives_a_reopen_to_the_message(tmp_path):
     code = (
         "import sys; from wsbridge import SQLiteStore\n"
         "s = SQLiteStore(sys.argv[1]); s.open()\n"
-        "print([k for k, _ in s.unhandled()], s.positions())"
+        "print([k for k, _ in s.unhandled()], s.positions(), s.handled_positions())"
     )
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[7, 8, 9, 10] {None: 10}"
+    assert out.stdout.strip() == "[7, 8, 9, 10] {None: 10} {None: 6}"
     store.close()
 
 

@@ -98,7 +98,7 @@ def test_an_unanswered_tcp_connect_hits_the_connect_timeout(make_client, collect
         client.start()
         # Without a bound of our own the kernel retries the SYN for about two minutes.
         error = gave_up.wait(1, timeout=5)[0]["error"]
-        assert "connect" in str(error) and ("in time" in str(error) or "not open within 0.3 s" in str(error))
+        assert "not open within 0.3 s" in str(error)
         assert client.stats.connect_attempts == 1
 
 

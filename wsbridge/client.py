@@ -200,7 +200,7 @@ class Client:
         self._tracker = SequenceTracker(gap_timeout=gap_timeout, max_held=max_held)
         self._positions: Positions = {}  # the tracker's, as of the last batch (read by the supervisor)
         self._resume_wanted = False
-        self._replay: List[Tuple[int, Message]] = []  # from the store, for the dispatcher
+        self._replay_pending = False  # stored messages past the handled mark go first
 
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._dispatcher = Dispatcher(self._handle_batch, dispatch_queue, name=f"{self.name}-dispatcher")
@@ -275,10 +275,7 @@ class Client:
         tracker = self._tracker
         self._tracker = SequenceTracker(positions, gap_timeout=tracker.gap_timeout, max_held=tracker.max_held, id_window=tracker.id_window)
         self._positions = dict(positions)
-        pending = store.unhandled()
-        if pending:
-            log.info("%s: %d stored message(s) were not handled before; delivering them first", self.name, len(pending))
-            self._replay = pending
+        self._replay_pending = True
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":
         """Block until connected (socket open, send buffer flushed).
@@ -457,7 +454,7 @@ class Client:
         with self._send_cond:
             return self._outbox.items()
 
-    def _flush(self, conn: Connection) -> bool:
+    def _flush(self, conn: Connection, resume_from: Positions) -> bool:
         """Send the buffer in order, then the resume request; open for
         direct sends once both are out (so nothing new overtakes them)."""
         cond = self._send_cond
@@ -465,7 +462,7 @@ class Client:
             with cond:
                 frame = self._outbox.peek()
                 if frame is None:
-                    if not self._send_resume(conn):
+                    if not self._send_resume(conn, resume_from):
                         return False
                     if conn.is_open and not self._stopping.is_set():
                         self._live = conn
@@ -487,10 +484,9 @@ class Client:
                 self._sent += 1
                 cond.notify_all()
 
-    def _send_resume(self, conn: Connection) -> bool:
-        """Ask the server for what came after our positions (if there are any)."""
+    def _send_resume(self, conn: Connection, positions: Positions) -> bool:
+        """Ask the server for what came after ``positions`` (if there are any)."""
         self._resume_wanted = False
-        positions = self._positions
         if self._resume is None or not positions:
             return True
         try:
@@ -691,17 +687,16 @@ class Client:
     def _supervise(self) -> None:
         failures = 0
         try:
-            replay, self._replay = self._replay, []
-            for key, message in replay:  # before anything new arrives
-                self._dispatcher.put(_Stored(key, message))
-            self._dispatcher.wake()
+            if self._replay_pending:
+                self._replay_stored()
             while not self._stopping.is_set():
                 conn = self._new_connection()
                 self._conn = conn
                 self._set_state("connecting")
                 self._emit(self.signals.connecting, attempt=failures)
+                resume_from = self._positions  # replaced, never mutated: a snapshot
                 conn.start()
-                self._watch(conn)
+                self._watch(conn, resume_from)
                 conn.join()
                 self._ended(conn)
                 if self._stopping.is_set():
@@ -731,7 +726,24 @@ class Client:
             log.exception("%s: supervisor failed", self.name)
             self._give_up(WsbridgeError("supervisor failed; see the log"))
 
-    def _watch(self, conn: Connection) -> None:
+    def _replay_stored(self) -> None:
+        """Queue the stored messages past the handled mark, before anything new
+        arrives (the dispatch queue's bound paces a large backlog)."""
+        self._replay_pending = False
+        count = 0
+        try:
+            for key, message in self.store.unhandled():  # type: ignore[union-attr]
+                if self._stopping.is_set():
+                    break
+                self._dispatcher.put(_Stored(key, message))
+                count += 1
+        except StoreError as exc:
+            self._report(exc, "store")
+        self._dispatcher.wake()
+        if count:
+            log.info("%s: delivering %d stored message(s) that were not handled before", self.name, count)
+
+    def _watch(self, conn: Connection, resume_from: Positions) -> None:
         """Run one connection until it ends: connect timeout, flush, heartbeat, stop."""
         started = time.monotonic()
         flushed = False
@@ -754,12 +766,15 @@ class Client:
             if not flushed:
                 flushed = True
                 self._connects += 1
-                if self._flush(conn):
+                # Positions as they were before this connection: what it
+                # delivered itself (the server may start sending at once)
+                # needs no resume.
+                if self._flush(conn, resume_from):
                     self._set_state("connected")
                 continue
             if self._resume_wanted:
                 with self._send_cond:  # in line with the sends, never between two frames
-                    self._send_resume(conn)
+                    self._send_resume(conn, self._positions)
             if self._tracker.held and len(self._dispatcher) < self._dispatcher.maxsize:
                 self._dispatcher.put_now(_EXPIRE)
             if conn.ping_overdue(time.time()):

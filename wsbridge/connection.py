@@ -83,7 +83,7 @@ class Connection:
         self._connect_timeout = connect_timeout
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
-        self._aborted = False
+        self._aborted = threading.Event()
         if isinstance(headers, dict):
             headers = [f"{k}: {v}" for k, v in headers.items()]
         self.app = websocket.WebSocketApp(
@@ -115,7 +115,7 @@ class Connection:
         try:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self._connect_timeout
-                self.app.prepared_socket = open_socket(self.url, self._sslopt, deadline, self._adopt)
+                self.app.prepared_socket = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
@@ -127,6 +127,14 @@ class Connection:
             if self.error is None:
                 self.error = exc
         finally:
+            error = self.error
+            if (
+                not self.opened.is_set()
+                and isinstance(error, (TimeoutError, websocket.WebSocketTimeoutException))
+                and not str(error).startswith("connection not open")
+            ):
+                # One message for every phase that ran out of time (TCP, TLS, upgrade).
+                self.error = TimeoutError(f"connection not open within {self._connect_timeout} s ({self.error})")
             self.ended.set()
             try:
                 self._on_end(self)
@@ -136,7 +144,7 @@ class Connection:
     def _adopt(self, sock: socket.socket) -> None:
         """Make a socket being dialled reachable by `abort` (or refuse it)."""
         with self._sock_lock:
-            if self._aborted:
+            if self._aborted.is_set():
                 raise ConnectionAbortedError("connection attempt aborted")
             self._sock = sock
 
@@ -254,7 +262,7 @@ class Connection:
         """Cut the TCP connection at once; the reader thread then ends."""
         self.app.keep_running = False
         with self._sock_lock:
-            self._aborted = True
+            self._aborted.set()  # before the shutdown: see open_socket
             dialled = self._sock
         ws = self.app.sock
         for sock in {dialled, ws.sock if ws is not None else None}:

@@ -17,7 +17,10 @@ verification defaults), with the handshake run here so the deadline and
 from __future__ import annotations
 
 import errno
+import os
+import select
 import socket
+import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -37,13 +40,19 @@ def uses_proxy(url: str) -> bool:
     return bool(get_proxy_info(hostname, secure)[0])
 
 
-def open_socket(url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt) -> socket.socket:
+def open_socket(
+    url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt, aborted: threading.Event
+) -> socket.socket:
     """A connected (and, for ``wss://``, TLS-established) socket to ``url``'s host.
 
     Each address the name resolves to is tried in turn, as websocket-client
     does; every step is bounded by ``deadline`` (a `time.monotonic` value),
     and the socket keeps the remaining time as its timeout for the HTTP
     upgrade. Raises `TimeoutError` naming the step that ran out of time.
+
+    To abort, set ``aborted``, then shut down the adopted socket: a shutdown
+    wakes a pending connect, and one that came before the connect started
+    is seen through ``aborted``.
     """
     hostname, port, _, secure = parse_url(url)
     where = f"{hostname}:{port}"
@@ -57,11 +66,8 @@ def open_socket(url: str, sslopt: Optional[Dict[str, Any]], deadline: float, ado
             adopt(sock)
             for option in websocket.DEFAULT_SOCKET_OPTION:
                 sock.setsockopt(*option)
-            sock.settimeout(_remaining(deadline, f"TCP connect to {where}"))
             try:
-                sock.connect(address)
-            except socket.timeout:
-                raise TimeoutError(f"TCP connect to {where} not answered in time") from None
+                _connect(sock, address, deadline, aborted, where)
             except OSError as exc:
                 if exc.errno not in _TRY_NEXT:
                     raise
@@ -77,6 +83,27 @@ def open_socket(url: str, sslopt: Optional[Dict[str, Any]], deadline: float, ado
             raise
     assert last is not None
     raise last
+
+
+def _connect(sock: socket.socket, address: Any, deadline: float, aborted: threading.Event, where: str) -> None:
+    sock.setblocking(False)
+    err = sock.connect_ex(address)
+    if err in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT | select.POLLERR | select.POLLHUP)
+        while True:
+            if aborted.is_set():
+                raise ConnectionAbortedError("connection attempt aborted")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"TCP connect to {where} not answered in time")
+            if poller.poll(left * 1000):
+                break
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"TCP connect to {where}: {os.strerror(err)}")
+    if aborted.is_set():
+        raise ConnectionAbortedError("connection attempt aborted")
 
 
 def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: float, adopt: Adopt, where: str) -> socket.socket:

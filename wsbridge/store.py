@@ -48,8 +48,9 @@ class Store:
         """Last contiguous sequence id stored per stream."""
         raise NotImplementedError
 
-    def unhandled(self) -> List[Tuple[int, Message]]:
-        """Stored messages past the handled mark, oldest first, with their keys."""
+    def unhandled(self) -> Iterator[Tuple[int, Message]]:
+        """Stored messages past the handled mark, oldest first, with their keys
+        (read lazily: the backlog after a long outage need not fit in memory)."""
         raise NotImplementedError
 
     def append(self, messages: Sequence[Message], positions: Positions) -> int:
@@ -95,6 +96,8 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 );
 """
+
+_COLUMNS = "type, stream, seq, id, kind, payload, received_at"
 
 # payload kinds
 _NONE, _TEXT, _BYTES, _JSON = 0, 1, 2, 3
@@ -252,12 +255,16 @@ class SQLiteStore(Store):
         """The handled mark: the key of the last message whose subscribers all returned."""
         return self._handled
 
-    def unhandled(self) -> List[Tuple[int, Message]]:
-        rows = self._conn().execute(
-            "SELECT key, type, stream, seq, id, kind, payload, received_at FROM messages WHERE key > ? ORDER BY key",
-            (self._handled,),
-        )
-        return [(row[0], self._message(row[1:])) for row in rows]
+    def unhandled(self) -> Iterator[Tuple[int, Message]]:
+        self._conn()
+        for row in self._read("SELECT key, " + _COLUMNS + " FROM messages WHERE key > ? ORDER BY key", [self._handled]):
+            yield row[0], self._message(row[1:])
+
+    def handled_positions(self) -> Positions:
+        """The last handled sequence id per stream (derived from the handled mark)."""
+        return {s: n for s, n in self._read(
+            "SELECT stream, MAX(seq) FROM messages WHERE key <= ? AND seq IS NOT NULL GROUP BY stream", [self._handled]
+        )}
 
     def append(self, messages: Sequence[Message], positions: Positions) -> int:
         db = self._conn()
@@ -317,18 +324,25 @@ class SQLiteStore(Store):
         limit: Optional[int] = None,
     ) -> Iterator[Message]:
         """`history` one message at a time (for large stores)."""
-        where, args = [], []  # type: ignore[var-annotated]
+        where: List[str] = []
+        args: List[Any] = []
         for clause, value in (("type = ?", type), ("stream = ?", stream), ("received_at >= ?", since), ("seq > ?", after_seq)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        sql = "SELECT type, stream, seq, id, kind, payload, received_at FROM messages"
+        sql = "SELECT " + _COLUMNS + " FROM messages"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY key"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
+        for row in self._read(sql, args):
+            yield self._message(row)
+
+    def _read(self, sql: str, args: Sequence[Any]) -> Iterator[Tuple[Any, ...]]:
+        """Rows of a query on a read-only connection of its own (WAL: readers
+        never block the writer, nor it them)."""
         if not os.path.exists(self.path):
             raise StoreError(f"no store at {self.path!r}")
         try:
@@ -336,8 +350,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store {self.path!r}: {exc}") from exc
         try:
-            for row in reader.execute(sql, args):
-                yield self._message(row)
+            yield from reader.execute(sql, args)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the store {self.path!r}: {exc}") from exc
         finally:

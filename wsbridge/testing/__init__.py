@@ -11,8 +11,9 @@ is down). Needs the ``server`` extra.
 """
 
 from .blackhole import Blackhole
+from .chaos import ChaosReport, run_chaos
 from .proxy import Proxy
 from .raw import RawServer
 from .server import Received, Server
 
-__all__ = ["Blackhole", "Proxy", "RawServer", "Received", "Server"]
+__all__ = ["Blackhole", "ChaosReport", "run_chaos", "Proxy", "RawServer", "Received", "Server"]
