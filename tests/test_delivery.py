@@ -168,7 +168,7 @@ def test_with_a_store_a_new_client_continues_from_the_stored_position(tmp_path, 
 def test_a_store_that_cannot_be_written_is_reported_and_delivery_goes_on(tmp_path, make_client, collector):
     with Server() as feed:
         got, errors = collector(), collector()
-        client = make_client(feed.url, store=SQLiteStore(str(tmp_path / "tiny.db"), max_size=32 * 1024))
+        client = make_client(feed.url, store=SQLiteStore(str(tmp_path / "tiny.db"), max_size=64 * 1024))
         client.on("tick", got)
         client.signals.error.connect(errors)
         client.start().wait_connected(timeout=10)
@@ -227,3 +227,31 @@ def test_a_killed_client_restarted_with_its_store_loses_and_repeats_nothing(tmp_
     assert done == "DONE" and int(replayed) >= 1 and int(resumes) >= 1
     handled = [int(x) for x in record.read_text().split()]
     assert handled == list(range(1, 3001))  # nothing lost, nothing repeated
+
+
+def test_sends_queued_by_a_killed_process_are_sent_by_the_next_client_with_the_store(tmp_path, down_server, make_client):
+    path = str(tmp_path / "feed.db")
+    code = (
+        "import sys, threading, wsbridge\n"
+        "client = wsbridge.Client(sys.argv[1], store=wsbridge.SQLiteStore(sys.argv[2])).start()\n"
+        "for i in range(300):\n"
+        "    client.send({'type': 'order', 'i': i})\n"
+        "print('QUEUED', client.stats.outbox, flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", code, down_server.url, path], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert _read_line(proc, 30) == "QUEUED 300"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    down_server.start()
+    client = make_client(down_server.url, store=SQLiteStore(path))
+    assert client.start().stats.outbox == 300
+    client.wait_connected(timeout=10)  # connected = flushed
+    down_server.wait_received(300)
+    assert [m.payload["i"] for m in down_server.received_messages()] == list(range(300))
+    client.stop()
+    with SQLiteStore(path) as store:
+        assert store.outbox_items() == []

@@ -95,3 +95,13 @@ def test_history_reads_beside_a_writer_from_another_connection(tmp_path):
 def test_history_of_a_missing_store_is_an_error(tmp_path):
     with pytest.raises(StoreError, match="no store"):
         SQLiteStore(str(tmp_path / "nope.db")).history()
+
+
+def test_the_send_buffer_is_kept_in_order_and_forgotten_once_sent(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as store:
+        keys = [store.outbox_add(f"m{i}", False) for i in range(5)] + [store.outbox_add(b"\x00\x01", True)]
+        store.outbox_remove(keys[1])  # dropped by the overflow policy
+        store.outbox_remove_through(keys[2])  # the socket took m0 (and m2)
+    with SQLiteStore(path) as store:
+        assert [(d, b) for _, d, b in store.outbox_items()] == [("m3", False), ("m4", False), (b"\x00\x01", True)]

@@ -44,6 +44,19 @@ log = logging.getLogger("wsbridge")
 Sendable = Union[str, bytes, bytearray, memoryview, Message, Mapping[str, Any]]
 OutFrame = Tuple[Union[str, bytes], bool]
 
+
+class _Queued(NamedTuple):
+    """A frame in the send buffer; ``key`` is its place in the store, if kept there."""
+
+    data: Union[str, bytes]
+    binary: bool
+    key: Optional[int] = None
+
+
+FLUSH_FORGET_EVERY = 256
+"""Kept frames the socket took are forgotten by the store in batches of this many
+(a crash in between sends those again: at least once, never lost)."""
+
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
 """Handshake refusals that retrying will not fix: the client gives up."""
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
@@ -186,11 +199,11 @@ class Client:
         self.name = name or f"wsbridge-{next(_ids)}"
         self.signals = Signals()
 
-        self._outbox: Outbox[OutFrame] = Outbox(outbox_size, outbox_overflow)
+        self._outbox: Outbox[_Queued] = Outbox(outbox_size, outbox_overflow)
         self._outbox_timeout = outbox_timeout
         self._send_cond = threading.Condition()
         self._live: Optional[Connection] = None  # open and flushed: sends go straight out
-        self._inflight: Optional[OutFrame] = None  # the outbox head being flushed
+        self._inflight: Optional[_Queued] = None  # the outbox head being flushed
 
         self.store = store
         if resume is True:
@@ -276,6 +289,11 @@ class Client:
         self._tracker = SequenceTracker(positions, gap_timeout=tracker.gap_timeout, max_held=tracker.max_held, id_window=tracker.id_window)
         self._positions = dict(positions)
         self._replay_pending = True
+        kept = store.outbox_items()
+        if kept:
+            with self._send_cond:
+                self._outbox.restore([_Queued(data, binary, key) for key, data, binary in kept])
+            log.info("%s: %d unsent message(s) from an earlier run wait in the send buffer", self.name, len(kept))
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":
         """Block until connected (socket open, send buffer flushed).
@@ -327,7 +345,8 @@ class Client:
         _live_clients.discard(self)
         left = len(self._outbox)
         if left:
-            log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them", self.name, left)
+            kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
+            log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
         alive = [t.name for t in self.threads() if t.is_alive()]
         if alive:
             log.warning("%s: threads still running after stop(): %s", self.name, ", ".join(alive))
@@ -427,12 +446,40 @@ class Client:
                     log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
                     self._live = None
                     conn.abort()
-            dropped = self._outbox.put(frame, keep_head=self._inflight is not None)
-            self._queued += 1
+            dropped = self._queue(frame)
         if dropped is not None:
             self._outbox_dropped += 1
             log.warning("%s: send buffer full; dropped the oldest unsent message (%d dropped so far)", self.name, self._outbox_dropped)
             self._emit(self.signals.dropped, what="outbox", count=1)
+
+    def _queue(self, frame: OutFrame) -> Optional[_Queued]:
+        """Append to the send buffer (and keep it in the store); return what the
+        overflow policy dropped. Called with ``_send_cond`` held."""
+        key = None
+        if self.store is not None:
+            try:
+                key = self.store.outbox_add(*frame)
+            except Exception as exc:  # kept in memory all the same; said, not silent
+                self._store_errors += 1
+                self._report(exc if isinstance(exc, StoreError) else StoreError(repr(exc)), "store")
+        try:
+            dropped = self._outbox.put(_Queued(frame[0], frame[1], key), keep_head=self._inflight is not None)
+        except OutboxFull:
+            self._forget(key)
+            raise
+        self._queued += 1
+        if dropped is not None:
+            self._forget(dropped.key)
+        return dropped
+
+    def _forget(self, key: Optional[int], through: bool = False) -> None:
+        if key is None or self.store is None:
+            return
+        try:
+            (self.store.outbox_remove_through if through else self.store.outbox_remove)(key)
+        except Exception as exc:
+            self._store_errors += 1
+            self._report(exc if isinstance(exc, StoreError) else StoreError(repr(exc)), "store")
 
     def _check_open(self) -> None:
         if self._state in ("stopped", "gave_up"):
@@ -452,15 +499,20 @@ class Client:
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""
         with self._send_cond:
-            return self._outbox.items()
+            return [(q.data, q.binary) for q in self._outbox.items()]
 
     def _flush(self, conn: Connection, resume_from: Positions) -> bool:
         """Send the buffer in order, then the resume request; open for
         direct sends once both are out (so nothing new overtakes them)."""
         cond = self._send_cond
+        sent_key: Optional[int] = None  # the last kept frame the socket took, not yet forgotten
+        unforgotten = 0
         while True:
             with cond:
                 frame = self._outbox.peek()
+                if unforgotten and (frame is None or unforgotten >= FLUSH_FORGET_EVERY):
+                    self._forget(sent_key, through=True)
+                    unforgotten = 0
                 if frame is None:
                     if not self._send_resume(conn, resume_from):
                         return False
@@ -470,16 +522,21 @@ class Client:
                     return False
                 self._inflight = frame
             try:
-                conn.send(*frame)
+                conn.send(frame.data, frame.binary)
             except Exception as exc:
                 with cond:
                     self._inflight = None
+                    if unforgotten:
+                        self._forget(sent_key, through=True)
                 log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self._outbox))
                 conn.abort()
                 return False
             with cond:
                 self._inflight = None
                 self._outbox.pop()
+                if frame.key is not None:
+                    sent_key = frame.key
+                    unforgotten += 1
                 self._flushed += 1
                 self._sent += 1
                 cond.notify_all()

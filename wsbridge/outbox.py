@@ -62,6 +62,11 @@ class Outbox(Generic[T]):
         items.append(item)
         return dropped
 
+    def restore(self, items: List[T]) -> None:
+        """Put back what an earlier run left, ahead of anything new, whatever
+        the bound (nothing kept is dropped on the way back)."""
+        self._items.extendleft(reversed(items))
+
     def peek(self) -> Optional[T]:
         """The oldest item, left in place; None when empty."""
         return self._items[0] if self._items else None

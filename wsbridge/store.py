@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import WsbridgeError
 from .message import Message
@@ -72,6 +72,22 @@ class Store:
     ) -> List[Message]:
         raise NotImplementedError
 
+    # The send buffer, kept so queued sends survive a restart. A store that
+    # does not keep it returns None from `outbox_add` and nothing else is called.
+    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
+        """Queued frames from an earlier run, oldest first: ``(key, data, binary)``."""
+        return []
+
+    def outbox_add(self, data: Union[str, bytes], binary: bool) -> Optional[int]:
+        """Keep a frame that waits in the send buffer; its key (None: not kept)."""
+        return None
+
+    def outbox_remove(self, key: int) -> None:
+        """Forget one kept frame (dropped by the overflow policy)."""
+
+    def outbox_remove_through(self, key: int) -> None:
+        """Forget every kept frame up to ``key`` (the socket took them)."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -91,11 +107,19 @@ CREATE TABLE IF NOT EXISTS positions (
     stream TEXT,
     received INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    data NOT NULL,
+    binary INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value
 );
 """
+
+BUSY_TIMEOUT = 10.0
+"""Seconds a write waits for the other connection's (the send buffer's and the messages' are two)."""
 
 _COLUMNS = "type, stream, seq, id, kind, payload, received_at"
 
@@ -155,7 +179,8 @@ class SQLiteStore(Store):
     def __init__(self, path: str, *, max_size: Optional[int] = None) -> None:
         self.path = os.fspath(path)
         self.max_size = max_size
-        self._db: Optional[sqlite3.Connection] = None
+        self._db: Optional[sqlite3.Connection] = None  # messages: the dispatcher's
+        self._odb: Optional[sqlite3.Connection] = None  # the send buffer: senders' and the supervisor's
         self._mark: Optional[mmap.mmap] = None
         self._mark_file: Optional[int] = None
         self._token = b""
@@ -170,7 +195,7 @@ class SQLiteStore(Store):
         if self._db is not None:
             return
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 db.execute("PRAGMA synchronous=NORMAL")
@@ -194,7 +219,13 @@ class SQLiteStore(Store):
         if mode.lower() != "wal":
             db.close()
             raise StoreError(f"cannot open the store {self.path!r}: WAL journal mode refused ({mode})")
-        self._db = db
+        try:
+            odb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
+            odb.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
+        self._db, self._odb = db, odb
         self._handled = max(int(handled), self._open_mark())
 
     def _open_mark(self) -> int:
@@ -220,6 +251,9 @@ class SQLiteStore(Store):
 
     def close(self) -> None:
         db, self._db = self._db, None
+        odb, self._odb = self._odb, None
+        if odb is not None:
+            odb.close()
         mark, self._mark = self._mark, None
         fd, self._mark_file = self._mark_file, None
         if db is not None:
@@ -299,6 +333,31 @@ class SQLiteStore(Store):
         mark = self._mark
         if mark is not None:
             _MARK.pack_into(mark, 0, self._token, key)
+
+    # -- the send buffer --------------------------------------------------------------
+    def _outbox_db(self) -> sqlite3.Connection:
+        if self._odb is None:
+            raise StoreError(f"the store {self.path!r} is not open")
+        return self._odb
+
+    def _outbox_write(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
+        try:
+            return self._outbox_db().execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot keep the send buffer in {self.path!r}: {exc}") from exc
+
+    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
+        rows = self._outbox_db().execute("SELECT key, data, binary FROM outbox ORDER BY key").fetchall()
+        return [(key, bytes(data) if binary else data, bool(binary)) for key, data, binary in rows]
+
+    def outbox_add(self, data: Union[str, bytes], binary: bool) -> Optional[int]:
+        return self._outbox_write("INSERT INTO outbox (data, binary) VALUES (?, ?)", (data, int(binary))).lastrowid
+
+    def outbox_remove(self, key: int) -> None:
+        self._outbox_write("DELETE FROM outbox WHERE key = ?", (key,))
+
+    def outbox_remove_through(self, key: int) -> None:
+        self._outbox_write("DELETE FROM outbox WHERE key <= ?", (key,))
 
     # -- reading back (any thread, any process) -------------------------------------
     def history(
