@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -57,16 +59,21 @@ def bare_app(url: str, count: int) -> float:
     return watch.rate()
 
 
-def wsbridge_client(url: str, count: int, codec: wsbridge.Codec) -> float:
-    """wsbridge with every feature of this release on: decode, ordered
-    dispatch to one subscriber, the pull buffer."""
+def wsbridge_client(url: str, count: int, codec: wsbridge.Codec, store: bool = False) -> float:
+    """wsbridge with every feature of this release on: decode, sequence
+    tracking (dedup, order), ordered dispatch to one subscriber, the pull
+    buffer; and, with ``store``, an SQLiteStore written before dispatch."""
     watch = Stopwatch(count)
-    client = wsbridge.Client(url, codec=codec, backoff=wsbridge.NO_RETRY)
+    tmp = tempfile.mkdtemp() if store else None
+    client = wsbridge.Client(url, codec=codec, backoff=wsbridge.NO_RETRY,
+                             store=wsbridge.SQLiteStore(os.path.join(tmp, "bench.db")) if tmp else None)
     client.on_any(watch)
     client.start()
     if not watch.done.wait(300):
         raise RuntimeError(f"wsbridge did not finish: {client.stats}")
     client.stop()
+    if tmp:
+        shutil.rmtree(tmp)
     return watch.rate()
 
 
@@ -81,9 +88,10 @@ def main() -> None:
         port = int(server.stdout.readline())
         base = f"ws://127.0.0.1:{port}"
         cases = [
-            ("~100 B JSON text", "json100", args.count, wsbridge.JsonCodec()),
-            ("4 KiB JSON text", "json4k", max(1000, args.count // 20), wsbridge.JsonCodec()),
-            ("64 KiB binary", "bin64k", max(500, args.count // 100), wsbridge.RawCodec()),
+            ("~100 B JSON text", "json100", args.count, wsbridge.JsonCodec(), False),
+            ("4 KiB JSON text", "json4k", max(1000, args.count // 20), wsbridge.JsonCodec(), False),
+            ("64 KiB binary", "bin64k", max(500, args.count // 100), wsbridge.RawCodec(), False),
+            ("~100 B JSON, store", "json100", args.count, wsbridge.JsonCodec(), True),
         ]
         try:
             import wsaccel  # noqa: F401
@@ -94,12 +102,12 @@ def main() -> None:
         print(f"wsbridge {wsbridge.__version__}, websocket-client {websocket.__version__} ({accel}), "
               f"Python {sys.version.split()[0]}, {os.cpu_count()} cores; median of {args.runs} runs")
         print(f"{'message':<18} {'bare WebSocketApp':>18} {'wsbridge':>12} {'ratio':>7}")
-        for label, kind, count, codec in cases:
+        for label, kind, count, codec, store in cases:
             url = f"{base}/{kind}/{count}"
             bare, ours = [], []
             for _ in range(args.runs):  # interleaved, so drift hits both alike
                 bare.append(bare_app(url, count))
-                ours.append(wsbridge_client(url, count, codec))
+                ours.append(wsbridge_client(url, count, codec, store))
             b, w = statistics.median(bare), statistics.median(ours)
             print(f"{label:<18} {b:>14,.0f}/s {w:>10,.0f}/s {w / b:>6.2f}x", flush=True)
     finally:

@@ -33,6 +33,17 @@ def feed():
         yield srv
 
 
+def start_through(proxy, make_client, collector, **options):
+    """A client of the feed through ``proxy``, connected, with collectors of
+    its ticks and of its ``connected`` signals."""
+    got, connected = collector(), collector()
+    client = make_client(proxy.url, backoff=FAST, **options)
+    client.on("tick", got)
+    client.signals.connected.connect(connected)
+    client.start().wait_connected(timeout=10)
+    return client, got, connected
+
+
 def cut_and_publish(proxy, server, client, items, connected):
     """Take the client offline, publish ``items`` meanwhile, let it back in."""
     proxy.refuse()
@@ -45,11 +56,7 @@ def cut_and_publish(proxy, server, client, items, connected):
 
 def test_a_reconnected_client_resumes_after_its_last_message(feed, make_client, collector):
     with Proxy(("127.0.0.1", feed.port)) as proxy:
-        got, connected = collector(), collector()
-        client = make_client(proxy.url, backoff=FAST)
-        client.on("tick", got)
-        client.signals.connected.connect(connected)
-        client.start().wait_connected(timeout=10)
+        client, got, connected = start_through(proxy, make_client, collector)
         feed.wait_clients(1)
         feed.publish_many(ticks(10))
         got.wait(10)
@@ -60,12 +67,9 @@ def test_a_reconnected_client_resumes_after_its_last_message(feed, make_client, 
 
 def test_messages_resent_on_resume_are_dropped_as_duplicates(make_client, collector):
     with Server(feed_from="now", resend=5) as feed, Proxy(("127.0.0.1", feed.port)) as proxy:
-        got, connected, dups = collector(), collector(), collector()
-        client = make_client(proxy.url, backoff=FAST)
-        client.on("tick", got)
-        client.signals.connected.connect(connected)
+        client, got, connected = start_through(proxy, make_client, collector)
+        dups = collector()
         client.signals.duplicate.connect(dups)
-        client.start().wait_connected(timeout=10)
         feed.wait_clients(1)
         feed.publish_many(ticks(10))
         got.wait(10)

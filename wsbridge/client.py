@@ -232,7 +232,7 @@ class Client:
         self._dispatched = self._subscriber_errors = 0  # dispatcher
         self._duplicates = self._gaps = self._lost = self._stored = self._store_errors = self._replayed = 0  # dispatcher
         self._resumes = 0  # supervisor
-        self._sent = self._queued = self._flushed = self._outbox_dropped = 0  # under _send_cond
+        self._sent = self._queued = self._flushed = self._outbox_dropped = self._send_store_errors = 0  # under _send_cond
         self._connects = self._attempts = self._disconnects = 0  # supervisor
 
     # -- lifecycle -------------------------------------------------------
@@ -455,13 +455,7 @@ class Client:
     def _queue(self, frame: OutFrame) -> Optional[_Queued]:
         """Append to the send buffer (and keep it in the store); return what the
         overflow policy dropped. Called with ``_send_cond`` held."""
-        key = None
-        if self.store is not None:
-            try:
-                key = self.store.outbox_add(*frame)
-            except Exception as exc:  # kept in memory all the same; said, not silent
-                self._store_errors += 1
-                self._report(exc if isinstance(exc, StoreError) else StoreError(repr(exc)), "store")
+        key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
         try:
             dropped = self._outbox.put(_Queued(frame[0], frame[1], key), keep_head=self._inflight is not None)
         except OutboxFull:
@@ -473,13 +467,18 @@ class Client:
         return dropped
 
     def _forget(self, key: Optional[int], through: bool = False) -> None:
-        if key is None or self.store is None:
-            return
+        if key is not None and self.store is not None:
+            self._keep(self.store.outbox_remove_through if through else self.store.outbox_remove, key)
+
+    def _keep(self, operation: Callable[..., Any], *args: Any) -> Any:
+        """A send-buffer operation on the store. A failure is reported, not
+        raised: the frame is still in memory (only a crash could lose it now)."""
         try:
-            (self.store.outbox_remove_through if through else self.store.outbox_remove)(key)
+            return operation(*args)
         except Exception as exc:
-            self._store_errors += 1
-            self._report(exc if isinstance(exc, StoreError) else StoreError(repr(exc)), "store")
+            self._send_store_errors += 1
+            self._report(exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}"), "store")
+            return None
 
     def _check_open(self) -> None:
         if self._state in ("stopped", "gave_up"):
@@ -926,7 +925,7 @@ class Client:
             held=self._tracker.held,
             resumes=self._resumes,
             stored=self._stored,
-            store_errors=self._store_errors,
+            store_errors=self._store_errors + self._send_store_errors,
             replayed=self._replayed,
             connects=self._connects,
             reconnects=max(0, self._connects - 1),

@@ -70,6 +70,21 @@ class Store:
         after_seq: Optional[int] = None,
         limit: Optional[int] = None,
     ) -> List[Message]:
+        """Stored messages in arrival order, filtered by type, stream (None:
+        all streams), ``received_at >= since``, ``seq > after_seq``; the
+        first ``limit`` of them. Safe beside a writing client, from any
+        thread (and, for `SQLiteStore`, any process)."""
+        return list(self.iter_history(type, stream, since, after_seq, limit))
+
+    def iter_history(
+        self,
+        type: Optional[str] = None,
+        stream: Optional[str] = None,
+        since: Optional[float] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Message]:
+        """`history` one message at a time (for large stores)."""
         raise NotImplementedError
 
     # The send buffer, kept so queued sends survive a restart. A store that
@@ -360,20 +375,6 @@ class SQLiteStore(Store):
         self._outbox_write("DELETE FROM outbox WHERE key <= ?", (key,))
 
     # -- reading back (any thread, any process) -------------------------------------
-    def history(
-        self,
-        type: Optional[str] = None,
-        stream: Optional[str] = None,
-        since: Optional[float] = None,
-        after_seq: Optional[int] = None,
-        limit: Optional[int] = None,
-    ) -> List[Message]:
-        """Stored messages in arrival order, filtered by type, stream (None:
-        all streams), ``received_at >= since``, ``seq > after_seq``; the
-        first ``limit`` of them. Opens its own read-only connection, so it is
-        safe beside a writing client, from any thread or process."""
-        return list(self.iter_history(type, stream, since, after_seq, limit))
-
     def iter_history(
         self,
         type: Optional[str] = None,
@@ -382,7 +383,7 @@ class SQLiteStore(Store):
         after_seq: Optional[int] = None,
         limit: Optional[int] = None,
     ) -> Iterator[Message]:
-        """`history` one message at a time (for large stores)."""
+        """`history` one message at a time, on a read-only connection of its own."""
         where: List[str] = []
         args: List[Any] = []
         for clause, value in (("type = ?", type), ("stream = ?", stream), ("received_at >= ?", since), ("seq > ?", after_seq)):
