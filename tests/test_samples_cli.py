@@ -33,6 +33,27 @@ def test_sample_chat_pull():
     assert "presence: {'type': 'presence', 'who': 'bot', 'online': False}" in result.stdout
 
 
+def test_sample_chat_room():
+    result = run("samples/chat_room.py")
+    assert result.returncode == 0, result.stderr
+    assert "cy: bye" in result.stdout  # the chat view, drawn
+    assert "3 clients, 12 of 12 lines each, same order everywhere: True" in result.stdout
+
+
+def test_sample_document():
+    result = run("samples/document.py")
+    assert result.returncode == 0, result.stderr
+    assert '"b-9"' in result.stdout and "editor A" in result.stdout
+    assert "converged: True; 20 tasks; bad patches caught: 2; errors reported: 2" in result.stdout
+
+
+def test_sample_ticker():
+    result = run("samples/ticker.py")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"ACME\s+│\s+[\d.]+\s+│", result.stdout)
+    assert re.search(r"^\d+ ticks, 3 symbols, duplicates 0, lost 0$", result.stdout, re.M)
+
+
 def test_demo_runs_and_tallies():
     result = run("-m", "wsbridge", "demo", "--burst", "3000")
     assert result.returncode == 0, result.stderr

@@ -327,6 +327,7 @@ class Client:
         deadline = time.monotonic() + timeout
         with self._state_cond:
             started = self._state != "new"
+            first = self._state != "stopped"
             self._state = "stopped"
             self._state_cond.notify_all()
         self._stopping.set()
@@ -338,6 +339,8 @@ class Client:
             if self._supervisor.is_alive() and self._supervisor is not threading.current_thread():
                 self._supervisor.join(max(0.0, deadline - time.monotonic()))
             self._pull.unblock()
+            if first:
+                self._emit(self.signals.stopped)  # last of all, after everything received
             self._dispatcher.stop(max(0.0, deadline - time.monotonic()))
         self._pull.close()
         if self.store is not None and not self._dispatcher.thread.is_alive():
@@ -597,6 +600,11 @@ class Client:
     # -- dispatcher thread -----------------------------------------------------
     def _emit(self, signal: Any, **kwargs: Any) -> None:
         self._dispatcher.put_now((signal, kwargs))
+
+    def report_error(self, error: BaseException, context: str, **extra: Any) -> None:
+        """Report a recoverable error on the ``error`` signal (or the log when
+        nobody listens): for views and other extensions, from any thread."""
+        self._report(error, context, **extra)
 
     def _report(self, error: BaseException, context: str, **extra: Any) -> None:
         """Report a recoverable error on the error signal (and the log)."""
@@ -899,6 +907,11 @@ class Client:
         return f"{type(error).__name__}: {preview(text, 200)}" if text else type(error).__name__
 
     # -- introspection ----------------------------------------------------------
+    @property
+    def positions(self) -> Positions:
+        """The last contiguous sequence id received per stream (what a resume asks to continue after)."""
+        return dict(self._positions)
+
     @property
     def stats(self) -> Stats:
         """A snapshot of the counters."""

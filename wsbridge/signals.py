@@ -58,6 +58,7 @@ class Signals:
     disconnected   the connection ended (``code``, ``reason``, ``error``)
     reconnecting   a retry is scheduled (``attempt``, ``delay``)
     gave_up        the client will not reconnect (``error``)
+    stopped        `stop` was called; the last signal of all
     message        every message (``message``)
     error          something went wrong and the stream goes on (``error``,
                    ``context``: "decode", "subscriber", "send", ...; plus
@@ -71,7 +72,7 @@ class Signals:
     =============  ==========================================================
     """
 
-    NAMES = ("connecting", "connected", "disconnected", "reconnecting", "gave_up", "message", "error", "dropped", "duplicate", "gap")
+    NAMES = ("connecting", "connected", "disconnected", "reconnecting", "gave_up", "stopped", "message", "error", "dropped", "duplicate", "gap")
 
     def __init__(self) -> None:
         for name in self.NAMES:
@@ -83,6 +84,7 @@ class Signals:
     disconnected: Signal
     reconnecting: Signal
     gave_up: Signal
+    stopped: Signal
     message: Signal
     error: Signal
     dropped: Signal
@@ -109,7 +111,8 @@ class Signals:
         cut = 0
         for signal in signals:
             for receiver in list(signal.receivers_for(ANY)):
-                if receiver is fn or (isinstance(receiver, Subscriber) and receiver.fn is fn):
+                # == so that a bound method (a new object at each access) matches itself
+                if receiver is fn or (isinstance(receiver, Subscriber) and receiver.fn == fn):
                     signal.disconnect(receiver)
                     cut += 1
         return cut

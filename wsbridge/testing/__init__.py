@@ -7,13 +7,15 @@ close or drop connections on demand. ``Proxy`` sits between a client and a
 server and injects network faults: cuts, half-open stalls, refusals, and
 close frames with chosen codes. ``RawServer`` writes arbitrary bytes.
 ``Blackhole`` is a port whose TCP handshake is never answered (a host that
-is down). Needs the ``server`` extra.
+is down). ``DocumentServer`` holds one JSON document that clients patch.
+Needs the ``server`` extra.
 """
 
 from .blackhole import Blackhole
 from .chaos import ChaosReport, run_chaos
 from .proxy import Proxy
 from .raw import RawServer
+from .rooms import DocumentServer
 from .server import Received, Server
 
-__all__ = ["Blackhole", "ChaosReport", "run_chaos", "Proxy", "RawServer", "Received", "Server"]
+__all__ = ["Blackhole", "ChaosReport", "DocumentServer", "run_chaos", "Proxy", "RawServer", "Received", "Server"]

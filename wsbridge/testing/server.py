@@ -215,8 +215,7 @@ class Server:
         peer = self._peers[ws] = _Peer(ws, self._ids[ws], len(self.history) if self.feed_from == "now" else 0)
         feeder: Optional[asyncio.Task] = None
         try:
-            for item in self.script:
-                await self._send_item(ws, item)
+            await self.on_connect(ws)
             feeder = asyncio.create_task(self._feed(peer))
             async for data in ws:
                 await self.on_frame(ws, data)
@@ -231,6 +230,11 @@ class Server:
                 self._clients.discard(ws)
                 self._cond.notify_all()
 
+    async def on_connect(self, ws: ServerConnection) -> None:
+        """Greet a new client: send the script. Subclasses add their own greeting."""
+        for item in self.script:
+            await self._send_item(ws, item)
+
     async def on_frame(self, ws: ServerConnection, data: Union[str, bytes]) -> None:
         """Handle one received frame: record, resume the feed, echo or broadcast."""
         with self._cond:
@@ -243,11 +247,7 @@ class Server:
         if self.echo:
             await ws.send(data)
         if self.broadcast:
-            for other in list(self._clients):
-                try:
-                    await other.send(data)
-                except ConnectionClosed:
-                    pass
+            await self.send_to_all(data)
 
     # -- the feed ----------------------------------------------------------------
     def _resume_request(self, data: Union[str, bytes]) -> Optional[Dict[Optional[str], int]]:
@@ -341,6 +341,16 @@ class Server:
         data, text = self._frame(item)
         await ws.send(data, text=text)
 
+    async def send_to_all(self, *items: Item) -> None:
+        """From the server's own loop (a handler): send ``items`` to every client."""
+        frames = [self._frame(item) for item in items]
+        for ws in list(self._clients):
+            try:
+                for data, text in frames:
+                    await ws.send(data, text=text)
+            except ConnectionClosed:
+                pass
+
     # -- control from any thread -------------------------------------------------
     def _call(self, coro_fn: Callable[[], Any], timeout: float) -> Any:
         loop = self._loop
@@ -353,17 +363,13 @@ class Server:
         return self.send_many(items, timeout=timeout)
 
     def send_many(self, items: Iterable[Item], timeout: float = 60.0) -> int:
-        frames = [self._frame(item) for item in items]
+
+        items = list(items)
 
         async def go() -> int:
-            clients = list(self._clients)
-            for ws in clients:
-                try:
-                    for data, text in frames:
-                        await ws.send(data, text=text)
-                except ConnectionClosed:
-                    pass
-            return len(clients)
+            clients = len(self._clients)
+            await self.send_to_all(*items)
+            return clients
 
         return self._call(go, timeout)
 

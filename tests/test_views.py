@@ -1,0 +1,183 @@
+"""Views: state after scripted messages, through real clients, and the terminal rendering."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import pytest
+from rich.console import Console
+
+import wsbridge
+from wsbridge import Message
+from wsbridge.testing import DocumentServer, Server
+from wsbridge.views import ChatView, DocumentView, PatchError, StatusView, TerminalRenderer, TickerView, render_text
+
+from conftest import wait_until
+
+
+def chat(sender, text, ts=1_700_000_000.0):
+    return Message("chat", {"type": "chat", "from": sender, "text": text, "ts": ts}, received_at=1.0)
+
+
+def test_chat_view_appends_in_order_and_keeps_the_last_lines():
+    view = ChatView(max_lines=3)
+    for i in range(5):
+        view.handle(chat("ann", f"line {i}", 1_700_000_000.0 + i))
+    assert [(l.sender, l.text) for l in view.lines] == [("ann", "line 2"), ("ann", "line 3"), ("ann", "line 4")]
+    assert view.lines[0].time == 1_700_000_002.0 and view.changes == 5
+    view.handle(Message("chat", "plain text", received_at=5.0))  # pipe/raw payloads are the text
+    assert view.lines[-1] == ("?", 5.0, "plain text")
+
+
+def test_document_view_applies_patches_and_a_snapshot_replaces_it():
+    view = DocumentView()
+    assert view.stale and view.document is None
+    view.handle_snapshot(Message("doc", {"type": "doc", "doc": {"title": "a", "items": []}}))
+    view.handle_patch(Message("patch", {"type": "patch", "patch": [{"op": "add", "path": "/items/-", "value": 1}]}))
+    view.handle_patch(Message("patch", {"type": "patch", "patch": [{"op": "replace", "path": "/title", "value": "b"}]}))
+    assert view.document == {"title": "b", "items": [1]} and view.applied == 2 and not view.stale
+
+
+def test_a_patch_that_does_not_apply_leaves_the_document_as_it_was_and_marks_it_stale():
+    view = DocumentView()
+    view.handle_snapshot(Message("doc", {"doc": {"a": 1}}))
+    bad = [{"op": "replace", "path": "/a", "value": 2}, {"op": "remove", "path": "/missing"}]
+    view.handle_patch(Message("patch", {"patch": bad}))
+    assert view.stale and view.failed == 1 and view.document == {"a": 1}  # not half-applied
+    view.handle_patch(Message("patch", {"patch": [{"op": "add", "path": "/b", "value": 2}]}))
+    assert view.ignored == 1 and view.document == {"a": 1}
+    assert "stale" in view.text()
+
+
+def test_ticker_view_keeps_the_latest_row_per_key():
+    view = TickerView(fields=["px", "qty"])
+    for sym, px in (("ACME", 1.0), ("INIT", 5.0), ("ACME", 2.0)):
+        view.handle(Message("tick", {"type": "tick", "sym": sym, "px": px, "qty": 10}))
+    assert view.rows == {"ACME": {"px": 2.0, "qty": 10}, "INIT": {"px": 5.0, "qty": 10}}
+    assert view.text().splitlines() == ["sym  px  qty  updates", "ACME  2.0  10  2", "INIT  5.0  10  1"]
+
+
+def test_a_chat_room_through_the_server_three_clients(make_client):
+    with Server(broadcast=True) as room:
+        views = {}
+        for name in ("ann", "bob", "cy"):
+            client = make_client(room.url)
+            views[name] = ChatView(client)
+            client.start().wait_connected(timeout=10)
+        room.wait_clients(3)
+        for name in ("ann", "bob", "cy"):
+            views[name].say(f"hi from {name}", sender=name)
+        for view in views.values():
+            wait_until(lambda: len(view.lines) == 3, what="3 chat lines")
+        texts = {name: sorted(l.text for l in v.lines) for name, v in views.items()}
+        assert all(t == ["hi from ann", "hi from bob", "hi from cy"] for t in texts.values())
+        # one server order, so one order everywhere
+        assert len({tuple(l.text for l in v.lines) for v in views.values()}) == 1
+
+
+def test_two_clients_editing_one_document_converge(make_client):
+    with DocumentServer({"title": "plan", "items": []}) as server:
+        a, b = make_client(server.url), make_client(server.url)
+        va, vb = DocumentView(a), DocumentView(b)
+        for client in (a, b):
+            client.start().wait_connected(timeout=10)
+        wait_until(lambda: not va.stale and not vb.stale, what="snapshots")
+        for i in range(20):
+            (va if i % 2 else vb).edit([{"op": "add", "path": "/items/-", "value": i}])
+        wait_until(lambda: va.applied == vb.applied == 20, what="20 patches on both")
+        assert va.document == vb.document == server.document
+        assert sorted(va.document["items"]) == list(range(20))
+
+
+def test_a_bad_patch_is_reported_and_a_fresh_snapshot_repairs_the_view(make_client, collector):
+    with DocumentServer({"n": 1}) as server:
+        client = make_client(server.url)
+        view = DocumentView(client)
+        errors = collector()
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        wait_until(lambda: not view.stale, what="snapshot")
+        server.inject_patch([{"op": "remove", "path": "/nope"}])
+        report = errors.wait(1)[0]
+        assert report["context"] == "view" and isinstance(report["error"], PatchError)
+        wait_until(lambda: server.snapshot_requests == 1, what="snapshot request")
+        wait_until(lambda: not view.stale, what="fresh snapshot")
+        assert view.document == {"n": 1} and view.failed == 1
+        view.edit([{"op": "replace", "path": "/n", "value": 2}])
+        wait_until(lambda: view.document == {"n": 2}, what="edit after repair")
+
+
+def test_status_view_tells_connected_and_reconnecting(make_client, down_server):
+    client = make_client(down_server.url, backoff=wsbridge.Backoff(initial=30, jitter=0))
+    ticks = iter(range(1000))
+    status = StatusView(client, clock=lambda: float(next(ticks)))
+    reconnecting = threading.Event()
+    client.signals.reconnecting.connect(lambda sender, **kw: reconnecting.set())
+    client.start()
+    assert reconnecting.wait(10)
+    wait_until(lambda: status.attempt == 1, what="status saw the retry")
+    text = status.text()
+    assert text.startswith("reconnecting (attempt 1, next retry in ") and "outbox 0" in text
+
+
+def test_status_view_shows_rate_and_last_seq(make_client, server):
+    client = make_client(server.url)
+    now = [0.0]
+    status = StatusView(client, clock=lambda: now[0])
+    got = threading.Event()
+    client.on("tick", lambda m: m.seq == 100 and got.set())
+    client.start().wait_connected(timeout=10)
+    status.rate()  # first sample at t=0, nothing received
+    server.send_many({"type": "tick", "seq": i} for i in range(1, 101))
+    assert got.wait(10)
+    now[0] = 2.0
+    text = status.text()
+    assert text.startswith("connected | 50 msg/s | last seq -:100 | outbox 0"), text
+
+
+def test_terminal_rendering_shows_every_view():
+    chat_view, doc_view, ticker = ChatView(), DocumentView(), TickerView()
+    chat_view.handle(chat("ann", "hello there"))
+    doc_view.handle_snapshot(Message("doc", {"doc": {"title": "plan"}}))
+    ticker.handle(Message("tick", {"sym": "ACME", "px": 101.5}))
+    text = render_text([chat_view, doc_view, ticker])
+    assert "ann: hello there" in text and '"title": "plan"' in text and "ACME" in text and "101.5" in text
+
+
+def test_the_live_renderer_redraws_at_its_own_rate_and_stops(make_client, server):
+    console = Console(record=True, file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    client = make_client(server.url)
+
+    class CountingChat(ChatView):
+        draws = 0
+
+        def __rich__(self):
+            self.draws += 1
+            return super().__rich__()
+
+    view = CountingChat(client)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    with TerminalRenderer([StatusView(client), view], console=console, refresh_per_second=20):
+        server.send_many({"type": "chat", "from": "srv", "text": f"m{i}"} for i in range(200))
+        wait_until(lambda: len(view.lines) == 200, what="200 lines")
+    output = console.export_text()
+    assert "srv: m199" in output  # the last draw, at stop, shows the end state
+    assert 1 <= view.draws < 200  # redrawn at the renderer's rate, not once per message
+    assert not [t for t in threading.enumerate() if "Live" in type(t).__name__ or "Refresh" in type(t).__name__]
+
+
+def test_the_jupyter_widget_follows_the_view_at_a_bounded_rate_and_ends_with_the_client(make_client, server):
+    from wsbridge.views.jupyter import JupyterRenderer
+
+    client = make_client(server.url)
+    view = ChatView(client)
+    renderer = JupyterRenderer(view, min_interval=0.05)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send_many({"type": "chat", "from": "srv", "text": f"m{i}"} for i in range(300))
+    wait_until(lambda: "m299" in renderer.widget.value, what="the last line in the widget")
+    assert renderer.updates < 300  # a burst costs a few widget updates, not one each
+    assert client.stop(timeout=10)
+    assert renderer._closed and not [t for t in threading.enumerate() if t.name == "wsbridge-view-refresh"]

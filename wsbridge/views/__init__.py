@@ -1,0 +1,32 @@
+"""Views: plain state fed by a client's messages, shown in a terminal or a notebook.
+
+    from wsbridge.views import ChatView, DocumentView, StatusView, TerminalRenderer
+
+    chat = ChatView(client, type="chat")          # appends chat lines
+    doc = DocumentView(client, type="patch", snapshot_type="doc")   # JSON Patch
+    with TerminalRenderer([StatusView(client), chat, doc]):
+        ...
+    chat.display()                                 # in a notebook: a live widget
+
+Needs the ``views`` extra (``rich``, ``jsonpatch``); notebooks also ``ipywidgets``
+(the ``jupyter`` extra).
+"""
+
+from .base import View
+from .chat import ChatLine, ChatView
+from .document import DocumentView, PatchError
+from .status import StatusView
+from .terminal import TerminalRenderer, render_text
+from .ticker import TickerView
+
+__all__ = [
+    "ChatLine",
+    "ChatView",
+    "DocumentView",
+    "PatchError",
+    "StatusView",
+    "TerminalRenderer",
+    "TickerView",
+    "View",
+    "render_text",
+]

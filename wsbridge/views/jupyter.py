@@ -1,0 +1,87 @@
+"""`JupyterRenderer`: a view as a live ``ipywidgets`` widget in a notebook."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Optional
+
+from .base import View
+
+
+class JupyterRenderer:
+    """An ``ipywidgets.HTML`` widget that follows ``view``.
+
+    Updated from the thread that changed the view (the client's dispatcher),
+    at most once per ``min_interval`` seconds: a burst of messages costs one
+    widget update, and the last change is always shown (a named timer thread
+    draws it when the interval is over; `close` joins it).
+    """
+
+    def __init__(self, view: View, *, min_interval: float = 0.1) -> None:
+        import ipywidgets
+
+        self.view = view
+        self.min_interval = min_interval
+        self.widget = ipywidgets.HTML(value=view.to_html())
+        self.updates = 0
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._timer: Optional[threading.Timer] = None
+        self._closed = False
+        view.add_listener(self._changed)
+        self._client = view.client
+        if self._client is not None:  # the client's end is the widget's: draw it, release the timer
+            self._client.signals.stopped.connect(self._client_stopped)
+
+    def display(self) -> "JupyterRenderer":
+        from IPython.display import display
+
+        display(self.widget)
+        return self
+
+    def refresh(self) -> None:
+        """Draw the view's current state now."""
+        with self._lock:
+            if self._closed:
+                return
+            self._last = time.monotonic()
+        self.widget.value = self.view.to_html()
+        self.updates += 1
+
+    def _changed(self, view: View) -> None:
+        with self._lock:
+            if self._closed or self._timer is not None:
+                return  # closed, or a draw is already due
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._due)
+                self._timer.name = "wsbridge-view-refresh"
+                self._timer.daemon = True
+                self._timer.start()
+                return
+        self.refresh()
+
+    def _due(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.refresh()
+
+    def _client_stopped(self, sender: Any, **kw: Any) -> None:
+        self.refresh()
+        self.close()
+
+    def close(self) -> None:
+        """Stop following the view (the widget keeps its last content)."""
+        self.view.remove_listener(self._changed)
+        if self._client is not None:
+            self._client.signals.stopped.disconnect(self._client_stopped)
+        with self._lock:
+            self._closed = True
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join(5)
+
+    def _repr_html_(self) -> str:  # shown where widgets are not rendered
+        return self.view.to_html()

@@ -1,0 +1,72 @@
+"""`TerminalRenderer`: views drawn live in a terminal with ``rich``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from .base import View
+
+
+class TerminalRenderer:
+    """Redraw ``views`` (one above the other) ``refresh_per_second`` times a
+    second with ``rich.live.Live``: the redraw rate is bounded however fast
+    messages arrive, and each redraw reads the views' current state.
+
+    Use as a context manager, or `start` / `stop`. ``console`` defaults to
+    rich's (stdout); pass ``rich.console.Console(record=True)`` to capture.
+    """
+
+    def __init__(self, views: Union[View, Sequence[View]], *, console: Any = None, refresh_per_second: float = 4.0, transient: bool = False) -> None:
+        from rich.live import Live
+
+        self.views = [views] if isinstance(views, View) else list(views)
+        self._live = Live(
+            get_renderable=self.renderable,
+            console=console,
+            refresh_per_second=refresh_per_second,
+            transient=transient,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    @property
+    def console(self) -> Any:
+        return self._live.console
+
+    def renderable(self) -> Any:
+        from rich.console import Group
+
+        return Group(*self.views)
+
+    def start(self) -> "TerminalRenderer":
+        self._live.start()
+        return self
+
+    def stop(self) -> None:
+        """Draw a last time and stop (joins rich's refresh thread)."""
+        self._live.stop()
+        if not self.console.is_terminal:  # rich ends a non-terminal draw without a newline
+            self.console.line()
+
+    def __enter__(self) -> "TerminalRenderer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def render_text(views: Union[View, Sequence[View]], width: int = 100) -> str:
+    """The views as a terminal would show them, as plain text (for logs and tests)."""
+    from rich.console import Console, Group
+
+    console = Console(width=width, record=True, file=_Discard(), color_system=None, force_terminal=False)
+    console.print(Group(*([views] if isinstance(views, View) else views)))
+    return console.export_text()
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
