@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import queue
 import threading
 import time
 from typing import Any, Callable, Iterator, List
@@ -45,6 +46,51 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
         pause.wait(0.005)
+
+
+class Lines:
+    """The lines a child process writes to ``stream``, read by a thread of their
+    own (select() and a buffered readline() together can miss a line)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._queue: "queue.Queue[str]" = queue.Queue()
+        self.seen: List[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), name="test-lines", daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)  # type: ignore[arg-type]
+
+    def next(self, contains: str = "", timeout: float = 30.0) -> str:
+        """The next line that contains ``contains``; AssertionError after ``timeout`` s or at EOF."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {contains!r} within {timeout} s; seen: {self.seen[-5:]}") from None
+            if line is None:
+                raise AssertionError(f"the stream ended before a line with {contains!r}; seen: {self.seen[-5:]}")
+            self.seen.append(line)
+            if contains in line:
+                return line
+
+    def rest(self, timeout: float = 30.0) -> List[str]:
+        """Every further line, up to EOF (the process has ended or is ending)."""
+        self._thread.join(timeout)
+        out = []
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            out.append(line)
+        self.seen.extend(out)
+        return out
 
 
 def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import wsbridge
 from wsbridge import Backoff, SQLiteStore, StoreError
 from wsbridge.testing import Proxy, Server
 from wsbridge.testing.chaos import run_chaos
+
+from conftest import Lines
 
 FAST = Backoff(initial=0.01, factor=2, max_delay=0.05, jitter=0)
 HERE = Path(__file__).parent
@@ -192,15 +193,6 @@ def test_a_corrupt_store_is_a_clear_error_at_start(tmp_path, make_client):
     assert client.state == "new" and client.threads() == []
 
 
-def _read_line(proc, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if ready:
-            return proc.stdout.readline().strip()
-    raise AssertionError(f"no line from the child within {timeout} s")
-
-
 def test_a_killed_client_restarted_with_its_store_loses_and_repeats_nothing(tmp_path):
     store, record = str(tmp_path / "feed.db"), tmp_path / "handled.txt"
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -215,14 +207,14 @@ def test_a_killed_client_restarted_with_its_store_loses_and_repeats_nothing(tmp_
         feed.publish_many(ticks(2000))
         proc = child(block_at=700, total=3000)
         try:
-            assert _read_line(proc, 30) == "BLOCKED"  # inside the subscriber of seq 700
+            assert Lines(proc.stdout).next(timeout=30) == "BLOCKED"  # inside the subscriber of seq 700
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         feed.publish_many(ticks(1000, 2001))  # more arrives while the client is dead
         proc = child(block_at=0, total=3000)
         try:
-            line = _read_line(proc, 60)
+            line = Lines(proc.stdout).next(timeout=60)
             assert proc.wait(30) == 0, line
         finally:
             proc.kill()
@@ -246,7 +238,7 @@ def test_sends_queued_by_a_killed_process_are_sent_by_the_next_client_with_the_s
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-c", code, down_server.url, path], stdout=subprocess.PIPE, text=True, env=env)
     try:
-        assert _read_line(proc, 30) == "QUEUED 300"
+        assert Lines(proc.stdout).next(timeout=30) == "QUEUED 300"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -87,7 +87,7 @@ def test_a_stalled_handshake_hits_the_connect_timeout(proxy, make_client):
     client = make_client(proxy.url, connect_timeout=0.3, backoff=Backoff(initial=30))
     client.start()
     with pytest.raises(TimeoutError, match="not open within 0.3 s"):
-        client.wait_connected(timeout=5)
+        client.wait_connected(timeout=1)
 
 
 def test_an_unanswered_tcp_connect_hits_the_connect_timeout(make_client, collector):

@@ -767,7 +767,7 @@ class Client:
                     break
                 fatal = self._fatal_reason(conn)
                 if fatal and not self.retry_fatal:
-                    self._give_up(ConnectError(fatal))
+                    self._give_up(ConnectError(fatal), cause=conn.error)
                     break
                 if conn.opened_at is not None and time.monotonic() - conn.opened_at >= self.backoff.reset_after:
                     failures = 0
@@ -778,6 +778,7 @@ class Client:
                         ConnectError(f"retries exhausted (max_attempts={self.backoff.max_attempts}); last: {last}"),
                         # NO_RETRY asked for one connection: its end is news, not a problem.
                         level=logging.INFO if self.backoff.max_attempts == 0 else logging.WARNING,
+                        cause=conn.error,
                     )
                     break
                 delay = self.backoff.delay(failures)
@@ -890,10 +891,12 @@ class Client:
             return f"server closed the connection with code {conn.close_code} ({conn.close_reason or 'no reason'})"
         return None
 
-    def _give_up(self, error: BaseException, level: int = logging.ERROR) -> None:
+    def _give_up(self, error: BaseException, level: int = logging.ERROR, cause: Optional[BaseException] = None) -> None:
+        """Stop for good; ``cause``, the connection's own error, stays `last_error`."""
         log.log(level, "%s: giving up: %s", self.name, error)
+        error.__cause__ = cause
         self._gave_up_error = error
-        self._set_state("gave_up", error)
+        self._set_state("gave_up", cause or error)
         self._emit(self.signals.gave_up, error=error)
         self._pull.close()
 
@@ -907,6 +910,11 @@ class Client:
         return f"{type(error).__name__}: {preview(text, 200)}" if text else type(error).__name__
 
     # -- introspection ----------------------------------------------------------
+    @property
+    def last_error(self) -> Optional[BaseException]:
+        """Why the last connection attempt failed or the last connection ended (None: no error)."""
+        return self._last_error
+
     @property
     def positions(self) -> Positions:
         """The last contiguous sequence id received per stream (what a resume asks to continue after)."""

@@ -1,0 +1,262 @@
+"""The wsbridge command, run as a person runs it (a subprocess), against servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+
+import pytest
+import trustme
+
+import wsbridge
+from wsbridge.testing import Server
+
+from conftest import Lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "wsbridge"]
+
+
+def run(*args, stdin=None, timeout=60):
+    return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def start(*args):
+    return subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def ticks(n):
+    return [{"type": "tick", "seq": i, "px": 100 + i} for i in range(1, n + 1)]
+
+
+# -- listen -------------------------------------------------------------------
+def test_listen_prints_json_lines_and_a_summary():
+    with Server(script=ticks(5) + [{"type": "chat", "from": "ann", "text": "hi"}]) as server:
+        result = run("listen", server.url, "--json-lines", "--max", "6", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["type"] for r in records] == ["tick"] * 5 + ["chat"]
+    assert records[0]["seq"] == 1 and records[0]["payload"] == {"type": "tick", "seq": 1, "px": 101}
+    assert "wsbridge: connected to ws://127.0.0.1:" in result.stderr
+    assert "received 6, duplicates 0, gaps 0, lost 0, reconnects 0" in result.stderr
+
+
+def test_listen_filters_by_type_and_prints_lines_for_people():
+    with Server(script=ticks(3) + [{"type": "chat", "from": "ann", "text": "hi"}]) as server:
+        result = run("listen", server.url, "--type", "chat", "--max", "1", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.endswith(' chat {"type": "chat", "from": "ann", "text": "hi"}')
+
+
+def test_listen_with_a_store_then_history_reads_it_back(tmp_path):
+    db = str(tmp_path / "feed.db")
+    with Server(script=ticks(4)) as server:
+        assert run("listen", server.url, "--store", db, "--max", "4", "--timeout", "30").returncode == 0
+    result = run("history", db, "--after-seq", "2", "--json-lines")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(l)["seq"] for l in result.stdout.splitlines()] == [3, 4]
+    assert "wsbridge: 2 message(s)" in result.stderr
+    assert run("history", db, "--type", "nope").stdout == ""
+    future = run("history", db, "--since", "2999-01-01T00:00")
+    assert future.returncode == 0 and future.stdout == ""
+
+
+def test_listen_stops_cleanly_on_ctrl_c_with_a_summary():
+    with Server() as server:
+        proc = start("listen", server.url)
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        try:
+            err.next("connected to")
+            server.wait_clients(1)
+            server.send(*ticks(3))
+            assert "tick [3]" in out.next("[3]")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(15) == 130
+            assert any("received 3, duplicates 0" in line for line in err.rest())
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_listen_reconnects_and_resumes_when_the_server_restarts():
+    with Server(feed_from="now") as server:
+        proc = start("listen", server.url, "--json-lines", "--max", "6", "--timeout", "60")
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        try:
+            err.next("connected to")
+            server.wait_clients(1)
+            server.publish_many({"type": "tick"} for _ in range(3))
+            out.next('"seq": 3')
+            server.stop()
+            server.publish_many({"type": "tick"} for _ in range(3))  # while the client is away
+            server.start()
+            assert proc.wait(60) == 0
+            assert [json.loads(l)["seq"] for l in out.rest()] == [4, 5, 6]
+            text = "\n".join(err.seen + err.rest())
+            assert "disconnected" in text and "reconnecting in" in text and "reconnects 1" in text
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_listen_to_nothing_with_no_retry_says_connection_refused(free_port):
+    result = run("listen", f"ws://127.0.0.1:{free_port}/", "--no-retry")
+    assert result.returncode == 3
+    assert f"connection refused: nothing accepts connections at ws://127.0.0.1:{free_port}/" in result.stderr
+
+
+def test_listen_keeps_retrying_and_says_why_until_the_timeout(free_port):
+    result = run("listen", f"ws://127.0.0.1:{free_port}/", "--timeout", "1")
+    assert result.returncode == 3
+    assert "reconnecting in" in result.stderr and "connection refused" in result.stderr
+
+
+def test_a_refused_handshake_names_its_http_status():
+    with Server(reject_status=401) as server:
+        result = run("listen", server.url, "--header", "Authorization: Bearer s3cr3t-token")
+    assert result.returncode == 3
+    assert "refused the WebSocket handshake with HTTP 401 (check the credentials" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_a_bad_url_scheme_is_a_usage_error():
+    result = run("listen", "http://127.0.0.1:1/")
+    assert result.returncode == 2 and "a WebSocket URL starts with ws:// or wss://" in result.stderr
+
+
+def test_a_bad_header_is_a_usage_error():
+    result = run("listen", "ws://127.0.0.1:1/", "--header", "no colon here")
+    assert result.returncode == 2 and "--header wants 'NAME: VALUE'" in result.stderr
+
+
+def test_too_few_messages_before_the_timeout_is_a_failure():
+    with Server(script=ticks(2)) as server:
+        result = run("listen", server.url, "--max", "5", "--timeout", "1")
+    assert result.returncode == 1 and "2 of 5 messages arrived within 1.0 s" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    ca = trustme.CA()
+    folder = tmp_path_factory.mktemp("tls")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return str(folder / "ca.pem"), context
+
+
+def test_tls_with_an_unknown_ca_fails_clearly_and_ca_file_fixes_it(tls_files):
+    ca_file, context = tls_files
+    with Server(ssl=context, script=ticks(1)) as server:
+        failed = run("listen", server.url, "--max", "1", "--timeout", "20")
+        assert failed.returncode == 3
+        assert "TLS certificate verification failed" in failed.stderr and "--ca-file" in failed.stderr
+        ok = run("listen", server.url, "--max", "1", "--timeout", "20", "--ca-file", ca_file, "--json-lines")
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["seq"] == 1
+
+
+# -- send ---------------------------------------------------------------------
+def test_send_and_wait_for_the_reply():
+    with Server(echo=True) as server:
+        result = run("send", server.url, '{"type": "ping", "n": 1}', '{"type": "pong", "n": 2}', "--wait-for", "pong")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["payload"] == {"type": "pong", "n": 2}
+        assert [m.payload["n"] for m in server.received_messages()] == [1, 2]
+
+
+def test_send_reads_stdin():
+    with Server() as server:
+        result = run("send", server.url, stdin='{"type": "a"}\n\n{"type": "b"}\n')
+        assert result.returncode == 0, result.stderr
+        server.wait_received(2)
+        assert [m.type for m in server.received_messages()] == ["a", "b"]
+
+
+def test_send_refuses_invalid_json_before_connecting():
+    result = run("send", "ws://127.0.0.1:1/", "{not json")
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+def test_send_says_when_no_reply_came():
+    with Server() as server:
+        result = run("send", server.url, '{"type": "ping"}', "--wait-for", "pong", "--timeout", "0.5")
+    assert result.returncode == 1 and "no 'pong' message came back within 0.5 s" in result.stderr
+
+
+def test_send_to_nothing_exits_3(free_port):
+    result = run("send", f"ws://127.0.0.1:{free_port}/", '{"type": "x"}', "--timeout", "5")
+    assert result.returncode == 3 and "connection refused" in result.stderr
+
+
+# -- serve --------------------------------------------------------------------
+def serving(proc):
+    """The URL a ``wsbridge serve`` process listens on, and its stdout's lines."""
+    out = Lines(proc.stdout)
+    return out.next("serving").rsplit(" ", 1)[-1], out
+
+
+def test_serve_a_chat_room_until_ctrl_c(make_client):
+    proc = start("serve", "--port", "0", "--mode", "broadcast")
+    try:
+        url, out = serving(proc)
+        a, b = make_client(url), make_client(url)
+        a.start().wait_connected(timeout=10)
+        b.start().wait_connected(timeout=10)
+        a.send({"type": "chat", "text": "hello room"})
+        assert b.wait_for("chat", timeout=10).payload["text"] == "hello room"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert any("2 connection(s), 1 message(s) received" in line for line in out.rest())
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_serve_a_feed_with_cuts_a_listener_loses_nothing(make_client, collector):
+    proc = start("serve", "--port", "0", "--mode", "feed", "--ticks", "400", "--cut-every", "0.5", "--resend", "3", "--duration", "30")
+    try:
+        url, _ = serving(proc)
+        got = collector()
+        client = make_client(url)
+        client.on("tick", got)
+        client.start()
+        items = got.wait(1200, timeout=30)
+        assert [m.seq for m in items[:1200]] == list(range(1, 1201))
+        assert client.stats.reconnects >= 1 and client.stats.lost == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+
+
+def test_serve_refuses_feed_options_in_other_modes():
+    result = run("serve", "--mode", "echo", "--resend", "2")
+    assert result.returncode == 2 and "go with --mode feed" in result.stderr
+
+
+# -- history and help -----------------------------------------------------------
+def test_history_of_a_missing_file_is_an_error(tmp_path):
+    result = run("history", str(tmp_path / "none.db"))
+    assert result.returncode == 1 and "no store at" in result.stderr
+
+
+def test_history_of_a_corrupt_file_is_an_error(tmp_path):
+    path = tmp_path / "bad.db"
+    path.write_bytes(b"garbage" * 1000)
+    result = run("history", str(path))
+    assert result.returncode == 1 and "cannot read the store" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["listen", "send", "serve", "history", "demo"])
+def test_every_command_has_help_with_exit_codes(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and f"usage: wsbridge {command}" in result.stdout
+    assert "exit codes:" in result.stdout and "could not connect" in result.stdout

@@ -1,0 +1,203 @@
+"""What the commands share: connection options, building a client, telling a
+person why a connection failed, and printing messages."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import json
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, TextIO
+
+import websocket
+
+from ..backoff import NO_RETRY, Backoff
+from ..client import Client
+from ..codec import CODECS, codec_by_name
+from ..errors import ConnectError, preview
+from ..message import Message
+from ..redact import redact_url
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+"""Ran, but did not do what was asked (messages not sent, --max not reached, a reply missing)."""
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+"""Could not connect, and retrying will not help or was not asked for."""
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    ran, but not everything asked for happened (see the message)
+  2    usage error (bad option, bad URL)
+  3    could not connect (unreachable, handshake refused, TLS verification failed)
+  130  interrupted (Ctrl-C), after a clean stop"""
+
+
+class CliError(Exception):
+    """A failure to report as ``wsbridge: <message>`` with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--codec", choices=sorted(CODECS), default="json", help="wire format (default: json)")
+    group.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                       help="HTTP header for the handshake, repeatable (values are never logged)")
+    group.add_argument("--ca-file", metavar="FILE",
+                       help="PEM file of CA certificates to trust for wss:// (a private CA); "
+                            "certificates and host names are always verified")
+    group.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                       help="seconds for one connection attempt: TCP, TLS and the upgrade (default: 10)")
+
+
+def parse_headers(values: List[str]) -> Dict[str, str]:
+    headers: Dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header wants 'NAME: VALUE', not {preview(value, 40)}", EXIT_USAGE)
+        headers[name.strip()] = text.strip()
+    return headers
+
+
+def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any) -> Client:
+    """A client from the connection options (`CliError` on a bad URL or option)."""
+    sslopt = None
+    if getattr(args, "ca_file", None):
+        sslopt = {"ca_certs": args.ca_file}
+    try:
+        return Client(
+            args.url,
+            codec=codec_by_name(args.codec),
+            headers=parse_headers(args.header),
+            sslopt=sslopt,
+            connect_timeout=args.connect_timeout,
+            backoff=Backoff() if retry else NO_RETRY,
+            name="wsbridge-cli",
+            **options,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def explain(error: Optional[BaseException], url: str) -> str:
+    """What went wrong, in words a person can act on."""
+    where = redact_url(url)
+    root = error
+    while isinstance(root, ConnectError) and root.__cause__ is not None:
+        root = root.__cause__
+    if root is None:
+        return f"could not connect to {where}"
+    if isinstance(root, websocket.WebSocketBadStatusException):
+        hint = {401: " (check the credentials: --header 'Authorization: ...')", 403: " (access denied)",
+                404: " (check the URL's path)"}.get(root.status_code, "")
+        return f"{where} refused the WebSocket handshake with HTTP {root.status_code}{hint}"
+    if isinstance(root, ssl.SSLCertVerificationError):
+        return (f"TLS certificate verification failed for {where}: {root.verify_message or root}; "
+                f"if the server uses a private CA, pass it with --ca-file")
+    if isinstance(root, ssl.SSLError):
+        return f"TLS error with {where}: {root}"
+    if isinstance(root, socket.gaierror):
+        return f"cannot resolve the host of {where}: {root.strerror or root}"
+    if isinstance(root, ConnectionRefusedError) or getattr(root, "errno", None) == errno.ECONNREFUSED:
+        return f"connection refused: nothing accepts connections at {where}"
+    if isinstance(root, (TimeoutError, websocket.WebSocketTimeoutException)):
+        return f"{where} did not answer in time ({root})"
+    if isinstance(root, OSError) and root.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"{where} is unreachable: {root.strerror}"
+    if isinstance(root, ConnectError):
+        return f"{where}: {root}"
+    return f"could not connect to {where}: {type(root).__name__}: {preview(str(root), 200)}"
+
+
+def wait_connected(client: Client, timeout: Optional[float]) -> None:
+    """`Client.wait_connected`, its failures as `CliError` (exit 3)."""
+    try:
+        client.wait_connected(timeout=timeout)
+    except ConnectError:
+        raise CliError(explain(client.last_error, client.url), EXIT_CONNECT) from None
+    except TimeoutError:
+        raise CliError(explain(client.last_error or TimeoutError(f"not connected within {timeout} s"), client.url),
+                       EXIT_CONNECT) from None
+
+
+class Lifecycle:
+    """Lifecycle events as one line each on stderr (the status a person sees)."""
+
+    def __init__(self, client: Client, out: TextIO = sys.stderr) -> None:
+        self.client = client
+        self.out = out
+        self._lock = threading.Lock()
+        self._open = False
+        signals = client.signals
+        signals.connected.connect(self.connected)
+        signals.disconnected.connect(self.disconnected)
+        signals.reconnecting.connect(self.reconnecting)
+        signals.gave_up.connect(self.gave_up)
+
+    def say(self, text: str) -> None:
+        with self._lock:
+            print(f"wsbridge: {text}", file=self.out, flush=True)
+
+    def connected(self, sender: Any, url: str, **kw: Any) -> None:
+        self._open = True
+        self.say(f"connected to {url}")
+
+    def disconnected(self, sender: Any, code: Optional[int], reason: Optional[str], error: Any, **kw: Any) -> None:
+        why = f"code {code}{' ' + reason if reason else ''}" if code else (str(error) if error else "connection lost")
+        self.say(f"disconnected ({why})")
+
+    def reconnecting(self, sender: Any, attempt: int, delay: float, **kw: Any) -> None:
+        # After a connection that was up, "disconnected" said why; after a failed attempt, say it here.
+        why = "" if self._open else f": {explain(self.client.last_error, self.client.url)}"
+        self._open = False
+        self.say(f"reconnecting in {delay:.1f} s (attempt {attempt}){why}")
+
+    def gave_up(self, sender: Any, error: Any, **kw: Any) -> None:
+        pass  # the command reports it, with its exit code
+
+
+def summary(client: Client) -> str:
+    s = client.stats
+    return (f"received {s.dispatched:,}, duplicates {s.duplicates:,}, gaps {s.gaps}, lost {s.lost}, "
+            f"reconnects {s.reconnects}, protocol errors {s.protocol_errors}")
+
+
+def message_json(msg: Message) -> str:
+    """One message as one JSON object (``--json-lines``); bytes payloads in base64."""
+    record: Dict[str, Any] = {"type": msg.type}
+    for field in ("stream", "seq", "id"):
+        value = getattr(msg, field)
+        if value is not None:
+            record[field] = value
+    record["received_at"] = msg.received_at
+    if isinstance(msg.payload, (bytes, bytearray)):
+        record["payload_base64"] = base64.b64encode(msg.payload).decode("ascii")
+    else:
+        record["payload"] = msg.payload
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def message_line(msg: Message) -> str:
+    """One message as a line for a person: time, type, position, payload."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(msg.received_at or time.time()))
+    where = ""
+    if msg.seq is not None:
+        where = f" [{msg.stream + ':' if msg.stream else ''}{msg.seq}]"
+    payload = msg.payload
+    if isinstance(payload, (bytes, bytearray)):
+        body = f"<{len(payload)} bytes> {preview(bytes(payload), 48)}"
+    elif isinstance(payload, str):
+        body = payload
+    else:
+        body = json.dumps(payload, ensure_ascii=False, default=str)
+    return f"{stamp} {msg.type}{where} {body}"

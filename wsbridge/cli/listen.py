@@ -1,0 +1,122 @@
+"""``wsbridge listen``: print a feed's messages, with the full supervisor behind it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from ..message import Message
+from .common import (
+    EXIT_CONNECT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    Lifecycle,
+    add_connection_options,
+    explain,
+    make_client,
+    message_json,
+    message_line,
+    summary,
+)
+
+DESCRIPTION = """\
+Connect to URL and print every message as it arrives: one line each for a person,
+or one JSON object per line (--json-lines) for jq and other tools. Behind it is the
+whole client: reconnects with backoff, dead-peer detection, dedup by sequence id and a
+resume request after every reconnect, so a flaky network costs no message.
+
+Connection events go to stderr, one line each; on Ctrl-C (or at --max / --timeout)
+the client stops cleanly and prints a summary (received, duplicates, gaps, lost,
+reconnects) to stderr."""
+
+EPILOG = """\
+examples:
+  wsbridge listen wss://feed.example.org/v1 --type trade --type quote
+  wsbridge listen ws://127.0.0.1:8765/ --json-lines --max 100 | jq .payload
+  wsbridge listen wss://host/feed --header 'Authorization: Bearer TOKEN' --store feed.db
+  wsbridge listen wss://internal/feed --ca-file company-ca.pem
+
+"""
+
+
+def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser("listen", help="print a feed's messages as they arrive",
+                            description=DESCRIPTION, epilog=EPILOG + epilog_tail,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL of the feed")
+    parser.add_argument("--type", dest="types", action="append", metavar="T", help="print only messages of type T (repeatable)")
+    parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
+    parser.add_argument("--store", metavar="FILE", help="keep every message in an SQLite store; resume from it next time")
+    parser.add_argument("--max", type=int, metavar="N", help="stop after N messages (exit 1 if fewer arrive before --timeout)")
+    parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--no-retry", action="store_true", help="connect once; exit 3 if that fails (default: keep retrying)")
+    add_connection_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    store = None
+    if args.store:
+        from ..store import SQLiteStore
+
+        store = SQLiteStore(args.store)
+    client = make_client(args, retry=not args.no_retry, store=store, pull_buffer=0)
+    lifecycle = Lifecycle(client)
+    done = threading.Event()
+    count = [0]
+    out = sys.stdout
+    render = message_json if args.json_lines else message_line
+
+    def show(msg: Message) -> None:
+        if args.max is not None and count[0] >= args.max:
+            return
+        try:
+            out.write(render(msg) + "\n")
+            out.flush()
+        except BrokenPipeError:  # `| head`: the reader is gone
+            done.set()
+            return
+        count[0] += 1
+        if args.max is not None and count[0] >= args.max:
+            done.set()
+
+    if args.types:
+        for mtype in args.types:
+            client.on(mtype, show)
+    else:
+        client.on_any(show)
+    gave_up = threading.Event()
+    client.signals.gave_up.connect(lambda sender, **kw: (gave_up.set(), done.set()))
+
+    interrupted = False
+    try:
+        try:
+            client.start()
+        except Exception as exc:  # a store that cannot be opened
+            raise CliError(str(exc)) from None
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while not done.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            done.wait(0.5 if remaining is None else min(0.5, remaining))  # wakes for Ctrl-C
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        client.stop(timeout=5)
+    connected = client.stats.connects > 0
+    if connected:
+        lifecycle.say(summary(client))
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if not connected or (gave_up.is_set() and args.no_retry is False):
+        raise CliError(explain(client.last_error, client.url), EXIT_CONNECT)
+    if args.max is not None and count[0] < args.max:
+        raise CliError(f"{count[0]} of {args.max} messages arrived within {args.timeout} s", EXIT_FAILURE)
+    return EXIT_OK

@@ -1,0 +1,93 @@
+"""``wsbridge send``: send messages, optionally wait for a reply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, List
+
+from ..errors import ClientClosed
+from ..message import Message
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_connection_options,
+    make_client,
+    message_json,
+    wait_connected,
+)
+
+DESCRIPTION = """\
+Connect to URL, send each MESSAGE (or, with none given, each line of stdin) as one
+text frame, in order, and close. With the json codec every message must be valid JSON;
+with pipe, TYPE|LENGTH|PAYLOAD; raw sends the text as is. With --wait-for T, wait for
+the first message of type T after sending and print it as one JSON object."""
+
+EPILOG = """\
+examples:
+  wsbridge send ws://127.0.0.1:8765/ '{"type": "join", "room": "lobby"}'
+  wsbridge send ws://127.0.0.1:8765/ '{"type": "ping"}' --wait-for pong --timeout 5
+  jq -c '.[]' orders.json | wsbridge send wss://host/orders --header 'Authorization: Bearer TOKEN'
+
+"""
+
+
+def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser("send", help="send messages (from arguments or stdin), optionally wait for a reply",
+                            description=DESCRIPTION, epilog=EPILOG + epilog_tail,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL")
+    parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="a message to send (default: read lines from stdin)")
+    parser.add_argument("--wait-for", metavar="T", help="after sending, wait for a message of type T and print it")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to connect, and to wait for the reply (default: 10)")
+    add_connection_options(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _check(text: str, codec: str) -> None:
+    if codec == "json":
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"not valid JSON ({exc}): {text[:80]!r}", EXIT_USAGE) from None
+    elif codec == "pipe":
+        from ..codec import PipeCodec
+        from ..errors import ProtocolError
+
+        try:
+            PipeCodec().decode(text.encode("utf-8"), False)
+        except ProtocolError as exc:
+            raise CliError(f"not a valid pipe message: {exc}", EXIT_USAGE) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    texts: List[str] = args.messages or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise CliError("nothing to send: give MESSAGE arguments or lines on stdin", EXIT_USAGE)
+    for text in texts:
+        _check(text, args.codec)
+    client = make_client(args, retry=False, resume=False)
+    try:
+        client.start()
+        wait_connected(client, args.timeout)
+        for text in texts:
+            client.send(text)
+        reply: Message = None  # type: ignore[assignment]
+        if args.wait_for:
+            try:
+                reply = client.wait_for(args.wait_for, timeout=args.timeout)
+            except (TimeoutError, ClientClosed):
+                raise CliError(f"sent {len(texts)} message(s); no {args.wait_for!r} message came back within {args.timeout} s",
+                               EXIT_FAILURE) from None
+    finally:
+        client.stop(timeout=5)
+        unsent = len(client.unsent())
+    if unsent:
+        raise CliError(f"{unsent} of {len(texts)} message(s) were not sent (the connection ended first)", EXIT_FAILURE)
+    if reply is not None:
+        print(message_json(reply), flush=True)
+    return EXIT_OK
