@@ -113,7 +113,7 @@ def run_demo(
                         next_cut += cut_every
                     time.sleep(0.01)
                 chat.say("sent from the demo script: buffered if offline, never lost", sender="me")
-                out(f"now a burst of {burst:,} ticks, timed ...")
+                say(f"now a burst of {burst:,} ticks, timed ...")
                 server.publish_many([dict(t, burst=True) for t in ticks(burst)], stream="ticks")
                 server.publish({"type": "end"}, stream="chat")
                 end.wait(timeout)

@@ -60,6 +60,16 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _pretty_writer() -> Optional[Any]:
+    """On a terminal: lines with numbers, strings and keys highlighted (``rich``, if installed)."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    console = Console(highlight=True, soft_wrap=True)
+    return lambda line: console.print(line, markup=False, emoji=False)
+
+
 def run(args: argparse.Namespace) -> int:
     store = None
     if args.store:
@@ -72,13 +82,17 @@ def run(args: argparse.Namespace) -> int:
     count = [0]
     out = sys.stdout
     render = message_json if args.json_lines else message_line
+    write = _pretty_writer() if out.isatty() and not args.json_lines else None
 
     def show(msg: Message) -> None:
         if args.max is not None and count[0] >= args.max:
             return
         try:
-            out.write(render(msg) + "\n")
-            out.flush()
+            if write is not None:
+                write(render(msg))
+            else:
+                out.write(render(msg) + "\n")
+                out.flush()
         except BrokenPipeError:  # `| head`: the reader is gone
             done.set()
             return
