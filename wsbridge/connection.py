@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import websocket
 from websocket import ABNF
 
+from .buffered import BufferedSocket, ReadLoop, frame_complete, serve_parser
 from .dial import open_socket, uses_proxy
 
 try:  # POSIX: ask the kernel how many bytes wait, without reading them
@@ -44,6 +45,16 @@ except ImportError:  # pragma: no cover
 
 OPCODE_BINARY = ABNF.OPCODE_BINARY
 OPCODE_TEXT = ABNF.OPCODE_TEXT
+
+
+class _App(websocket.WebSocketApp):
+    """WebSocketApp whose read loop knows about the `BufferedSocket` below the parser."""
+
+    def create_dispatcher(self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None) -> Any:
+        sock = self.prepared_socket
+        if dispatcher is None and isinstance(sock, BufferedSocket):
+            return ReadLoop(self, ping_timeout or 10, sock)
+        return super().create_dispatcher(ping_timeout, dispatcher, is_ssl, handleDisconnect)
 
 
 class Connection:
@@ -86,7 +97,7 @@ class Connection:
         self._aborted = threading.Event()
         if isinstance(headers, dict):
             headers = [f"{k}: {v}" for k, v in headers.items()]
-        self.app = websocket.WebSocketApp(
+        self.app = _App(
             url,
             header=headers,
             on_open=self._handle_open,
@@ -115,7 +126,8 @@ class Connection:
         try:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self._connect_timeout
-                self.app.prepared_socket = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
+                sock = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
+                self.app.prepared_socket = BufferedSocket(sock)
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
@@ -155,6 +167,8 @@ class Connection:
             # that stops reading or stalls mid-frame is dead, not slow.
             raw.settimeout(self._io_timeout)
         self._raw = raw
+        if isinstance(raw, BufferedSocket):
+            serve_parser(app.sock.frame_buffer, raw)
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self._on_open_cb(self)
@@ -172,37 +186,30 @@ class Connection:
         """Is the whole next frame already received, so that reading it
         will not block? Then the dispatcher need not be woken yet.
 
-        websocket-client reads exactly one frame at a time, so the bytes the
-        kernel holds start with the next frame's header: peek at it and
-        compare the frame's length with what is there. A partly received
-        frame (or anything unclear, such as TLS) wakes the dispatcher, so a
-        message never waits for a later, slow frame.
+        websocket-client reads exactly one frame at a time, so what is
+        buffered (ours, then the kernel's) starts with the next frame's
+        header. A partly received frame (or anything unclear) wakes the
+        dispatcher, so a message never waits for a later, slow frame.
         """
         raw = self._raw
-        if raw is None or isinstance(raw, ssl_socket_types):
+        if raw is None:
             return False
+        buffered = raw.buffered() if isinstance(raw, BufferedSocket) else 0
+        plain = not isinstance(getattr(raw, "sock", raw), ssl_socket_types)
         try:
+            if buffered:
+                head = raw.peek(10)
+                if frame_complete(head, buffered):
+                    return True
+                return plain and frame_complete(head, buffered + _bytes_waiting(raw))
+            if not plain:
+                return False
             waiting = _bytes_waiting(raw)
             if waiting < 2:
                 return False
-            head = raw.recv(min(waiting, 10), socket.MSG_PEEK)
+            return frame_complete(raw.recv(min(waiting, 10), socket.MSG_PEEK), waiting)
         except (OSError, ValueError):
             return False
-        if len(head) < 2:
-            return False
-        size = head[1] & 0x7F
-        mask = 4 if head[1] & 0x80 else 0
-        if size == 126:
-            if len(head) < 4:
-                return False
-            need = 4 + mask + int.from_bytes(head[2:4], "big")
-        elif size == 127:
-            if len(head) < 10:
-                return False
-            need = 10 + mask + int.from_bytes(head[2:10], "big")
-        else:
-            need = 2 + mask + size
-        return waiting >= need
 
     def _handle_control(self, app: websocket.WebSocketApp, data: bytes) -> None:
         self.last_frame_at = time.monotonic()

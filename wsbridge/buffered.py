@@ -1,0 +1,225 @@
+"""A buffered reader under websocket-client's frame parser, and the read loop above it.
+
+websocket-client reads a frame with at least two ``recv`` calls (the 2-byte
+header, then the payload, 16 KiB at a time) after one ``select`` per frame:
+for small messages the system calls, not the network, set the pace.
+`BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB and
+hands websocket-client its header and payload from memory; large payloads
+are read straight into their final buffer (``recv_into``), with no 16 KiB
+pieces to join.
+
+The catch is the one the parser's read loop has: ``select`` on the socket
+must not wait while whole frames sit in our buffer. `ReadLoop` is the loop
+websocket-client runs frames in (its "dispatcher" hook): it reads on while
+the buffer (or TLS) holds bytes and only then waits on the socket; ping/pong
+and close handling stay websocket-client's own, as do the frame checks.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+from typing import Any, Callable, Optional, Union
+
+from websocket._abnf import frame_buffer  # the parser whose reads we serve
+
+CHUNK = 256 * 1024
+"""Most bytes taken from the kernel in one call."""
+
+
+class BufferedSocket:
+    """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
+
+    __slots__ = ("sock", "_buf", "_pos", "_tls", "_timeout")
+
+    def __init__(self, sock: Union[socket.socket, ssl.SSLSocket]) -> None:
+        self.sock = sock
+        self._buf = b""
+        self._pos = 0
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._timeout = sock.gettimeout()
+
+    # -- reading -----------------------------------------------------------
+    def buffered(self) -> int:
+        """Bytes read from the kernel (or TLS) and not yet handed out."""
+        return len(self._buf) - self._pos
+
+    def pending(self) -> bool:
+        """Can a read proceed without waiting for the network?"""
+        return self._pos < len(self._buf) or (self._tls and self.sock.pending() > 0)  # type: ignore[union-attr]
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes, left in place."""
+        return self._buf[self._pos : self._pos + n]
+
+    def recv(self, n: int, flags: int = 0) -> bytes:
+        """Up to ``n`` bytes: from the buffer, else one read of up to `CHUNK` from the socket."""
+        if flags:
+            return self.sock.recv(n, flags)
+        if n <= 0:
+            return b""
+        pos, buf = self._pos, self._buf
+        if pos >= len(buf):
+            buf = self.sock.recv(max(n, CHUNK))
+            if len(buf) <= n:
+                self._buf, self._pos = b"", 0
+                return buf
+            self._buf, pos = buf, 0
+        end = pos + n
+        self._pos = end
+        if end >= len(buf):
+            self._buf, self._pos = b"", 0
+            return buf[pos:] if pos else buf
+        return buf[pos:end]
+
+    def read_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (what the frame parser asks for); raises like
+        websocket-client does when the peer closes mid-frame."""
+        available = len(self._buf) - self._pos
+        if available >= n:
+            return self.recv(n) if n else b""
+        if n <= 65536:
+            parts = []
+            need = n
+            while need:
+                part = self._recv_some(need)
+                parts.append(part)
+                need -= len(part)
+            return b"".join(parts)
+        # A large payload: one buffer of its final size, filled by the kernel directly.
+        out = bytearray(n)
+        view = memoryview(out)
+        got = 0
+        if available:
+            view[:available] = self._buf[self._pos :]
+            self._buf, self._pos, got = b"", 0, available
+        while got < n:
+            count = self._recv_into(view[got:])
+            got += count
+        return bytes(out)
+
+    def _recv_some(self, n: int) -> bytes:
+        try:
+            data = self.recv(n)
+        except socket.timeout:
+            raise _timed_out() from None
+        if not data:
+            raise _closed()
+        return data
+
+    def _recv_into(self, view: memoryview) -> int:
+        try:
+            count = self.sock.recv_into(view)
+        except socket.timeout:
+            raise _timed_out() from None
+        if not count:
+            raise _closed()
+        return count
+
+    # -- everything else is the socket's ----------------------------------------
+    def settimeout(self, value: Optional[float]) -> None:
+        self._timeout = value
+        self.sock.settimeout(value)
+
+    def gettimeout(self) -> Optional[float]:
+        return self._timeout
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        return self.sock.send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.sock.sendall(data, flags)
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def frame_complete(head: bytes, available: int) -> bool:
+    """Does ``available`` bytes, starting with ``head`` (up to 10 bytes of a
+    frame header), hold the whole frame?"""
+    if len(head) < 2:
+        return False
+    size = head[1] & 0x7F
+    mask = 4 if head[1] & 0x80 else 0
+    if size == 126:
+        if len(head) < 4:
+            return False
+        need = 4 + mask + int.from_bytes(head[2:4], "big")
+    elif size == 127:
+        if len(head) < 10:
+            return False
+        need = 10 + mask + int.from_bytes(head[2:10], "big")
+    else:
+        need = 2 + mask + size
+    return available >= need
+
+
+def _closed() -> Exception:
+    from websocket import WebSocketConnectionClosedException
+
+    return WebSocketConnectionClosedException("Connection to remote host was lost.")
+
+
+def _timed_out() -> Exception:
+    from websocket import WebSocketTimeoutException
+
+    return WebSocketTimeoutException("Connection timed out")
+
+
+def serve_parser(parser: frame_buffer, sock: BufferedSocket) -> None:
+    """Have websocket-client's frame parser take its exact-size reads from ``sock``
+    (its own way reads 16 KiB pieces and joins them)."""
+    if parser.recv_buffer:  # bytes it already holds come first (none after a handshake)
+        return
+    parser.recv_strict = sock.read_exact  # type: ignore[method-assign]
+
+
+class ReadLoop:
+    """websocket-client's read loop ("dispatcher"), aware of the buffer below it.
+
+    Reads frames while any are buffered, then waits on the socket for at most
+    ``ping_timeout`` (websocket-client's own choice), and runs its ping check
+    after every wait, as its stock loop does.
+    """
+
+    def __init__(self, app: Any, ping_timeout: Optional[float], sock: BufferedSocket) -> None:
+        self.app = app
+        self.ping_timeout = ping_timeout
+        self.buffered = sock
+
+    def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
+        app = self.app
+        buffered = self.buffered
+        pending = buffered.pending
+        with selectors.DefaultSelector() as selector:
+            selector.register(buffered.fileno(), selectors.EVENT_READ)
+            while app.keep_running:
+                if pending() or selector.select(self.ping_timeout):
+                    if not read_callback():
+                        return
+                    while pending() and app.keep_running:
+                        if not read_callback():
+                            return
+                check_callback()
+
+    # Unused with reconnect=0, but part of websocket-client's dispatcher contract.
+    def timeout(self, seconds: Optional[float], callback: Callable[[], Any]) -> None:
+        callback()
+
+    def reconnect(self, seconds: int, reconnector: Callable[..., Any]) -> None:
+        raise RuntimeError("wsbridge reconnects in its supervisor, never inside websocket-client")
+
+    def send(self, sock: Any, data: Union[str, bytes]) -> int:
+        from websocket._socket import send
+
+        return send(sock, data)
