@@ -4,6 +4,7 @@ the kernel takes them, so the client under test is the bottleneck.
 Run as a separate process: ``python benchmarks/blaster.py`` prints its port.
 Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
 ``json100``, ``json4k``, ``bin64k``. After COUNT frames it sends a close frame.
+``/sink`` sends nothing and reads (and drops) whatever arrives, as fast as it comes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def serve_one(conn: socket.socket) -> None:
     with conn:
         path = accept_handshake(conn)
         if path is None:
+            return
+        if path == "/sink":
+            try:
+                while conn.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
             return
         _, kind, count = path.split("/")
         data = payloads(kind, int(count))

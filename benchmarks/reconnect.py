@@ -5,19 +5,28 @@
 1. The server stops; as soon as the client has scheduled its retry, the
    server listens again. Printed: how long after the scheduled retry time
    the client was connected (handshake + flush of an empty outbox).
-2. ``--queued`` small messages are sent while the server is down; printed:
-   the rate at which the outbox is flushed once the socket is open.
+2. ``--queued`` small messages are sent while the client is offline; printed:
+   the rate at which the send buffer is flushed once the socket is open, into
+   a server in another process that only reads (`blaster.py`'s ``/sink``),
+   beside a bare websocket-client connection sending as many frames in a loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
+import websocket
+
 import wsbridge
 from wsbridge.testing import Server
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class Marks:
@@ -52,25 +61,33 @@ def reconnect_once(backoff: wsbridge.Backoff) -> float:
     return (ready - (marks.times["reconnecting"] + marks.delay)) * 1000
 
 
-def flush_once(queued: int) -> float:
-    server = Server().start()
-    url = server.url
-    server.stop()
-    client = wsbridge.Client(url, backoff=wsbridge.Backoff(initial=0.05, max_delay=0.05, jitter=0), outbox_size=queued)
+FRAME = '{"type":"order","qty":100,"px":101.25,"side":"buy"}'
+
+
+def flush_once(url: str, queued: int) -> float:
+    """Messages/s at which wsbridge flushes ``queued`` messages sent while offline."""
+    client = wsbridge.Client(url, backoff=wsbridge.NO_RETRY, outbox_size=queued)
+    for _ in range(queued):
+        client.send(FRAME)  # not started yet: every frame waits in the send buffer
     opened = {}
     client.signals.connected.connect(lambda sender, **kw: opened.setdefault("t", time.perf_counter()))
     client.start()
-    frame = '{"type":"order","qty":100,"px":101.25,"side":"buy"}'
-    for _ in range(queued):
-        client.send(frame)
-    server.start()
-    client.wait_connected(timeout=120)
+    client.wait_connected(timeout=120)  # returns once the flush is done
     ready = time.perf_counter()
-    server.wait_received(queued, timeout=120)
     client.stop()
-    server.stop()
     # `connected` is signalled when the socket opens, `wait_connected` returns after the flush.
     return queued / (ready - opened["t"])
+
+
+def bare_send(url: str, queued: int) -> float:
+    """Messages/s of a bare websocket-client connection sending ``queued`` frames in a loop."""
+    ws = websocket.create_connection(url)
+    start = time.perf_counter()
+    for _ in range(queued):
+        ws.send(FRAME)
+    elapsed = time.perf_counter() - start
+    ws.close()
+    return queued / elapsed
 
 
 def main() -> None:
@@ -82,8 +99,19 @@ def main() -> None:
     lat = [reconnect_once(backoff) for _ in range(args.runs)]
     print(f"reconnect: connected {statistics.median(lat):.1f} ms (median; max {max(lat):.1f} ms) after the scheduled retry "
           f"({backoff.initial * 1000:.0f} ms backoff), {args.runs} runs")
-    rates = [flush_once(args.queued) for _ in range(args.runs)]
-    print(f"outbox flush: {statistics.median(rates):,.0f} msg/s (median of {args.runs}; {args.queued:,} queued ~52 B text frames)")
+    sink = subprocess.Popen([sys.executable, os.path.join(HERE, "blaster.py")], stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"ws://127.0.0.1:{int(sink.stdout.readline())}/sink"
+        ours, bare = [], []
+        for _ in range(args.runs):
+            ours.append(flush_once(url, args.queued))
+            bare.append(bare_send(url, args.queued))
+    finally:
+        sink.kill()
+        sink.wait(10)
+    o, b = statistics.median(ours), statistics.median(bare)
+    print(f"send-buffer flush: {o:,.0f} msg/s; bare websocket-client send loop: {b:,.0f} msg/s; ratio {o / b:.2f}x "
+          f"(median of {args.runs}; {args.queued:,} ~52 B text frames, into a server in another process)")
 
 
 if __name__ == "__main__":

@@ -57,12 +57,27 @@ def test_outbox_drop_oldest_spares_the_frame_being_sent():
     box = Outbox(2, "drop_oldest")
     box.put("a")
     box.put("b")
-    assert box.put("c", keep_head=True) == "b"
+    assert box.put("c", keep=1) == "b"
     assert box.items() == ["a", "c"]
     single = Outbox(1, "drop_oldest")
     single.put("a")
     with pytest.raises(OutboxFull):
-        single.put("b", keep_head=True)
+        single.put("b", keep=1)
+    batch = Outbox(4, "drop_oldest")  # a batch of three in flight: the fourth is the oldest to drop
+    for x in "abcd":
+        batch.put(x)
+    assert batch.put("e", keep=3) == "d" and batch.items() == ["a", "b", "c", "e"]
+    with pytest.raises(OutboxFull):
+        batch.put("f", keep=4)
+
+
+def test_outbox_peek_many_then_pop_many():
+    box = Outbox(5)
+    for x in range(4):
+        box.put(x)
+    assert box.peek_many(3) == [0, 1, 2] and len(box) == 4
+    box.pop_many(3)
+    assert box.items() == [3] and box.peek_many(10) == [3]
 
 
 def test_outbox_peek_then_pop_removes_only_after_success():

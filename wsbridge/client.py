@@ -53,6 +53,10 @@ class _Queued(NamedTuple):
     key: Optional[int] = None
 
 
+FLUSH_BATCH = 512
+FLUSH_BATCH_BYTES = 256 * 1024
+"""The send buffer is flushed in writes of at most this many frames / bytes."""
+
 FLUSH_FORGET_EVERY = 256
 """Kept frames the socket took are forgotten by the store in batches of this many
 (a crash in between sends those again: at least once, never lost)."""
@@ -203,7 +207,7 @@ class Client:
         self._outbox_timeout = outbox_timeout
         self._send_cond = threading.Condition()
         self._live: Optional[Connection] = None  # open and flushed: sends go straight out
-        self._inflight: Optional[_Queued] = None  # the outbox head being flushed
+        self._inflight: List[_Queued] = []  # the outbox head being flushed
 
         self.store = store
         if resume is True:
@@ -460,7 +464,7 @@ class Client:
         overflow policy dropped. Called with ``_send_cond`` held."""
         key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
         try:
-            dropped = self._outbox.put(_Queued(frame[0], frame[1], key), keep_head=self._inflight is not None)
+            dropped = self._outbox.put(_Queued(frame[0], frame[1], key), keep=len(self._inflight))
         except OutboxFull:
             self._forget(key)
             raise
@@ -505,42 +509,55 @@ class Client:
 
     def _flush(self, conn: Connection, resume_from: Positions) -> bool:
         """Send the buffer in order, then the resume request; open for
-        direct sends once both are out (so nothing new overtakes them)."""
+        direct sends once both are out (so nothing new overtakes them).
+
+        Frames go out in batches (one system call for up to `FLUSH_BATCH`
+        frames or `FLUSH_BATCH_BYTES`) and leave the buffer only once the
+        socket took the whole batch: a connection lost mid-batch sends the
+        batch again on the next one (at least once, never lost).
+        """
         cond = self._send_cond
         sent_key: Optional[int] = None  # the last kept frame the socket took, not yet forgotten
         unforgotten = 0
         while True:
             with cond:
-                frame = self._outbox.peek()
-                if unforgotten and (frame is None or unforgotten >= FLUSH_FORGET_EVERY):
+                batch = self._outbox.peek_many(FLUSH_BATCH)
+                if unforgotten and (not batch or unforgotten >= FLUSH_FORGET_EVERY):
                     self._forget(sent_key, through=True)
                     unforgotten = 0
-                if frame is None:
+                if not batch:
                     if not self._send_resume(conn, resume_from):
                         return False
                     if conn.is_open and not self._stopping.is_set():
                         self._live = conn
                         return True
                     return False
-                self._inflight = frame
+                size = 0
+                for n, frame in enumerate(batch, 1):
+                    size += len(frame.data)
+                    if size >= FLUSH_BATCH_BYTES:
+                        del batch[n:]
+                        break
+                self._inflight = batch
             try:
-                conn.send(frame.data, frame.binary)
+                conn.send_many([(frame.data, frame.binary) for frame in batch])
             except Exception as exc:
                 with cond:
-                    self._inflight = None
+                    self._inflight = []
                     if unforgotten:
                         self._forget(sent_key, through=True)
                 log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self._outbox))
                 conn.abort()
                 return False
             with cond:
-                self._inflight = None
-                self._outbox.pop()
-                if frame.key is not None:
-                    sent_key = frame.key
-                    unforgotten += 1
-                self._flushed += 1
-                self._sent += 1
+                self._inflight = []
+                self._outbox.pop_many(len(batch))
+                for frame in batch:
+                    if frame.key is not None:
+                        sent_key = frame.key
+                        unforgotten += 1
+                self._flushed += len(batch)
+                self._sent += len(batch)
                 cond.notify_all()
 
     def _send_resume(self, conn: Connection, positions: Positions) -> bool:

@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import websocket
 from websocket import ABNF
@@ -243,6 +243,22 @@ class Connection:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
         if ws.send(data, OPCODE_BINARY if binary else OPCODE_TEXT) == 0:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
+
+    def send_many(self, frames: Sequence[Tuple[Union[str, bytes], bool]]) -> None:
+        """Write several frames in one system call (the send buffer's flush);
+        raises if the socket did not take all of them."""
+        ws = self.app.sock
+        if ws is None or ws.sock is None:
+            raise websocket.WebSocketConnectionClosedException("connection is closed")
+        mask_key = ws.get_mask_key
+        out = []
+        for data, binary in frames:
+            frame = ABNF.create_frame(data, OPCODE_BINARY if binary else OPCODE_TEXT)
+            if mask_key:
+                frame.get_mask_key = mask_key
+            out.append(frame.format())
+        with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
+            ws.sock.sendall(b"".join(out))
 
     def ping_overdue(self, now_wall: float) -> bool:
         """Has a ping gone unanswered for longer than ``ping_timeout``?"""

@@ -43,22 +43,19 @@ class Outbox(Generic[T]):
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
 
-    def put(self, item: T, keep_head: bool = False) -> Optional[T]:
+    def put(self, item: T, keep: int = 0) -> Optional[T]:
         """Append ``item``; return the item dropped to make room, if any.
 
-        ``keep_head``: the oldest item is being written to the socket right
-        now, so ``drop_oldest`` drops the next oldest instead.
+        ``keep``: that many of the oldest items are being written to the
+        socket right now, so ``drop_oldest`` drops the oldest one after them.
         """
         dropped = None
         items = self._items
         if len(items) >= self.maxsize:
-            if self.overflow != "drop_oldest" or (keep_head and len(items) < 2):
+            if self.overflow != "drop_oldest" or len(items) <= keep:
                 raise OutboxFull(f"send buffer full ({self.maxsize} messages waiting)")
-            if keep_head:
-                dropped = items[1]
-                del items[1]
-            else:
-                dropped = items.popleft()
+            dropped = items[keep]
+            del items[keep]
         items.append(item)
         return dropped
 
@@ -74,6 +71,17 @@ class Outbox(Generic[T]):
     def pop(self) -> T:
         """Remove the oldest item (after the socket accepted it)."""
         return self._items.popleft()
+
+    def peek_many(self, n: int) -> List[T]:
+        """Up to ``n`` of the oldest items, left in place."""
+        items = self._items
+        return [items[i] for i in range(min(n, len(items)))]
+
+    def pop_many(self, n: int) -> None:
+        """Remove the ``n`` oldest items (after the socket accepted them)."""
+        popleft = self._items.popleft
+        for _ in range(n):
+            popleft()
 
     def items(self) -> List[T]:
         """A copy of what is waiting, oldest first."""
