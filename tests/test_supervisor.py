@@ -242,3 +242,25 @@ def test_refused_connections_are_retried_until_the_port_listens_again(proxy, mak
     proxy.accept()
     connected.wait(2, timeout=10)
     client.wait_connected(timeout=10)
+
+
+def test_a_connection_lost_in_the_middle_of_a_flush_loses_nothing(server, make_client, collector):
+    with Proxy(("127.0.0.1", server.port)) as proxy:
+        client = make_client(proxy.url, backoff=FAST, outbox_size=20_000)
+        for i in range(20_000):
+            client.send({"type": "m", "i": i})  # not started: all of it waits in the send buffer
+        connected = connected_count(client, collector)
+        client.start()
+        server.wait_received(1000)  # the flush is under way
+        proxy.cut()
+        connected.wait(2, timeout=10)
+        client.wait_connected(timeout=30)  # the second flush is done
+        client.send({"type": "end"})  # behind the flushed frames on the same connection
+        server.wait_until(lambda s: bool(s.received) and '"end"' in s.received[-1].data, timeout=30, what="the end marker")
+        firsts = []
+        seen = set()
+        for m in server.received_messages()[:-1]:
+            if m.payload["i"] not in seen:
+                seen.add(m.payload["i"])
+                firsts.append(m.payload["i"])
+        assert firsts == list(range(20_000))  # resent batches repeat, never reorder
