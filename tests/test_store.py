@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from wsbridge import Message, SQLiteStore, StoreError
+from wsbridge import JsonCodec, Message, SQLiteStore, StoreError
 
 
 def msg(seq, stream=None, mtype="t", payload=None, id=None):
@@ -105,3 +105,15 @@ def test_the_send_buffer_is_kept_in_order_and_forgotten_once_sent(tmp_path):
         store.outbox_remove_through(keys[2])  # the socket took m0 (and m2)
     with SQLiteStore(path) as store:
         assert [(d, b) for _, d, b in store.outbox_items()] == [("m3", False), ("m4", False), (b"\x00\x01", True)]
+
+
+def test_json_frames_are_kept_as_they_came(tmp_path):
+    codec = JsonCodec()
+    frame = '{"type":"t","seq":1,"text":"caf\u00e9","n":1.50}'.encode()
+    [message] = codec.decode(frame, False, 5.0)
+    with SQLiteStore(str(tmp_path / "feed.db")) as store:
+        store.append([message], {None: 1}, raw_is_payload=codec.raw_is_payload)
+        [back] = store.history()
+        assert back.payload == message.payload and back.seq == 1
+        raw = sqlite3.connect(store.path).execute("SELECT payload FROM messages").fetchone()[0]
+        assert bytes(raw) == frame  # byte for byte, not re-encoded

@@ -49,6 +49,18 @@ class BufferedSocket:
         """Can a read proceed without waiting for the network?"""
         return self._pos < len(self._buf) or (self._tls and self.sock.pending() > 0)  # type: ignore[union-attr]
 
+    def frame_buffered(self) -> bool:
+        """Is the whole next frame in the buffer? (Called after every frame: kept lean.)"""
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        if available < 2:
+            return False
+        second = buf[pos + 1]
+        size = second & 0x7F
+        if size < 126:
+            return available >= 2 + size + (4 if second & 0x80 else 0)
+        return frame_complete(buf[pos : pos + 10], available)
+
     def peek(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, left in place."""
         return self._buf[self._pos : self._pos + n]

@@ -732,7 +732,7 @@ class Client:
         if not messages:
             return None
         try:
-            first = self.store.append(messages, self._positions)  # type: ignore[union-attr]
+            first = self.store.append(messages, self._positions, self.codec.raw_is_payload)  # type: ignore[union-attr]
         except Exception as exc:
             self._store_errors += 1
             error = exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}")

@@ -37,6 +37,9 @@ class Codec:
     """
 
     name = "codec"
+    raw_is_payload = False
+    """True when a message's ``raw`` frame, parsed as JSON, is its payload (a
+    store may then keep the frame as it came instead of encoding the payload)."""
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
         raise NotImplementedError
@@ -79,6 +82,7 @@ class JsonCodec(Codec):
     """
 
     name = "json"
+    raw_is_payload = True
 
     def __init__(
         self,

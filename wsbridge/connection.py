@@ -194,6 +194,8 @@ class Connection:
         raw = self._raw
         if raw is None:
             return False
+        if raw.__class__ is BufferedSocket and raw.frame_buffered():
+            return True
         buffered = raw.buffered() if isinstance(raw, BufferedSocket) else 0
         plain = not isinstance(getattr(raw, "sock", raw), ssl_socket_types)
         try:

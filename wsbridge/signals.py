@@ -8,7 +8,8 @@ called in isolation: one that raises is reported and the rest still run.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+import weakref
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from blinker import ANY, Signal
 
@@ -24,10 +25,36 @@ class StrongSignal(Signal):
     the moment ``connect`` returns; a client's receivers should live as long
     as the client (``disconnect`` removes them). Pass ``weak=True`` for
     blinker's behaviour.
+
+    The receivers for a sender are worked out once and kept until the next
+    connect or disconnect (blinker computes them on every send, a measurable
+    share of a message's cost), unless a receiver is weakly held.
     """
 
+    def __init__(self, doc: Optional[str] = None) -> None:
+        super().__init__(doc)
+        self._cached: Optional[Tuple[Any, Tuple[Any, ...]]] = None
+
     def connect(self, receiver: Any, sender: Any = ANY, weak: bool = False) -> Any:  # type: ignore[override]
+        self._cached = None
         return super().connect(receiver, sender, weak)
+
+    def disconnect(self, receiver: Any, sender: Any = ANY) -> None:
+        self._cached = None
+        super().disconnect(receiver, sender)
+
+    def _disconnect(self, receiver_id: Any, sender_id: Any) -> None:  # also blinker's weak-reference cleanup
+        self._cached = None
+        super()._disconnect(receiver_id, sender_id)
+
+    def receivers_for(self, sender: Any) -> Tuple[Any, ...]:  # type: ignore[override]
+        cached = self._cached
+        if cached is not None and cached[0] is sender:
+            return cached[1]
+        receivers = tuple(super().receivers_for(sender))
+        if not any(isinstance(r, weakref.ref) for r in self.receivers.values()):
+            self._cached = (sender, receivers)
+        return receivers
 
 
 class Subscriber:

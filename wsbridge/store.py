@@ -53,9 +53,11 @@ class Store:
         (read lazily: the backlog after a long outage need not fit in memory)."""
         raise NotImplementedError
 
-    def append(self, messages: Sequence[Message], positions: Positions) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
         """Store ``messages`` (one transaction) and the new received positions;
-        return the key of the first (the rest follow, consecutive)."""
+        return the key of the first (the rest follow, consecutive).
+        ``raw_is_payload``: each message's ``raw`` frame is its payload as JSON
+        (`Codec.raw_is_payload`), so it may be stored as it came."""
         raise NotImplementedError
 
     def mark_handled(self, key: int) -> None:
@@ -140,6 +142,7 @@ _COLUMNS = "type, stream, seq, id, kind, payload, received_at"
 
 # payload kinds
 _NONE, _TEXT, _BYTES, _JSON = 0, 1, 2, 3
+_JSON_FRAME = 4  # the JSON frame as it came (UTF-8 bytes), its payload once parsed
 
 _MARK = struct.Struct("<8sq")
 """The handled mark's side file: the store's token, then the key."""
@@ -160,7 +163,7 @@ def _encode_payload(payload: Any) -> Tuple[int, Any]:
 
 
 def _decode_payload(kind: int, value: Any) -> Any:
-    if kind == _JSON:
+    if kind == _JSON or kind == _JSON_FRAME:
         return json.loads(value)
     if kind == _BYTES:
         return bytes(value)
@@ -315,13 +318,16 @@ class SQLiteStore(Store):
             "SELECT stream, MAX(seq) FROM messages WHERE key <= ? AND seq IS NOT NULL GROUP BY stream", [self._handled]
         )}
 
-    def append(self, messages: Sequence[Message], positions: Positions) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
         db = self._conn()
         first = self._next_key
         rows = []
         key = first
         for m in messages:
-            kind, payload = _encode_payload(m.payload)
+            if raw_is_payload and m.raw.__class__ is bytes:
+                kind, payload = _JSON_FRAME, m.raw
+            else:
+                kind, payload = _encode_payload(m.payload)
             rows.append((key, m.type, m.stream, m.seq, _encode_id(m.id), kind, payload, m.received_at))
             key += 1
         try:
