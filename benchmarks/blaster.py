@@ -2,9 +2,13 @@
 the kernel takes them, so the client under test is the bottleneck.
 
 Run as a separate process: ``python benchmarks/blaster.py`` prints its port.
+It answers no ping (so clients measured against it run with pings off, as a
+bare `WebSocketApp` does by default).
 Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
 ``json100``, ``json4k``, ``bin64k``. After COUNT frames it sends a close frame.
 ``/sink`` sends nothing and reads (and drops) whatever arrives, as fast as it comes.
+``/paced/RATE/COUNT`` sends COUNT small JSON frames at RATE per second, each
+carrying ``t``, the ``time.time()`` at which it was written (for latency).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 from wsbridge.testing.raw import accept_handshake, frame
 
@@ -47,6 +52,10 @@ def serve_one(conn: socket.socket) -> None:
             except OSError:
                 pass
             return
+        if path.startswith("/paced/"):
+            _, _, rate, count = path.split("/")
+            paced(conn, float(rate), int(count))
+            return
         _, kind, count = path.split("/")
         data = payloads(kind, int(count))
         try:
@@ -59,6 +68,29 @@ def serve_one(conn: socket.socket) -> None:
             pass
 
 
+def paced(conn: socket.socket, rate: float, count: int) -> None:
+    """Write ``count`` frames at ``rate``/s, in steps of 1 ms, stamped when written."""
+    start = time.perf_counter()
+    sent = 0
+    try:
+        while sent < count:
+            due = min(count, int((time.perf_counter() - start) * rate) + 1)
+            if due > sent:
+                now = time.time()
+                conn.sendall(b"".join(
+                    frame(b'{"type":"tick","seq":%d,"t":%.6f,"sym":"ACME","px":101.25}' % (i, now))
+                    for i in range(sent + 1, due + 1)
+                ))
+                sent = due
+            time.sleep(0.0005)
+        conn.sendall(frame(b"\x03\xe8", 8))
+        conn.settimeout(30)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
 def main() -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,6 +99,7 @@ def main() -> None:
     print(listener.getsockname()[1], flush=True)
     while True:
         conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay on paced writes
         threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
 
 

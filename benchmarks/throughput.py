@@ -65,7 +65,7 @@ def wsbridge_client(url: str, count: int, codec: wsbridge.Codec, store: bool = F
     buffer; and, with ``store``, an SQLiteStore written before dispatch."""
     watch = Stopwatch(count)
     tmp = tempfile.mkdtemp() if store else None
-    client = wsbridge.Client(url, codec=codec, backoff=wsbridge.NO_RETRY,
+    client = wsbridge.Client(url, codec=codec, backoff=wsbridge.NO_RETRY, ping_interval=0,  # blaster.py does not answer pings
                              store=wsbridge.SQLiteStore(os.path.join(tmp, "bench.db")) if tmp else None)
     client.on_any(watch)
     client.start()
