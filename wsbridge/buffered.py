@@ -11,8 +11,17 @@ pieces to join.
 The catch is the one the parser's read loop has: ``select`` on the socket
 must not wait while whole frames sit in our buffer. `ReadLoop` is the loop
 websocket-client runs frames in (its "dispatcher" hook): it reads on while
-the buffer (or TLS) holds bytes and only then waits on the socket; ping/pong
-and close handling stay websocket-client's own, as do the frame checks.
+the buffer (or TLS) holds bytes and only then waits on the socket.
+
+Even served from memory, websocket-client's parser costs tens of Python calls
+per frame, more than the rest of wsbridge's work on a small message. So the
+read loop takes the common case itself: a complete, unfragmented, unmasked
+text or binary frame with no extension bits, lying whole in the buffer, at a
+frame boundary, is cut out of the buffer in a few operations and handed to
+the same ``on_data`` callback. Everything else (control frames: ping, pong,
+close; fragments; anything unusual; a frame still arriving) goes through
+websocket-client's parser, which keeps answering pings, closing and checking
+frames as it always does.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ class BufferedSocket:
         size = second & 0x7F
         if size < 126:
             return available >= 2 + size + (4 if second & 0x80 else 0)
+        if size == 126 and available >= 4:
+            return available >= 4 + ((buf[pos + 2] << 8) | buf[pos + 3]) + (4 if second & 0x80 else 0)
         return frame_complete(buf[pos : pos + 10], available)
 
     def peek(self, n: int) -> bytes:
@@ -204,25 +215,80 @@ class ReadLoop:
     after every wait, as its stock loop does.
     """
 
-    def __init__(self, app: Any, ping_timeout: Optional[float], sock: BufferedSocket) -> None:
+    def __init__(
+        self,
+        app: Any,
+        ping_timeout: Optional[float],
+        sock: BufferedSocket,
+        deliver: Callable[[bytes, int], Any],
+        after_run: Callable[[], Any],
+    ) -> None:
         self.app = app
         self.ping_timeout = ping_timeout
         self.buffered = sock
+        self.deliver = deliver
+        """``deliver(payload, opcode)``: where whole data frames go (websocket-client's on_data, in effect)."""
+        self.after_run = after_run
+        """Called once after each run of frames the fast path delivered (not after each frame)."""
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
         app = self.app
         buffered = self.buffered
         pending = buffered.pending
+        fast = self.take_data_frames
         with selectors.DefaultSelector() as selector:
             selector.register(buffered.fileno(), selectors.EVENT_READ)
             while app.keep_running:
                 if pending() or selector.select(self.ping_timeout):
-                    if not read_callback():
+                    if not fast() and not read_callback():
                         return
                     while pending() and app.keep_running:
-                        if not read_callback():
+                        if not fast() and not read_callback():
                             return
                 check_callback()
+
+    def take_data_frames(self) -> int:
+        """Deliver the whole, plain data frames at the front of the buffer;
+        return how many (0: the next frame is websocket-client's to read)."""
+        ws = self.app.sock
+        if ws is None or ws.frame_buffer.header is not None or ws.cont_frame.recving_frames is not None:
+            return 0  # websocket-client is inside a frame or a fragmented message
+        sock = self.buffered
+        buf, pos = sock._buf, sock._pos
+        end = len(buf)
+        deliver = self.deliver
+        app = self.app
+        count = 0
+        while end - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            if first & 0xF0 != 0x80 or second & 0x80:
+                break  # not FIN, extension bits, or masked: websocket-client decides
+            opcode = first & 0x0F
+            if opcode != 1 and opcode != 2:
+                break  # control frame or continuation: websocket-client's
+            size, start = second, pos + 2
+            if size == 126:
+                if end - pos < 4:
+                    break
+                size, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
+            elif size == 127:
+                if end - pos < 10:
+                    break
+                size, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            stop = start + size
+            if stop > end:
+                break  # still arriving
+            pos = stop
+            sock._pos = pos  # the buffer's state is right before anyone else looks
+            count += 1
+            deliver(buf[start:stop], opcode)
+            if not app.keep_running:
+                break
+        if pos >= end:
+            sock._buf, sock._pos = b"", 0
+        if count:
+            self.after_run()
+        return count
 
     # Unused with reconnect=0, but part of websocket-client's dispatcher contract.
     def timeout(self, seconds: Optional[float], callback: Callable[[], Any]) -> None:

@@ -52,9 +52,12 @@ class _App(websocket.WebSocketApp):
 
     def create_dispatcher(self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None) -> Any:
         sock = self.prepared_socket
-        if dispatcher is None and isinstance(sock, BufferedSocket):
-            return ReadLoop(self, ping_timeout or 10, sock)
+        conn = self.connection
+        if dispatcher is None and isinstance(sock, BufferedSocket) and conn is not None:
+            return ReadLoop(self, ping_timeout or 10, sock, conn._fast_frame, conn._after_run)
         return super().create_dispatcher(ping_timeout, dispatcher, is_ssl, handleDisconnect)
+
+    connection: Optional["Connection"] = None
 
 
 class Connection:
@@ -97,7 +100,7 @@ class Connection:
         self._aborted = threading.Event()
         if isinstance(headers, dict):
             headers = [f"{k}: {v}" for k, v in headers.items()]
-        self.app = _App(
+        self.app = app = _App(
             url,
             header=headers,
             on_open=self._handle_open,
@@ -108,6 +111,7 @@ class Connection:
             on_pong=self._handle_control,
             subprotocols=subprotocols,
         )
+        app.connection = self
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.opened_at: Optional[float] = None
@@ -172,6 +176,20 @@ class Connection:
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self._on_open_cb(self)
+
+    def _fast_frame(self, data: bytes, opcode: int) -> None:
+        """A whole data frame from the read loop's fast path (see `ReadLoop`)."""
+        try:
+            self._on_frame(data, opcode == OPCODE_BINARY)
+        except Exception as exc:  # as websocket-client treats a failing on_data
+            self._handle_error(self.app, exc)
+            raise
+
+    def _after_run(self) -> None:
+        """After a run of fast-path frames: one clock read and one wake decision."""
+        self.last_frame_at = time.monotonic()
+        if not self._next_frame_here():
+            self._on_drained()
 
     def _handle_data(self, app: websocket.WebSocketApp, data: bytes, opcode: int, fin: bool) -> None:
         self.last_frame_at = time.monotonic()

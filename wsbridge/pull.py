@@ -65,19 +65,31 @@ class PullBuffer:
         dropped = 0
         items = self._items
         with self._cond:
-            for message in messages:
-                size = len(message.raw) if message.raw is not None else 0
-                if self._full(size):
-                    if self.overflow == "block":
-                        while self._full(size):
-                            self._cond.notify_all()
-                            self._cond.wait(0.1)
-                    else:
-                        while self._full(size):
-                            self._pop()
-                            dropped += 1
-                items.append(message)
-                self._bytes += size
+            if self.overflow == "block":
+                for message in messages:
+                    size = len(message.raw) if message.raw is not None else 0
+                    while self._full(size):
+                        self._cond.notify_all()
+                        self._cond.wait(0.1)
+                    items.append(message)
+                    self._bytes += size
+            else:
+                # Append the whole batch, then trim the oldest in one pass.
+                added = 0
+                for message in messages:
+                    raw = message.raw
+                    if raw is not None:
+                        added += len(raw)
+                    items.append(message)
+                self._bytes += added
+                if not self._unbounded:
+                    maxsize, max_bytes = self.maxsize, self.max_bytes
+                    popleft = items.popleft
+                    while len(items) > 1 and (len(items) > maxsize or self._bytes > max_bytes):
+                        raw = popleft().raw
+                        if raw is not None:
+                            self._bytes -= len(raw)
+                        dropped += 1
             self._cond.notify_all()
         if dropped:
             self.dropped += dropped
