@@ -13,6 +13,7 @@ second is left out (connection warm-up).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -80,7 +81,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10_000)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
+                        help="the garbage collector: as is, gc.freeze() after start-up, or off (it makes the tail)")
     args = parser.parse_args()
+    if args.gc == "freeze":
+        gc.freeze()
+    elif args.gc == "off":
+        gc.disable()
     count, skip = int(args.rate * args.seconds), int(args.rate)
     server = subprocess.Popen([sys.executable, os.path.join(HERE, "blaster.py")], stdout=subprocess.PIPE, text=True)
     try:
@@ -93,7 +100,7 @@ def main() -> None:
     finally:
         server.kill()
         server.wait(10)
-    print(f"latency at {args.rate:,.0f} msg/s, {args.runs} runs of {args.seconds:g} s ({len(ours):,} samples each side)")
+    print(f"latency at {args.rate:,.0f} msg/s, {args.runs} runs of {args.seconds:g} s ({len(ours):,} samples each side), gc {args.gc}")
     print(f"  bare WebSocketApp + json.loads  {percentiles(bare)}")
     print(f"  wsbridge                        {percentiles(ours)}")
 
