@@ -60,12 +60,17 @@ def serve_one(conn: socket.socket) -> None:
         data = payloads(kind, int(count))
         try:
             conn.sendall(data)
-            conn.sendall(frame(b"\x03\xe8", 8))
-            conn.settimeout(30)
-            while conn.recv(65536):
-                pass
+            close_and_drain(conn)
         except OSError:
             pass
+
+
+def close_and_drain(conn: socket.socket) -> None:
+    """Send a close frame (1000), then read until the client hangs up."""
+    conn.sendall(frame(b"\x03\xe8", 8))
+    conn.settimeout(30)
+    while conn.recv(65536):
+        pass
 
 
 def paced(conn: socket.socket, rate: float, count: int) -> None:
@@ -83,10 +88,7 @@ def paced(conn: socket.socket, rate: float, count: int) -> None:
                 ))
                 sent = due
             time.sleep(0.0005)
-        conn.sendall(frame(b"\x03\xe8", 8))
-        conn.settimeout(30)
-        while conn.recv(65536):
-            pass
+        close_and_drain(conn)
     except OSError:
         pass
 
