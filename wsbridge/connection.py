@@ -5,6 +5,13 @@ from one socket to the next. websocket-client's own reconnect loop stays off
 (it sleeps a fixed time and never reports the drop); so does its UTF-8 check
 (pure Python without ``wsaccel``; codecs decode strictly themselves), which is
 why text frames arrive here as bytes and ``on_data`` tells text from binary.
+
+The socket is dialled here (`wsbridge.dial`: bounded by ``connect_timeout``,
+abortable in every phase) and handed to websocket-client wrapped in a
+`BufferedSocket`; its read loop is our `ReadLoop`, which passes whole data
+frames straight to `_fast_frame` and leaves everything else to
+websocket-client (`wsbridge.buffered`). Through a proxy from the environment,
+websocket-client dials and reads in its own way.
 """
 
 from __future__ import annotations
