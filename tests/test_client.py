@@ -351,3 +351,26 @@ def test_lambdas_connected_to_signals_stay_connected(server, make_client):
     server.send({"type": "x"})
     assert done.wait(10)
     assert seen == [("connected", server.url), "x"]
+
+
+def test_a_frame_over_max_message_size_is_refused_from_its_header(make_client, collector):
+    from wsbridge.testing import RawServer
+    from wsbridge.testing.raw import BINARY, TEXT, frame
+
+    with RawServer() as raw:
+        client = make_client(raw.url, max_message_size=1000)
+        errors, got = collector(), collector()
+        client.signals.error.connect(errors)
+        client.on_any(got)
+        client.start().wait_connected(timeout=10)
+        # A header that claims a terabyte: refused before anything is allocated or read.
+        raw.sendall(bytes((0x80 | BINARY, 127)) + (1 << 40).to_bytes(8, "big") + b"x" * 100)
+        report = errors.wait(1)[0]
+        assert report["context"] == "limit" and isinstance(report["error"], wsbridge.MessageTooLarge)
+        assert "1099511627776 bytes exceeds max_message_size (1000 bytes)" in str(report["error"])
+        # The stream goes on, on a new connection; a whole frame over the limit is refused too.
+        raw.wait_connections(2).sendall(frame(b'{"type": "ok"}', TEXT) + frame(b"y" * 2000, TEXT))
+        assert got.wait(1)[0].type == "ok"
+        assert "a frame of 2000 bytes exceeds" in str(errors.wait(2)[1]["error"])
+        raw.wait_connections(3)
+        assert client.stats.protocol_errors == 2

@@ -11,7 +11,7 @@
 from .backoff import NO_RETRY, Backoff
 from .client import Client
 from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
-from .errors import ClientClosed, ConnectError, OutboxFull, ProtocolError, WsbridgeError
+from .errors import ClientClosed, ConnectError, MessageTooLarge, OutboxFull, ProtocolError, WsbridgeError
 from .message import Message
 from .outbox import Outbox
 from .sequence import Gap, SequenceTracker
@@ -28,6 +28,7 @@ __all__ = [
     "ConnectError",
     "JsonCodec",
     "Message",
+    "MessageTooLarge",
     "NO_RETRY",
     "Outbox",
     "OutboxFull",

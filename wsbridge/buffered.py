@@ -33,6 +33,9 @@ from typing import Any, Callable, Optional, Union
 
 from websocket._abnf import frame_buffer  # the parser whose reads we serve
 
+from .codec import DEFAULT_MAX_LENGTH
+from .errors import MessageTooLarge
+
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
 
@@ -40,10 +43,13 @@ CHUNK = 256 * 1024
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
-    __slots__ = ("sock", "_buf", "_pos", "_tls", "_timeout")
+    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout")
 
-    def __init__(self, sock: Union[socket.socket, ssl.SSLSocket]) -> None:
+    def __init__(self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH) -> None:
         self.sock = sock
+        self.max_frame = max_frame
+        """The largest read the frame parser may ask for: a longer frame is
+        refused from its header, before a byte of it is buffered."""
         self._buf = b""
         self._pos = 0
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -99,6 +105,8 @@ class BufferedSocket:
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes (what the frame parser asks for); raises like
         websocket-client does when the peer closes mid-frame."""
+        if n > self.max_frame:
+            raise MessageTooLarge(f"a frame of {n} bytes exceeds max_message_size ({self.max_frame} bytes)")
         available = len(self._buf) - self._pos
         if available >= n:
             return self.recv(n) if n else b""
@@ -276,8 +284,8 @@ class ReadLoop:
                     break
                 size, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
             stop = start + size
-            if stop > end:
-                break  # still arriving
+            if stop > end or size > sock.max_frame:
+                break  # still arriving, or too large: websocket-client's read refuses it
             pos = stop
             sock._pos = pos  # the buffer's state is right before anyone else looks
             count += 1

@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 import websocket
 
 from .backoff import Backoff
-from .codec import Codec, JsonCodec
+from .codec import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .connection import Connection
 from .dispatch import Dispatcher
-from .errors import ClientClosed, ConnectError, OutboxFull, ProtocolError, WsbridgeError, preview
+from .errors import ClientClosed, ConnectError, MessageTooLarge, OutboxFull, ProtocolError, WsbridgeError, preview
 from .message import Message
 from .outbox import Outbox
 from .pull import PullBuffer
@@ -140,6 +140,11 @@ class Client:
         came after the last sequence ids received: ``True`` (the default
         request, see `wsbridge.resume`), ``False``, or a callable
         ``positions -> message`` (None: send nothing) in your server's shape.
+    max_message_size
+        The largest frame accepted, in bytes (default 16 MiB): a longer one is
+        refused from its header, before its payload is read, reported on
+        ``error`` (context ``"limit"``), and the connection closed with 1009
+        and made again.
     gap_timeout, max_held
         Messages after a gap wait (in memory, up to ``max_held`` per stream)
         this many seconds for the missing ones; then the gap is lost
@@ -172,6 +177,7 @@ class Client:
         resume: Union[bool, ResumeBuilder] = True,
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
+        max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
@@ -186,6 +192,8 @@ class Client:
             )
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be > 0 or None")
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1 byte")
         if connect_timeout <= 0 or close_timeout < 0:
             raise ValueError("connect_timeout must be > 0 and close_timeout >= 0")
         self.url = url
@@ -197,6 +205,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         self.retry_fatal = retry_fatal
+        self.max_message_size = max_message_size
         self._headers = dict(headers or {})
         self._sslopt = sslopt
         self._subprotocols = subprotocols
@@ -587,8 +596,11 @@ class Client:
     # -- reader thread -------------------------------------------------------
     def _on_frame(self, data: bytes, binary: bool) -> None:
         self._frames += 1
-        self._bytes += len(data)
+        size = len(data)
+        self._bytes += size
         try:
+            if size > self.max_message_size:  # reassembled from fragments, each of them within the limit
+                raise MessageTooLarge(f"a message of {size} bytes exceeds max_message_size ({self.max_message_size} bytes)", data[:64])
             messages = self.codec.decode(data, binary, time.time())
         except ProtocolError as exc:
             self._protocol_errors += 1
@@ -758,6 +770,7 @@ class Client:
             ping_timeout=self.ping_timeout or None,
             io_timeout=self._io_timeout(),
             connect_timeout=self.connect_timeout,
+            max_message_size=self.max_message_size,
             name=f"{self.name}-reader-{self._attempts}",
         )
 
@@ -887,6 +900,9 @@ class Client:
         self._disconnects += 1
         if conn.error is not None and not conn.closing:
             self._last_error = conn.error
+        if isinstance(conn.error, MessageTooLarge):
+            self._protocol_errors += 1
+            self._report(conn.error, "limit")
         log.info(
             "%s: disconnected (code=%s reason=%r error=%s)", self.name, conn.close_code, conn.close_reason,
             self._describe(conn.error) if conn.error and not conn.closing else None,

@@ -27,7 +27,9 @@ import websocket
 from websocket import ABNF
 
 from .buffered import BufferedSocket, ReadLoop, frame_complete, serve_parser
+from .codec import DEFAULT_MAX_LENGTH
 from .dial import open_socket, uses_proxy
+from .errors import MessageTooLarge
 
 try:  # POSIX: ask the kernel how many bytes wait, without reading them
     import fcntl
@@ -89,6 +91,7 @@ class Connection:
         ping_timeout: Optional[float] = None,
         io_timeout: Optional[float] = None,
         connect_timeout: float = 10.0,
+        max_message_size: int = DEFAULT_MAX_LENGTH,
         name: str = "wsbridge-reader",
     ) -> None:
         self.url = url
@@ -102,6 +105,7 @@ class Connection:
         self._ping_timeout = ping_timeout
         self._io_timeout = io_timeout
         self._connect_timeout = connect_timeout
+        self._max_message_size = max_message_size
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
         self._aborted = threading.Event()
@@ -138,7 +142,7 @@ class Connection:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self._connect_timeout
                 sock = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
-                self.app.prepared_socket = BufferedSocket(sock)
+                self.app.prepared_socket = BufferedSocket(sock, self._max_message_size)
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
@@ -246,6 +250,11 @@ class Connection:
     def _handle_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
         if self.error is None and not self.closing:
             self.error = exc
+        if isinstance(exc, MessageTooLarge) and app.sock is not None:
+            try:  # say why before cutting: 1009, message too big
+                app.sock.send_close(1009, b"message too big")
+            except Exception:
+                pass
         # The connection is over. Cut the socket now so websocket-client's
         # teardown does not wait 3 s for a close frame from a dead peer.
         self.abort()

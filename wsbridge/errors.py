@@ -38,6 +38,11 @@ class ProtocolError(WsbridgeError, ValueError):
         super().__init__(text)
 
 
+class MessageTooLarge(ProtocolError):
+    """A frame larger than the client's ``max_message_size``: refused before
+    its payload is read, and the connection closed with code 1009."""
+
+
 class OutboxFull(WsbridgeError):
     """`send()` found the send buffer full and the overflow policy said raise."""
 

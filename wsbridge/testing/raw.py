@@ -79,6 +79,13 @@ class RawServer:
                 raise TimeoutError("no client connected to the raw server")
             return self.connections[-1]
 
+    def wait_connections(self, n: int, timeout: float = 10.0) -> socket.socket:
+        """Wait until ``n`` connections were accepted in all; return the newest."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.connections) >= n, timeout):
+                raise TimeoutError(f"{n} connection(s) to the raw server did not come")
+            return self.connections[-1]
+
     def sendall(self, data: bytes) -> None:
         self.wait_connection().sendall(data)
 
