@@ -1,0 +1,94 @@
+"""Property tests: any input gives messages or a ProtocolError, never anything else; encodings round-trip."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wsbridge import JsonCodec, Message, PipeCodec, ProtocolError, RawCodec
+
+CODECS = [JsonCodec(), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
+settings.register_profile("wsbridge", max_examples=300, deadline=None)
+settings.load_profile("wsbridge")
+
+types = st.text(st.characters(blacklist_characters="|", blacklist_categories=("Cs",)), min_size=1, max_size=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def decodes_or_refuses(codec, data: bytes, binary: bool) -> None:
+    try:
+        messages = codec.decode(data, binary, 1.0)
+    except ProtocolError as exc:
+        assert exc.frame is not None and len(str(exc)) < 400  # the offending bytes, truncated
+        return
+    assert isinstance(messages, list) and all(isinstance(m, Message) and isinstance(m.type, str) for m in messages)
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_any_bytes_decode_or_raise_protocol_error(data, binary):
+    for codec in CODECS:
+        decodes_or_refuses(codec, data, binary)
+
+
+@given(st.lists(st.sampled_from([b"chat|", b"5|", b"|", b"hello", b"99999999999|", b"\xff\xfe", b"px|", b"12345678", b"0|"]),
+                max_size=12))
+def test_pipe_like_garbage_is_refused_cleanly(parts):
+    decodes_or_refuses(PipeCodec(fixed={"px": 8}), b"".join(parts), False)
+
+
+@given(st.integers(min_value=1, max_value=30))
+def test_deep_json_nesting_is_a_protocol_error_not_a_crash(depth_thousands):
+    data = b"[" * (depth_thousands * 1000) + b"]" * (depth_thousands * 1000)
+    decodes_or_refuses(JsonCodec(), data, False)
+
+
+def test_a_huge_pipe_length_is_refused_without_allocating():
+    try:
+        PipeCodec().decode(b"chat|99999999999|x", False)
+    except ProtocolError as exc:
+        assert "exceeds the limit" in str(exc) or "LENGTH" in str(exc)
+    else:
+        raise AssertionError("accepted a 100 GB length")
+
+
+@given(types, st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("type", "seq", "id", "stream")), json_values, max_size=5),
+       st.one_of(st.none(), st.integers()))
+def test_json_round_trip(mtype, body, seq):
+    codec = JsonCodec()
+    message = Message(mtype, body, seq)
+    data, binary = codec.encode(message)
+    [back] = codec.decode(data.encode("utf-8"), binary, 1.0)
+    assert back.type == mtype and back.seq == seq
+    assert {k: v for k, v in back.payload.items() if k not in ("type", "seq")} == json.loads(json.dumps(body))
+
+
+@given(st.lists(st.tuples(types, st.text(max_size=40)), min_size=1, max_size=6))
+def test_pipe_round_trip_text(items):
+    codec = PipeCodec()
+    data, binary = codec.encode_many([Message(t, p) for t, p in items])
+    assert not binary
+    back = codec.decode(data.encode("utf-8"), False)
+    assert [(m.type, m.payload) for m in back] == items
+
+
+@given(st.lists(st.tuples(types, st.binary(max_size=40)), min_size=1, max_size=6))
+def test_pipe_round_trip_binary(items):
+    codec = PipeCodec()
+    data, binary = codec.encode_many([Message(t, p) for t, p in items])
+    assert binary
+    assert [(m.type, m.payload) for m in codec.decode(data, True)] == items
+
+
+@given(st.one_of(st.text(), st.binary()))
+def test_raw_round_trip(payload):
+    codec = RawCodec()
+    data, binary = codec.encode(Message("x", payload))
+    raw = data if binary else data.encode("utf-8")
+    [back] = codec.decode(raw, binary)
+    assert back.payload == payload and back.type == ("binary" if binary else "text")
