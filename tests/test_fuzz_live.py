@@ -1,0 +1,67 @@
+"""A live fuzz run: a real server sends thousands of good and bad frames, mixed."""
+
+from __future__ import annotations
+
+import random
+
+from wsbridge import JsonCodec, PipeCodec
+from wsbridge.testing import Server
+
+from conftest import wait_until
+
+
+def bad_json_frames(rng: random.Random):
+    yield (b'{"type": "x", "bad": "\xff\xfe"}', False)  # invalid UTF-8 in a text frame
+    yield "[1, 2, 3]"  # JSON, not an object
+    yield '{"no_type": 1}'
+    yield '{"type": 5}'
+    yield '{"type": "t", "seq": "one"}'
+    yield "{" * 50_000  # deep and unfinished
+    yield "[" * 100_000 + "]" * 100_000  # deep nesting
+    yield bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))  # a binary frame of noise
+    yield "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(1, 100)))  # text, mostly not JSON
+
+
+def test_json_client_survives_thousands_of_bad_frames_and_keeps_every_good_one(make_client, collector):
+    rng = random.Random(11)
+    frames, good = [], 0
+    bad_kinds = list(bad_json_frames(rng))
+    for i in range(3000):
+        if rng.random() < 0.4:
+            frames.append(rng.choice(bad_kinds))
+        else:
+            good += 1
+            frames.append({"type": "good", "n": good})
+    with Server() as server:
+        client = make_client(server.url)
+        got, errors = collector(), collector()
+        client.on("good", got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send_many(frames)
+        assert [m.payload["n"] for m in got.wait(good, timeout=60)] == list(range(1, good + 1))
+        wait_until(lambda: len(errors) >= len(frames) - good, what="every bad frame reported")
+        stats = client.stats
+        assert stats.protocol_errors == len(frames) - good and stats.connects == 1  # the stream went on
+        for report in errors.items:
+            assert report["context"] == "decode" and len(str(report["error"])) < 500  # the frame, truncated
+
+
+def test_pipe_client_survives_malformed_pipe_frames(make_client, collector):
+    bad = ["chat|99999999999|x", "chat|15|\"Hello world!\"", "chat|", "|5|hello", "chat|abc|x", "chat|3|ab", "chat|1|é"]
+    frames = []
+    for i in range(500):
+        frames.append(bad[i % len(bad)])
+        frames.append(f"chat|{len(str(i))}|{i}")
+    with Server(codec=PipeCodec()) as server:
+        client = make_client(server.url, codec=PipeCodec())
+        got, errors = collector(), collector()
+        client.on("chat", got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send_many(frames)
+        assert [m.payload for m in got.wait(500, timeout=60)] == [str(i) for i in range(500)]
+        wait_until(lambda: len(errors) >= 500, what="every bad frame reported")
+        assert client.stats.protocol_errors == 500 and client.stats.connects == 1
