@@ -162,6 +162,7 @@ class Connection:
             ):
                 # One message for every phase that ran out of time (TCP, TLS, upgrade).
                 self.error = TimeoutError(f"connection not open within {self._connect_timeout} s ({self.error})")
+            self._release()
             self.ended.set()
             try:
                 self._on_end(self)
@@ -320,16 +321,30 @@ class Connection:
     def abort(self) -> None:
         """Cut the TCP connection at once; the reader thread then ends."""
         self.app.keep_running = False
-        with self._sock_lock:
-            self._aborted.set()  # before the shutdown: see open_socket
-            dialled = self._sock
         ws = self.app.sock
-        for sock in {dialled, ws.sock if ws is not None else None}:
-            if sock is not None:
-                try:  # also wakes a connect() still waiting for the peer's SYN-ACK
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        with self._sock_lock:  # never while `_release` closes them
+            self._aborted.set()  # before the shutdown: see open_socket
+            for sock in {self._sock, ws.sock if ws is not None else None}:
+                if sock is not None:
+                    try:  # also wakes a connect() still waiting for the peer's SYN-ACK
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def _release(self) -> None:
+        """Close the sockets this attempt opened (websocket-client does not
+        always, and a socket left to the garbage collector holds its file
+        descriptor until a full collection)."""
+        prepared = self.app.prepared_socket
+        with self._sock_lock:
+            self._aborted.set()
+            for sock in (prepared, self._sock):
+                if sock is not None:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+            self._sock = None
 
     def join(self, timeout: Optional[float] = None) -> bool:
         if self.thread.ident is not None and self.thread is not threading.current_thread():

@@ -23,6 +23,7 @@ class _Pair:
         self.upstream = upstream
         self.threads: List[threading.Thread] = []
         self.closed = False
+        self.pumps_done = 0
 
     def close(self) -> None:
         self.closed = True
@@ -127,6 +128,18 @@ class Proxy:
                 dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+            with self._lock:
+                pair.pumps_done += 1
+                finished = pair.pumps_done == 2
+                if finished:  # both directions are over: the pair's sockets and threads go
+                    self._pairs.remove(pair)
+                    for thread in pair.threads:
+                        if thread is not threading.current_thread() and thread in self._threads:
+                            self._threads.remove(thread)
+            if finished:
+                pair.closed = True
+                for sock in (pair.client, pair.upstream):
+                    sock.close()
 
     # -- faults -------------------------------------------------------------
     @property
