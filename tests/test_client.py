@@ -11,7 +11,7 @@ import wsbridge
 from wsbridge import Message, PipeCodec, RawCodec
 from wsbridge.testing import Server
 
-from conftest import per_thread, send_from_threads
+from conftest import per_thread, send_from_threads, wait_until
 
 
 def test_connects_receives_in_order_and_stops_cleanly(server, make_client, collector):
@@ -374,3 +374,25 @@ def test_a_frame_over_max_message_size_is_refused_from_its_header(make_client, c
         assert "a frame of 2000 bytes exceeds" in str(errors.wait(2)[1]["error"])
         raw.wait_connections(3)
         assert client.stats.protocol_errors == 2
+
+
+def test_a_slow_subscriber_bounds_memory_by_stopping_the_reader(server, make_client, collector):
+    """The dispatch queue is bounded: when it is full the reader stops reading,
+    TCP pushes back on the server, and nothing is dropped."""
+    release = threading.Event()
+    got = collector()
+
+    def slow(msg):
+        release.wait(30)
+        got(msg)
+
+    client = make_client(server.url, dispatch_queue=100, pull_buffer=0)
+    client.on("tick", slow)
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send_many(({"type": "tick", "seq": i, "pad": "x" * 200} for i in range(1, 5001)), timeout=60)
+    wait_until(lambda: client.stats.backpressure_waits >= 1, what="the reader waiting for room")
+    assert client.stats.dispatch_pending <= 100 + 1  # bounded, whatever the server sent
+    assert client.stats.received < 5000  # the rest waits in TCP buffers, not in our memory
+    release.set()
+    assert [m.seq for m in got.wait(5000, timeout=60)] == list(range(1, 5001))

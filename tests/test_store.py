@@ -117,3 +117,34 @@ def test_json_frames_are_kept_as_they_came(tmp_path):
         assert back.payload == message.payload and back.seq == 1
         raw = sqlite3.connect(store.path).execute("SELECT payload FROM messages").fetchone()[0]
         assert bytes(raw) == frame  # byte for byte, not re-encoded
+
+
+def test_another_process_reads_history_while_the_store_is_written(tmp_path):
+    path = str(tmp_path / "feed.db")
+    reader = (
+        "import sys, time\n"
+        "from wsbridge import SQLiteStore\n"
+        "store = SQLiteStore(sys.argv[1])\n"
+        "print('READY', flush=True)\n"
+        "counts = []\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    counts.append(len(store.history()))\n"
+        "    if counts[-1] >= 5001:\n"
+        "        break\n"
+        "print(' '.join(map(str, counts)), flush=True)\n"
+    )
+    with SQLiteStore(path) as store:
+        store.append([msg(0)], {None: 0})
+        proc = subprocess.Popen([sys.executable, "-c", reader, path], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "READY"
+            for start in range(1, 5000, 100):  # batches, as a client writes them, while the other process reads
+                store.append([msg(n) for n in range(start, start + 100)], {None: start + 99})
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    counts = [int(c) for c in out.split()]
+    assert counts == sorted(counts) and counts[-1] == 5001  # never an error, never going back
+    assert all(c % 100 == 1 for c in counts)  # whole batches only: a transaction is seen whole or not at all
