@@ -396,3 +396,14 @@ def test_a_slow_subscriber_bounds_memory_by_stopping_the_reader(server, make_cli
     assert client.stats.received < 5000  # the rest waits in TCP buffers, not in our memory
     release.set()
     assert [m.seq for m in got.wait(5000, timeout=60)] == list(range(1, 5001))
+
+
+def test_pull_buffer_block_policy_loses_nothing(server, make_client):
+    client = make_client(server.url, pull_buffer=10, pull_overflow="block")
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send_many({"type": "tick", "seq": i} for i in range(1, 101))
+    wait_until(lambda: client.stats.pull_buffered == 10, what="a full pull buffer")
+    assert client.stats.pull_buffered == 10  # bounded: the dispatcher waits for the pull API's reader
+    assert [client.recv(timeout=10).seq for _ in range(100)] == list(range(1, 101))
+    assert client.stats.pull_dropped == 0
