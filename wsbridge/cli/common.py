@@ -138,6 +138,8 @@ class Lifecycle:
         self.out = out
         self._lock = threading.Lock()
         self._open = False
+        self.ever_connected = False
+        """Did a connection open? (``stats.connects`` counts flushed connections only.)"""
         signals = client.signals
         signals.connected.connect(self.connected)
         signals.disconnected.connect(self.disconnected)
@@ -149,10 +151,12 @@ class Lifecycle:
             print(f"wsbridge: {text}", file=self.out, flush=True)
 
     def connected(self, sender: Any, url: str, **kw: Any) -> None:
-        self._open = True
+        self._open = self.ever_connected = True
         self.say(f"connected to {url}")
 
     def disconnected(self, sender: Any, code: Optional[int], reason: Optional[str], error: Any, **kw: Any) -> None:
+        if self.client.state == "stopped":
+            return  # our own stop: the summary follows
         why = f"code {code}{' ' + reason if reason else ''}" if code else (str(error) if error else "connection lost")
         self.say(f"disconnected ({why})")
 

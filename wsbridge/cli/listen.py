@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         client.stop(timeout=5)
-    connected = client.stats.connects > 0
+    connected = lifecycle.ever_connected
     if connected:
         lifecycle.say(summary(client))
     if interrupted:
