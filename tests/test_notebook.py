@@ -18,15 +18,15 @@ def test_the_sample_notebook_runs_and_its_outputs_hold_the_messages():
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
         if out.get("output_type") == "stream"
     )
-    assert "\n".join(f"notebook: message {i}" for i in range(5)) in text
-    assert "{'title': 'plan (edited)', 'items': ['write the notebook']}" in text
-    assert "stopped cleanly: True" in text
-    assert "wsbridge threads left: []" in text  # the clients started in a cell were stopped by a later one
+    assert "\n".join(f"notebook: message {i}" for i in range(5)) in text, text
+    assert "{'title': 'plan (edited)', 'items': ['write the notebook']}" in text, text
+    assert "stopped cleanly: True" in text, text
+    assert "wsbridge threads left: []" in text, text  # the clients started in a cell were stopped by a later one
     widgets = [cell_out for cell in nb.cells if cell.cell_type == "code" for cell_out in cell.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in cell_out.get("data", {})]
-    assert len(widgets) == 3  # status, chat, document
+    assert len(widgets) == 3, widgets  # status, chat, document
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     values = [model["state"].get("value", "") for model in state.values() if model["model_name"] == "HTMLModel"]
     # The widgets were updated live, from the client's thread, while the cells ran.
-    assert any("<b>notebook</b>: message 4" in v for v in values)
-    assert any("write the notebook" in v for v in values)
+    assert any("<b>notebook</b>: message 4" in v for v in values), values
+    assert any("write the notebook" in v for v in values), values
