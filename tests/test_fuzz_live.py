@@ -22,6 +22,22 @@ def bad_json_frames(rng: random.Random):
     yield "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(1, 100)))  # text, mostly not JSON
 
 
+def feed_through(make_client, collector, codec, mtype, frames, bad):
+    """Send ``frames`` to a fresh client; wait for every ``bad`` one to be reported.
+    Returns the good messages (of ``mtype``), in order, the error reports and the client."""
+    with Server(codec=codec) as server:
+        client = make_client(server.url, codec=codec)
+        got, errors = collector(), collector()
+        client.on(mtype, got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send_many(frames)
+        good = got.wait(len(frames) - bad, timeout=60)
+        wait_until(lambda: len(errors) >= bad, what="every bad frame reported")
+        return good, errors.items, client
+
+
 def test_json_client_survives_thousands_of_bad_frames_and_keeps_every_good_one(make_client, collector):
     rng = random.Random(11)
     frames, good = [], 0
@@ -32,20 +48,12 @@ def test_json_client_survives_thousands_of_bad_frames_and_keeps_every_good_one(m
         else:
             good += 1
             frames.append({"type": "good", "n": good})
-    with Server() as server:
-        client = make_client(server.url)
-        got, errors = collector(), collector()
-        client.on("good", got)
-        client.signals.error.connect(errors)
-        client.start().wait_connected(timeout=10)
-        server.wait_clients(1)
-        server.send_many(frames)
-        assert [m.payload["n"] for m in got.wait(good, timeout=60)] == list(range(1, good + 1))
-        wait_until(lambda: len(errors) >= len(frames) - good, what="every bad frame reported")
-        stats = client.stats
-        assert stats.protocol_errors == len(frames) - good and stats.connects == 1  # the stream went on
-        for report in errors.items:
-            assert report["context"] == "decode" and len(str(report["error"])) < 500  # the frame, truncated
+    got, errors, client = feed_through(make_client, collector, JsonCodec(), "good", frames, len(frames) - good)
+    assert [m.payload["n"] for m in got] == list(range(1, good + 1))
+    stats = client.stats
+    assert stats.protocol_errors == len(frames) - good and stats.connects == 1  # the stream went on
+    for report in errors:
+        assert report["context"] == "decode" and len(str(report["error"])) < 500  # the frame, truncated
 
 
 def test_pipe_client_survives_malformed_pipe_frames(make_client, collector):
@@ -54,14 +62,6 @@ def test_pipe_client_survives_malformed_pipe_frames(make_client, collector):
     for i in range(500):
         frames.append(bad[i % len(bad)])
         frames.append(f"chat|{len(str(i))}|{i}")
-    with Server(codec=PipeCodec()) as server:
-        client = make_client(server.url, codec=PipeCodec())
-        got, errors = collector(), collector()
-        client.on("chat", got)
-        client.signals.error.connect(errors)
-        client.start().wait_connected(timeout=10)
-        server.wait_clients(1)
-        server.send_many(frames)
-        assert [m.payload for m in got.wait(500, timeout=60)] == [str(i) for i in range(500)]
-        wait_until(lambda: len(errors) >= 500, what="every bad frame reported")
-        assert client.stats.protocol_errors == 500 and client.stats.connects == 1
+    got, errors, client = feed_through(make_client, collector, PipeCodec(), "chat", frames, 500)
+    assert [m.payload for m in got] == [str(i) for i in range(500)]
+    assert client.stats.protocol_errors == 500 and client.stats.connects == 1
