@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading

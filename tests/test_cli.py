@@ -8,12 +8,10 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 
 import pytest
 import trustme
 
-import wsbridge
 from wsbridge.testing import Server
 
 from conftest import Lines

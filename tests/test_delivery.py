@@ -6,12 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-import wsbridge
 from wsbridge import Backoff, SQLiteStore, StoreError
 from wsbridge.testing import Proxy, Server
 from wsbridge.testing.chaos import run_chaos

@@ -8,7 +8,7 @@ import os
 import threading
 
 import wsbridge
-from wsbridge.testing import Proxy, Server
+from wsbridge.testing import Proxy
 
 from conftest import wait_until
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 
-import pytest
 from rich.console import Console
 
 import wsbridge

@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import WsbridgeError
 from .message import Message
