@@ -66,11 +66,28 @@ def serve_one(conn: socket.socket) -> None:
 
 
 def close_and_drain(conn: socket.socket) -> None:
-    """Send a close frame (1000), then read until the client hangs up."""
+    """Send a close frame (1000), then read the client's frames until its close
+    frame (or until it hangs up); the caller then closes TCP, as a server should."""
     conn.sendall(frame(b"\x03\xe8", 8))
     conn.settimeout(30)
-    while conn.recv(65536):
-        pass
+    data = b""
+    while True:
+        while len(data) >= 2:  # client frames: masked, so header + 4-byte mask + payload
+            opcode, n = data[0] & 0x0F, data[1] & 0x7F
+            at = 2 + {126: 2, 127: 8}.get(n, 0)
+            if len(data) < at:
+                break
+            if n >= 126:
+                n = int.from_bytes(data[2:at], "big")
+            if len(data) < at + 4 + n:
+                break
+            if opcode == 8:
+                return
+            data = data[at + 4 + n:]
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
 
 
 def paced(conn: socket.socket, rate: float, count: int) -> None:

@@ -20,8 +20,32 @@ from .store import SQLiteStore, Store, StoreError
 
 __version__ = "0.1.0"
 
+_REDIS = {
+    "RedisStreamStore": "redis_store",
+    "LeaseLost": "redis_store",
+    "StreamConsumer": "consumer",
+    "Lease": "lease",
+    "Bridge": "bridge",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The Redis pieces, imported on first use (they need the ``redis`` extra)."""
+    module = _REDIS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wsbridge' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
 __all__ = [
     "Backoff",
+    "Bridge",
+    "Lease",
+    "LeaseLost",
+    "RedisStreamStore",
+    "StreamConsumer",
     "Client",
     "ClientClosed",
     "Codec",

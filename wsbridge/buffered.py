@@ -26,6 +26,7 @@ frames as it always does.
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import ssl
@@ -39,11 +40,19 @@ from .errors import MessageTooLarge
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
 
+TOPUP_MAX = 64 * 1024
+"""The fast path tops a partly received frame up from the kernel itself when
+the frame is at most this big (larger ones are read into their final buffer)."""
+
+MAX_TOPUPS = 64
+"""Top-ups in one run of the fast path before it returns to the read loop
+(which checks pings and the stop flag between runs)."""
+
 
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
-    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout")
+    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout", "_fd")
 
     def __init__(self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH) -> None:
         self.sock = sock
@@ -54,6 +63,18 @@ class BufferedSocket:
         self._pos = 0
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._timeout = sock.gettimeout()
+        self._fd = self._direct_fd()
+
+    def _direct_fd(self) -> int:
+        """The descriptor `read_now` may read directly (-1: none). Only a plain
+        socket with a timeout qualifies: Python keeps those non-blocking, so a
+        read never waits; a TLS socket's bytes must go through TLS."""
+        if self._tls or self._timeout is None or not hasattr(os, "read") or os.name != "posix":
+            return -1
+        try:
+            return self.sock.fileno()
+        except OSError:
+            return -1
 
     # -- reading -----------------------------------------------------------
     def buffered(self) -> int:
@@ -78,6 +99,20 @@ class BufferedSocket:
             return available >= 4 + ((buf[pos + 2] << 8) | buf[pos + 3]) + (4 if second & 0x80 else 0)
         return frame_complete(buf[pos : pos + 10], available)
 
+    def read_now(self) -> bytes:
+        """What the kernel holds for this socket right now (up to `CHUNK`), or
+        b"" when it holds nothing, without waiting. One ``read`` system call:
+        ``socket.recv`` on a socket with a timeout polls first (a second call).
+        At the end of the stream, or on an error, also b"": the frame parser's
+        own blocking read then meets the end or the error and reports it."""
+        fd = self._fd
+        if fd < 0:
+            return b""
+        try:
+            return os.read(fd, CHUNK)
+        except OSError:  # BlockingIOError (nothing yet) included
+            return b""
+
     def peek(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, left in place."""
         return self._buf[self._pos : self._pos + n]
@@ -90,7 +125,7 @@ class BufferedSocket:
             return b""
         pos, buf = self._pos, self._buf
         if pos >= len(buf):
-            buf = self.sock.recv(max(n, CHUNK))
+            buf = (self.read_now() if n <= CHUNK else b"") or self.sock.recv(max(n, CHUNK))
             if len(buf) <= n:
                 self._buf, self._pos = b"", 0
                 return buf
@@ -152,6 +187,7 @@ class BufferedSocket:
     def settimeout(self, value: Optional[float]) -> None:
         self._timeout = value
         self.sock.settimeout(value)
+        self._fd = self._direct_fd()
 
     def gettimeout(self) -> Optional[float]:
         return self._timeout
@@ -229,7 +265,7 @@ class ReadLoop:
         ping_timeout: Optional[float],
         sock: BufferedSocket,
         deliver: Callable[[bytes, int], Any],
-        after_run: Callable[[], Any],
+        after_run: Callable[[bool], Any],
     ) -> None:
         self.app = app
         self.ping_timeout = ping_timeout
@@ -237,7 +273,8 @@ class ReadLoop:
         self.deliver = deliver
         """``deliver(payload, opcode)``: where whole data frames go (websocket-client's on_data, in effect)."""
         self.after_run = after_run
-        """Called once after each run of frames the fast path delivered (not after each frame)."""
+        """Called once after each run of frames the fast path delivered (not after each frame),
+        with True when the kernel was found empty (no more bytes to read now)."""
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
         app = self.app
@@ -266,36 +303,51 @@ class ReadLoop:
         end = len(buf)
         deliver = self.deliver
         app = self.app
-        count = 0
-        while end - pos >= 2:
-            first, second = buf[pos], buf[pos + 1]
-            if first & 0xF0 != 0x80 or second & 0x80:
-                break  # not FIN, extension bits, or masked: websocket-client decides
-            opcode = first & 0x0F
-            if opcode != 1 and opcode != 2:
-                break  # control frame or continuation: websocket-client's
-            size, start = second, pos + 2
-            if size == 126:
-                if end - pos < 4:
-                    break
-                size, start = (buf[pos + 2] << 8) | buf[pos + 3], pos + 4
-            elif size == 127:
-                if end - pos < 10:
-                    break
-                size, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-            stop = start + size
-            if stop > end or size > sock.max_frame:
-                break  # still arriving, or too large: websocket-client's read refuses it
-            pos = stop
-            sock._pos = pos  # the buffer's state is right before anyone else looks
-            count += 1
-            deliver(buf[start:stop], opcode)
-            if not app.keep_running:
+        read_now = sock.read_now
+        count = topups = 0
+        drained = False
+        while True:
+            if end - pos >= 2:
+                first, second = buf[pos], buf[pos + 1]
+                if first & 0xF0 != 0x80 or second & 0x80:
+                    break  # not FIN, extension bits, or masked: websocket-client decides
+                opcode = first & 0x0F
+                if opcode != 1 and opcode != 2:
+                    break  # control frame or continuation: websocket-client's
+                size, start = second, pos + 2
+                if size == 126:
+                    size, start = ((buf[pos + 2] << 8) | buf[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
+                elif size == 127:
+                    size, start = (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
+                stop = start + size
+                if size > sock.max_frame:
+                    break  # too large: websocket-client's read refuses it
+                if stop <= end:
+                    pos = stop
+                    sock._pos = pos  # the buffer's state is right before anyone else looks
+                    count += 1
+                    deliver(buf[start:stop], opcode)
+                    if not app.keep_running:
+                        break
+                    continue
+                if size > TOPUP_MAX:
+                    break  # a large frame still arriving: read into its final buffer by the parser
+            # The buffer ends inside a frame (or at a frame's end): take what
+            # the kernel has now, rather than a select and a parser read.
+            if topups >= MAX_TOPUPS:
                 break
+            more = read_now()
+            if not more:
+                drained = sock._fd >= 0
+                break
+            topups += 1
+            buf = buf[pos:] + more if pos < end else more
+            pos, end = 0, len(buf)
+            sock._buf, sock._pos = buf, 0
         if pos >= end:
             sock._buf, sock._pos = b"", 0
         if count:
-            self.after_run()
+            self.after_run(drained)
         return count
 
     # Unused with reconnect=0, but part of websocket-client's dispatcher contract.

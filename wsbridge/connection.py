@@ -197,10 +197,11 @@ class Connection:
             self._handle_error(self.app, exc)
             raise
 
-    def _after_run(self) -> None:
-        """After a run of fast-path frames: one clock read and one wake decision."""
+    def _after_run(self, drained: bool = False) -> None:
+        """After a run of fast-path frames: one clock read and one wake decision
+        (``drained``: the kernel had nothing more, so no need to ask it)."""
         self.last_frame_at = time.monotonic()
-        if not self._next_frame_here():
+        if drained or not self._next_frame_here():
             self._on_drained()
 
     def _handle_data(self, app: websocket.WebSocketApp, data: bytes, opcode: int, fin: bool) -> None:

@@ -142,17 +142,17 @@ _COLUMNS = "type, stream, seq, id, kind, payload, received_at"
 
 # payload kinds
 _NONE, _TEXT, _BYTES, _JSON = 0, 1, 2, 3
-_JSON_FRAME = 4  # the JSON frame as it came (UTF-8 bytes), its payload once parsed
+JSON_FRAME = 4  # the JSON frame as it came (UTF-8 bytes), its payload once parsed
 
 _MARK = struct.Struct("<8sq")
 """The handled mark's side file: the store's token, then the key."""
 
 
-def _skey(stream: Optional[str]) -> str:
+def stream_key(stream: Optional[str]) -> str:
     return "-" if stream is None else "s:" + stream
 
 
-def _encode_payload(payload: Any) -> Tuple[int, Any]:
+def encode_payload(payload: Any) -> Tuple[int, Any]:
     if payload is None:
         return _NONE, None
     if isinstance(payload, str):
@@ -162,15 +162,15 @@ def _encode_payload(payload: Any) -> Tuple[int, Any]:
     return _JSON, json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-def _decode_payload(kind: int, value: Any) -> Any:
-    if kind == _JSON or kind == _JSON_FRAME:
+def decode_payload(kind: int, value: Any) -> Any:
+    if kind == _JSON or kind == JSON_FRAME:
         return json.loads(value)
     if kind == _BYTES:
         return bytes(value)
     return value
 
 
-def _encode_id(value: Any) -> Any:
+def encode_id(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
     return json.dumps(value, separators=(",", ":"), default=str)
@@ -325,10 +325,10 @@ class SQLiteStore(Store):
         key = first
         for m in messages:
             if raw_is_payload and m.raw.__class__ is bytes:
-                kind, payload = _JSON_FRAME, m.raw
+                kind, payload = JSON_FRAME, m.raw
             else:
-                kind, payload = _encode_payload(m.payload)
-            rows.append((key, m.type, m.stream, m.seq, _encode_id(m.id), kind, payload, m.received_at))
+                kind, payload = encode_payload(m.payload)
+            rows.append((key, m.type, m.stream, m.seq, encode_id(m.id), kind, payload, m.received_at))
             key += 1
         try:
             db.execute("BEGIN")
@@ -336,7 +336,7 @@ class SQLiteStore(Store):
                 db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 db.executemany(
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
-                    [(_skey(stream), stream, seq) for stream, seq in positions.items()],
+                    [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
                 )
                 db.execute("UPDATE meta SET value = ? WHERE name = 'handled'", (self._handled,))
                 db.execute("COMMIT")
@@ -425,4 +425,4 @@ class SQLiteStore(Store):
     @staticmethod
     def _message(row: Sequence[Any]) -> Message:
         mtype, stream, seq, mid, kind, payload, received_at = row
-        return Message(mtype, _decode_payload(kind, payload), seq, mid, stream, received_at, None)
+        return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, None)

@@ -1,0 +1,425 @@
+"""`RedisStreamStore`: received messages appended to a Redis Stream, one per feed.
+
+Keys, all under ``PREFIX:FEED:``:
+
+``messages``
+    The stream. One entry per message, entry id ``KEY-0`` where KEY is the
+    store key the client knows it by; fields ``type``, ``stream``, ``seq``,
+    ``id``, ``kind`` (how ``payload`` is encoded: 0 none, 1 text, 2 bytes,
+    3 and 4 JSON), ``payload``, ``at`` (``received_at``); empty when unset
+    (an empty stream name reads back as no stream). Trimmed with ``MAXLEN ~ maxlen`` when it is set.
+``positions``
+    Hash: ``s:STREAM`` (``-`` for messages without a stream name) -> the
+    highest sequence id stored (what a resume continues after).
+``meta``
+    Hash: ``last`` (the newest key) and ``handled`` (the handled mark).
+
+A batch is written by one server-side script (one round trip, atomic): it
+checks the lease when the store is fenced by one (see `Lease`), drops every
+message whose seq is not above the stored position of its stream (so a
+standby bridge that takes over, or a resume that resends, never appends
+twice), appends the rest and advances the positions and the marks.
+
+Redis may go away. A batch that cannot be written waits in a bounded local
+buffer, and a thread of the store's writes the buffer, in order, once Redis
+answers again (retried with a `Backoff`). Until then the client goes on
+receiving; a full buffer fails the batch with a `StoreError` (reported on the
+client's error signal). The handled mark is written with every batch, so a
+crash repeats at most the last batch's messages to subscribers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .backoff import Backoff
+from .message import Message
+from .redact import redact_url
+from .sequence import Positions
+from .store import JSON_FRAME, Store, StoreError, decode_payload, encode_id, encode_payload, stream_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    import redis
+
+    from .lease import Lease
+
+log = logging.getLogger("wsbridge")
+
+try:  # redis-py is an optional dependency (the ``redis`` extra)
+    import redis as _redis
+except ImportError:  # pragma: no cover - the extra is installed for the tests
+    _redis = None
+
+REDIS_ERRORS: Tuple[type, ...] = (_redis.ConnectionError, _redis.TimeoutError) if _redis is not None else ()
+"""redis-py's errors for a Redis that cannot be reached (or is loading): retried, not fatal."""
+
+
+class LeaseLost(StoreError):
+    """Another process holds the lease this writer was fenced by: it must stop writing."""
+
+
+def load_redis() -> Any:
+    """redis-py, or a clear error when the extra is missing."""
+    if _redis is None:  # pragma: no cover - the extra is installed for the tests
+        raise StoreError("Redis support needs redis-py: pip install 'wsbridge[redis]'")
+    return _redis
+
+
+def connect(url: str) -> "redis.Redis":
+    """A redis-py client for ``url`` with timeouts, so an unreachable server fails instead of hanging."""
+    return load_redis().Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10)
+
+
+def feed_key(prefix: str, feed: str, name: str) -> str:
+    return f"{prefix}:{feed}:{name}"
+
+
+_APPEND = """
+-- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced)
+-- ARGV: token, maxlen ('' none), handled, lease ttl (ms), then 9 per message:
+--       key, position key, stream ('' none), seq ('' none), type, id, kind, payload, at
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[4])
+  if holder == false then
+    redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])  -- expired while Redis was away; nobody took it
+  elseif holder ~= ARGV[1] then
+    return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
+  end
+end
+local top = {}
+local appended, skipped = 0, 0
+local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
+for i = 5, #ARGV, 9 do
+  local key, pkey, seq = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 3]
+  local fresh = key > last
+  if fresh and seq ~= '' then
+    local n = tonumber(seq)
+    local cur = top[pkey]
+    if cur == nil then cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '-1') end
+    if n <= cur then fresh = false else top[pkey] = n end
+  end
+  if fresh then
+    local fields = {'type', ARGV[i + 4], 'seq', seq, 'id', ARGV[i + 5], 'kind', ARGV[i + 6],
+                    'payload', ARGV[i + 7], 'at', ARGV[i + 8]}
+    if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'stream'; fields[#fields + 1] = ARGV[i + 2] end
+    if ARGV[2] ~= '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', unpack(fields))
+    else
+      redis.call('XADD', KEYS[1], ARGV[i] .. '-0', unpack(fields))
+    end
+    last = key
+    appended = appended + 1
+  else
+    skipped = skipped + 1
+  end
+end
+for pkey, n in pairs(top) do redis.call('HSET', KEYS[2], pkey, n) end
+redis.call('HSET', KEYS[3], 'last', last, 'handled', ARGV[3])
+return {appended, skipped}
+"""
+
+
+CLOSE_WAIT = 5.0
+"""Seconds `close` keeps trying to write what waits in the local buffer."""
+
+
+class RedisStreamStore(Store):
+    """The `Store` interface on a Redis Stream per feed (see the module's docs).
+
+    ``url`` is a redis-py URL (``redis://host:6379/0``); ``feed`` names the
+    feed (several feeds share one Redis under one ``prefix``); ``maxlen``
+    keeps about that many entries (``XADD MAXLEN ~``; None: everything).
+    ``buffer_size`` bounds the messages kept locally while Redis is away;
+    ``backoff`` paces the retries. ``lease``: a `Lease` the writer must hold
+    (a bridge's), checked by Redis itself with every batch.
+
+    `history` reads the stream from any thread or process. The send buffer
+    is not kept in Redis (`outbox_add` returns None).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        feed: str = "default",
+        prefix: str = "wsbridge",
+        maxlen: Optional[int] = None,
+        buffer_size: int = 100_000,
+        backoff: Optional[Backoff] = None,
+        lease: Optional["Lease"] = None,
+    ) -> None:
+        if maxlen is not None and maxlen < 1:
+            raise ValueError("maxlen must be >= 1 or None")
+        if buffer_size < 0:
+            raise ValueError("buffer_size must be >= 0")
+        self.url, self.feed, self.prefix, self.maxlen = url, feed, prefix, maxlen
+        self.buffer_size = buffer_size
+        self.backoff = backoff or Backoff(initial=0.1, max_delay=2.0)
+        self.lease = lease
+        self.key_messages = feed_key(prefix, feed, "messages")
+        self.key_positions = feed_key(prefix, feed, "positions")
+        self.key_meta = feed_key(prefix, feed, "meta")
+        self._redis: Optional["redis.Redis"] = None
+        self._script: Any = None
+        self._next_key = 1
+        self._handled = 0
+        self._lock = threading.Lock()  # the write path: one batch on the wire at a time, in order
+        self._cond = threading.Condition(threading.Lock())  # the backlog and the retry thread
+        self._backlog: Deque[Tuple[int, List[Any]]] = collections.deque()  # (message count, script args)
+        self._backlogged = 0
+        self._closing = False
+        self._close_by = 0.0
+        self._retry: Optional[threading.Thread] = None
+        self.appended = self.skipped = 0
+        """Entries written and messages the script dropped as already stored (counters)."""
+
+    def __repr__(self) -> str:
+        return f"RedisStreamStore({redact_url(self.url)!r}, feed={self.feed!r})"
+
+    # -- lifecycle -----------------------------------------------------------
+    def open(self) -> None:
+        if self._redis is not None:
+            return
+        client = connect(self.url)
+        try:
+            meta = client.hgetall(self.key_meta)
+        except REDIS_ERRORS as exc:
+            client.close()
+            raise StoreError(f"cannot open {self!r}: {exc}") from exc
+        self._next_key = int(meta.get(b"last", 0)) + 1
+        self._handled = int(meta.get(b"handled", 0))
+        self._script = client.register_script(_APPEND)
+        self._redis = client
+        self._closing = False
+
+    def close(self) -> None:
+        """Write what waits in the local buffer (for up to a few seconds) and the handled mark, then disconnect."""
+        client = self._redis
+        if client is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._close_by = time.monotonic() + CLOSE_WAIT
+            self._cond.notify_all()
+        retry, self._retry = self._retry, None
+        if retry is not None:
+            retry.join(CLOSE_WAIT + 10.0)  # a write in flight may take its socket timeout
+        with self._cond:
+            if self._backlog:
+                log.error("%r closed with %d message(s) Redis did not take", self, self._backlogged)
+        try:
+            with self._lock:
+                if not self._backlog:
+                    client.hset(self.key_meta, "handled", self._handled)
+        except REDIS_ERRORS as exc:
+            log.warning("%r: could not save the handled mark on close: %s", self, exc)
+        self._redis = None
+        client.close()
+
+    def __enter__(self) -> "RedisStreamStore":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _client(self) -> "redis.Redis":
+        if self._redis is None:
+            raise StoreError(f"{self!r} is not open")
+        return self._redis
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting locally for Redis to come back."""
+        return self._backlogged
+
+    # -- the client's side ------------------------------------------------------
+    def positions(self) -> Positions:
+        try:
+            raw = self._client().hgetall(self.key_positions)
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"cannot read the positions from {self!r}: {exc}") from exc
+        return {(None if k == b"-" else k.decode()[2:]): int(v) for k, v in raw.items()}  # keys: store.stream_key
+
+    @property
+    def handled(self) -> int:
+        return self._handled
+
+    def unhandled(self) -> Iterator[Tuple[int, Message]]:
+        for key, message in self._entries(f"({self._handled}-0"):
+            yield key, message
+
+    def mark_handled(self, key: int) -> None:
+        self._handled = key  # written to Redis with the next batch, and on close
+
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+        first = self._next_key
+        args: List[Any] = []
+        key = first
+        for m in messages:
+            if raw_is_payload and m.raw.__class__ is bytes:
+                kind, payload = JSON_FRAME, m.raw
+            else:
+                kind, payload = encode_payload(m.payload)
+            mid = encode_id(m.id)
+            args += (key, stream_key(m.stream), m.stream or "", "" if m.seq is None else m.seq, m.type,
+                     "" if mid is None else mid, kind, "" if payload is None else payload,
+                     "" if m.received_at is None else repr(m.received_at))
+            key += 1
+        self._next_key = key
+        self._write(len(messages), args)
+        return first
+
+    def _write(self, count: int, args: List[Any]) -> None:
+        """Write a batch now, or keep it for the retry thread when Redis is away (or others wait before it)."""
+        with self._cond:
+            waiting = bool(self._backlog)
+            if waiting:
+                self._keep(count, args)
+                return
+        try:
+            with self._lock:
+                self._run(args)
+        except REDIS_ERRORS as exc:
+            with self._cond:
+                self._keep(count, args)
+            log.warning("%r: Redis is unreachable (%s); keeping messages locally until it answers", self, exc)
+
+    def _keep(self, count: int, args: List[Any]) -> None:
+        """Append to the backlog (under ``_cond``) and make sure the retry thread runs."""
+        if self._backlogged + count > self.buffer_size:
+            raise StoreError(
+                f"{self!r}: Redis has been unreachable and the local buffer is full "
+                f"({self._backlogged:,} of {self.buffer_size:,} messages); {count} message(s) not stored"
+            )
+        self._backlog.append((count, args))
+        self._backlogged += count
+        self._cond.notify_all()
+        if self._retry is None or not self._retry.is_alive():
+            self._retry = threading.Thread(target=self._drain, name=f"wsbridge-redis-{self.feed}", daemon=True)
+            self._retry.start()
+
+    def _run(self, args: List[Any]) -> None:
+        """One batch through the append script (under ``_lock``)."""
+        token = self.lease.token if self.lease is not None else ""
+        keys = [self.key_messages, self.key_positions, self.key_meta, self.lease.key if self.lease is not None else ""]
+        try:
+            ttl = int(self.lease.ttl * 1000) if self.lease is not None else 0
+            appended, skipped = self._script(keys=keys, args=[token, self.maxlen or "", self._handled, ttl, *args],
+                                             client=self._client())
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:  # a script error: the lease, a full Redis (OOM), a wrong type at a key
+            if str(exc).startswith("LEASE"):
+                raise LeaseLost(f"{self!r}: {str(exc)[6:]}; this process must stop writing") from exc
+            raise StoreError(f"{self!r} refused a batch: {exc}") from exc
+        self.appended += appended
+        self.skipped += skipped
+        if skipped:
+            log.info("%r: %d message(s) were already stored (dropped, not appended twice)", self, skipped)
+
+    def _drain(self) -> None:
+        """The retry thread: write the backlog, oldest first, retrying with the backoff policy."""
+        attempt = 0
+        while True:
+            with self._cond:
+                if not self._backlog:
+                    return
+                count, args = self._backlog[0]
+            try:
+                with self._lock:
+                    self._run(args)
+            except REDIS_ERRORS as exc:
+                attempt += 1
+                delay = self.backoff.delay(attempt) if self.backoff.allows(attempt) else self.backoff.max_delay
+                log.debug("%r: Redis still unreachable (%s); retry in %.2f s", self, exc, delay)
+                with self._cond:
+                    if self._closing:
+                        delay = min(delay, self._close_by - time.monotonic())
+                        if delay <= 0:
+                            return
+                    self._cond.wait(delay)
+                continue
+            except StoreError as exc:
+                log.error("%s; %d message(s) not stored", exc, count)
+            with self._cond:
+                self._backlog.popleft()
+                self._backlogged -= count
+                if attempt:
+                    log.info("%r: Redis answers again; wrote %d message(s) kept meanwhile", self, count)
+                attempt = 0
+
+    # -- reading back (any thread, any process) -------------------------------------
+    def iter_history(
+        self,
+        type: Optional[str] = None,
+        stream: Optional[str] = None,
+        since: Optional[float] = None,
+        after_seq: Optional[int] = None,
+        limit: Optional[int] = None,
+    ) -> Iterator[Message]:
+        n = 0
+        for _key, m in self._entries("-"):
+            if limit is not None and n >= limit:
+                return
+            if ((type is None or m.type == type) and (stream is None or m.stream == stream)
+                    and (since is None or (m.received_at or 0) >= since)
+                    and (after_seq is None or (m.seq is not None and m.seq > after_seq))):
+                n += 1
+                yield m
+
+    def _entries(self, start: str, page: int = 1000) -> Iterator[Tuple[int, Message]]:
+        """Stream entries from ``start`` on, a page at a time, as (key, Message)."""
+        client = self._redis or connect(self.url)
+        try:
+            while True:
+                try:
+                    entries = client.xrange(self.key_messages, start, "+", count=page)
+                except REDIS_ERRORS as exc:
+                    raise StoreError(f"cannot read {self!r}: {exc}") from exc
+                for entry_id, fields in entries:
+                    yield int(entry_id.split(b"-")[0]), entry_message(fields)
+                if len(entries) < page:
+                    return
+                start = "(" + entries[-1][0].decode()
+        finally:
+            if client is not self._redis:
+                client.close()
+
+
+def entry_message(fields: Dict[bytes, bytes]) -> Message:
+    """The `Message` a stream entry holds (``raw`` is not kept)."""
+    stream = fields.get(b"stream", b"").decode()
+    seq = fields.get(b"seq", b"")
+    mid = fields.get(b"id", b"")
+    at = fields.get(b"at", b"")
+    kind = int(fields.get(b"kind", b"0"))
+    payload: Any = fields.get(b"payload", b"")
+    if kind == 1:  # text
+        payload = payload.decode()
+    elif kind == 0:
+        payload = None
+    return Message(
+        fields[b"type"].decode(),
+        decode_payload(kind, payload),
+        int(seq) if seq else None,
+        decode_id(mid),
+        stream or None,
+        float(at) if at else None,
+        None,
+    )
+
+
+def decode_id(raw: bytes) -> Any:
+    if not raw:
+        return None
+    text = raw.decode()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
