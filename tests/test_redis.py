@@ -90,6 +90,15 @@ def test_the_append_script_never_appends_a_seq_twice(rs, r):
     assert stream_seqs(r, "f") == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+def test_large_sequence_ids_keep_every_digit(rs):
+    big = 1_764_300_000_000_123  # microseconds since the epoch, as some feeds number their messages
+    with RedisStreamStore(rs.url, feed="f") as store:
+        store.append([msg(big), msg(big + 1)], {None: big + 1})
+        store.append([msg(big + 1), msg(big + 2)], {None: big + 2})  # the first is a duplicate
+        assert store.positions() == {None: big + 2}
+        assert [m.seq for m in store.history()] == [big, big + 1, big + 2]
+
+
 def test_maxlen_keeps_about_that_many(rs, r):
     with RedisStreamStore(rs.url, feed="f", maxlen=100) as store:
         for base in range(0, 2000, 200):
@@ -348,3 +357,53 @@ def test_a_consumer_waits_out_a_redis_restart(rs):
             store.append([msg(n) for n in range(101, 201)], {None: 200})
         got.wait(200, timeout=30)
     assert [m.seq for m in got.items] == list(range(1, 201))
+
+
+def test_a_bridge_that_finds_its_lease_taken_stands_by_and_takes_it_again_when_free(rs, r):
+    events = Collector()
+    with Server() as feed:
+        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.6, on_event=events)
+        runner = threading.Thread(target=bridge.run, name="test-bridge")
+        runner.start()
+        try:
+            wait_until(lambda: any("took the lease" in e for e in events.items), 30, "the first term")
+            feed.publish_many({"type": "tick"} for _ in range(100))
+            wait_until(lambda: r.xlen("wsbridge:f:messages") == 100, 30, "the first 100 appended")
+            r.set("wsbridge:f:lease", "other-bridge", px=60_000)  # another bridge took over meanwhile
+            wait_until(lambda: any("lost the lease" in e for e in events.items), 30, "the loss noticed")
+            feed.publish_many({"type": "tick"} for _ in range(100))  # the other bridge's to append, not ours
+            r.delete("wsbridge:f:lease")  # ... until it goes away too
+            wait_until(lambda: bridge.terms == 2 and bridge.lease.held, 30, "the second term")
+            wait_until(lambda: r.xlen("wsbridge:f:messages") == 200, 30, "the second 100 appended")
+        finally:
+            bridge.stop()
+            runner.join(30)
+    assert not runner.is_alive()
+    assert stream_seqs(r, "f") == list(range(1, 201))
+    assert r.get("wsbridge:f:lease") is None  # released on stop
+    assert no_wsbridge_threads()
+
+
+def test_the_bridge_command_says_when_redis_is_unreachable_and_stops_on_sigterm(rs):
+    url = rs.url
+    rs.stop()  # nothing listens there now
+    proc = subprocess.Popen([sys.executable, "-m", "wsbridge", "bridge", "ws://127.0.0.1:9/", "--redis", url],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        lines = Lines(proc.stderr)
+        line = lines.next("cannot reach Redis", timeout=60)
+        assert "retrying" in line and "127.0.0.1" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_bridge_help_and_a_missing_redis_option():
+    out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and "lease" in out.stdout and "examples:" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "ws://127.0.0.1:9/"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 2 and "--redis" in out.stderr

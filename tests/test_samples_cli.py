@@ -54,6 +54,15 @@ def test_sample_ticker():
     assert re.search(r"^\d+ ticks, 3 symbols, duplicates 0, lost 0$", result.stdout, re.M)
 
 
+def test_sample_redis_failover():
+    result = run("samples/redis_failover.py", timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert "killing the leader" in out and out.count("took the lease") == 2
+    assert "every seq 1..6000 exactly once: True" in out
+    assert "all 6000 handled: True" in out
+
+
 def test_demo_runs_through_chaos_and_loses_nothing():
     result = run("-m", "wsbridge", "demo", "--burst", "3000", "--seconds", "3", timeout=120)
     assert result.returncode == 0, result.stderr

@@ -24,6 +24,7 @@ from .client import Client
 from .lease import Lease
 from .redact import redact_url
 from .redis_store import LeaseLost, RedisStreamStore, feed_key
+from .store import StoreError
 
 log = logging.getLogger("wsbridge")
 
@@ -55,7 +56,7 @@ class Bridge:
         self.url, self.redis_url, self.feed, self.prefix = url, redis_url, feed, prefix
         self.maxlen, self.buffer_size = maxlen, buffer_size
         self.client_options = client_options
-        self.on_event = on_event or (lambda text: log.info("bridge %s: %s", feed, text))
+        self.on_event = on_event if on_event is not None else (lambda text: log.info("bridge %s: %s", feed, text))
         self.lease = Lease(redis_url, feed_key(prefix, feed, "lease"), ttl=lease_ttl, on_lost=self._lost)
         self.client: Optional[Client] = None
         self.store: Optional[RedisStreamStore] = None
@@ -74,7 +75,7 @@ class Bridge:
         try:
             while not self._stop.is_set():
                 self.on_event(f"waiting for the lease {self.lease.key}")
-                if not self.lease.acquire(stop=self._stop):
+                if not self.lease.acquire(stop=self._stop, on_unreachable=self._unreachable):
                     break
                 self._term()
                 if self._gave_up.is_set():
@@ -102,7 +103,11 @@ class Bridge:
             self.lease.release()
             self._stop.wait(1.0)
             return
-        self.on_event(f"took the lease; resuming from {store.positions() or 'the start'}")
+        try:
+            where = store.positions() or "the start"
+        except StoreError as exc:
+            where = f"the stored positions (not readable just now: {exc})"
+        self.on_event(f"took the lease; resuming from {where}")
         self._wake.wait()
         lost = self._lease_lost.is_set()
         client.stop()
@@ -111,6 +116,9 @@ class Bridge:
             self.on_event("lost the lease to another bridge; standing by")
         elif self._gave_up.is_set():
             self.on_event(f"the client gave up: {client.last_error}")
+
+    def _unreachable(self, error: BaseException) -> None:
+        self.on_event(f"cannot reach Redis at {redact_url(self.redis_url)} ({error}); retrying")
 
     @property
     def gave_up(self) -> bool:

@@ -144,6 +144,7 @@ class StreamConsumer:
                         entries = self._claim() or self._read(">")
                     self._handle(entries)
                 except REDIS_ERRORS as exc:
+                    own_pending = True  # a batch whose XACK failed is pending under our name: first again
                     if connected:
                         connected = False
                         self._emit(self.signals.disconnected, error=exc)

@@ -98,20 +98,31 @@ class Lease:
         log.info("took the lease %s (%s)", self.key, self.token)
         return True
 
-    def acquire(self, timeout: Optional[float] = None, stop: Optional[threading.Event] = None) -> bool:
+    def acquire(
+        self,
+        timeout: Optional[float] = None,
+        stop: Optional[threading.Event] = None,
+        on_unreachable: Optional[Callable[[BaseException], Any]] = None,
+    ) -> bool:
         """Wait until the lease is ours (True), ``timeout`` passed or ``stop`` was set (False).
-        Redis being unreachable counts as waiting."""
+        Redis being unreachable counts as waiting; ``on_unreachable(error)`` hears
+        the first failure of each outage."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        announced = False
+        announced = unreachable = False
         while True:
             try:
                 if self.try_acquire():
                     return True
+                unreachable = False
                 if not announced:
                     log.info("waiting for the lease %s, held by %s", self.key, self.holder())
                     announced = True
             except REDIS_ERRORS as exc:
-                log.warning("cannot reach Redis for the lease %s: %s", self.key, exc)
+                if not unreachable:
+                    log.warning("cannot reach Redis for the lease %s (retrying): %s", self.key, exc)
+                    if on_unreachable is not None:
+                        on_unreachable(exc)
+                unreachable = True
             wait = self.poll if deadline is None else min(self.poll, deadline - time.monotonic())
             if wait <= 0 or (stop or self._stop).wait(wait):
                 return False

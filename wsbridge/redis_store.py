@@ -90,9 +90,10 @@ if ARGV[1] ~= '' then
     return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
   end
 end
-local top = {}
+local top, topstr = {}, {}  -- per position key: the highest seq, as a number and as it came
 local appended, skipped = 0, 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
+local laststr = nil
 for i = 5, #ARGV, 9 do
   local key, pkey, seq = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 3]
   local fresh = key > last
@@ -100,7 +101,7 @@ for i = 5, #ARGV, 9 do
     local n = tonumber(seq)
     local cur = top[pkey]
     if cur == nil then cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '-1') end
-    if n <= cur then fresh = false else top[pkey] = n end
+    if n <= cur then fresh = false else top[pkey] = n; topstr[pkey] = seq end
   end
   if fresh then
     local fields = {'type', ARGV[i + 4], 'seq', seq, 'id', ARGV[i + 5], 'kind', ARGV[i + 6],
@@ -111,14 +112,16 @@ for i = 5, #ARGV, 9 do
     else
       redis.call('XADD', KEYS[1], ARGV[i] .. '-0', unpack(fields))
     end
-    last = key
+    last, laststr = key, ARGV[i]
     appended = appended + 1
   else
     skipped = skipped + 1
   end
 end
-for pkey, n in pairs(top) do redis.call('HSET', KEYS[2], pkey, n) end
-redis.call('HSET', KEYS[3], 'last', last, 'handled', ARGV[3])
+-- written as the strings that came in: Lua would print a number above 1e14 as 1e+14
+for pkey, seq in pairs(topstr) do redis.call('HSET', KEYS[2], pkey, seq) end
+if laststr then redis.call('HSET', KEYS[3], 'last', laststr) end
+redis.call('HSET', KEYS[3], 'handled', ARGV[3])
 return {appended, skipped}
 """
 
@@ -214,8 +217,8 @@ class RedisStreamStore(Store):
         try:
             with self._lock:
                 if not self._backlog:
-                    client.hset(self.key_meta, "handled", self._handled)
-        except REDIS_ERRORS as exc:
+                    self._run([])  # the handled mark, through the script: fenced like every write
+        except (StoreError, *REDIS_ERRORS) as exc:
             log.warning("%r: could not save the handled mark on close: %s", self, exc)
         self._redis = None
         client.close()
