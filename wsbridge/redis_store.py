@@ -49,10 +49,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("wsbridge")
 
-try:  # redis-py is an optional dependency (the ``redis`` extra)
+try:  # redis-py and msgpack are optional dependencies (the ``redis`` extra)
+    import msgpack as _msgpack
     import redis as _redis
 except ImportError:  # pragma: no cover - the extra is installed for the tests
-    _redis = None
+    _redis = _msgpack = None
 
 REDIS_ERRORS: Tuple[type, ...] = (_redis.ConnectionError, _redis.TimeoutError) if _redis is not None else ()
 """redis-py's errors for a Redis that cannot be reached (or is loading): retried, not fatal."""
@@ -65,7 +66,7 @@ class LeaseLost(StoreError):
 def load_redis() -> Any:
     """redis-py, or a clear error when the extra is missing."""
     if _redis is None:  # pragma: no cover - the extra is installed for the tests
-        raise StoreError("Redis support needs redis-py: pip install 'wsbridge[redis]'")
+        raise StoreError("Redis support needs redis-py and msgpack: pip install 'wsbridge[redis]'")
     return _redis
 
 
@@ -80,8 +81,9 @@ def feed_key(prefix: str, feed: str, name: str) -> str:
 
 _APPEND = """
 -- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced)
--- ARGV: token, maxlen ('' none), handled, lease ttl (ms), then 9 per message:
---       key, position key, stream ('' none), seq ('' none), type, id, kind, payload, at
+-- ARGV: token, maxlen ('' none), handled, lease ttl (ms), the batch: a MessagePack array
+--       of rows {key, position key, stream ('' none), seq ('' none), type, id, kind, payload, at},
+--       every field a string (numbers as text, so no digit is lost to Lua's doubles)
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if holder == false then
@@ -90,12 +92,13 @@ if ARGV[1] ~= '' then
     return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
   end
 end
+local rows = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {}
 local top, topstr = {}, {}  -- per position key: the highest seq, as a number and as it came
 local appended, skipped = 0, 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
 local laststr = nil
-for i = 5, #ARGV, 9 do
-  local key, pkey, seq = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 3]
+for _, row in ipairs(rows) do
+  local key, pkey, seq = tonumber(row[1]), row[2], row[4]
   local fresh = key > last
   if fresh and seq ~= '' then
     local n = tonumber(seq)
@@ -104,15 +107,14 @@ for i = 5, #ARGV, 9 do
     if n <= cur then fresh = false else top[pkey] = n; topstr[pkey] = seq end
   end
   if fresh then
-    local fields = {'type', ARGV[i + 4], 'seq', seq, 'id', ARGV[i + 5], 'kind', ARGV[i + 6],
-                    'payload', ARGV[i + 7], 'at', ARGV[i + 8]}
-    if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'stream'; fields[#fields + 1] = ARGV[i + 2] end
+    local fields = {'type', row[5], 'seq', seq, 'id', row[6], 'kind', row[7], 'payload', row[8], 'at', row[9]}
+    if row[3] ~= '' then fields[#fields + 1] = 'stream'; fields[#fields + 1] = row[3] end
     if ARGV[2] ~= '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i] .. '-0', unpack(fields))
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], row[1] .. '-0', unpack(fields))
     else
-      redis.call('XADD', KEYS[1], ARGV[i] .. '-0', unpack(fields))
+      redis.call('XADD', KEYS[1], row[1] .. '-0', unpack(fields))
     end
-    last, laststr = key, ARGV[i]
+    last, laststr = key, row[1]
     appended = appended + 1
   else
     skipped = skipped + 1
@@ -172,7 +174,7 @@ class RedisStreamStore(Store):
         self._handled = 0
         self._lock = threading.Lock()  # the write path: one batch on the wire at a time, in order
         self._cond = threading.Condition(threading.Lock())  # the backlog and the retry thread
-        self._backlog: Deque[Tuple[int, List[Any]]] = collections.deque()  # (message count, script args)
+        self._backlog: Deque[Tuple[int, bytes]] = collections.deque()  # (message count, packed batch)
         self._backlogged = 0
         self._closing = False
         self._close_by = 0.0
@@ -217,7 +219,7 @@ class RedisStreamStore(Store):
         try:
             with self._lock:
                 if not self._backlog:
-                    self._run([])  # the handled mark, through the script: fenced like every write
+                    self._run(None)  # the handled mark, through the script: fenced like every write
         except (StoreError, *REDIS_ERRORS) as exc:
             log.warning("%r: could not save the handled mark on close: %s", self, exc)
         self._redis = None
@@ -261,7 +263,7 @@ class RedisStreamStore(Store):
 
     def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
         first = self._next_key
-        args: List[Any] = []
+        rows: List[Tuple[Any, ...]] = []
         key = first
         for m in messages:
             if raw_is_payload and m.raw.__class__ is bytes:
@@ -269,51 +271,53 @@ class RedisStreamStore(Store):
             else:
                 kind, payload = encode_payload(m.payload)
             mid = encode_id(m.id)
-            args += (key, stream_key(m.stream), m.stream or "", "" if m.seq is None else m.seq, m.type,
-                     "" if mid is None else mid, kind, "" if payload is None else payload,
-                     "" if m.received_at is None else repr(m.received_at))
+            rows.append((str(key), stream_key(m.stream), m.stream or "", "" if m.seq is None else str(m.seq), m.type,
+                         "" if mid is None else str(mid), str(kind), "" if payload is None else payload,
+                         "" if m.received_at is None else repr(m.received_at)))
             key += 1
         self._next_key = key
-        self._write(len(messages), args)
+        # One MessagePack argument for the batch: redis-py packs each argument in Python
+        # (13.8 us a message for nine of them, measured), msgpack the whole batch in C.
+        self._write(len(messages), _msgpack.packb(rows, use_bin_type=False))  # raw, as Redis's cmsgpack reads
         return first
 
-    def _write(self, count: int, args: List[Any]) -> None:
+    def _write(self, count: int, batch: bytes) -> None:
         """Write a batch now, or keep it for the retry thread when Redis is away (or others wait before it)."""
         with self._cond:
             waiting = bool(self._backlog)
             if waiting:
-                self._keep(count, args)
+                self._keep(count, batch)
                 return
         try:
             with self._lock:
-                self._run(args)
+                self._run(batch)
         except REDIS_ERRORS as exc:
             with self._cond:
-                self._keep(count, args)
+                self._keep(count, batch)
             log.warning("%r: Redis is unreachable (%s); keeping messages locally until it answers", self, exc)
 
-    def _keep(self, count: int, args: List[Any]) -> None:
+    def _keep(self, count: int, batch: bytes) -> None:
         """Append to the backlog (under ``_cond``) and make sure the retry thread runs."""
         if self._backlogged + count > self.buffer_size:
             raise StoreError(
                 f"{self!r}: Redis has been unreachable and the local buffer is full "
                 f"({self._backlogged:,} of {self.buffer_size:,} messages); {count} message(s) not stored"
             )
-        self._backlog.append((count, args))
+        self._backlog.append((count, batch))
         self._backlogged += count
         self._cond.notify_all()
         if self._retry is None or not self._retry.is_alive():
             self._retry = threading.Thread(target=self._drain, name=f"wsbridge-redis-{self.feed}", daemon=True)
             self._retry.start()
 
-    def _run(self, args: List[Any]) -> None:
-        """One batch through the append script (under ``_lock``)."""
+    def _run(self, batch: Optional[bytes]) -> None:
+        """One batch through the append script (under ``_lock``); None: only the handled mark."""
         token = self.lease.token if self.lease is not None else ""
         keys = [self.key_messages, self.key_positions, self.key_meta, self.lease.key if self.lease is not None else ""]
         try:
             ttl = int(self.lease.ttl * 1000) if self.lease is not None else 0
-            appended, skipped = self._script(keys=keys, args=[token, self.maxlen or "", self._handled, ttl, *args],
-                                             client=self._client())
+            args = [token, self.maxlen or "", self._handled, ttl] + ([batch] if batch is not None else [])
+            appended, skipped = self._script(keys=keys, args=args, client=self._client())
         except REDIS_ERRORS:
             raise
         except Exception as exc:  # a script error: the lease, a full Redis (OOM), a wrong type at a key
@@ -332,10 +336,10 @@ class RedisStreamStore(Store):
             with self._cond:
                 if not self._backlog:
                     return
-                count, args = self._backlog[0]
+                count, batch = self._backlog[0]
             try:
                 with self._lock:
-                    self._run(args)
+                    self._run(batch)
             except REDIS_ERRORS as exc:
                 attempt += 1
                 delay = self.backoff.delay(attempt) if self.backoff.allows(attempt) else self.backoff.max_delay
