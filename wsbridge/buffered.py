@@ -52,7 +52,7 @@ MAX_TOPUPS = 64
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
-    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout", "_fd")
+    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout", "_direct")
 
     def __init__(self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH) -> None:
         self.sock = sock
@@ -63,18 +63,13 @@ class BufferedSocket:
         self._pos = 0
         self._tls = isinstance(sock, ssl.SSLSocket)
         self._timeout = sock.gettimeout()
-        self._fd = self._direct_fd()
+        self._direct = self._may_read_directly()
 
-    def _direct_fd(self) -> int:
-        """The descriptor `read_now` may read directly (-1: none). Only a plain
-        socket with a timeout qualifies: Python keeps those non-blocking, so a
-        read never waits; a TLS socket's bytes must go through TLS."""
-        if self._tls or self._timeout is None or not hasattr(os, "read") or os.name != "posix":
-            return -1
-        try:
-            return self.sock.fileno()
-        except OSError:
-            return -1
+    def _may_read_directly(self) -> bool:
+        """May `read_now` read the descriptor itself? Only for a plain socket
+        with a timeout: Python keeps those non-blocking, so a read never waits;
+        a TLS socket's bytes must go through TLS."""
+        return not self._tls and self._timeout is not None and os.name == "posix"
 
     # -- reading -----------------------------------------------------------
     def buffered(self) -> int:
@@ -104,8 +99,15 @@ class BufferedSocket:
         b"" when it holds nothing, without waiting. One ``read`` system call:
         ``socket.recv`` on a socket with a timeout polls first (a second call).
         At the end of the stream, or on an error, also b"": the frame parser's
-        own blocking read then meets the end or the error and reports it."""
-        fd = self._fd
+        own blocking read then meets the end or the error and reports it.
+
+        The descriptor is asked for at each call (-1 once closed). Only the
+        reader thread reads and closes this socket (other threads shut it
+        down, which frees no descriptor), so the number cannot meanwhile
+        belong to another file."""
+        if not self._direct:
+            return b""
+        fd = self.sock.fileno()
         if fd < 0:
             return b""
         try:
@@ -187,7 +189,7 @@ class BufferedSocket:
     def settimeout(self, value: Optional[float]) -> None:
         self._timeout = value
         self.sock.settimeout(value)
-        self._fd = self._direct_fd()
+        self._direct = self._may_read_directly()
 
     def gettimeout(self) -> Optional[float]:
         return self._timeout
@@ -338,7 +340,7 @@ class ReadLoop:
                 break
             more = read_now()
             if not more:
-                drained = sock._fd >= 0
+                drained = sock._direct
                 break
             topups += 1
             buf = buf[pos:] + more if pos < end else more
