@@ -312,12 +312,13 @@ class RedisStreamStore(Store):
 
     def _run(self, batch: Optional[bytes]) -> None:
         """One batch through the append script (under ``_lock``); None: only the handled mark."""
-        token = self.lease.token if self.lease is not None else ""
-        keys = [self.key_messages, self.key_positions, self.key_meta, self.lease.key if self.lease is not None else ""]
+        client = self._client()
+        lease = self.lease
+        keys = [self.key_messages, self.key_positions, self.key_meta, lease.key if lease is not None else ""]
+        args = [lease.token if lease is not None else "", self.maxlen or "", self._handled,
+                int(lease.ttl * 1000) if lease is not None else 0] + ([batch] if batch is not None else [])
         try:
-            ttl = int(self.lease.ttl * 1000) if self.lease is not None else 0
-            args = [token, self.maxlen or "", self._handled, ttl] + ([batch] if batch is not None else [])
-            appended, skipped = self._script(keys=keys, args=args, client=self._client())
+            appended, skipped = self._script(keys=keys, args=args, client=client)
         except REDIS_ERRORS:
             raise
         except Exception as exc:  # a script error: the lease, a full Redis (OOM), a wrong type at a key
