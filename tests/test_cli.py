@@ -253,7 +253,7 @@ def test_history_of_a_corrupt_file_is_an_error(tmp_path):
     assert result.returncode == 1 and "cannot read the store" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["listen", "send", "serve", "history", "demo"])
+@pytest.mark.parametrize("command", ["listen", "send", "serve", "history", "demo", "bridge", "consume"])
 def test_every_command_has_help_with_exit_codes(command):
     result = run(command, "--help")
     assert result.returncode == 0 and f"usage: wsbridge {command}" in result.stdout

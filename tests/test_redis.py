@@ -7,6 +7,7 @@ server, also on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -407,3 +408,29 @@ def test_bridge_help_and_a_missing_redis_option():
     out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "ws://127.0.0.1:9/"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert out.returncode == 2 and "--redis" in out.stderr
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsbridge", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_history_reads_a_redis_feed(rs):
+    fill(rs, "f", 30)
+    out = cli("history", rs.url, "--feed", "f", "--after-seq", "25", "--json-lines")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["seq"] for line in out.stdout.splitlines()] == [26, 27, 28, 29, 30]
+
+
+def test_consume_prints_and_acknowledges_only_what_it_printed(rs, r):
+    fill(rs, "f", 30)
+    first = cli("consume", rs.url, "--feed", "f", "--group", "g", "--max", "5", "--json-lines")
+    assert first.returncode == 0, first.stderr
+    assert [json.loads(line)["seq"] for line in first.stdout.splitlines()] == [1, 2, 3, 4, 5]
+    assert "5 printed" in first.stderr
+    # The rest of the batch it had read stays pending under its name: the same name takes it up next.
+    again = cli("consume", rs.url, "--feed", "f", "--group", "g", "--max", "25", "--json-lines")
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["seq"] for line in again.stdout.splitlines()] == list(range(6, 31))
+    assert r.xpending("wsbridge:f:messages", "g")["pending"] == 0
+    short = cli("consume", rs.url, "--feed", "f", "--group", "g", "--max", "1", "--timeout", "1")
+    assert short.returncode == 1 and "0 of 1 messages" in short.stderr

@@ -100,7 +100,10 @@ class StreamConsumer:
         return self
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Finish the batch in hand (handled and acknowledged), end the thread and close; True when it ended."""
+        """Finish the message in hand, acknowledge it with those before it, end the thread
+        and close; True when it ended. The rest of a batch read stays pending under this
+        name: its next start handles them first, or another consumer claims them.
+        May be called from a subscriber (it then only asks the thread to end)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -204,10 +207,12 @@ class StreamConsumer:
 
     def _handle(self, entries: List[Entry]) -> None:
         """Deliver each entry's message, then acknowledge the batch."""
-        if not entries:
-            return
         signals = self.signals
+        done: List[bytes] = []
         for entry_id, fields in entries:
+            if self._stop.is_set():
+                break  # the rest stay pending: this name's next start, or another consumer, takes them
+            done.append(entry_id)
             try:
                 message = entry_message(fields)
             except Exception as exc:  # noqa: BLE001 - a malformed entry is reported and acknowledged
@@ -219,7 +224,8 @@ class StreamConsumer:
             if signals.message.receivers:
                 deliver(signals.message, self, self._subscriber_failed, message=message)
             self.handled += 1
-        self.acked += self._redis.xack(self.key, self.group, *[e[0] for e in entries])
+        if done:
+            self.acked += self._redis.xack(self.key, self.group, *done)
 
     # -- reporting ------------------------------------------------------------------------
     def _emit(self, signal: Any, **kwargs: Any) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from . import bridge, history, listen, send, serve
+from . import bridge, consume, history, listen, send, serve
 from .common import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsbridge {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (listen, send, serve, history, bridge):
+    for module in (listen, send, serve, history, bridge, consume):
         module.add_parser(sub, EXIT_CODES)
     demo = sub.add_parser(
         "demo",

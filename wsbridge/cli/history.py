@@ -8,19 +8,22 @@ import os
 import sys
 from typing import Any, Optional
 
-from ..store import SQLiteStore, StoreError
+from ..store import SQLiteStore, Store, StoreError
 from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line
 
 DESCRIPTION = """\
 Print the messages kept in FILE (an SQLite store written by `wsbridge listen --store`
 or by a client with store=SQLiteStore(...)), oldest first. Safe while a client is
-still writing to it."""
+still writing to it. FILE may also be a Redis URL (redis://host:port/db) with --feed:
+the stream a RedisStreamStore or `wsbridge bridge` appends to (filters are applied
+while reading it through)."""
 
 EPILOG = """\
 examples:
   wsbridge history feed.db --type trade --limit 20
   wsbridge history feed.db --since 2026-11-28T09:00 --json-lines | jq .payload.px
   wsbridge history feed.db --stream btc --after-seq 41000
+  wsbridge history redis://127.0.0.1:6379/0 --feed trades --limit 10
 
 """
 
@@ -29,7 +32,9 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser = sub.add_parser("history", help="print the messages kept in a store",
                             description=DESCRIPTION, epilog=EPILOG + epilog_tail,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("file", metavar="FILE", help="the store's SQLite file")
+    parser.add_argument("file", metavar="FILE", help="the store's SQLite file, or a redis:// URL (with --feed)")
+    parser.add_argument("--feed", default="default", metavar="NAME", help="with a Redis URL: the feed (default: default)")
+    parser.add_argument("--prefix", default="wsbridge", metavar="P", help="with a Redis URL: the key prefix (default: wsbridge)")
     parser.add_argument("--type", metavar="T", help="only messages of type T")
     parser.add_argument("--stream", metavar="S", help="only stream S")
     parser.add_argument("--since", metavar="TIME", help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
@@ -54,14 +59,27 @@ def parse_time(text: Optional[str]) -> Optional[float]:
     return moment.timestamp()  # naive: local time
 
 
-def run(args: argparse.Namespace) -> int:
+def open_store(args: argparse.Namespace) -> Store:
+    if args.file.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from ..redis_store import RedisStreamStore, load_redis
+
+            load_redis()
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+        return RedisStreamStore(args.file, feed=args.feed, prefix=args.prefix)
     if not os.path.exists(args.file):
         raise CliError(f"no store at {args.file!r}")
+    return SQLiteStore(args.file)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = open_store(args)
     since = parse_time(args.since)
     render = message_json if args.json_lines else message_line
     count = 0
     try:
-        for msg in SQLiteStore(args.file).iter_history(args.type, args.stream, since, args.after_seq, args.limit):
+        for msg in store.iter_history(args.type, args.stream, since, args.after_seq, args.limit):
             sys.stdout.write(render(msg) + "\n")
             count += 1
     except StoreError as exc:
