@@ -434,3 +434,36 @@ def test_consume_prints_and_acknowledges_only_what_it_printed(rs, r):
     assert r.xpending("wsbridge:f:messages", "g")["pending"] == 0
     short = cli("consume", rs.url, "--feed", "f", "--group", "g", "--max", "1", "--timeout", "1")
     assert short.returncode == 1 and "0 of 1 messages" in short.stderr
+
+
+def test_a_bridge_keeps_its_lease_and_loses_nothing_across_a_redis_restart(rs, r):
+    events = Collector()
+    with Server() as feed:
+        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.5, on_event=events)
+        runner = threading.Thread(target=bridge.run, name="test-bridge")
+        runner.start()
+        try:
+            wait_until(lambda: bridge.client is not None and bridge.client.state == "connected", 30, "the bridge connected")
+            feed.publish_many({"type": "tick"} for _ in range(300))
+            wait_until(lambda: r.xlen("wsbridge:f:messages") == 300, 30, "the first 300 appended")
+            rs.stop()
+            feed.publish_many({"type": "tick"} for _ in range(300))
+            wait_until(lambda: bridge.store.backlog == 300, 30, "300 kept locally")
+            outage = threading.Event()  # never set: the wait is the outage's length, the fault under test
+            outage.wait(1.0)  # Redis down for twice the lease's TTL, so the lease has expired when it returns
+            rs.start()
+            feed.publish_many({"type": "tick"} for _ in range(300))
+            r2 = redis.Redis.from_url(rs.url)
+            try:
+                wait_until(lambda: r2.xlen("wsbridge:f:messages") == 900, 30, "all 900 appended")
+                seqs = [int(fields[b"seq"]) for _id, fields in r2.xrange("wsbridge:f:messages")]
+                holder = r2.get("wsbridge:f:lease")
+            finally:
+                r2.close()
+        finally:
+            bridge.stop()
+            runner.join(30)
+    assert seqs == list(range(1, 901))
+    assert holder == bridge.lease.token.encode()  # taken again by the same bridge, which never stood by
+    assert bridge.terms == 1 and not any("lost the lease" in e for e in events.items)
+    assert no_wsbridge_threads()
