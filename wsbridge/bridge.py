@@ -94,7 +94,7 @@ class Bridge:
         options.setdefault("name", f"wsbridge-bridge-{self.feed}")
         client = Client(self.url, store=store, pull_buffer=0, **options)
         client.signals.error.connect(self._on_error)
-        client.signals.gave_up.connect(lambda sender, **kw: (self._gave_up.set(), self._wake.set()))
+        client.signals.gave_up.connect(self._on_gave_up)
         self.store, self.client = store, client
         try:
             client.start()
@@ -124,6 +124,10 @@ class Bridge:
     def gave_up(self) -> bool:
         """Did the client give up (a refusal retrying will not fix)?"""
         return self._gave_up.is_set()
+
+    def _on_gave_up(self, sender: Any, **kw: Any) -> None:
+        self._gave_up.set()
+        self._wake.set()
 
     def _on_error(self, sender: Any, error: BaseException, **kw: Any) -> None:
         if isinstance(error, LeaseLost):

