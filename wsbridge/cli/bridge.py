@@ -11,7 +11,16 @@ from typing import Any
 from ..backoff import Backoff
 from ..codec import codec_by_name
 from ..redact import redact_url
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, add_connection_options, parse_headers
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_connection_options,
+    parse_headers,
+    require_redis,
+)
 
 DESCRIPTION = """\
 Receive the feed at URL and append every message to a Redis Stream
@@ -52,15 +61,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..store import StoreError
-
-    try:
-        from ..bridge import Bridge
-        from ..redis_store import load_redis
-
-        load_redis()
-    except StoreError as exc:  # redis-py is not installed
-        raise CliError(str(exc)) from None
+    require_redis()
+    from ..bridge import Bridge
 
     if args.maxlen is not None and args.maxlen < 1 or args.buffer < 0 or args.lease_ttl <= 0:
         raise CliError("--maxlen >= 1, --buffer >= 0 and --lease-ttl > 0 are required", EXIT_USAGE)

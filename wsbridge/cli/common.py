@@ -22,6 +22,7 @@ from ..codec import CODECS, codec_by_name
 from ..errors import ConnectError, preview
 from ..message import Message
 from ..redact import redact_url
+from ..store import StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -117,6 +118,27 @@ def explain(error: Optional[BaseException], url: str) -> str:
     if isinstance(root, ConnectError):
         return f"{where}: {root}"
     return f"could not connect to {where}: {type(root).__name__}: {preview(str(root), 200)}"
+
+
+def wait_done(done: threading.Event, timeout: Optional[float]) -> None:
+    """Wait until ``done`` is set or ``timeout`` seconds passed (None: no limit),
+    in steps of 0.5 s so that Ctrl-C (KeyboardInterrupt) gets through."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not done.is_set():
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        done.wait(0.5 if remaining is None else min(0.5, remaining))
+
+
+def require_redis() -> None:
+    """`CliError` unless the ``redis`` extra is installed."""
+    from ..redis_store import load_redis
+
+    try:
+        load_redis()
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
 
 
 def wait_connected(client: Client, timeout: Optional[float]) -> None:

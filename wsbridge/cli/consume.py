@@ -6,12 +6,21 @@ import argparse
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 from ..message import Message
 from ..redact import redact_url
-from .common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, message_json, message_line
+from .common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    message_json,
+    message_line,
+    require_redis,
+    wait_done,
+)
 
 DESCRIPTION = """\
 Read the feed NAME that `wsbridge bridge` (or a RedisStreamStore) appends to in the Redis
@@ -52,15 +61,9 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..store import StoreError
+    require_redis()
+    from ..consumer import StreamConsumer
 
-    try:
-        from ..consumer import StreamConsumer
-        from ..redis_store import load_redis
-
-        load_redis()
-    except StoreError as exc:  # redis-py is not installed
-        raise CliError(str(exc)) from None
     if args.max is not None and args.max < 1 or args.claim_idle < 0:
         raise CliError("--max >= 1 and --claim-idle >= 0 are required", EXIT_USAGE)
     consumer = StreamConsumer(args.redis, args.feed, args.group, args.name, prefix=args.prefix,
@@ -96,12 +99,7 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     consumer.start()
     try:
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        while not done.is_set():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            done.wait(0.5 if remaining is None else min(0.5, remaining))  # wakes for Ctrl-C
+        wait_done(done, args.timeout)
     except KeyboardInterrupt:
         interrupted = True
     finally:

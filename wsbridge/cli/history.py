@@ -9,7 +9,7 @@ import sys
 from typing import Any, Optional
 
 from ..store import SQLiteStore, Store, StoreError
-from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line
+from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line, require_redis
 
 DESCRIPTION = """\
 Print the messages kept in FILE (an SQLite store written by `wsbridge listen --store`
@@ -61,12 +61,9 @@ def parse_time(text: Optional[str]) -> Optional[float]:
 
 def open_store(args: argparse.Namespace) -> Store:
     if args.file.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from ..redis_store import RedisStreamStore, load_redis
+        require_redis()
+        from ..redis_store import RedisStreamStore
 
-            load_redis()
-        except StoreError as exc:
-            raise CliError(str(exc)) from None
         return RedisStreamStore(args.file, feed=args.feed, prefix=args.prefix)
     if not os.path.exists(args.file):
         raise CliError(f"no store at {args.file!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from typing import Any, Optional
 
 from ..message import Message
@@ -22,6 +21,7 @@ from .common import (
     message_json,
     message_line,
     summary,
+    wait_done,
 )
 
 DESCRIPTION = """\
@@ -114,12 +114,7 @@ def run(args: argparse.Namespace) -> int:
             client.start()
         except Exception as exc:  # a store that cannot be opened
             raise CliError(str(exc)) from None
-        deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        while not done.is_set():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            done.wait(0.5 if remaining is None else min(0.5, remaining))  # wakes for Ctrl-C
+        wait_done(done, args.timeout)
     except KeyboardInterrupt:
         interrupted = True
     finally:
