@@ -11,7 +11,7 @@
 from .backoff import NO_RETRY, Backoff
 from .client import Client
 from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
-from .errors import ClientClosed, ConnectError, MessageTooLarge, OutboxFull, ProtocolError, WsbridgeError
+from .errors import ClientClosed, ConnectError, HandshakeError, MessageTooLarge, OutboxFull, ProtocolError, WireError, WsbridgeError
 from .message import Message
 from .outbox import Outbox
 from .sequence import Gap, SequenceTracker
@@ -52,6 +52,7 @@ __all__ = [
     "ConnectError",
     "JsonCodec",
     "Message",
+    "HandshakeError",
     "MessageTooLarge",
     "NO_RETRY",
     "Outbox",
@@ -65,6 +66,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Gap",
+    "WireError",
     "WsbridgeError",
     "codec_by_name",
 ]

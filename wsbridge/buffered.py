@@ -1,41 +1,41 @@
-"""A buffered reader under websocket-client's frame parser, and the read loop above it.
+"""The frame reader: a buffered socket, and the read loop that runs websocket-client.
 
-websocket-client reads a frame with at least two ``recv`` calls (the 2-byte
-header, then the payload, 16 KiB at a time) after one ``select`` per frame:
-for small messages the system calls, not the network, set the pace.
-`BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB and
-hands websocket-client its header and payload from memory; large payloads
-are read straight into their final buffer (``recv_into``), with no 16 KiB
-pieces to join.
+websocket-client's own reader makes at least two ``recv`` calls per frame
+(the 2-byte header, then the payload, 16 KiB at a time) after one ``select``,
+and gets RFC 6455 wrong in ways that lose data: it hands a fragmented message
+on with the opcode of its last frame (0), joins fragments with a quadratic,
+unbounded ``bytes +=``, and accepts masked server frames. So wsbridge reads
+every frame itself, and uses websocket-client for the rest (the handshake,
+sending, pings, the callbacks and teardown of `WebSocketApp`).
 
-The catch is the one the parser's read loop has: ``select`` on the socket
-must not wait while whole frames sit in our buffer. `ReadLoop` is the loop
-websocket-client runs frames in (its "dispatcher" hook): it reads on while
-the buffer (or TLS) holds bytes and only then waits on the socket.
+`BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB
+and serves frames from memory; large payloads are read straight into their
+final buffer (``recv_into``). During the upgrade it shows `wsbridge.handshake`
+the request and the bounded response head before websocket-client reads it.
 
-Even served from memory, websocket-client's parser costs tens of Python calls
-per frame, more than the rest of wsbridge's work on a small message. So the
-read loop takes the common case itself: a complete, unfragmented, unmasked
-text or binary frame with no extension bits, lying whole in the buffer, at a
-frame boundary, is cut out of the buffer in a few operations and handed to
-the same ``on_data`` callback. Everything else (control frames: ping, pong,
-close; fragments; anything unusual; a frame still arriving) goes through
-websocket-client's parser, which keeps answering pings, closing and checking
-frames as it always does.
+`ReadLoop` is the loop websocket-client runs in (its "dispatcher" hook). Its
+fast path cuts a complete, unfragmented, unmasked text or binary frame lying
+whole in the buffer out in a few operations (text checked as UTF-8); every
+other frame (control frames, fragments, anything unusual, a frame still
+arriving) goes through `ReadLoop.read_frame` and the rules of `wsbridge.frames`.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import socket
 import ssl
+import time
 from typing import Any, Callable, Optional, Union
 
-from websocket._abnf import frame_buffer  # the parser whose reads we serve
+from websocket import ABNF, WebSocketException
 
 from .codec import DEFAULT_MAX_LENGTH
-from .errors import MessageTooLarge
+from .errors import MessageTooLarge, WireError
+from .frames import CLOSE, MAX_CONTROL, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, parse_close
+from .handshake import Handshake
 
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
@@ -52,10 +52,15 @@ MAX_TOPUPS = 64
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
-    __slots__ = ("sock", "max_frame", "_buf", "_pos", "_tls", "_timeout", "_direct")
+    __slots__ = ("sock", "max_frame", "handshake", "_buf", "_pos", "_tls", "_timeout", "_direct")
 
-    def __init__(self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH) -> None:
+    def __init__(
+        self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH, handshake: Optional[Handshake] = None
+    ) -> None:
         self.sock = sock
+        self.handshake = handshake
+        """The upgrade under way: what is sent goes to its request, and the response
+        head is read whole, bounded and checked before websocket-client reads it."""
         self.max_frame = max_frame
         """The largest read the frame parser may ask for: a longer frame is
         refused from its header, before a byte of it is buffered."""
@@ -123,6 +128,8 @@ class BufferedSocket:
         """Up to ``n`` bytes: from the buffer, else one read of up to `CHUNK` from the socket."""
         if flags:
             return self.sock.recv(n, flags)
+        if self.handshake is not None:
+            self._read_head(self.handshake)
         if n <= 0:
             return b""
         pos, buf = self._pos, self._buf
@@ -138,6 +145,21 @@ class BufferedSocket:
             self._buf, self._pos = b"", 0
             return buf[pos:] if pos else buf
         return buf[pos:end]
+
+    def _read_head(self, handshake: Handshake) -> None:
+        """Read the upgrade response's head whole (within `Handshake`'s limits) and check it."""
+        data = self._buf[self._pos :]
+        end = handshake.head_end(data)
+        while end < 0:
+            chunk = self.sock.recv(CHUNK)
+            if not chunk:
+                break  # websocket-client meets the end of the stream and says so
+            data += chunk
+            end = handshake.head_end(data)
+        self._buf, self._pos = data, 0
+        self.handshake = None
+        if end >= 0:
+            handshake.check_response(data[:end])
 
     def read_exact(self, n: int) -> bytes:
         """Exactly ``n`` bytes (what the frame parser asks for); raises like
@@ -198,10 +220,21 @@ class BufferedSocket:
         return self.sock.fileno()
 
     def send(self, data: Any, flags: int = 0) -> int:
+        if self.handshake is not None:
+            self.handshake.request += bytes(data)
         return self.sock.send(data, flags)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        if self.handshake is not None:
+            self.handshake.request += bytes(data)
         self.sock.sendall(data, flags)
+
+    def writable_now(self) -> bool:
+        """Would a short write go through without waiting?"""
+        try:
+            return bool(select.select((), (self.sock,), (), 0)[1])
+        except (OSError, ValueError):
+            return False
 
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
@@ -245,62 +278,154 @@ def _timed_out() -> Exception:
     return WebSocketTimeoutException("Connection timed out")
 
 
-def serve_parser(parser: frame_buffer, sock: BufferedSocket) -> None:
-    """Have websocket-client's frame parser take its exact-size reads from ``sock``
-    (its own way reads 16 KiB pieces and joins them)."""
-    if parser.recv_buffer:  # bytes it already holds come first (none after a handshake)
-        return
-    parser.recv_strict = sock.read_exact  # type: ignore[method-assign]
-
-
 class ReadLoop:
-    """websocket-client's read loop ("dispatcher"), aware of the buffer below it.
+    """websocket-client's read loop ("dispatcher"), and the frame reader under it.
 
-    Reads frames while any are buffered, then waits on the socket for at most
-    ``ping_timeout`` (websocket-client's own choice), and runs its ping check
-    after every wait, as its stock loop does.
+    Every frame is read here, never by websocket-client's parser: whole plain
+    data frames lying in the buffer by the fast path (`take_data_frames`), any
+    other frame by `read_frame`, which applies RFC 6455 (`wsbridge.frames`):
+    fragments are reassembled, pings answered, the close handshake completed,
+    and a violation fails the connection with its close code (`fail`).
+    Between reads it waits on the socket for at most ``ping_timeout``
+    (websocket-client's own choice) and runs its ping check after every wait,
+    as its stock loop does. Runs on the connection's reader thread, which owns
+    everything here.
     """
 
     def __init__(
         self,
         app: Any,
         ping_timeout: Optional[float],
-        sock: BufferedSocket,
+        sock: Optional[BufferedSocket],
         deliver: Callable[[bytes, int], Any],
         after_run: Callable[[bool], Any],
+        on_control: Callable[[], Any],
+        max_message_size: int,
+        disconnect: Callable[[Any], Any],
     ) -> None:
         self.app = app
         self.ping_timeout = ping_timeout
-        self.buffered = sock
+        self.buffered: Optional[BufferedSocket] = sock
+        """The socket, wrapped; set later when websocket-client dialled it itself (through a proxy)."""
         self.deliver = deliver
-        """``deliver(payload, opcode)``: where whole data frames go (websocket-client's on_data, in effect)."""
+        """``deliver(payload, opcode)``: where whole messages go (websocket-client's on_data, in effect)."""
         self.after_run = after_run
         """Called once after each run of frames the fast path delivered (not after each frame),
         with True when the kernel was found empty (no more bytes to read now)."""
+        self.on_control = on_control
+        """Called after each control frame (ping, pong): the peer is alive."""
+        self.assembler = Reassembler(max_message_size)
+        self.disconnect = disconnect
+        """websocket-client's end of a connection (``handleDisconnect``: on_error, teardown, on_close)."""
+        self.close_sent = False
+        """Has a close frame gone out (ours, or our echo of the server's)? Set by this thread
+        and, before it starts waiting for the echo, by the supervisor's polite close."""
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
         app = self.app
         buffered = self.buffered
+        assert buffered is not None, "the connection wraps its socket on open"
         pending = buffered.pending
         fast = self.take_data_frames
-        with selectors.DefaultSelector() as selector:
-            selector.register(buffered.fileno(), selectors.EVENT_READ)
-            while app.keep_running:
-                if pending() or selector.select(self.ping_timeout):
-                    if not fast() and not read_callback():
-                        return
-                    while pending() and app.keep_running:
-                        if not fast() and not read_callback():
+        frame = self.read_frame
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(buffered.fileno(), selectors.EVENT_READ)
+                while app.keep_running:
+                    if pending() or selector.select(self.ping_timeout):
+                        # Whole data frames at hand first; else one frame, waiting for it if need be.
+                        if not fast() and not frame():
                             return
-                check_callback()
+                        while pending() and app.keep_running:
+                            if not fast() and not frame():
+                                return
+                    check_callback()
+        except WireError as exc:
+            self.fail(exc)
+            return
+        except (OSError, WebSocketException) as exc:  # the peer went away, the socket timed out mid-frame, no pong
+            self.disconnect(exc)
+            return
+        read_callback()  # stopped: websocket-client's teardown (it reads nothing once stopped)
+
+    def read_frame(self) -> bool:
+        """Read one frame, however it lies in the buffer and the kernel, and act
+        on it; False once the connection has ended (a close frame)."""
+        sock = self.buffered
+        assert sock is not None
+        head = sock.read_exact(2)
+        first, second = head[0], head[1]
+        check_header(first, second)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(sock.read_exact(2), "big")
+        elif length == 127:
+            length = int.from_bytes(sock.read_exact(8), "big")
+            if length >> 63:
+                raise WireError("a 64-bit frame length with its top bit set", PROTOCOL_ERROR, head)
+        opcode = first & 0x0F
+        if opcode < CLOSE:
+            self.assembler.reserve(first, length)  # refuses a message past the limit before its payload is read
+            message = self.assembler.add(first, sock.read_exact(length) if length else b"")
+            if message is not None:
+                self.deliver(*message)
+                self.after_run(False)
+            return True
+        payload = sock.read_exact(length) if length else b""
+        if opcode == PING:
+            ws = self.app.sock
+            if ws is not None and not self.close_sent:
+                ws.pong(payload)
+        elif opcode == PONG:
+            self.app.last_pong_tm = time.time()
+        else:
+            self.closed_by_peer(payload)
+            return False
+        self.on_control()
+        return True
+
+    def closed_by_peer(self, payload: bytes) -> None:
+        """The server's close frame: echo it (unless ours went first), then end."""
+        parse_close(payload)  # a bad code or reason raises: failed with 1002 / 1007
+        if not self.close_sent:
+            self._send_close(payload[:2])  # the RFC's usual echo: the code, no reason
+        # websocket-client's closed(frame): on_error, teardown, then on_close with the frame's code and reason
+        self.disconnect(ABNF(fin=1, opcode=ABNF.OPCODE_CLOSE, data=payload))
+
+    def fail(self, exc: WireError) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): send a close frame with the
+        error's code if the socket takes it at once, then let it be cut."""
+        if not self.close_sent:
+            reason = exc.reason.encode("utf-8")[:MAX_CONTROL - 2]
+            self._send_close(exc.close_code.to_bytes(2, "big") + reason, wait=False)
+        self.disconnect(exc)
+
+    def _send_close(self, payload: bytes, wait: bool = True) -> None:
+        """Write a close frame; with ``wait=False`` only if the socket takes it now."""
+        self.close_sent = True
+        ws = self.app.sock
+        sock = self.buffered
+        if ws is None or sock is None:
+            return
+        ws.connected = False  # websocket-client's teardown then sends no close of its own
+        frame = ABNF.create_frame(payload, ABNF.OPCODE_CLOSE)
+        if ws.get_mask_key:
+            frame.get_mask_key = ws.get_mask_key
+        data = frame.format()
+        try:
+            with ws.lock:
+                if wait or sock.writable_now():
+                    sock.sendall(data)
+        except OSError:
+            pass  # the peer is gone: nothing more to say
 
     def take_data_frames(self) -> int:
         """Deliver the whole, plain data frames at the front of the buffer;
-        return how many (0: the next frame is websocket-client's to read)."""
-        ws = self.app.sock
-        if ws is None or ws.frame_buffer.header is not None or ws.cont_frame.recving_frames is not None:
-            return 0  # websocket-client is inside a frame or a fragmented message
+        return how many (0: the next frame is `read_frame`'s)."""
+        if self.assembler.opcode:
+            return 0  # inside a fragmented message
         sock = self.buffered
+        assert sock is not None
         buf, pos = sock._buf, sock._pos
         end = len(buf)
         deliver = self.deliver
@@ -312,10 +437,10 @@ class ReadLoop:
             if end - pos >= 2:
                 first, second = buf[pos], buf[pos + 1]
                 if first & 0xF0 != 0x80 or second & 0x80:
-                    break  # not FIN, extension bits, or masked: websocket-client decides
+                    break  # not FIN, extension bits, or masked: read_frame decides
                 opcode = first & 0x0F
                 if opcode != 1 and opcode != 2:
-                    break  # control frame or continuation: websocket-client's
+                    break  # control frame, continuation or reserved: read_frame's
                 size, start = second, pos + 2
                 if size == 126:
                     size, start = ((buf[pos + 2] << 8) | buf[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
@@ -323,19 +448,22 @@ class ReadLoop:
                     size, start = (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
                 stop = start + size
                 if size > sock.max_frame:
-                    break  # too large: websocket-client's read refuses it
+                    break  # too large: read_frame refuses it
                 if stop <= end:
                     pos = stop
                     sock._pos = pos  # the buffer's state is right before anyone else looks
                     count += 1
-                    deliver(buf[start:stop], opcode)
+                    data = buf[start:stop]
+                    if opcode == 1 and not data.isascii():
+                        check_text(data)
+                    deliver(data, opcode)
                     if not app.keep_running:
                         break
                     continue
                 if size > TOPUP_MAX:
-                    break  # a large frame still arriving: read into its final buffer by the parser
+                    break  # a large frame still arriving: read into its final buffer by read_frame
             # The buffer ends inside a frame (or at a frame's end): take what
-            # the kernel has now, rather than a select and a parser read.
+            # the kernel has now, rather than a select and a blocking read.
             if topups >= MAX_TOPUPS:
                 break
             more = read_now()

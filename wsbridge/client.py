@@ -28,7 +28,7 @@ from .backoff import Backoff
 from .codec import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .connection import Connection
 from .dispatch import Dispatcher
-from .errors import ClientClosed, ConnectError, MessageTooLarge, OutboxFull, ProtocolError, WsbridgeError, preview
+from .errors import ClientClosed, ConnectError, HandshakeError, MessageTooLarge, OutboxFull, ProtocolError, WireError, WsbridgeError, preview
 from .message import Message
 from .outbox import Outbox
 from .pull import PullBuffer
@@ -267,6 +267,13 @@ class Client:
     def connected(self) -> bool:
         """True while the socket is open and the send buffer flushed."""
         return self._state == "connected"
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The subprotocol the server chose for the current (or last) connection,
+        from those given as ``subprotocols`` (None: none chosen, or not connected yet)."""
+        conn = self._conn
+        return conn.subprotocol if conn is not None else None
 
     def _set_state(self, state: str, error: Optional[BaseException] = None) -> None:
         with self._state_cond:
@@ -598,9 +605,7 @@ class Client:
         self._frames += 1
         size = len(data)
         self._bytes += size
-        try:
-            if size > self.max_message_size:  # reassembled from fragments, each of them within the limit
-                raise MessageTooLarge(f"a message of {size} bytes exceeds max_message_size ({self.max_message_size} bytes)", data[:64])
+        try:  # the reader checked the size and, for text, UTF-8 (`wsbridge.frames`)
             messages = self.codec.decode(data, binary, time.time())
         except ProtocolError as exc:
             self._protocol_errors += 1
@@ -900,9 +905,9 @@ class Client:
         self._disconnects += 1
         if conn.error is not None and not conn.closing:
             self._last_error = conn.error
-        if isinstance(conn.error, MessageTooLarge):
+        if isinstance(conn.error, WireError):  # the server broke RFC 6455: say how, with its bytes
             self._protocol_errors += 1
-            self._report(conn.error, "limit")
+            self._report(conn.error, "limit" if isinstance(conn.error, MessageTooLarge) else "protocol", frame=conn.error.frame)
         log.info(
             "%s: disconnected (code=%s reason=%r error=%s)", self.name, conn.close_code, conn.close_reason,
             self._describe(conn.error) if conn.error and not conn.closing else None,
@@ -916,6 +921,8 @@ class Client:
 
     def _fatal_reason(self, conn: Connection) -> Optional[str]:
         err = conn.error
+        if isinstance(err, HandshakeError):
+            return str(err)
         if isinstance(err, websocket.WebSocketBadStatusException) and err.status_code in FATAL_HTTP_STATUSES:
             return f"handshake refused with HTTP {err.status_code}"
         if isinstance(err, ssl.SSLCertVerificationError):

@@ -3,15 +3,15 @@
 The supervisor makes a new `Connection` for every attempt, so no state leaks
 from one socket to the next. websocket-client's own reconnect loop stays off
 (it sleeps a fixed time and never reports the drop); so does its UTF-8 check
-(pure Python without ``wsaccel``; codecs decode strictly themselves), which is
-why text frames arrive here as bytes and ``on_data`` tells text from binary.
+(pure Python without ``wsaccel``; the reader checks text itself).
 
 The socket is dialled here (`wsbridge.dial`: bounded by ``connect_timeout``,
 abortable in every phase) and handed to websocket-client wrapped in a
-`BufferedSocket`; its read loop is our `ReadLoop`, which passes whole data
-frames straight to `_fast_frame` and leaves everything else to
-websocket-client (`wsbridge.buffered`). Through a proxy from the environment,
-websocket-client dials and reads in its own way.
+`BufferedSocket`, which checks the upgrade (`wsbridge.handshake`). Every
+frame is read by our `ReadLoop` (`wsbridge.buffered`), never by
+websocket-client's parser. Through a proxy from the environment,
+websocket-client dials and upgrades in its own way; the socket is wrapped
+once open, so frames are still read by `ReadLoop`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import websocket
 from websocket import ABNF
 
-from .buffered import BufferedSocket, ReadLoop, frame_complete, serve_parser
+from .buffered import BufferedSocket, ReadLoop, frame_complete
 from .codec import DEFAULT_MAX_LENGTH
 from .dial import open_socket, uses_proxy
-from .errors import MessageTooLarge
+from .handshake import Handshake
 
 try:  # POSIX: ask the kernel how many bytes wait, without reading them
     import fcntl
@@ -60,11 +60,14 @@ class _App(websocket.WebSocketApp):
     """WebSocketApp whose read loop knows about the `BufferedSocket` below the parser."""
 
     def create_dispatcher(self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None) -> Any:
-        sock = self.prepared_socket
         conn = self.connection
-        if dispatcher is None and isinstance(sock, BufferedSocket) and conn is not None:
-            return ReadLoop(self, ping_timeout or 10, sock, conn._fast_frame, conn._after_run)
-        return super().create_dispatcher(ping_timeout, dispatcher, is_ssl, handleDisconnect)
+        assert dispatcher is None and conn is not None, "wsbridge runs every connection in its own read loop"
+        sock = self.prepared_socket if isinstance(self.prepared_socket, BufferedSocket) else None
+        conn.reader = ReadLoop(
+            self, ping_timeout or 10, sock, conn._fast_frame, conn._after_run, conn._handle_control,
+            conn._max_message_size, handleDisconnect,
+        )
+        return conn.reader
 
     connection: Optional["Connection"] = None
 
@@ -115,14 +118,15 @@ class Connection:
             url,
             header=headers,
             on_open=self._handle_open,
-            on_data=self._handle_data,
             on_error=self._handle_error,
             on_close=self._handle_close,
-            on_ping=self._handle_control,
-            on_pong=self._handle_control,
             subprotocols=subprotocols,
         )
         app.connection = self
+        self.reader: Optional[ReadLoop] = None  # made by websocket-client's run_forever, on the reader thread
+        self.handshake = Handshake()
+        self.subprotocol: Optional[str] = None
+        """The subprotocol the server chose; set before ``opened``."""
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.opened_at: Optional[float] = None
@@ -142,7 +146,7 @@ class Connection:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self._connect_timeout
                 sock = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
-                self.app.prepared_socket = BufferedSocket(sock, self._max_message_size)
+                self.app.prepared_socket = BufferedSocket(sock, self._max_message_size, self.handshake)
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
@@ -182,9 +186,15 @@ class Connection:
             # Bound every blocking send and every partial-frame read: a peer
             # that stops reading or stalls mid-frame is dead, not slow.
             raw.settimeout(self._io_timeout)
+        if raw is not None and not isinstance(raw, BufferedSocket):
+            # Dialled by websocket-client (through a proxy): wrapped now, so the
+            # frames are read by the same reader as any other connection's.
+            raw = app.sock.sock = BufferedSocket(raw, self._max_message_size)
+        if self.reader is not None and raw is not None:
+            self.reader.buffered = raw
         self._raw = raw
-        if isinstance(raw, BufferedSocket):
-            serve_parser(app.sock.frame_buffer, raw)
+        response = app.sock.handshake_response if app.sock else None
+        self.subprotocol = self.handshake.subprotocol if self.handshake.head else getattr(response, "subprotocol", None)
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self._on_open_cb(self)
@@ -202,15 +212,6 @@ class Connection:
         (``drained``: the kernel had nothing more, so no need to ask it)."""
         self.last_frame_at = time.monotonic()
         if drained or not self._next_frame_here():
-            self._on_drained()
-
-    def _handle_data(self, app: websocket.WebSocketApp, data: bytes, opcode: int, fin: bool) -> None:
-        self.last_frame_at = time.monotonic()
-        if opcode == OPCODE_TEXT:
-            self._on_frame(data, False)
-        elif opcode == OPCODE_BINARY:
-            self._on_frame(data, True)
-        if not self._next_frame_here():
             self._on_drained()
 
     def _next_frame_here(self) -> bool:
@@ -244,7 +245,7 @@ class Connection:
         except (OSError, ValueError):
             return False
 
-    def _handle_control(self, app: websocket.WebSocketApp, data: bytes) -> None:
+    def _handle_control(self) -> None:
         self.last_frame_at = time.monotonic()
         if not self._next_frame_here():
             self._on_drained()
@@ -252,11 +253,6 @@ class Connection:
     def _handle_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
         if self.error is None and not self.closing:
             self.error = exc
-        if isinstance(exc, MessageTooLarge) and app.sock is not None:
-            try:  # say why before cutting: 1009, message too big
-                app.sock.send_close(1009, b"message too big")
-            except Exception:
-                pass
         # The connection is over. Cut the socket now so websocket-client's
         # teardown does not wait 3 s for a close frame from a dead peer.
         self.abort()
@@ -311,6 +307,8 @@ class Connection:
         self.closing = True
         ws = self.app.sock
         if ws is not None and self.opened.is_set():
+            if self.reader is not None:
+                self.reader.close_sent = True  # the server's answer is not to be echoed
             try:
                 ws.send_close(code, reason.encode("utf-8"))
             except Exception:

@@ -38,9 +38,28 @@ class ProtocolError(WsbridgeError, ValueError):
         super().__init__(text)
 
 
-class MessageTooLarge(ProtocolError):
-    """A frame larger than the client's ``max_message_size``: refused before
-    its payload is read, and the connection closed with code 1009."""
+class WireError(ProtocolError):
+    """The server broke RFC 6455 (a masked frame, invalid UTF-8 in a text
+    message, a bad close code, ...). The client fails the connection: it sends
+    a close frame with ``close_code`` (1002 protocol error, 1007 invalid data,
+    1009 too big), cuts the socket, reports this error on the ``error`` signal
+    with the offending bytes in ``frame``, and reconnects as usual.
+
+    Errors of the application's format (bad JSON, a bad pipe length) are plain
+    `ProtocolError`: reported, and the connection goes on."""
+
+    def __init__(self, reason: str, close_code: int = 1002, frame: Union[bytes, str, None] = None):
+        self.close_code = close_code
+        super().__init__(reason, frame)
+
+
+class MessageTooLarge(WireError):
+    """A message larger than the client's ``max_message_size`` (whole, or its
+    fragments so far): refused before the payload that crosses the limit is
+    read, and the connection closed with code 1009."""
+
+    def __init__(self, reason: str, close_code: int = 1009, frame: Union[bytes, str, None] = None):
+        super().__init__(reason, close_code, frame)
 
 
 class OutboxFull(WsbridgeError):
@@ -53,3 +72,10 @@ class ClientClosed(WsbridgeError):
 
 class ConnectError(WsbridgeError, ConnectionError):
     """The client could not connect, and its retry policy says not to try again."""
+
+
+class HandshakeError(ConnectError):
+    """The server's answer to the WebSocket upgrade breaks RFC 6455 §4 (a wrong
+    ``Sec-WebSocket-Accept``, a subprotocol or extension the client never asked
+    for, header lines over the limits) or redirects elsewhere. Retrying cannot
+    help, so the client gives up (unless ``retry_fatal``)."""

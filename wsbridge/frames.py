@@ -1,0 +1,155 @@
+"""RFC 6455 frame rules, with no sockets and no threads.
+
+What a client must check in what the server sends: the frame header
+(`check_header`), text (`check_text`), close frames (`parse_close`), and the
+order and size of fragments (`Reassembler`). Every violation raises
+`WireError` with the close code the RFC gives for it (1002 protocol error,
+1007 invalid data, 1009 too big) and the offending bytes; the read loop
+(`wsbridge.buffered`) sends that close code and ends the connection.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import List, Optional, Tuple
+
+from .errors import MessageTooLarge, WireError
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+PROTOCOL_ERROR = 1002
+INVALID_DATA = 1007
+TOO_BIG = 1009
+
+MAX_CONTROL = 125
+"""The largest payload a control frame may carry (RFC 6455 §5.5)."""
+
+
+def check_header(first: int, second: int) -> None:
+    """The first two bytes of a frame from the server, against RFC 6455 §5.2.
+
+    No extension is ever negotiated, so any RSV bit is an error; so is a
+    masked frame (§5.1: a client MUST fail on one), a reserved opcode, and a
+    control frame that is fragmented or longer than 125 bytes (§5.5).
+    """
+    head = bytes((first, second))
+    if first & 0x70:
+        raise WireError(f"RSV bits {(first >> 4) & 7:03b} set, but no extension was negotiated", PROTOCOL_ERROR, head)
+    if second & 0x80:
+        raise WireError("the server sent a masked frame", PROTOCOL_ERROR, head)
+    opcode = first & 0x0F
+    if opcode >= 0x8:
+        if opcode > PONG:
+            raise WireError(f"reserved control opcode {opcode:#x}", PROTOCOL_ERROR, head)
+        if not first & 0x80:
+            raise WireError(f"a fragmented control frame (opcode {opcode:#x})", PROTOCOL_ERROR, head)
+        if second & 0x7F > MAX_CONTROL:
+            raise WireError(f"a control frame (opcode {opcode:#x}) over {MAX_CONTROL} bytes", PROTOCOL_ERROR, head)
+    elif opcode > BINARY:
+        raise WireError(f"reserved data opcode {opcode:#x}", PROTOCOL_ERROR, head)
+
+
+def check_text(data: bytes) -> None:
+    """Raise `WireError` (1007) unless ``data`` is valid UTF-8.
+
+    ASCII (the common case) is checked at memory speed, without decoding."""
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireError(f"a text message is not valid UTF-8 ({exc.reason} at byte {exc.start})", INVALID_DATA, data) from None
+
+
+def valid_close_code(code: int) -> bool:
+    """May a close frame carry ``code``? (RFC 6455 §7.4: the defined codes,
+    the IANA-registered 1012-1014, and 3000-4999 for libraries and apps.)"""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> Tuple[Optional[int], str]:
+    """The code and reason of a close frame's payload (code None: no code given)."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise WireError("a close frame with a 1-byte payload", PROTOCOL_ERROR, payload)
+    code = int.from_bytes(payload[:2], "big")
+    if not valid_close_code(code):
+        raise WireError(f"a close frame with invalid code {code}", PROTOCOL_ERROR, payload)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(f"a close reason that is not valid UTF-8 ({exc.reason})", INVALID_DATA, payload) from None
+    return code, reason
+
+
+class Reassembler:
+    """Joins the frames of one fragmented message (RFC 6455 §5.4).
+
+    Parts are kept in a list and joined once (linear in the message size);
+    the running total is checked against ``max_size`` before each fragment's
+    payload is read (`reserve`); text is validated fragment by fragment, so a
+    message fails as soon as the fragment that makes it invalid arrives.
+    Owned by the reader thread of one connection.
+    """
+
+    __slots__ = ("max_size", "opcode", "size", "_parts", "_utf8")
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self.opcode = 0
+        """The message's opcode while one is in progress (TEXT or BINARY), else 0."""
+        self.size = 0
+        self._parts: List[bytes] = []
+        self._utf8: Optional[codecs.IncrementalDecoder] = None
+
+    def reserve(self, first: int, length: int) -> None:
+        """Check a data frame's header (``first`` byte, payload ``length``)
+        before its payload is read: order of fragments, and the size limit."""
+        opcode = first & 0x0F
+        if opcode == CONTINUATION:
+            if not self.opcode:
+                raise WireError("a continuation frame with no message to continue", PROTOCOL_ERROR, bytes((first,)))
+        elif self.opcode:
+            raise WireError(
+                f"a new message (opcode {opcode:#x}) before the fragmented one ended", PROTOCOL_ERROR, bytes((first,))
+            )
+        total = self.size + length if opcode == CONTINUATION else length
+        if total > self.max_size:
+            what = "a message of" if first & 0x80 and opcode != CONTINUATION else "a fragmented message of at least"
+            raise MessageTooLarge(
+                f"{what} {total} bytes exceeds max_message_size ({self.max_size} bytes)",
+                TOO_BIG,
+                self._parts[0][:64] if self._parts else None,
+            )
+
+    def add(self, first: int, payload: bytes) -> Optional[Tuple[bytes, int]]:
+        """Take a data frame ``reserve`` accepted; return ``(message, opcode)``
+        once the final fragment is in, else None."""
+        fin = first & 0x80
+        opcode = first & 0x0F
+        if opcode != CONTINUATION:
+            if fin:  # a whole message in one frame
+                if opcode == TEXT:
+                    check_text(payload)
+                return payload, opcode
+            self.opcode = opcode
+            self._utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
+        self.size += len(payload)
+        self._parts.append(payload)
+        if self._utf8 is not None:
+            try:
+                self._utf8.decode(payload, final=bool(fin))
+            except UnicodeDecodeError as exc:
+                data = b"".join(self._parts)
+                self.reset()
+                raise WireError(f"a fragmented text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data) from None
+        if not fin:
+            return None
+        message = (b"".join(self._parts), self.opcode)
+        self.reset()
+        return message
+
+    def reset(self) -> None:
+        self.opcode = self.size = 0
+        self._parts = []
+        self._utf8 = None

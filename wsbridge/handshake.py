@@ -1,0 +1,132 @@
+"""The client's checks of the server's answer to the WebSocket upgrade, with no sockets.
+
+websocket-client writes the upgrade request and parses the response itself,
+but it reads header lines with no bound, compares ``Sec-WebSocket-Accept``
+case-insensitively, accepts a subprotocol nobody asked for, and follows a
+redirect on a socket of its own, resending every header (``Authorization``,
+``Cookie``) to the new origin. So the socket under it (`BufferedSocket`)
+shows this module the request as it goes out and the response head as it
+comes in, before websocket-client reads a byte of it: `Handshake.check_head`
+bounds it, and `Handshake.check_response` applies RFC 6455 §4.1 exactly.
+
+Redirects are refused: a 3xx answer raises `HandshakeError` naming the target
+(with any secret in it redacted), so no header is ever sent to another origin
+and the client never counts a connection it does not have. Point the client at
+the new URL to follow it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Dict, List, Optional, Tuple
+
+from .errors import HandshakeError
+from .redact import redact_url
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+MAX_LINE = 8 * 1024
+"""The longest header line accepted in the server's response, in bytes."""
+
+MAX_HEAD = 64 * 1024
+"""The largest response head (status line and headers) accepted, in bytes."""
+
+
+def accept_value(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` value that answers ``key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def _fields(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
+    """The first line and the header fields (lower-case names, every value kept) of an HTTP head."""
+    lines = head.split(b"\r\n")
+    fields: Dict[str, List[str]] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise HandshakeError(f"a malformed header line in the upgrade response: {line[:80]!r}")
+        fields.setdefault(name.strip().lower().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+    return lines[0].decode("latin-1"), fields
+
+
+def _tokens(values: List[str]) -> List[str]:
+    return [token.strip() for value in values for token in value.split(",") if token.strip()]
+
+
+class Handshake:
+    """One upgrade: the request sent and the response head received.
+
+    Owned by the reader thread that dials; read by others only after the
+    connection opened (``subprotocol``)."""
+
+    __slots__ = ("request", "head", "subprotocol")
+
+    def __init__(self) -> None:
+        self.request = b""
+        """The upgrade request as sent (set by the socket on the first send)."""
+        self.head: Optional[bytes] = None
+        """The response head, once whole and checked."""
+        self.subprotocol: Optional[str] = None
+        """The subprotocol the server chose (None: none)."""
+
+    @staticmethod
+    def head_end(data: bytes) -> int:
+        """Where the response head in ``data`` ends (after its blank line), or -1
+        if it has not yet; raises `HandshakeError` past the size limits."""
+        end = data.find(b"\r\n\r\n")
+        scan = data if end < 0 else data[: end + 2]
+        if end < 0 and len(data) > MAX_HEAD or end + 4 > MAX_HEAD:
+            raise HandshakeError(f"the server's upgrade response head exceeds {MAX_HEAD} bytes")
+        start = 0
+        while start < len(scan):
+            stop = scan.find(b"\r\n", start)
+            if stop < 0:
+                stop = len(scan)
+            if stop - start > MAX_LINE:
+                raise HandshakeError(
+                    f"a header line of the server's upgrade response exceeds {MAX_LINE} bytes: {scan[start : start + 60]!r}..."
+                )
+            start = stop + 2
+        return -1 if end < 0 else end + 4
+
+    def check_response(self, head: bytes) -> None:
+        """Check a whole response head against the request (RFC 6455 §4.1).
+
+        A non-101 status other than a redirect is left to websocket-client,
+        which reports it with its status code."""
+        status_line, fields = _fields(head)
+        parts = status_line.split(" ", 2)
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+        if 300 <= status < 400:
+            target = fields.get("location", ["(no Location header)"])[0]
+            raise HandshakeError(
+                f"the server redirected the upgrade (HTTP {status}) to {redact_url(target)}; "
+                "wsbridge does not follow redirects: connect to that URL instead"
+            )
+        if status != 101:
+            self.head = head
+            return
+        _, request = _fields(self.request)
+        key = request.get("sec-websocket-key", [""])[0].encode("latin-1")
+        accept = fields.get("sec-websocket-accept", [])
+        if len(accept) != 1 or accept[0].encode("latin-1") != accept_value(key):
+            raise HandshakeError(f"Sec-WebSocket-Accept {accept!r} does not answer the key sent")
+        if "websocket" not in [t.lower() for t in _tokens(fields.get("upgrade", []))]:
+            raise HandshakeError(f"the upgrade response has no 'Upgrade: websocket' (got {fields.get('upgrade')!r})")
+        if "upgrade" not in [t.lower() for t in _tokens(fields.get("connection", []))]:
+            raise HandshakeError(f"the upgrade response has no 'Connection: Upgrade' (got {fields.get('connection')!r})")
+        chosen = _tokens(fields.get("sec-websocket-protocol", []))
+        offered = _tokens(request.get("sec-websocket-protocol", []))
+        if len(chosen) > 1 or (chosen and chosen[0] not in offered):
+            raise HandshakeError(
+                f"the server chose subprotocol {', '.join(chosen)!r}, but the client offered "
+                + (", ".join(repr(p) for p in offered) or "none")
+            )
+        extensions = _tokens(fields.get("sec-websocket-extensions", []))
+        if extensions:  # none is implemented, so none can be in use
+            raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {', '.join(extensions)}")
+        self.subprotocol = chosen[0] if chosen else None
+        self.head = head
