@@ -161,19 +161,25 @@ class BufferedSocket:
         if end >= 0:
             handshake.check_response(data[:end])
 
-    def read_exact(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (what the frame parser asks for); raises like
-        websocket-client does when the peer closes mid-frame."""
+    def read_exact(self, n: int, check: Optional[Callable[[Any], Any]] = None) -> bytes:
+        """Exactly ``n`` bytes; raises like websocket-client does when the peer
+        closes mid-frame. ``check`` sees each piece as it arrives, before the
+        next is waited for (so invalid text fails before the rest comes)."""
         if n > self.max_frame:
             raise MessageTooLarge(f"a frame of {n} bytes exceeds max_message_size ({self.max_frame} bytes)")
         available = len(self._buf) - self._pos
         if available >= n:
-            return self.recv(n) if n else b""
+            data = self.recv(n) if n else b""
+            if check is not None:
+                check(data)
+            return data
         if n <= 65536:
             parts = []
             need = n
             while need:
                 part = self._recv_some(need)
+                if check is not None:
+                    check(part)
                 parts.append(part)
                 need -= len(part)
             return b"".join(parts)
@@ -184,8 +190,12 @@ class BufferedSocket:
         if available:
             view[:available] = self._buf[self._pos :]
             self._buf, self._pos, got = b"", 0, available
+            if check is not None:
+                check(view[:got])
         while got < n:
             count = self._recv_into(view[got:])
+            if check is not None:
+                check(view[got : got + count])
             got += count
         return bytes(out)
 
@@ -302,6 +312,7 @@ class ReadLoop:
         on_control: Callable[[], Any],
         max_message_size: int,
         disconnect: Callable[[Any], Any],
+        before_fail: Callable[[], Any] = lambda: None,
     ) -> None:
         self.app = app
         self.ping_timeout = ping_timeout
@@ -317,6 +328,9 @@ class ReadLoop:
         self.assembler = Reassembler(max_message_size)
         self.disconnect = disconnect
         """websocket-client's end of a connection (``handleDisconnect``: on_error, teardown, on_close)."""
+        self.before_fail = before_fail
+        """Called before a violation fails the connection (the client lets its
+        subscribers finish the messages that came first; bounded)."""
         self.close_sent = False
         """Has a close frame gone out (ours, or our echo of the server's)? Set by this thread
         and, before it starts waiting for the echo, by the supervisor's polite close."""
@@ -365,8 +379,8 @@ class ReadLoop:
                 raise WireError("a 64-bit frame length with its top bit set", PROTOCOL_ERROR, head)
         opcode = first & 0x0F
         if opcode < CLOSE:
-            self.assembler.reserve(first, length)  # refuses a message past the limit before its payload is read
-            message = self.assembler.add(first, sock.read_exact(length) if length else b"")
+            check = self.assembler.begin(first, length)  # refuses a message past the limit before its payload is read
+            message = self.assembler.add(first, sock.read_exact(length, check) if length else b"")
             if message is not None:
                 self.deliver(*message)
                 self.after_run(False)
@@ -395,6 +409,7 @@ class ReadLoop:
     def fail(self, exc: WireError) -> None:
         """Fail the connection (RFC 6455 §7.1.7): send a close frame with the
         error's code if the socket takes it at once, then let it be cut."""
+        self.before_fail()
         if not self.close_sent:
             reason = exc.reason.encode("utf-8")[:MAX_CONTROL - 2]
             self._send_close(exc.close_code.to_bytes(2, "big") + reason, wait=False)

@@ -72,6 +72,20 @@ _EXPIRE = object()
 """Dispatcher item: give up gaps that waited longer than ``gap_timeout``."""
 
 
+class _Barrier:
+    """Dispatcher item: set ``done`` once every item queued before it was delivered."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+SETTLE_TIMEOUT = 1.0
+"""How long a reader that must fail its connection waits for the subscribers to
+finish the messages that came before the violation (their replies go out first)."""
+
+
 class _Stored(NamedTuple):
     """Dispatcher item: a message from the store, past its handled mark."""
 
@@ -546,6 +560,7 @@ class Client:
                         return False
                     if conn.is_open and not self._stopping.is_set():
                         self._live = conn
+                        cond.notify_all()
                         return True
                     return False
                 size = 0
@@ -620,6 +635,22 @@ class Client:
             put(message)
         self._received += len(messages)
 
+    def _settle(self) -> None:
+        """Before the reader fails its connection: let subscribers finish every
+        message that came before the violation, so what they send in reply goes
+        out before the close frame, as it would from a synchronous handler.
+        Bounded by `SETTLE_TIMEOUT`; skipped when the queue is full (the reader
+        must not block on data to fail a connection)."""
+        dispatcher = self._dispatcher
+        if len(dispatcher) >= dispatcher.maxsize or threading.current_thread() is dispatcher.thread:
+            return
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        barrier = _Barrier()
+        dispatcher.put_now(barrier)
+        if barrier.done.wait(SETTLE_TIMEOUT):  # a reply sent before the first flush is in the send buffer
+            with self._send_cond:
+                self._send_cond.wait_for(lambda: not self._outbox, max(0.0, deadline - time.monotonic()))
+
     def _on_open(self, conn: Connection) -> None:
         self._emit(self.signals.connected, url=redact_url(self.url))
         self._wakeup.set()
@@ -689,6 +720,8 @@ class Client:
                 if key is not None:
                     store.mark_handled(key)  # type: ignore[union-attr]
                 pulled.append(item)
+            elif cls is _Barrier:
+                item.done.set()
             else:
                 signal, kwargs = item
                 deliver(signal, self, self._listener_failed, **kwargs)
@@ -768,6 +801,7 @@ class Client:
             on_open=self._on_open,
             on_end=self._on_end,
             on_drained=self._dispatcher.wake,
+            before_fail=self._settle,
             headers=self._headers,
             sslopt=self._sslopt,
             subprotocols=self._subprotocols,

@@ -65,7 +65,7 @@ class _App(websocket.WebSocketApp):
         sock = self.prepared_socket if isinstance(self.prepared_socket, BufferedSocket) else None
         conn.reader = ReadLoop(
             self, ping_timeout or 10, sock, conn._fast_frame, conn._after_run, conn._handle_control,
-            conn._max_message_size, handleDisconnect,
+            conn._max_message_size, handleDisconnect, conn._before_fail,
         )
         return conn.reader
 
@@ -87,6 +87,7 @@ class Connection:
         on_open: Callable[["Connection"], None],
         on_end: Callable[["Connection"], None],
         on_drained: Callable[[], None] = lambda: None,
+        before_fail: Callable[[], None] = lambda: None,
         headers: Optional[Union[Dict[str, str], List[str]]] = None,
         sslopt: Optional[Dict[str, Any]] = None,
         subprotocols: Optional[List[str]] = None,
@@ -102,6 +103,7 @@ class Connection:
         self._on_open_cb = on_open
         self._on_end = on_end
         self._on_drained = on_drained
+        self._before_fail = before_fail
         self._raw: Optional[socket.socket] = None
         self._sslopt = sslopt
         self._ping_interval = ping_interval

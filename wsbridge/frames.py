@@ -11,7 +11,7 @@ order and size of fragments (`Reassembler`). Every violation raises
 from __future__ import annotations
 
 import codecs
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from .errors import MessageTooLarge, WireError
 
@@ -83,13 +83,15 @@ def parse_close(payload: bytes) -> Tuple[Optional[int], str]:
 
 
 class Reassembler:
-    """Joins the frames of one fragmented message (RFC 6455 §5.4).
+    """Checks the data frames of a connection in order and joins fragmented
+    messages (RFC 6455 §5.4).
 
-    Parts are kept in a list and joined once (linear in the message size);
-    the running total is checked against ``max_size`` before each fragment's
-    payload is read (`reserve`); text is validated fragment by fragment, so a
-    message fails as soon as the fragment that makes it invalid arrives.
-    Owned by the reader thread of one connection.
+    For each data frame: `begin` with its header, before the payload is read
+    (order of fragments, the size limit on the running total); the payload's
+    pieces go through the check `begin` returned as they arrive (text: UTF-8,
+    so a message fails as soon as the bytes that make it invalid arrive, even
+    mid-frame); then `add` the whole payload. Parts are kept in a list and
+    joined once: linear in the message size. Owned by one reader thread.
     """
 
     __slots__ = ("max_size", "opcode", "size", "_parts", "_utf8")
@@ -97,14 +99,15 @@ class Reassembler:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.opcode = 0
-        """The message's opcode while one is in progress (TEXT or BINARY), else 0."""
+        """The message's opcode while a fragmented one is in progress (TEXT or BINARY), else 0."""
         self.size = 0
         self._parts: List[bytes] = []
         self._utf8: Optional[codecs.IncrementalDecoder] = None
 
-    def reserve(self, first: int, length: int) -> None:
+    def begin(self, first: int, length: int) -> Optional[Callable[[Any], None]]:
         """Check a data frame's header (``first`` byte, payload ``length``)
-        before its payload is read: order of fragments, and the size limit."""
+        before its payload is read; return the check for its payload's pieces
+        (None: binary, nothing to check)."""
         opcode = first & 0x0F
         if opcode == CONTINUATION:
             if not self.opcode:
@@ -121,33 +124,42 @@ class Reassembler:
                 TOO_BIG,
                 self._parts[0][:64] if self._parts else None,
             )
+        if opcode == TEXT:
+            self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        return self._check_text if self._utf8 is not None else None
+
+    def _check_text(self, piece: Any) -> None:
+        try:
+            self._utf8.decode(piece)  # type: ignore[union-attr]
+        except UnicodeDecodeError as exc:
+            data = b"".join(self._parts) + bytes(piece)
+            self.reset()
+            raise WireError(f"a text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data[-256:]) from None
 
     def add(self, first: int, payload: bytes) -> Optional[Tuple[bytes, int]]:
-        """Take a data frame ``reserve`` accepted; return ``(message, opcode)``
-        once the final fragment is in, else None."""
-        fin = first & 0x80
+        """Take a data frame whose payload went through `begin`'s check; return
+        ``(message, opcode)`` once the message is whole, else None."""
         opcode = first & 0x0F
-        if opcode != CONTINUATION:
-            if fin:  # a whole message in one frame
-                if opcode == TEXT:
-                    check_text(payload)
+        if first & 0x80:
+            if self._utf8 is not None:
+                try:
+                    self._utf8.decode(b"", final=True)
+                except UnicodeDecodeError as exc:  # ends inside a character
+                    data = b"".join(self._parts) + payload
+                    self.reset()
+                    raise WireError(f"a text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data[-256:]) from None
+            if opcode != CONTINUATION:  # a whole message in one frame
+                self._utf8 = None
                 return payload, opcode
+            self._parts.append(payload)
+            message = (b"".join(self._parts), self.opcode)
+            self.reset()
+            return message
+        if opcode != CONTINUATION:
             self.opcode = opcode
-            self._utf8 = codecs.getincrementaldecoder("utf-8")() if opcode == TEXT else None
         self.size += len(payload)
         self._parts.append(payload)
-        if self._utf8 is not None:
-            try:
-                self._utf8.decode(payload, final=bool(fin))
-            except UnicodeDecodeError as exc:
-                data = b"".join(self._parts)
-                self.reset()
-                raise WireError(f"a fragmented text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data) from None
-        if not fin:
-            return None
-        message = (b"".join(self._parts), self.opcode)
-        self.reset()
-        return message
+        return None
 
     def reset(self) -> None:
         self.opcode = self.size = 0

@@ -62,7 +62,7 @@ class Handshake:
     Owned by the reader thread that dials; read by others only after the
     connection opened (``subprotocol``)."""
 
-    __slots__ = ("request", "head", "subprotocol")
+    __slots__ = ("request", "head", "subprotocol", "_line")
 
     def __init__(self) -> None:
         self.request = b""
@@ -71,25 +71,27 @@ class Handshake:
         """The response head, once whole and checked."""
         self.subprotocol: Optional[str] = None
         """The subprotocol the server chose (None: none)."""
+        self._line = 0  # where the first line of the head not yet checked starts
 
-    @staticmethod
-    def head_end(data: bytes) -> int:
+    def head_end(self, data: bytes) -> int:
         """Where the response head in ``data`` ends (after its blank line), or -1
-        if it has not yet; raises `HandshakeError` past the size limits."""
-        end = data.find(b"\r\n\r\n")
-        scan = data if end < 0 else data[: end + 2]
-        if end < 0 and len(data) > MAX_HEAD or end + 4 > MAX_HEAD:
-            raise HandshakeError(f"the server's upgrade response head exceeds {MAX_HEAD} bytes")
-        start = 0
-        while start < len(scan):
-            stop = scan.find(b"\r\n", start)
-            if stop < 0:
-                stop = len(scan)
-            if stop - start > MAX_LINE:
+        if it has not yet; raises `HandshakeError` past the size limits. Called
+        with ``data`` grown each time: each line is checked once."""
+        end = data.find(b"\r\n\r\n", max(0, self._line - 2))
+        scan_to = len(data) if end < 0 else end + 2
+        start = self._line
+        while start < scan_to:
+            stop = data.find(b"\r\n", start, scan_to)
+            if (stop if stop >= 0 else scan_to) - start > MAX_LINE:
                 raise HandshakeError(
-                    f"a header line of the server's upgrade response exceeds {MAX_LINE} bytes: {scan[start : start + 60]!r}..."
+                    f"a header line of the server's upgrade response exceeds {MAX_LINE} bytes: {data[start : start + 60]!r}..."
                 )
+            if stop < 0:
+                break
             start = stop + 2
+        self._line = start
+        if (len(data) if end < 0 else end + 4) > MAX_HEAD:
+            raise HandshakeError(f"the server's upgrade response head exceeds {MAX_HEAD} bytes")
         return -1 if end < 0 else end + 4
 
     def check_response(self, head: bytes) -> None:

@@ -4,52 +4,125 @@ benchmarks that need a server faster than the client under test."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import threading
-from typing import List, Optional
+import time
+from typing import Callable, List, Optional, Tuple
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TEXT, BINARY, CLOSE, PING = 1, 2, 8, 9
+from ..handshake import accept_value
+
+TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
+CONTINUATION = 0
 
 
-def frame(payload: bytes, opcode: int = TEXT) -> bytes:
-    """One unmasked (server-to-client) frame with FIN set."""
+def frame(payload: bytes, opcode: int = TEXT, *, fin: bool = True, rsv: int = 0, mask: Optional[bytes] = None) -> bytes:
+    """One frame: by default unmasked (server-to-client) with FIN set. ``fin=False``
+    makes a fragment, ``rsv`` sets RSV bits (0-7), ``mask`` a 4-byte key masks it
+    (what a server must never do: for tests of the client's checks)."""
     n = len(payload)
+    first = (0x80 if fin else 0) | (rsv & 7) << 4 | opcode
+    masked = 0x80 if mask is not None else 0
     if n < 126:
-        header = bytes((0x80 | opcode, n))
+        header = bytes((first, masked | n))
     elif n < 65536:
-        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+        header = bytes((first, masked | 126)) + n.to_bytes(2, "big")
     else:
-        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+        header = bytes((first, masked | 127)) + n.to_bytes(8, "big")
+    if mask is not None:
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + payload
 
 
-def accept_handshake(conn: socket.socket) -> Optional[str]:
-    """Read an opening handshake from ``conn`` and accept it; returns the request path."""
+def fragments(payload: bytes, size: int, opcode: int = TEXT) -> bytes:
+    """``payload`` as one message in fragments of ``size`` bytes (at least one frame)."""
+    pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+    last = len(pieces) - 1
+    return b"".join(frame(p, opcode if i == 0 else CONTINUATION, fin=i == last) for i, p in enumerate(pieces))
+
+
+def read_request(conn: socket.socket, limit: int = 65536) -> Optional[bytes]:
+    """The HTTP head a client sent (None: it went away first)."""
     request = b""
-    while b"\r\n\r\n" not in request:
+    while b"\r\n\r\n" not in request and len(request) < limit:
         chunk = conn.recv(4096)
         if not chunk:
             return None
         request += chunk
-    lines = request.split(b"\r\n")
-    path = lines[0].split()[1].decode()
-    key = next(line.split(b":", 1)[1].strip() for line in lines if line.lower().startswith(b"sec-websocket-key"))
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-    conn.sendall(
+    return request
+
+
+def header(request: bytes, name: bytes) -> Optional[bytes]:
+    """The value of header ``name`` in an HTTP head (None: absent)."""
+    for line in request.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def accept_response(request: bytes, extra: bytes = b"") -> bytes:
+    """The 101 answer to ``request`` (``extra``: more header lines, each ending in CRLF)."""
+    accept = accept_value(header(request, b"sec-websocket-key") or b"")
+    return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n" + extra + b"\r\n"
     )
-    return path
+
+
+def accept_handshake(conn: socket.socket) -> Optional[str]:
+    """Read an opening handshake from ``conn`` and accept it; returns the request path."""
+    request = read_request(conn)
+    if request is None:
+        return None
+    conn.sendall(accept_response(request))
+    return request.split(b"\r\n")[0].split()[1].decode()
+
+
+def read_frame(conn: socket.socket, timeout: float = 10.0) -> Tuple[int, bytes]:
+    """One frame the client sent: ``(opcode, unmasked payload)``; raises
+    `ConnectionError` if the client closed TCP first."""
+    conn.settimeout(timeout)
+
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the client closed the TCP connection")
+            data += chunk
+        return data
+
+    first, second = exact(2)
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    key = exact(4) if second & 0x80 else b"\0\0\0\0"
+    payload = bytes(b ^ key[i % 4] for i, b in enumerate(exact(n)))
+    return first & 0x0F, payload
+
+
+def read_close(conn: socket.socket, timeout: float = 10.0) -> Optional[int]:
+    """Read frames until the client's close frame; return its code (None: no code)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        opcode, payload = read_frame(conn, max(0.01, deadline - time.monotonic()))
+        if opcode == CLOSE:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
 
 
 class RawServer:
     """Accepts connections on 127.0.0.1, completes the handshake, and lets
-    the test write raw bytes to the newest connection."""
+    the test write raw bytes to the newest connection.
 
-    def __init__(self) -> None:
+    ``respond(request)`` may answer the upgrade instead (any bytes: a redirect,
+    a wrong accept key, a header that never ends); the connection is kept
+    only if it returns a 101. Every request is kept in ``requests``."""
+
+    def __init__(self, respond: Optional[Callable[[bytes], bytes]] = None) -> None:
+        self._respond = respond or accept_response
+        self.requests: List[bytes] = []
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(8)
@@ -66,7 +139,20 @@ class RawServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            if accept_handshake(conn) is None:
+            try:
+                request = read_request(conn)
+                if request is None:
+                    conn.close()
+                    continue
+                answer = self._respond(request)
+                with self._cond:
+                    self.requests.append(request)
+                    self._cond.notify_all()
+                conn.sendall(answer)
+            except OSError:
+                conn.close()
+                continue
+            if not answer.startswith(b"HTTP/1.1 101"):
                 conn.close()
                 continue
             with self._cond:
