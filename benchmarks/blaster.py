@@ -5,7 +5,8 @@ Run as a separate process: ``python benchmarks/blaster.py`` prints its port.
 It answers no ping (so clients measured against it run with pings off, as a
 bare `WebSocketApp` does by default).
 Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
-``json100``, ``json4k``, ``bin64k``. After COUNT frames it sends a close frame.
+``json100``, ``json4k``, ``bin64k``, ``frag64k`` (64 KiB binary messages,
+each in 16 fragments of 4 KiB). After COUNT frames it sends a close frame.
 ``/sink`` sends nothing and reads (and drops) whatever arrives, as fast as it comes.
 ``/paced/RATE/COUNT`` sends COUNT small JSON frames at RATE per second, each
 carrying ``t``, the ``time.time()`` at which it was written (for latency).
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 
-from wsbridge.testing.raw import accept_handshake, frame
+from wsbridge.testing.raw import accept_handshake, fragments, frame
 
 
 def payloads(kind: str, count: int) -> bytes:
@@ -31,8 +32,10 @@ def payloads(kind: str, count: int) -> bytes:
         pad = "x" * 4000
         make = lambda i: json.dumps({"type": "doc", "seq": i, "body": pad}).encode()
         opcode = 1
-    elif kind == "bin64k":
+    elif kind in ("bin64k", "frag64k"):
         blob = bytes(range(256)) * 256
+        if kind == "frag64k":
+            return fragments(blob, 4096, 2) * count
         make = lambda i: blob
         opcode = 2
     else:

@@ -15,7 +15,8 @@ the kernel takes them, so the client is the bottleneck. Each row is a client:
   wsaccel, with an `SQLiteStore` written before dispatch, and with orjson as
   the JSON parser (opt-in, if installed).
 
-Columns: msg/s for ~100 B JSON text, 4 KiB JSON text and 64 KiB binary (the
+Columns: msg/s for ~100 B JSON text, 4 KiB JSON text, 64 KiB binary, and 64 KiB
+binary sent as one message in 16 fragments of 4 KiB (the
 ratio is to the bare `WebSocketApp` of the same wsaccel setting); latency
 p50/p99 from the server's write to the handler's call at RATE msg/s (every
 variant parses the JSON to read the stamp; the first half second is left out);
@@ -41,7 +42,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("json100", "json4k", "bin64k")
+KINDS = ("json100", "json4k", "bin64k", "frag64k")
 NO_ACCEL = "(no wsaccel)"
 
 
@@ -137,7 +138,7 @@ def wsbridge_client(url: str, kind: str, handler: Any, store: bool = False, load
     tmp = tempfile.mkdtemp() if store else None
     client = wsbridge.Client(
         url,
-        codec=wsbridge.RawCodec() if kind == "bin64k" else wsbridge.JsonCodec(loads=loads or json.loads),
+        codec=wsbridge.RawCodec() if kind in ("bin64k", "frag64k") else wsbridge.JsonCodec(loads=loads or json.loads),
         backoff=wsbridge.NO_RETRY,
         ping_interval=0,  # blaster.py does not answer pings
         store=wsbridge.SQLiteStore(os.path.join(tmp, "bench.db")) if tmp else None,
@@ -202,7 +203,7 @@ def child(row: int, base: str, count: int, rate: float, seconds: float, gc_mode:
         gc.disable()
     out: Dict[str, Any] = {}
     for kind in kinds:
-        n = {"json100": count, "json4k": max(1000, count // 5), "bin64k": max(500, count // 50)}[kind]
+        n = {"json100": count, "json4k": max(1000, count // 5), "bin64k": max(500, count // 50), "frag64k": max(500, count // 50)}[kind]
         watch = Stopwatch(n)
         client(f"{base}/{kind}/{n}", kind, watch)
         out[kind] = watch.result()
@@ -293,7 +294,7 @@ def main() -> None:
         print(f"CPU time during the run: {100 * (cpu[0] + cpu[1] + cpu[2]) / sum(cpu):.0f}% busy, "
               f"{100 * cpu[7] / sum(cpu):.0f}% stolen by the hypervisor")
     print(f"msg/s and ratio to the bare WebSocketApp; latency at {args.rate:,.0f} msg/s; peak RSS of the process")
-    head = f"{'client':<42}" + "".join(f"{h:>19}" for h in ("~100 B JSON", "4 KiB JSON", "64 KiB binary"))
+    head = f"{'client':<42}" + "".join(f"{h:>19}" for h in ("~100 B JSON", "4 KiB JSON", "64 KiB binary", "64K in 4K frags"))
     print(head + f"{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>8}")
     median = lambda row, key: statistics.median(r[key] for r in results[row]) if results[row] and key in results[row][0] else None  # noqa: E731
     for row, (label, client, _kinds, hide) in enumerate(ROWS):

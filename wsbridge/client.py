@@ -642,7 +642,7 @@ class Client:
         Bounded by `SETTLE_TIMEOUT`; skipped when the queue is full (the reader
         must not block on data to fail a connection)."""
         dispatcher = self._dispatcher
-        if len(dispatcher) >= dispatcher.maxsize or threading.current_thread() is dispatcher.thread:
+        if self._stopping.is_set() or len(dispatcher) >= dispatcher.maxsize:
             return
         deadline = time.monotonic() + SETTLE_TIMEOUT
         barrier = _Barrier()

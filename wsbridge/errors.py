@@ -48,9 +48,13 @@ class WireError(ProtocolError):
     Errors of the application's format (bad JSON, a bad pipe length) are plain
     `ProtocolError`: reported, and the connection goes on."""
 
+    FRAME_LIMIT = 1024
+    """The most bytes of the offending data kept in ``frame`` (the error may
+    outlive the connection as ``last_error``; a whole bad message need not)."""
+
     def __init__(self, reason: str, close_code: int = 1002, frame: Union[bytes, str, None] = None):
         self.close_code = close_code
-        super().__init__(reason, frame)
+        super().__init__(reason, frame[: self.FRAME_LIMIT] if frame is not None else None)
 
 
 class MessageTooLarge(WireError):
