@@ -26,17 +26,24 @@ from wsbridge.testing.raw import accept_handshake, fragments, frame
 def payloads(kind: str, count: int) -> bytes:
     """``count`` frames of ``kind``, each with its own seq, as one buffer."""
     if kind == "json100":
-        make = lambda i: json.dumps({"type": "tick", "seq": i, "sym": "ACME", "px": 101.25, "qty": 300, "side": "buy", "venue": "X"}).encode()
+        tick = {"type": "tick", "seq": 0, "sym": "ACME", "px": 101.25, "qty": 300, "side": "buy", "venue": "X"}
+
+        def make(i: int) -> bytes:
+            return json.dumps({**tick, "seq": i}).encode()  # the key order (and so the bytes) of the literal
         opcode = 1
     elif kind == "json4k":
         pad = "x" * 4000
-        make = lambda i: json.dumps({"type": "doc", "seq": i, "body": pad}).encode()
+
+        def make(i: int) -> bytes:
+            return json.dumps({"type": "doc", "seq": i, "body": pad}).encode()
         opcode = 1
     elif kind in ("bin64k", "frag64k"):
         blob = bytes(range(256)) * 256
         if kind == "frag64k":
             return fragments(blob, 4096, 2) * count
-        make = lambda i: blob
+
+        def make(i: int) -> bytes:
+            return blob
         opcode = 2
     else:
         raise ValueError(kind)

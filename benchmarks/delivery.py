@@ -132,7 +132,8 @@ def main() -> None:
     for run in range(args.runs):
         print(f"  run {run + 1}: {chaos(args.messages, args.cuts, seed=run)}", flush=True)
     print(f"catch-up of {args.messages:,} messages (median of {args.runs} runs):")
-    for how, label in (("live", "live feed (baseline)"), ("reconnect", "after a reconnect"), ("restart", "after a restart with SQLiteStore")):
+    for how, label in (("live", "live feed (baseline)"), ("reconnect", "after a reconnect"),
+                       ("restart", "after a restart with SQLiteStore")):
         times = [catch_up(args.messages, how) for _ in range(args.runs)]
         t = statistics.median(times)
         print(f"  {label:<34} {t:6.2f} s  {args.messages / t:>9,.0f} msg/s", flush=True)

@@ -203,7 +203,8 @@ def child(row: int, base: str, count: int, rate: float, seconds: float, gc_mode:
         gc.disable()
     out: Dict[str, Any] = {}
     for kind in kinds:
-        n = {"json100": count, "json4k": max(1000, count // 5), "bin64k": max(500, count // 50), "frag64k": max(500, count // 50)}[kind]
+        n = {"json100": count, "json4k": max(1000, count // 5), "bin64k": max(500, count // 50),
+             "frag64k": max(500, count // 50)}[kind]
         watch = Stopwatch(n)
         client(f"{base}/{kind}/{n}", kind, watch)
         out[kind] = watch.result()
@@ -240,7 +241,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=100_000,
-                        help="small messages per run (4 KiB: count/5, 64 KiB: count/50, so that buffers reach their steady state)")
+                        help="small messages per run (4 KiB: count/5, 64 KiB: count/50, "
+                             "so that buffers reach their steady state)")
     parser.add_argument("--rows", help="measure only these rows (comma-separated numbers from 0; for a quick look)")
     parser.add_argument("--rate", type=float, default=10_000, help="msg/s of the latency run")
     parser.add_argument("--seconds", type=float, default=3, help="length of the latency run")
@@ -278,7 +280,7 @@ def main() -> None:
     finally:
         server.kill()
         server.wait(10)
-    cpu = [b - a for a, b in zip(cpu_before, cpu_times())]
+    cpu = [b - a for a, b in zip(cpu_before, cpu_times(), strict=True)]
 
     try:
         import wsaccel  # noqa: F401

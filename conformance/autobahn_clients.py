@@ -109,7 +109,8 @@ def run_wsbridge(url: str, case_id: str, limit: float) -> Dict[str, Any]:
         rec["errors"].append(f"{context}: {type(error).__name__}: {str(error)[:200]}")
 
     def on_disconnected(sender: Any, code: Any = None, reason: Any = None, error: Any = None, **kw: Any) -> None:
-        rec["disconnects"].append({"code": code, "error": None if error is None else f"{type(error).__name__}: {str(error)[:200]}"})
+        rec["disconnects"].append({"code": code,
+                                   "error": None if error is None else f"{type(error).__name__}: {str(error)[:200]}"})
 
     client.on_any(echo)
     client.signals.error.connect(on_error)

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 GROUPS: List[Tuple[str, Tuple[str, ...]]] = [
     ("1 framing, 2 ping/pong", ("1", "2")),
@@ -174,9 +174,11 @@ def main() -> int:
     logs, meta = load_jsonl(args.out), load_meta(args.out)
     agents = [args.baseline, args.candidate]
     count = max([m.get("case_count", 0) for m in meta.values()] + [len(index.get(a, {})) for a in agents])
-    all_ids = sorted({cid for a in agents for cid in index.get(a, {})} | {cid for a in agents for cid in logs.get(a, {})}, key=case_key)
+    all_ids = sorted({cid for a in agents for cid in index.get(a, {})} | {cid for a in agents for cid in logs.get(a, {})},
+                     key=case_key)
     verdict = {a: {cid: index.get(a, {}).get(cid, {}).get("behavior") for cid in all_ids} for a in agents}
-    hung = {a: sorted((c for c, r in logs.get(a, {}).items() if r.get("timed_out") or r.get("driver_error")), key=case_key) for a in agents}
+    hung = {a: sorted((c for c, r in logs.get(a, {}).items() if r.get("timed_out") or r.get("driver_error")), key=case_key)
+            for a in agents}
 
     # -- the table -----------------------------------------------------------------------
     if args.title:
@@ -223,7 +225,8 @@ def main() -> int:
              or (cid in hung[c] and cid not in hung[b])]
     print(f"\n### {LABEL.get(c, c)} worse than {LABEL.get(b, b)}: {len(worse) or 'none'}")
     if worse:
-        print(f"\n| case | {LABEL.get(b, b)} | {LABEL.get(c, c)} | description | expected vs received | Autobahn's result | {c} driver |")
+        print(f"\n| case | {LABEL.get(b, b)} | {LABEL.get(c, c)} | description | expected vs received "
+              f"| Autobahn's result | {c} driver |")
         print("|---|---|---|---|---|---|---|")
     for cid in worse:
         entry = index.get(c, {}).get(cid, {})
@@ -241,12 +244,15 @@ def main() -> int:
             drv.append(f"echoed {rec.get('echoed', 0)}")
         exp_rec = f"expected {expected(d.get('expected'))}<br>received {events(d.get('received', []))}" if d else "(no report)"
         result = reason(d, entry, expectation=False) if d else ""
-        item = {"case": cid, "baseline": verdict[b][cid], "candidate": verdict[c][cid], "description": plain(d.get("description", "")),
+        item = {"case": cid, "baseline": verdict[b][cid], "candidate": verdict[c][cid],
+                "description": plain(d.get("description", "")),
                 "reason": reason(d, entry) if d else "", "expected": d.get("expected"), "received": d.get("received"),
                 "driver": rec}
         summary["worse"].append(item)
-        print(f"| {cid} | {verdict[b][cid] or 'not run'}{' (hung)' if cid in hung[b] else ''} | {verdict[c][cid] or 'not run'}{' (hung)' if cid in hung[c] else ''} "
-              f"| {cell(cut(item['description'], 200))} | {cell(exp_rec)} | {cell(cut(result, 300))} | {cell(cut('; '.join(drv), 160))} |")
+        print(f"| {cid} | {verdict[b][cid] or 'not run'}{' (hung)' if cid in hung[b] else ''} "
+              f"| {verdict[c][cid] or 'not run'}{' (hung)' if cid in hung[c] else ''} "
+              f"| {cell(cut(item['description'], 200))} | {cell(exp_rec)} | {cell(cut(result, 300))} "
+              f"| {cell(cut('; '.join(drv), 160))} |")
 
     # -- NON-STRICT -----------------------------------------------------------------------
     ns = [cid for cid in all_ids if verdict[c][cid] == "NON-STRICT"]
@@ -257,9 +263,11 @@ def main() -> int:
     for cid in ns:
         entry = index[c][cid]
         d = detail(reports, entry)
-        item = {"case": cid, "baseline": verdict[b][cid], "description": plain(d.get("description", "")), "reason": reason(d, entry)}
+        item = {"case": cid, "baseline": verdict[b][cid], "description": plain(d.get("description", "")),
+                "reason": reason(d, entry)}
         summary["non_strict"].append(item)
-        print(f"| {cid} | {verdict[b][cid] or 'not run'} | {cell(cut(item['description'], 200))} | {cell(cut(item['reason'], 500))} |")
+        print(f"| {cid} | {verdict[b][cid] or 'not run'} | {cell(cut(item['description'], 200))} "
+              f"| {cell(cut(item['reason'], 500))} |")
 
     # -- hung ----------------------------------------------------------------------------
     print()
@@ -267,14 +275,16 @@ def main() -> int:
         print(f"Hung (stopped at the per-case limit) or driver error, {LABEL.get(a, a)}: {', '.join(hung[a]) or 'none'}")
         cut_short = [cid for cid in all_ids if verdict[a][cid] and cid not in logs.get(a, {})]
         if cut_short:  # a verdict, but the driver never logged the case: it was stopped during it
-            print(f"Cut short by RUN_LIMIT during the case (its verdict is not the client's), {LABEL.get(a, a)}: {', '.join(cut_short)}")
+            print(f"Cut short by RUN_LIMIT during the case (its verdict is not the client's), {LABEL.get(a, a)}: "
+                  f"{', '.join(cut_short)}")
 
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1, default=str)
     sys.stdout.flush()
     if not count or total[b]["no verdict"]:
-        print(f"\nsummary: the baseline has a verdict for {count - total[b]['no verdict']} of {count} cases: harness failure", file=sys.stderr)
+        print(f"\nsummary: the baseline has a verdict for {count - total[b]['no verdict']} of {count} cases: harness failure",
+              file=sys.stderr)
         return 2
     return 1 if worse or total[c]["FAILED"] or total[c]["no verdict"] else 0
 

@@ -42,7 +42,7 @@ def main(url=None):
             deadline = time.monotonic() + 10
             while any(len(v.lines) < expected for v in views.values()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        orders = {tuple((l.sender, l.text) for l in v.lines) for v in views.values()}
+        orders = {tuple((line.sender, line.text) for line in v.lines) for v in views.values()}
         print(f"{len(PEOPLE)} clients, {min(len(v.lines) for v in views.values())} of {expected} lines each, "
               f"same order everywhere: {len(orders) == 1}")
     finally:

@@ -49,7 +49,8 @@ def main(url=None):
             view.edit([{"op": "add", "path": f"/owners/{who}", "value": n}])
 
         with TerminalRenderer([va, vb], refresh_per_second=8):
-            editors = [threading.Thread(target=edit, args=(v, who, 10), name=f"editor-{who}") for v, who in ((va, "a"), (vb, "b"))]
+            editors = [threading.Thread(target=edit, args=(v, who, 10), name=f"editor-{who}")
+                       for v, who in ((va, "a"), (vb, "b"))]
             for t in editors:
                 t.start()
             for t in editors:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import queue
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterator, List

@@ -60,7 +60,7 @@ def test_listen_with_a_store_then_history_reads_it_back(tmp_path):
         assert run("listen", server.url, "--store", db, "--max", "4", "--timeout", "30").returncode == 0
     result = run("history", db, "--after-seq", "2", "--json-lines")
     assert result.returncode == 0, result.stderr
-    assert [json.loads(l)["seq"] for l in result.stdout.splitlines()] == [3, 4]
+    assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [3, 4]
     assert "wsbridge: 2 message(s)" in result.stderr
     assert run("history", db, "--type", "nope").stdout == ""
     future = run("history", db, "--since", "2999-01-01T00:00")
@@ -97,7 +97,7 @@ def test_listen_reconnects_and_resumes_when_the_server_restarts():
             server.publish_many({"type": "tick"} for _ in range(3))  # while the client is away
             server.start()
             assert proc.wait(60) == 0
-            assert [json.loads(l)["seq"] for l in out.rest()] == [4, 5, 6]
+            assert [json.loads(line)["seq"] for line in out.rest()] == [4, 5, 6]
             text = "\n".join(err.seen + err.rest())
             assert "disconnected" in text and "reconnecting in" in text and "reconnects 1" in text
         finally:
@@ -220,7 +220,8 @@ def test_serve_a_chat_room_until_ctrl_c(make_client):
 
 
 def test_serve_a_feed_with_cuts_a_listener_loses_nothing(make_client, collector):
-    proc = start("serve", "--port", "0", "--mode", "feed", "--ticks", "400", "--cut-every", "0.5", "--resend", "3", "--duration", "30")
+    proc = start("serve", "--port", "0", "--mode", "feed", "--ticks", "400", "--cut-every", "0.5", "--resend", "3",
+                 "--duration", "30")
     try:
         url, _ = serving(proc)
         got = collector()

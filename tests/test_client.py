@@ -314,7 +314,7 @@ def test_stats_and_repr_hide_secrets(server, make_client):
 def test_a_message_is_delivered_while_the_next_frame_is_still_arriving(make_client):
     """The reader defers waking the dispatcher only while the next frame is
     complete in the kernel; half a frame must not hold back the one before."""
-    from wsbridge.testing.raw import BINARY, frame, RawServer
+    from wsbridge.testing.raw import BINARY, RawServer, frame
 
     with RawServer() as raw:
         client = make_client(raw.url, codec=RawCodec())
@@ -407,3 +407,11 @@ def test_pull_buffer_block_policy_loses_nothing(server, make_client):
     assert client.stats.pull_buffered == 10  # bounded: the dispatcher waits for the pull API's reader
     assert [client.recv(timeout=10).seq for _ in range(100)] == list(range(1, 101))
     assert client.stats.pull_dropped == 0
+
+
+def test_the_test_server_publishes_a_message_record():
+    """`Server.publish` takes `Message` records as well as dicts (a Message is a tuple,
+    which the server once took for a ``(data, binary)`` pair)."""
+    server = Server()
+    assert server.publish(Message("tick", {"px": 1}), {"type": "tick", "px": 2}) == [1, 2]
+    assert [e.seq for e in server.history] == [1, 2] and '"px":1' in server.history[0].data

@@ -57,7 +57,8 @@ def test_a_huge_pipe_length_is_refused_without_allocating():
         raise AssertionError("accepted a 100 GB length")
 
 
-@given(types, st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("type", "seq", "id", "stream")), json_values, max_size=5),
+@given(types,
+       st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("type", "seq", "id", "stream")), json_values, max_size=5),
        st.one_of(st.none(), st.integers()))
 def test_json_round_trip(mtype, body, seq):
     codec = JsonCodec()

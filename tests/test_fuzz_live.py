@@ -44,7 +44,7 @@ def test_json_client_survives_thousands_of_bad_frames_and_keeps_every_good_one(m
     rng = random.Random(11)
     frames, good = [], 0
     bad_kinds = list(bad_json_frames(rng))
-    for i in range(3000):
+    for _ in range(3000):
         if rng.random() < 0.4:
             frames.append(rng.choice(bad_kinds))
         else:

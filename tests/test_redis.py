@@ -274,7 +274,7 @@ def test_consumers_in_a_group_share_the_work_and_every_group_sees_everything(rs)
     fill(rs, "f", 1000)
     shares = {name: Collector() for name in ("a1", "a2", "b1")}
     consumers = [StreamConsumer(rs.url, "f", group=name[0], name=name, batch=20) for name in shares]
-    for consumer, collector in zip(consumers, shares.values()):
+    for consumer, collector in zip(consumers, shares.values(), strict=True):
         consumer.on("t", collector)
     total_a = lambda: len(shares["a1"]) + len(shares["a2"])  # noqa: E731
     try:
@@ -403,7 +403,8 @@ def test_the_bridge_command_says_when_redis_is_unreachable_and_stops_on_sigterm(
 
 
 def test_bridge_help_and_a_missing_redis_option():
-    out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
     assert out.returncode == 0 and "lease" in out.stdout and "examples:" in out.stdout
     out = subprocess.run([sys.executable, "-m", "wsbridge", "bridge", "ws://127.0.0.1:9/"], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)

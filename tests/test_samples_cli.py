@@ -28,7 +28,7 @@ def test_sample_chat_pull():
     result = run("samples/chat_pull.py")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [l.split(": ", 1)[1] for l in lines[:5]] == [f"message {i}" for i in range(1, 6)]
+    assert [line.split(": ", 1)[1] for line in lines[:5]] == [f"message {i}" for i in range(1, 6)]
     assert "me: hello?" in result.stdout
     assert "presence: {'type': 'presence', 'who': 'bot', 'online': False}" in result.stdout
 

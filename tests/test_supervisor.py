@@ -106,7 +106,9 @@ def test_stop_interrupts_an_unanswered_tcp_connect(make_client, collector):
     with Blackhole() as hole:
         client = make_client(hole.url, connect_timeout=60)
         client.start()
-        readers = lambda: [t for t in client.threads() if t.name.endswith("-reader-1") and t.is_alive()]
+        def readers():
+            return [t for t in client.threads() if t.name.endswith("-reader-1") and t.is_alive()]
+
         wait_until(lambda: readers(), what="reader thread dialling")
         reader = readers()[0]
         assert client.stop(timeout=3)  # not 60 s: the pending connect() is cut
@@ -124,7 +126,8 @@ def test_stop_during_a_backoff_wait_returns_at_once(make_client, free_port, coll
 
 
 def test_backoff_delays_follow_the_policy(make_client, free_port, collector):
-    client = make_client(f"ws://127.0.0.1:{free_port}/", backoff=Backoff(initial=0.01, factor=2, max_delay=0.04, jitter=0, max_attempts=4))
+    client = make_client(f"ws://127.0.0.1:{free_port}/",
+                         backoff=Backoff(initial=0.01, factor=2, max_delay=0.04, jitter=0, max_attempts=4))
     reconnecting, gave_up = collector(), collector()
     client.signals.reconnecting.connect(reconnecting)
     client.signals.gave_up.connect(gave_up)
@@ -252,11 +255,12 @@ def test_a_connection_lost_in_the_middle_of_a_flush_resumes_it_in_order(server, 
         client = make_client(proxy.url, backoff=FAST, outbox_size=20_000)
         for i in range(20_000):
             client.send({"type": "m", "i": i})  # not started: all of it waits in the send buffer
-        connected = connected_count(client, collector)
+        attempts = collector()
+        client.signals.connecting.connect(attempts)
         client.start()
         server.wait_received(1000)  # the flush is under way
         proxy.cut()
-        connected.wait(2, timeout=10)
+        attempts.wait(2, timeout=10)  # `connected` comes only once a flush is done: the second one
         client.wait_connected(timeout=30)  # the second flush is done
         client.send({"type": "end"})  # behind the flushed frames on the same connection
         server.wait_until(lambda s: bool(s.received) and '"end"' in s.received[-1].data, timeout=30, what="the end marker")

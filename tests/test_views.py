@@ -23,7 +23,7 @@ def test_chat_view_appends_in_order_and_keeps_the_last_lines():
     view = ChatView(max_lines=3)
     for i in range(5):
         view.handle(chat("ann", f"line {i}", 1_700_000_000.0 + i))
-    assert [(l.sender, l.text) for l in view.lines] == [("ann", "line 2"), ("ann", "line 3"), ("ann", "line 4")]
+    assert [(line.sender, line.text) for line in view.lines] == [("ann", "line 2"), ("ann", "line 3"), ("ann", "line 4")]
     assert view.lines[0].time == 1_700_000_002.0 and view.changes == 5
     view.handle(Message("chat", "plain text", received_at=5.0))  # pipe/raw payloads are the text
     assert view.lines[-1] == ("?", 5.0, "plain text")
@@ -68,11 +68,11 @@ def test_a_chat_room_through_the_server_three_clients(make_client):
         for name in ("ann", "bob", "cy"):
             views[name].say(f"hi from {name}", sender=name)
         for view in views.values():
-            wait_until(lambda: len(view.lines) == 3, what="3 chat lines")
-        texts = {name: sorted(l.text for l in v.lines) for name, v in views.items()}
+            wait_until(lambda view=view: len(view.lines) == 3, what="3 chat lines")
+        texts = {name: sorted(line.text for line in v.lines) for name, v in views.items()}
         assert all(t == ["hi from ann", "hi from bob", "hi from cy"] for t in texts.values())
         # one server order, so one order everywhere
-        assert len({tuple(l.text for l in v.lines) for v in views.values()}) == 1
+        assert len({tuple(line.text for line in v.lines) for v in views.values()}) == 1
 
 
 def test_two_clients_editing_one_document_converge(make_client):
@@ -180,3 +180,18 @@ def test_the_jupyter_widget_follows_the_view_at_a_bounded_rate_and_ends_with_the
     assert renderer.updates < 300  # a burst costs a few widget updates, not one each
     assert client.stop(timeout=10)
     assert renderer._closed and not [t for t in threading.enumerate() if t.name == "wsbridge-view-refresh"]
+
+
+def test_display_builds_the_registered_notebook_renderer():
+    """`View.display` builds a `JupyterRenderer` without the view module importing it
+    (the renderer registers itself when wsbridge.views is imported)."""
+    from wsbridge.views import JupyterRenderer
+
+    view = ChatView(max_lines=3)
+    view.handle(chat("ann", "hello"))
+    renderer = view.display(min_interval=0.01)
+    try:
+        assert isinstance(renderer, JupyterRenderer) and renderer.min_interval == 0.01
+        assert "hello" in renderer.widget.value
+    finally:
+        renderer.close()

@@ -14,7 +14,6 @@ import threading
 from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
-from conftest import wait_until
 
 import wsbridge
 from wsbridge import RawCodec
@@ -34,6 +33,8 @@ from wsbridge.testing.raw import (
     read_frame,
 )
 
+from conftest import wait_until
+
 
 @pytest.fixture
 def raw() -> Iterator[RawServer]:
@@ -41,7 +42,8 @@ def raw() -> Iterator[RawServer]:
         yield server
 
 
-def start(make_client: Callable[..., wsbridge.Client], url: str, collector: Any, **kwargs: Any) -> Tuple[wsbridge.Client, Any, Any]:
+def start(make_client: Callable[..., wsbridge.Client], url: str, collector: Any,
+          **kwargs: Any) -> Tuple[wsbridge.Client, Any, Any]:
     """A RawCodec client on ``url``: its messages and its error reports, collected."""
     kwargs.setdefault("codec", RawCodec())
     client = make_client(url, **kwargs)
@@ -238,7 +240,8 @@ def gives_up(make_client: Callable[..., wsbridge.Client], url: str, collector: A
         (lambda req: accept_response(req, b"Sec-WebSocket-Protocol: chat\r\n"), "subprotocol 'chat'"),
         (lambda req: accept_response(req, b"Sec-WebSocket-Extensions: permessage-deflate\r\n"), "permessage-deflate"),
         (lambda req: accept_response(req, b"X-Long: " + b"a" * 9000 + b"\r\n"), "exceeds 8192 bytes"),
-        (lambda req: accept_response(req, b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(20))), "exceeds 65536 bytes"),
+        (lambda req: accept_response(req, b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(20))),
+         "exceeds 65536 bytes"),
     ],
     ids=["accept-wrong", "accept-other-case", "unrequested-subprotocol", "unrequested-extension", "long-line", "long-head"],
 )

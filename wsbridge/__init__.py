@@ -11,18 +11,29 @@
 from .backoff import NO_RETRY, Backoff
 from .client import Client
 from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
-from .errors import ClientClosed, ConnectError, HandshakeError, MessageTooLarge, OutboxFull, ProtocolError, WireError, WsbridgeError
+from .errors import (
+    ClientClosed,
+    ConnectError,
+    HandshakeError,
+    LeaseLost,
+    MessageTooLarge,
+    OutboxFull,
+    ProtocolError,
+    StoreError,
+    UsageError,
+    WireError,
+    WsbridgeError,
+)
 from .message import Message
 from .outbox import Outbox
 from .sequence import Gap, SequenceTracker
 from .stats import Stats
-from .store import SQLiteStore, Store, StoreError
+from .store import SQLiteStore, Store
 
 __version__ = "0.1.0"
 
 _REDIS = {
     "RedisStreamStore": "redis_store",
-    "LeaseLost": "redis_store",
     "StreamConsumer": "consumer",
     "Lease": "lease",
     "Bridge": "bridge",
@@ -66,6 +77,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Gap",
+    "UsageError",
     "WireError",
     "WsbridgeError",
     "codec_by_name",

@@ -21,10 +21,11 @@ import threading
 from typing import Any, Callable, Optional
 
 from .client import Client
+from .errors import LeaseLost, StoreError
 from .lease import Lease
 from .redact import redact_url
-from .redis_store import LeaseLost, RedisStreamStore, feed_key
-from .store import StoreError
+from .redis_conn import feed_key
+from .redis_store import RedisStreamStore
 
 log = logging.getLogger("wsbridge")
 

@@ -27,15 +27,15 @@ import select
 import selectors
 import socket
 import ssl
-import time
 from typing import Any, Callable, Optional, Union
 
-from websocket import ABNF, WebSocketException
+from websocket import WebSocketException
 
 from .codec import DEFAULT_MAX_LENGTH
 from .errors import MessageTooLarge, WireError
 from .frames import CLOSE, MAX_CONTROL, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, parse_close
 from .handshake import Handshake
+from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket_send
 
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
@@ -55,7 +55,10 @@ class BufferedSocket:
     __slots__ = ("sock", "max_frame", "handshake", "_buf", "_pos", "_tls", "_timeout", "_direct")
 
     def __init__(
-        self, sock: Union[socket.socket, ssl.SSLSocket], max_frame: int = DEFAULT_MAX_LENGTH, handshake: Optional[Handshake] = None
+        self,
+        sock: Union[socket.socket, ssl.SSLSocket],
+        max_frame: int = DEFAULT_MAX_LENGTH,
+        handshake: Optional[Handshake] = None,
     ) -> None:
         self.sock = sock
         self.handshake = handshake
@@ -331,12 +334,13 @@ class ReadLoop:
         self.before_fail = before_fail
         """Called before a violation fails the connection (the client lets its
         subscribers finish the messages that came first; bounded)."""
+        self.running = True
+        """False once the connection is being cut (`Connection.abort`, any thread)."""
         self.close_sent = False
         """Has a close frame gone out (ours, or our echo of the server's)? Set by this thread
         and, before it starts waiting for the echo, by the supervisor's polite close."""
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
-        app = self.app
         buffered = self.buffered
         assert buffered is not None, "the connection wraps its socket on open"
         pending = buffered.pending
@@ -345,12 +349,12 @@ class ReadLoop:
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(buffered.fileno(), selectors.EVENT_READ)
-                while app.keep_running:
+                while self.running:
                     if pending() or selector.select(self.ping_timeout):
                         # Whole data frames at hand first; else one frame, waiting for it if need be.
                         if not fast() and not frame():
                             return
-                        while pending() and app.keep_running:
+                        while pending() and self.running:
                             if not fast() and not frame():
                                 return
                     check_callback()
@@ -391,7 +395,7 @@ class ReadLoop:
             if ws is not None and not self.close_sent:
                 ws.pong(payload)
         elif opcode == PONG:
-            self.app.last_pong_tm = time.time()
+            pong_received(self.app)
         else:
             self.closed_by_peer(payload)
             return False
@@ -422,11 +426,8 @@ class ReadLoop:
         sock = self.buffered
         if ws is None or sock is None:
             return
-        ws.connected = False  # websocket-client's teardown then sends no close of its own
-        frame = ABNF.create_frame(payload, ABNF.OPCODE_CLOSE)
-        if ws.get_mask_key:
-            frame.get_mask_key = ws.get_mask_key
-        data = frame.format()
+        close_frame_sent(ws)  # websocket-client's teardown then sends no close of its own
+        data = frame_bytes(ws, payload, ABNF.OPCODE_CLOSE)
         try:
             with ws.lock:
                 if wait or sock.writable_now():
@@ -444,7 +445,6 @@ class ReadLoop:
         buf, pos = sock._buf, sock._pos
         end = len(buf)
         deliver = self.deliver
-        app = self.app
         read_now = sock.read_now
         count = topups = 0
         drained = False
@@ -460,7 +460,9 @@ class ReadLoop:
                 if size == 126:
                     size, start = ((buf[pos + 2] << 8) | buf[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
                 elif size == 127:
-                    size, start = (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
+                    size, start = (
+                        (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
+                    )
                 stop = start + size
                 if size > sock.max_frame:
                     break  # too large: read_frame refuses it
@@ -472,7 +474,7 @@ class ReadLoop:
                     if opcode == 1 and not data.isascii():
                         check_text(data)
                     deliver(data, opcode)
-                    if not app.keep_running:
+                    if not self.running:
                         break
                     continue
                 if size > TOPUP_MAX:
@@ -503,6 +505,4 @@ class ReadLoop:
         raise RuntimeError("wsbridge reconnects in its supervisor, never inside websocket-client")
 
     def send(self, sock: Any, data: Union[str, bytes]) -> int:
-        from websocket._socket import send
-
-        return send(sock, data)
+        return socket_send(sock, data)

@@ -24,12 +24,23 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import websocket
-from websocket import ABNF
 
 from .buffered import BufferedSocket, ReadLoop, frame_complete
 from .codec import DEFAULT_MAX_LENGTH
 from .dial import open_socket, uses_proxy
 from .handshake import Handshake
+from .wsclient import (
+    ABNF,
+    App,
+    close_frame_sent,
+    frame_bytes,
+    handshake_subprotocol,
+    ping_times,
+    prepare_socket,
+    replace_socket,
+    socket_of,
+    stop_running,
+)
 
 try:  # POSIX: ask the kernel how many bytes wait, without reading them
     import fcntl
@@ -54,22 +65,6 @@ except ImportError:  # pragma: no cover
 
 OPCODE_BINARY = ABNF.OPCODE_BINARY
 OPCODE_TEXT = ABNF.OPCODE_TEXT
-
-
-class _App(websocket.WebSocketApp):
-    """WebSocketApp whose read loop knows about the `BufferedSocket` below the parser."""
-
-    def create_dispatcher(self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None) -> Any:
-        conn = self.connection
-        assert dispatcher is None and conn is not None, "wsbridge runs every connection in its own read loop"
-        sock = self.prepared_socket if isinstance(self.prepared_socket, BufferedSocket) else None
-        conn.reader = ReadLoop(
-            self, ping_timeout or 10, sock, conn._fast_frame, conn._after_run, conn._handle_control,
-            conn._max_message_size, handleDisconnect, conn._before_fail,
-        )
-        return conn.reader
-
-    connection: Optional["Connection"] = None
 
 
 class Connection:
@@ -104,7 +99,7 @@ class Connection:
         self._on_end = on_end
         self._on_drained = on_drained
         self._before_fail = before_fail
-        self._raw: Optional[socket.socket] = None
+        self._raw: Any = None  # the open socket (a `BufferedSocket`), for peeking at the next frame
         self._sslopt = sslopt
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -116,7 +111,7 @@ class Connection:
         self._aborted = threading.Event()
         if isinstance(headers, dict):
             headers = [f"{k}: {v}" for k, v in headers.items()]
-        self.app = app = _App(
+        self.app = app = App(
             url,
             header=headers,
             on_open=self._handle_open,
@@ -124,7 +119,7 @@ class Connection:
             on_close=self._handle_close,
             subprotocols=subprotocols,
         )
-        app.connection = self
+        app.make_reader = self._make_reader
         self.reader: Optional[ReadLoop] = None  # made by websocket-client's run_forever, on the reader thread
         self.handshake = Handshake()
         self.subprotocol: Optional[str] = None
@@ -148,11 +143,11 @@ class Connection:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self._connect_timeout
                 sock = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
-                self.app.prepared_socket = BufferedSocket(sock, self._max_message_size, self.handshake)
+                prepare_socket(self.app, BufferedSocket(sock, self._max_message_size, self.handshake))
             self.app.run_forever(
                 sslopt=self._sslopt,
                 ping_interval=self._ping_interval,
-                ping_timeout=self._ping_timeout,
+                ping_timeout=None,  # the supervisor judges pongs (it knows when backpressure, not the peer, is why)
                 skip_utf8_validation=True,
                 reconnect=0,
             )
@@ -175,6 +170,14 @@ class Connection:
             except Exception:
                 log.exception("wsbridge: connection end handler failed")
 
+    def _make_reader(self, ping_timeout: Any, disconnect: Callable[[Any], Any]) -> ReadLoop:
+        prepared = self.app.prepared_socket
+        self.reader = ReadLoop(
+            self.app, self._ping_timeout or 10, prepared if isinstance(prepared, BufferedSocket) else None,
+            self._fast_frame, self._after_run, self._handle_control, self._max_message_size, disconnect, self._before_fail,
+        )
+        return self.reader
+
     def _adopt(self, sock: socket.socket) -> None:
         """Make a socket being dialled reachable by `abort` (or refuse it)."""
         with self._sock_lock:
@@ -183,7 +186,7 @@ class Connection:
             self._sock = sock
 
     def _handle_open(self, app: websocket.WebSocketApp) -> None:
-        raw = app.sock.sock if app.sock else None
+        raw = socket_of(app)
         if raw is not None and self._io_timeout:
             # Bound every blocking send and every partial-frame read: a peer
             # that stops reading or stalls mid-frame is dead, not slow.
@@ -191,12 +194,12 @@ class Connection:
         if raw is not None and not isinstance(raw, BufferedSocket):
             # Dialled by websocket-client (through a proxy): wrapped now, so the
             # frames are read by the same reader as any other connection's.
-            raw = app.sock.sock = BufferedSocket(raw, self._max_message_size)
+            raw = BufferedSocket(raw, self._max_message_size)
+            replace_socket(app, raw)
         if self.reader is not None and raw is not None:
             self.reader.buffered = raw
         self._raw = raw
-        response = app.sock.handshake_response if app.sock else None
-        self.subprotocol = self.handshake.subprotocol if self.handshake.head else getattr(response, "subprotocol", None)
+        self.subprotocol = self.handshake.subprotocol if self.handshake.head else handshake_subprotocol(app)
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self._on_open_cb(self)
@@ -286,13 +289,7 @@ class Connection:
         ws = self.app.sock
         if ws is None or ws.sock is None:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        mask_key = ws.get_mask_key
-        out = []
-        for data, binary in frames:
-            frame = ABNF.create_frame(data, OPCODE_BINARY if binary else OPCODE_TEXT)
-            if mask_key:
-                frame.get_mask_key = mask_key
-            out.append(frame.format())
+        out = [frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT) for data, binary in frames]
         with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
             ws.sock.sendall(b"".join(out))
 
@@ -300,28 +297,36 @@ class Connection:
         """Has a ping gone unanswered for longer than ``ping_timeout``?"""
         if not self._ping_timeout:
             return False
-        last_ping = self.app.last_ping_tm
-        return bool(last_ping) and self.app.last_pong_tm < last_ping and now_wall - last_ping > self._ping_timeout
+        last_ping, last_pong = ping_times(self.app)
+        return bool(last_ping) and last_pong < last_ping and now_wall - last_ping > self._ping_timeout
 
     def close(self, code: int = 1000, reason: str = "", wait: float = 1.0) -> None:
         """Close politely: send a close frame, wait up to ``wait`` s for the
         peer's, then cut the socket. Joins nothing; see `join`."""
         self.closing = True
         ws = self.app.sock
-        if ws is not None and self.opened.is_set():
-            if self.reader is not None:
-                self.reader.close_sent = True  # the server's answer is not to be echoed
+        # Another thread's write may hold the send lock against a peer that does not
+        # read: then there is no polite close to be had, and the socket is cut.
+        if ws is not None and self.opened.is_set() and ws.lock.acquire(timeout=min(wait, 0.2)):
             try:
-                ws.send_close(code, reason.encode("utf-8"))
+                if self.reader is not None:
+                    self.reader.close_sent = True  # the server's answer is not to be echoed
+                close_frame_sent(ws)
+                if ws.sock is not None:
+                    ws.sock.sendall(frame_bytes(ws, code.to_bytes(2, "big") + reason.encode("utf-8")[:123], ABNF.OPCODE_CLOSE))
             except Exception:
                 pass
+            finally:
+                ws.lock.release()
             if self.ended.wait(wait):
                 return
         self.abort()
 
     def abort(self) -> None:
         """Cut the TCP connection at once; the reader thread then ends."""
-        self.app.keep_running = False
+        stop_running(self.app)
+        if self.reader is not None:
+            self.reader.running = False
         ws = self.app.sock
         with self._sock_lock:  # never while `_release` closes them
             self._aborted.set()  # before the shutdown: see open_socket

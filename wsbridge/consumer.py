@@ -16,20 +16,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 from .backoff import Backoff
 from .message import Message
 from .redact import redact_url
 from .redis_store import REDIS_ERRORS, connect, entry_message, feed_key
-from .signals import MessageHandler, Signals, Subscriber, deliver
+from .reporting import Reporter
+from .signals import Signals, Subscribable, deliver
 
 log = logging.getLogger("wsbridge")
 
 Entry = Tuple[bytes, Dict[bytes, bytes]]
 
 
-class StreamConsumer:
+class StreamConsumer(Subscribable):
     """Consume the feed ``feed`` (written by a `RedisStreamStore` or a bridge) as ``name`` in ``group``.
 
     ``start`` creates the group if needed (reading from ``start_id``: "0",
@@ -70,29 +71,13 @@ class StreamConsumer:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._next_claim = 0.0
-        self.handled = self.acked = self.claimed = self.errors = 0
-        """Counters: messages delivered, entries acknowledged, entries claimed from others, errors reported."""
+        self._reporter = Reporter(self, self.signals, self._emit, repr(self))
+        self.handled = self.acked = self.claimed = 0
+        """Counters: messages delivered, entries acknowledged, entries claimed from others."""
 
     def __repr__(self) -> str:
         return f"StreamConsumer({redact_url(self.redis_url)!r}, {self.feed!r}, group={self.group!r}, name={self.name!r})"
 
-    # -- subscribing (the same API as Client) ------------------------------------------
-    def on(self, mtype: str, fn: Optional[MessageHandler] = None) -> Any:
-        """Subscribe ``fn(message)`` to messages of type ``mtype``; usable as a decorator."""
-        if fn is None:
-            return lambda f: self.on(mtype, f)
-        self.signals.subscribe(self.signals.for_type(mtype), fn)
-        return fn
-
-    def on_any(self, fn: MessageHandler) -> MessageHandler:
-        """Subscribe ``fn(message)`` to every message."""
-        self.signals.subscribe(self.signals.message, fn)
-        return fn
-
-    def off(self, fn: Callable[..., Any], mtype: Optional[str] = None) -> int:
-        return self.signals.unsubscribe(fn, mtype)
-
-    # -- life --------------------------------------------------------------------------
     def start(self) -> "StreamConsumer":
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"wsbridge-consumer-{self.name}", daemon=True)
@@ -174,7 +159,7 @@ class StreamConsumer:
     def _read(self, start: str) -> List[Entry]:
         block = None if start != ">" else int(self.block * 1000)
         reply = self._redis.xreadgroup(self.group, self.name, {self.key: start}, count=self.batch, block=block)
-        return self._present(reply[0][1] if reply else [])
+        return self._present(cast(List[Entry], reply[0][1]) if reply else [])  # type: ignore[index]
 
     def _present(self, entries: List[Entry]) -> List[Entry]:
         """Drop (and acknowledge) entries that were trimmed from the stream while pending: they come back empty."""
@@ -220,28 +205,24 @@ class StreamConsumer:
                 continue
             signal = signals.types.get(message.type)
             if signal is not None and signal.receivers:
-                deliver(signal, self, self._subscriber_failed, message=message)
+                deliver(signal, self, self._reporter.subscriber_failed, message=message)
             if signals.message.receivers:
-                deliver(signals.message, self, self._subscriber_failed, message=message)
+                deliver(signals.message, self, self._reporter.subscriber_failed, message=message)
             self.handled += 1
         if done:
             self.acked += self._redis.xack(self.key, self.group, *done)
 
-    # -- reporting ------------------------------------------------------------------------
+    # -- reporting (on this thread: a consumer's signals are sent where they happen) ----------
     def _emit(self, signal: Any, **kwargs: Any) -> None:
-        deliver(signal, self, self._listener_failed, **kwargs)
+        deliver(signal, self, self._reporter.listener_failed, **kwargs)
 
     def _report(self, error: BaseException, context: str, **extra: Any) -> None:
-        self.errors += 1
-        deliver(self.signals.error, self, self._listener_failed, error=error, context=context, **extra)
+        self._reporter.report(error, context, **extra)
 
-    def _subscriber_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
-        fn = receiver.fn if isinstance(receiver, Subscriber) else receiver
-        log.error("%r: subscriber %r raised %r on %r", self, fn, exc, kwargs.get("message"))
-        self._report(exc, "subscriber", message=kwargs.get("message"), subscriber=fn)
-
-    def _listener_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
-        log.error("%r: signal receiver %r raised %r", self, receiver, exc)
+    @property
+    def errors(self) -> int:
+        """Errors reported so far (on the ``error`` signal), subscribers' included."""
+        return self._reporter.reported
 
 
 __all__ = ["StreamConsumer", "Message"]

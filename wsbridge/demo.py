@@ -73,7 +73,7 @@ def run_demo(
 
         client.on_any(track)
         renderer = TerminalRenderer([ticker, chat, status], refresh_per_second=8) if live else None
-        say = (lambda text: renderer.console.print(text)) if renderer is not None else out  # type: ignore[union-attr]
+        say = (lambda text: renderer.console.print(text)) if renderer is not None else out
         client.signals.disconnected.connect(
             lambda sender, **kw: client.state != "stopped" and say("  ~ connection cut by the chaos proxy")
         )
@@ -82,7 +82,8 @@ def run_demo(
         def reconnected(sender: Any, **kw: Any) -> None:
             opened[0] += 1
             if opened[0] > 1:
-                where = ", ".join(f"{stream} {seq}" for stream, seq in sorted(client.positions.items(), key=lambda kv: str(kv[0])))
+                positions = sorted(client.positions.items(), key=lambda kv: str(kv[0]))
+                where = ", ".join(f"{stream} {seq}" for stream, seq in positions)
                 say(f"  ~ reconnected; resuming after {where or 'nothing yet'}")
 
         client.signals.connected.connect(reconnected)
@@ -129,8 +130,8 @@ def run_demo(
     lost = sent - delivered
     rate_burst = (burst - 1) / (burst_marks["last"] - burst_marks["first"]) if len(burst_marks) == 2 and burst > 1 else 0.0
     if not live:
-        for line in render_text([ticker, chat], width=80).rstrip().splitlines():
-            out(line)
+        for row in render_text([ticker, chat], width=80).rstrip().splitlines():
+            out(row)
     out("")
     out("tally")
     out(f"  sent {sent:,} sequenced messages, received {delivered:,}, lost {lost}, "

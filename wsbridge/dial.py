@@ -25,8 +25,8 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 import websocket
-from websocket._http import _ssl_socket  # websocket-client's TLS wrapping, so sslopt means what it documents
-from websocket._url import get_proxy_info, parse_url
+
+from .wsclient import get_proxy_info, parse_url, ssl_socket  # TLS wrapping, so sslopt means what websocket-client documents
 
 Adopt = Callable[[socket.socket], None]
 
@@ -107,7 +107,7 @@ def _connect(sock: socket.socket, address: Any, deadline: float, aborted: thread
 
 
 def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: float, adopt: Adopt, where: str) -> socket.socket:
-    tls = _ssl_socket(sock, {**sslopt, "do_handshake_on_connect": False}, hostname)
+    tls = ssl_socket(sock, {**sslopt, "do_handshake_on_connect": False}, hostname)
     try:
         adopt(tls)
         tls.settimeout(_remaining(deadline, f"TLS handshake with {where}"))

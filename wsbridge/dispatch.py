@@ -4,17 +4,26 @@ The reader appends to a deque (atomic, lock-free) without waking anyone and
 calls `wake` once the socket has nothing more to read (or ``WAKE_EVERY``
 items piled up), so a burst costs one wake-up, not one per message: on two
 cores a futex wake and a GIL hand-off per frame cost more than the frame.
-The dispatcher takes everything waiting as one batch. The queue is bounded:
-when ``maxsize`` items wait, `put` blocks the reader, which stops reading
-the socket, so TCP pushes back on the server instead of memory growing.
+The dispatcher takes everything waiting as one batch.
+
+Data is bounded, in items and in bytes: when either bound is reached, `put`
+blocks the reader, which stops reading the socket, so TCP pushes back on the
+server instead of memory growing. While it waits, `holding` is true, so the
+supervisor does not take the silence for a dead peer. Control items
+(lifecycle and error signals) go in the same order with `put_control`,
+which never waits: a subscriber may stop the client or report an error
+however full the queue is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional
+
+from .message import Message
 
 log = logging.getLogger("wsbridge")
 
@@ -22,25 +31,74 @@ BATCH = 4096
 WAKE_EVERY = 256
 
 
+def weight(item: Any) -> int:
+    """The bytes an item counts for against the byte bound: a message's frame data."""
+    message = item if item.__class__ is Message else getattr(item, "message", None)
+    raw = message.raw if message is not None else None
+    return len(raw) if raw is not None else 0
+
+
+def _weigh(batch: List[Any]) -> int:
+    """`weight` of a whole batch (messages inline: this runs for every message)."""
+    total = 0
+    for item in batch:
+        if item.__class__ is Message:
+            raw = item.raw
+            if raw is not None:
+                total += len(raw)
+        else:
+            total += weight(item)
+    return total
+
+
 class Dispatcher:
-    def __init__(self, handle: Callable[[List[Any]], None], maxsize: int = 100_000, name: str = "wsbridge-dispatcher") -> None:
-        if maxsize < 1:
-            raise ValueError("dispatch queue maxsize must be >= 1")
+    """One thread that hands queued items, in order and in batches, to ``handle``.
+
+    ``on_exit`` runs on the dispatcher thread as it ends (the client closes
+    its store there: the thread that writes the store closes it).
+    """
+
+    def __init__(
+        self,
+        handle: Callable[[List[Any]], None],
+        maxsize: int = 100_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        name: str = "wsbridge-dispatcher",
+        on_exit: Callable[[], None] = lambda: None,
+    ) -> None:
+        if maxsize < 1 or max_bytes < 1:
+            raise ValueError("the dispatch queue's bounds must be >= 1")
         self._handle = handle
+        self._on_exit = on_exit
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self._queue: Deque[Any] = deque()
+        self._in_bytes = 0  # written by the thread that puts data (the reader)
+        self._out_bytes = 0  # written by the dispatcher thread
         self._wake = threading.Event()
         self._idle = False
         self._space = threading.Event()
         self._space_wanted = False
         self._closing = False
-        self._abandon = False
+        self._released = False
+        self.cut = False
+        """Set by `stop` once its time is up: the batch in hand ends after the current item."""
+        self.abandoned = 0
+        """Items never delivered because `stop` ran out of time (dispatcher thread)."""
         self.blocked = 0
         """How many times the reader waited for room (backpressure)."""
+        self.holding = False
+        """True while the reader waits for room (written by the reader)."""
+        self.released_at = 0.0
+        """`time.monotonic` when the reader last got room after waiting (written by the reader)."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._in_bytes - self._out_bytes
 
     @property
     def thread(self) -> threading.Thread:
@@ -49,19 +107,26 @@ class Dispatcher:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: Any) -> None:
-        """Queue one item without waking the dispatcher (unless many wait).
-
-        Blocks while the queue is full. Call `wake` when the burst is over.
-        """
+    def put(self, item: Any, size: int = 0) -> None:
+        """Queue one data item of ``size`` bytes without waking the dispatcher
+        (unless many wait). Blocks while the queue is full. Call `wake` when
+        the burst is over."""
         queue = self._queue
-        if len(queue) >= self.maxsize:
+        if len(queue) >= self.maxsize or self._in_bytes - self._out_bytes >= self.max_bytes:
             self.wake()
             self._wait_for_room()
+        self._in_bytes += size
         queue.append(item)
         if self._idle and len(queue) >= WAKE_EVERY:
             self._idle = False
             self._wake.set()
+
+    def put_control(self, item: Any) -> None:
+        """Queue a control item behind what is queued and wake the dispatcher;
+        never waits (from any thread)."""
+        self._queue.append(item)
+        self._idle = False
+        self._wake.set()
 
     def wake(self) -> None:
         """Have the dispatcher deliver what is queued."""
@@ -69,56 +134,78 @@ class Dispatcher:
             self._idle = False
             self._wake.set()
 
-    def put_now(self, item: Any) -> None:
-        """Queue one item and wake the dispatcher (for rare events)."""
-        self.put(item)
-        self.wake()
+    def _full(self) -> bool:
+        return len(self._queue) >= self.maxsize or self._in_bytes - self._out_bytes >= self.max_bytes
 
     def _wait_for_room(self) -> None:
         self.blocked += 1
-        while len(self._queue) >= self.maxsize and not self._closing:
-            self._space.clear()
-            self._space_wanted = True
-            if len(self._queue) < self.maxsize:
-                break
-            # The timeout only guards against a missed wake-up; the set() after
-            # each batch is what normally ends the wait.
-            self._space.wait(0.05)
+        self.holding = True
+        try:
+            while self._full() and not self._closing and not self._released:
+                self._space.clear()
+                self._space_wanted = True
+                if not self._full():
+                    break
+                # The timeout only guards against a missed wake-up; the set() after
+                # each batch is what normally ends the wait.
+                self._space.wait(0.05)
+        finally:
+            self.released_at = time.monotonic()
+            self.holding = False
+
+    def release_reader(self) -> None:
+        """Let a reader waiting for room go on (the client is stopping: its
+        connection is being closed, and the reader must see that to end)."""
+        self._released = True
+        self._space.set()
 
     def _run(self) -> None:
         queue = self._queue
         popleft = queue.popleft
-        while True:
-            if queue and not self._abandon:
-                batch = [popleft() for _ in range(min(len(queue), BATCH))]
-                try:
-                    self._handle(batch)
-                except Exception:  # the handler isolates subscribers; this is a bug guard
-                    log.exception("wsbridge dispatcher failed on a batch of %d items", len(batch))
-                if self._space_wanted:
-                    self._space_wanted = False
-                    self._space.set()
-                continue
-            if self._closing:
-                return
-            self._wake.clear()
-            self._idle = True
-            if queue or self._closing:
+        try:
+            while True:
+                if queue and not self.cut:
+                    batch = [popleft() for _ in range(min(len(queue), BATCH))]
+                    self._out_bytes += _weigh(batch)
+                    try:
+                        self._handle(batch)
+                    except Exception:  # the handler isolates every item; this is a bug guard
+                        log.exception("wsbridge dispatcher failed on a batch of %d items", len(batch))
+                    if self._space_wanted:
+                        self._space_wanted = False
+                        self._space.set()
+                    continue
+                if self._closing:
+                    self.abandoned += len(queue)
+                    return
+                self._wake.clear()
+                self._idle = True
+                if queue or self._closing:
+                    self._idle = False
+                    continue
+                self._wake.wait()
                 self._idle = False
-                continue
-            self._wake.wait()
-            self._idle = False
+        finally:
+            try:
+                self._on_exit()
+            except Exception:
+                log.exception("wsbridge dispatcher exit handler failed")
 
-    def stop(self, timeout: Optional[float] = None, drain: bool = True) -> bool:
-        """Deliver what is queued (unless ``drain`` is false), then end the thread.
+    def stop(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what is queued within ``timeout``, then end the thread: past
+        the timeout, the batch in hand ends after its current item and the rest
+        is abandoned (counted). Returns whether the thread ended in time.
 
-        Returns whether the thread ended within ``timeout``.
-        """
+        From the dispatcher thread itself (a subscriber stopping its client) it
+        only asks: the thread ends once the subscriber returns."""
         self._closing = True
-        if not drain:
-            self._abandon = True
         self._wake.set()
         self._space.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        if self._thread is threading.current_thread() or self._thread.ident is None:
+            return self._thread.ident is None
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self.cut = True
+            self._wake.set()
+            self._thread.join(0.05)
         return not self._thread.is_alive()

@@ -1,4 +1,4 @@
-"""Exceptions raised by wsbridge. All derive from `WsbridgeError`."""
+"""Exceptions raised by wsbridge, all of them defined here. All derive from `WsbridgeError`."""
 
 from __future__ import annotations
 
@@ -83,3 +83,32 @@ class HandshakeError(ConnectError):
     ``Sec-WebSocket-Accept``, a subprotocol or extension the client never asked
     for, header lines over the limits) or redirects elsewhere. Retrying cannot
     help, so the client gives up (unless ``retry_fatal``)."""
+
+
+class StoreError(WsbridgeError):
+    """The store cannot be opened, read or written."""
+
+
+class LeaseLost(StoreError):
+    """Another process holds the lease this writer was fenced by: it must stop writing."""
+
+
+class PatchError(WsbridgeError):
+    """A patch did not apply to the document a `DocumentView` holds."""
+
+
+class CliError(WsbridgeError):
+    """A failure of a ``wsbridge`` command, reported as ``wsbridge: <message>``
+    with the exit ``code`` (1 by default: ran, but did not do what was asked;
+    the codes are the ``EXIT_*`` constants in ``wsbridge.cli.common``)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UsageError(WsbridgeError, RuntimeError):
+    """A call that cannot work where it was made: the pull API from inside a
+    subscriber (it would wait for the very thread it runs on), or any method of
+    a client inherited through ``fork()`` (its threads and socket belong to the
+    parent process: make a new client in the child)."""

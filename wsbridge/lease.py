@@ -24,9 +24,10 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
-from .redis_store import REDIS_ERRORS, LeaseLost, connect, load_redis
+from .errors import LeaseLost
+from .redis_conn import REDIS_ERRORS, connect, load_redis
 
 log = logging.getLogger("wsbridge")
 
@@ -82,7 +83,7 @@ class Lease:
 
     def holder(self) -> Optional[str]:
         """The token of the current holder (None: nobody)."""
-        value = self._redis.get(self.key)
+        value = cast(Optional[bytes], self._redis.get(self.key))  # see connect: replies are bytes
         return value.decode() if value is not None else None
 
     def try_acquire(self) -> bool:

@@ -34,49 +34,22 @@ import collections
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Optional, Sequence, Tuple, cast
 
 from .backoff import Backoff
+from .errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, importable from here as before
+from .lease import Lease
 from .message import Message
 from .redact import redact_url
+from .redis_conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
+from .redis_conn import load_redis as load_redis  # re-exported: this module was its home
 from .sequence import Positions
-from .store import JSON_FRAME, Store, StoreError, decode_payload, encode_id, encode_payload, stream_key
+from .store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stream_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis
 
-    from .lease import Lease
-
 log = logging.getLogger("wsbridge")
-
-try:  # redis-py and msgpack are optional dependencies (the ``redis`` extra)
-    import msgpack as _msgpack
-    import redis as _redis
-except ImportError:  # pragma: no cover - the extra is installed for the tests
-    _redis = _msgpack = None  # type: ignore[assignment]
-
-REDIS_ERRORS: Tuple[Type[BaseException], ...] = (_redis.ConnectionError, _redis.TimeoutError) if _redis is not None else ()
-"""redis-py's errors for a Redis that cannot be reached (or is loading): retried, not fatal."""
-
-
-class LeaseLost(StoreError):
-    """Another process holds the lease this writer was fenced by: it must stop writing."""
-
-
-def load_redis() -> Any:
-    """redis-py, or a clear error when the extra is missing."""
-    if _redis is None:  # pragma: no cover - the extra is installed for the tests
-        raise StoreError("Redis support needs redis-py and msgpack: pip install 'wsbridge[redis]'")
-    return _redis
-
-
-def connect(url: str) -> "redis.Redis":
-    """A redis-py client for ``url`` with timeouts, so an unreachable server fails instead of hanging."""
-    return load_redis().Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=10)
-
-
-def feed_key(prefix: str, feed: str, name: str) -> str:
-    return f"{prefix}:{feed}:{name}"
 
 
 _APPEND = """
@@ -155,7 +128,7 @@ class RedisStreamStore(Store):
         maxlen: Optional[int] = None,
         buffer_size: int = 100_000,
         backoff: Optional[Backoff] = None,
-        lease: Optional["Lease"] = None,
+        lease: Optional[Lease] = None,
     ) -> None:
         if maxlen is not None and maxlen < 1:
             raise ValueError("maxlen must be >= 1 or None")
@@ -245,7 +218,7 @@ class RedisStreamStore(Store):
     # -- the client's side ------------------------------------------------------
     def positions(self) -> Positions:
         try:
-            raw = self._client().hgetall(self.key_positions)
+            raw = cast(Fields, self._client().hgetall(self.key_positions))
         except REDIS_ERRORS as exc:
             raise StoreError(f"cannot read the positions from {self!r}: {exc}") from exc
         return {(None if k == b"-" else k.decode()[2:]): int(v) for k, v in raw.items()}  # keys: store.stream_key
@@ -278,7 +251,7 @@ class RedisStreamStore(Store):
         self._next_key = key
         # One MessagePack argument for the batch: redis-py packs each argument in Python
         # (13.8 us a message for nine of them, measured), msgpack the whole batch in C.
-        self._write(len(messages), _msgpack.packb(rows, use_bin_type=False))  # raw, as Redis's cmsgpack reads
+        self._write(len(messages), msgpack.packb(rows, use_bin_type=False))  # raw, as Redis's cmsgpack reads
         return first
 
     def _write(self, count: int, batch: bytes) -> None:
@@ -386,7 +359,7 @@ class RedisStreamStore(Store):
         try:
             while True:
                 try:
-                    entries = client.xrange(self.key_messages, start, "+", count=page)
+                    entries = cast(Entries, client.xrange(self.key_messages, start, "+", count=page) or [])
                 except REDIS_ERRORS as exc:
                     raise StoreError(f"cannot read {self!r}: {exc}") from exc
                 for entry_id, fields in entries:
@@ -399,7 +372,7 @@ class RedisStreamStore(Store):
                 client.close()
 
 
-def entry_message(fields: Dict[bytes, bytes]) -> Message:
+def entry_message(fields: Fields) -> Message:
     """The `Message` a stream entry holds (``raw`` is not kept)."""
     stream = fields.get(b"stream", b"").decode()
     seq = fields.get(b"seq", b"")

@@ -31,7 +31,9 @@ def default_resume_request(codec: Codec, positions: Positions) -> Union[str, Map
     """The default request for ``codec``: a dict for JSON, a message for pipe, text otherwise."""
     entries = _entries(positions)
     if isinstance(codec, JsonCodec):
-        return {codec.type_field: RESUME_TYPE, "positions": entries}
+        # Encoded here, ASCII only: a stream name the server sent may hold anything
+        # JSON can (a lone surrogate, say), and must come back to it as it came.
+        return json.dumps({codec.type_field: RESUME_TYPE, "positions": entries}, separators=(",", ":"))
     if isinstance(codec, PipeCodec):
         return Message(RESUME_TYPE, json.dumps(entries, separators=(",", ":")))
     return json.dumps({"type": RESUME_TYPE, "positions": entries}, separators=(",", ":"))

@@ -33,7 +33,7 @@ class Gap(NamedTuple):
     last: int
 
     @property
-    def count(self) -> int:
+    def count(self) -> int:  # type: ignore[override]  # public API since 0.1; tuple.count(value) means nothing for a Gap
         return self.last - self.first + 1
 
 
@@ -55,7 +55,7 @@ class Outcome(NamedTuple):
 class _Stream:
     __slots__ = ("last", "held", "gap_since", "gap_first")
 
-    def __init__(self, last: Optional[int]) -> None:
+    def __init__(self, last: int) -> None:
         self.last = last
         self.held: Dict[int, Message] = {}
         self.gap_since = 0.0
@@ -83,10 +83,10 @@ class SequenceTracker:
 
     def positions(self) -> Positions:
         """Last contiguous sequence id per stream: what a resume asks to continue after."""
-        return {name: s.last for name, s in self._streams.items() if s.last is not None}
+        return {name: s.last for name, s in self._streams.items()}
 
     def open_gaps(self) -> List[Gap]:
-        return [Gap(name, s.last + 1, min(s.held) - 1) for name, s in self._streams.items() if s.held and s.last is not None]
+        return [Gap(name, s.last + 1, min(s.held) - 1) for name, s in self._streams.items() if s.held]
 
     def offer(self, msg: Message, now: float) -> Outcome:
         seq = msg.seq

@@ -8,6 +8,7 @@ called in isolation: one that raises is reported and the rest still run.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -19,42 +20,59 @@ MessageHandler = Callable[[Message], Any]
 
 
 class StrongSignal(Signal):
-    """A blinker `Signal` that holds its receivers strongly by default.
+    """A blinker `Signal` that holds its receivers strongly by default, and is
+    safe to connect to and disconnect from while another thread sends.
 
     blinker's default weak references silently drop a lambda or a closure
     the moment ``connect`` returns; a client's receivers should live as long
     as the client (``disconnect`` removes them). Pass ``weak=True`` for
     blinker's behaviour.
 
-    The receivers for a sender are worked out once and kept until the next
-    connect or disconnect (blinker computes them on every send, a measurable
-    share of a message's cost), unless a receiver is weakly held.
+    Every change to the receivers happens under a lock and publishes a new
+    tuple of them (copy on write); `receivers_for` returns the tuple of the
+    moment, so a send never iterates a dict another thread is changing: a
+    receiver connected before a send starts is called by it, one disconnected
+    before is not. (blinker itself computes the receivers on every send, a
+    measurable share of a message's cost; the tuple is also the cache.)
     """
 
     def __init__(self, doc: Optional[str] = None) -> None:
         super().__init__(doc)
-        self._cached: Optional[Tuple[Any, Tuple[Any, ...]]] = None
+        self._lock = threading.RLock()  # re-entrant: blinker's weak-reference cleanup may run inside a change
+        self._snapshot: Optional[Tuple[Any, ...]] = ()
+        self._by_sender_too = False  # has anything connected for one sender only?
 
-    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = False) -> Any:  # type: ignore[override]
-        self._cached = None
-        return super().connect(receiver, sender, weak)
+    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = False) -> Any:
+        with self._lock:
+            self._by_sender_too = self._by_sender_too or sender is not ANY
+            result = super().connect(receiver, sender, weak)
+            self._publish()
+        return result
 
     def disconnect(self, receiver: Any, sender: Any = ANY) -> None:
-        self._cached = None
-        super().disconnect(receiver, sender)
+        with self._lock:
+            super().disconnect(receiver, sender)
+            self._publish()
 
     def _disconnect(self, receiver_id: Any, sender_id: Any) -> None:  # also blinker's weak-reference cleanup
-        self._cached = None
-        super()._disconnect(receiver_id, sender_id)
+        with self._lock:
+            super()._disconnect(receiver_id, sender_id)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Work out the receivers anew (lock held). Weakly held or sender-specific
+        receivers are worked out at each send instead (None)."""
+        if self._by_sender_too or any(isinstance(r, weakref.ref) for r in self.receivers.values()):
+            self._snapshot = None
+        else:
+            self._snapshot = tuple(super().receivers_for(ANY))
 
     def receivers_for(self, sender: Any) -> Tuple[Any, ...]:  # type: ignore[override]
-        cached = self._cached
-        if cached is not None and cached[0] is sender:
-            return cached[1]
-        receivers = tuple(super().receivers_for(sender))
-        if not any(isinstance(r, weakref.ref) for r in self.receivers.values()):
-            self._cached = (sender, receivers)
-        return receivers
+        snapshot = self._snapshot
+        if snapshot is not None:
+            return snapshot
+        with self._lock:
+            return tuple(super().receivers_for(sender))
 
 
 class Subscriber:
@@ -99,12 +117,18 @@ class Signals:
     =============  ==========================================================
     """
 
-    NAMES = ("connecting", "connected", "disconnected", "reconnecting", "gave_up", "stopped", "message", "error", "dropped", "duplicate", "gap")
+    NAMES = (
+        "connecting", "connected", "disconnected", "reconnecting", "gave_up", "stopped",
+        "message", "error", "dropped", "duplicate", "gap",
+    )
 
     def __init__(self) -> None:
         for name in self.NAMES:
             setattr(self, name, StrongSignal(name))
         self.types: Dict[str, Signal] = {}
+        """The signal of each message type; replaced, never changed in place (read by
+        the dispatcher without a lock)."""
+        self._lock = threading.Lock()
 
     connecting: Signal
     connected: Signal
@@ -122,7 +146,11 @@ class Signals:
         """The signal of one message type, created on first use."""
         signal = self.types.get(mtype)
         if signal is None:
-            signal = self.types[mtype] = StrongSignal(f"type:{mtype}")
+            with self._lock:
+                signal = self.types.get(mtype)
+                if signal is None:
+                    signal = StrongSignal(f"type:{mtype}")
+                    self.types = {**self.types, mtype: signal}
         return signal
 
     def subscribe(self, signal: Signal, fn: MessageHandler) -> Subscriber:
@@ -143,6 +171,37 @@ class Signals:
                     signal.disconnect(receiver)
                     cut += 1
         return cut
+
+
+class Subscribable:
+    """``on`` / ``on_any`` / ``off`` over ``self.signals``: the subscription API of
+    `Client` and `StreamConsumer` alike. Safe from any thread at any time: a
+    subscriber added is called for every message delivered after `on` returned;
+    one removed, for none delivered after `off` returned."""
+
+    signals: "Signals"
+
+    def on(self, mtype: str, fn: Optional[MessageHandler] = None) -> Any:
+        """Subscribe ``fn(message)`` to messages of type ``mtype``.
+
+        Use as ``x.on("chat", fn)`` or as a decorator ``@x.on("chat")``.
+        Subscribers run on one thread, one message at a time, in arrival
+        order; returns ``fn`` so decorators stack.
+        """
+        def register(fn: MessageHandler) -> MessageHandler:
+            self.signals.subscribe(self.signals.for_type(mtype), fn)
+            return fn
+
+        return register if fn is None else register(fn)
+
+    def on_any(self, fn: MessageHandler) -> MessageHandler:
+        """Subscribe ``fn(message)`` to every message."""
+        self.signals.subscribe(self.signals.message, fn)
+        return fn
+
+    def off(self, fn: Callable[..., Any], mtype: Optional[str] = None) -> int:
+        """Unsubscribe ``fn`` (from ``mtype`` only, or from everything); returns how many links were cut."""
+        return self.signals.unsubscribe(fn, mtype)
 
 
 def deliver(

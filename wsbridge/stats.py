@@ -26,6 +26,7 @@ class Stats:
     pull_buffered: int = 0
     pull_dropped: int = 0
     dispatch_pending: int = 0
+    dispatch_bytes: int = 0
     backpressure_waits: int = 0
     duplicates: int = 0
     gaps: int = 0

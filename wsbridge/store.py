@@ -20,13 +20,9 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .errors import WsbridgeError
+from .errors import StoreError  # defined in errors.py; importable from here as before
 from .message import Message
 from .sequence import Positions
-
-
-class StoreError(WsbridgeError):
-    """The store cannot be opened, read or written."""
 
 
 class Store:

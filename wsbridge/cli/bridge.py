@@ -50,7 +50,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--redis", required=True, metavar="REDIS_URL", help="redis://host:port/db of the Redis to append to")
     parser.add_argument("--feed", default="default", metavar="NAME", help="the feed's name in Redis (default: default)")
     parser.add_argument("--prefix", default="wsbridge", metavar="P", help="key prefix in Redis (default: wsbridge)")
-    parser.add_argument("--maxlen", type=int, metavar="N", help="keep about N entries in the stream (XADD MAXLEN ~); default: all")
+    parser.add_argument("--maxlen", type=int, metavar="N",
+                        help="keep about N entries in the stream (XADD MAXLEN ~); default: all")
     parser.add_argument("--buffer", type=int, default=100_000, metavar="N",
                         help="messages kept locally while Redis is unreachable (default: 100000)")
     parser.add_argument("--lease-ttl", type=float, default=5.0, metavar="S",

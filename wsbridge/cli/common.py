@@ -19,10 +19,9 @@ import websocket
 from ..backoff import NO_RETRY, Backoff
 from ..client import Client
 from ..codec import CODECS, codec_by_name
-from ..errors import ConnectError, preview
+from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
 from ..message import Message
 from ..redact import redact_url
-from ..store import StoreError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,14 +37,6 @@ EXIT_CODES = """exit codes:
   2    usage error (bad option, bad URL)
   3    could not connect (unreachable, handshake refused, TLS verification failed)
   130  interrupted (Ctrl-C), after a clean stop"""
-
-
-class CliError(Exception):
-    """A failure to report as ``wsbridge: <message>`` with an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +124,7 @@ def wait_done(done: threading.Event, timeout: Optional[float]) -> None:
 
 def require_redis() -> None:
     """`CliError` unless the ``redis`` extra is installed."""
-    from ..redis_store import load_redis
+    from ..redis_conn import load_redis
 
     try:
         load_redis()

@@ -49,8 +49,10 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default="wsbridge", metavar="P", help="key prefix in Redis (default: wsbridge)")
     parser.add_argument("--group", default="wsbridge-cli", metavar="G", help="consumer group (default: wsbridge-cli)")
     parser.add_argument("--name", default="cli", metavar="N", help="this consumer's name in the group (default: cli)")
-    parser.add_argument("--from-now", action="store_true", help="a new group starts at the end of the stream (default: its start)")
-    parser.add_argument("--type", dest="types", action="append", metavar="T", help="print only messages of type T (repeatable; others are acknowledged too)")
+    parser.add_argument("--from-now", action="store_true",
+                        help="a new group starts at the end of the stream (default: its start)")
+    parser.add_argument("--type", dest="types", action="append", metavar="T",
+                        help="print only messages of type T (repeatable; others are acknowledged too)")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
     parser.add_argument("--max", type=int, metavar="N", help="stop after N printed messages")
     parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")

@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any, Optional
 
-from ..store import SQLiteStore, Store, StoreError
+from ..errors import StoreError
+from ..store import SQLiteStore, Store
 from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line, require_redis
 
 DESCRIPTION = """\
@@ -37,7 +38,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default="wsbridge", metavar="P", help="with a Redis URL: the key prefix (default: wsbridge)")
     parser.add_argument("--type", metavar="T", help="only messages of type T")
     parser.add_argument("--stream", metavar="S", help="only stream S")
-    parser.add_argument("--since", metavar="TIME", help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
+    parser.add_argument("--since", metavar="TIME",
+                        help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
     parser.add_argument("--after-seq", type=int, metavar="N", help="only sequence ids above N")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N messages")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message")

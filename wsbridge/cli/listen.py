@@ -106,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         client.on_any(show)
     gave_up = threading.Event()
-    client.signals.gave_up.connect(lambda sender, **kw: (gave_up.set(), done.set()))
+
+    def on_gave_up(sender: Any, **kw: Any) -> None:
+        gave_up.set()
+        done.set()
+
+    client.signals.gave_up.connect(on_gave_up)
 
     interrupted = False
     try:

@@ -42,9 +42,12 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
-    parser.add_argument("--mode", choices=("echo", "broadcast", "feed", "document"), default="echo", help="what the server does (default: echo)")
-    parser.add_argument("--codec", choices=sorted(CODECS), default="json", help="wire format of --script and --ticks (default: json)")
-    parser.add_argument("--script", metavar="FILE", help="messages, one JSON object per line: sent to each client on connect, or published in feed mode")
+    parser.add_argument("--mode", choices=("echo", "broadcast", "feed", "document"), default="echo",
+                        help="what the server does (default: echo)")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="json",
+                        help="wire format of --script and --ticks (default: json)")
+    parser.add_argument("--script", metavar="FILE",
+                        help="messages, one JSON object per line: sent to each client on connect, or published in feed mode")
     parser.add_argument("--ticks", type=float, metavar="RATE", help="feed mode: publish synthetic price ticks, RATE per second")
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     chaos = parser.add_argument_group("fault injection")
@@ -62,7 +65,7 @@ def _script(path: Optional[str]) -> List[dict]:
     items = []
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
+            for number, line in enumerate(f, 1):  # noqa: B007 - ``number`` is read by the ValueError handler below
                 if line.strip():
                     item = json.loads(line)
                     if not isinstance(item, dict):

@@ -4,6 +4,7 @@ order. Used by the tests, the delivery benchmark and the demo."""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -90,6 +91,9 @@ def run_chaos(
     client.signals.connected.connect(on_connected)
     deadline = time.monotonic() + timeout
 
+    def delivered(count: int) -> bool:
+        return state["n"] >= count
+
     def wait(predicate: Callable[[], bool], what: str) -> None:
         with lock:
             if not lock.wait_for(predicate, max(0.0, deadline - time.monotonic())):
@@ -106,7 +110,7 @@ def run_chaos(
                 state["cut_at"] = done_before + rng.randint(1, per_chunk * len(streams) - 1)
             for stream in streams:
                 publish(per_chunk, stream)
-            wait(lambda: state["n"] >= done_before + per_chunk * len(streams), f"chunk {chunk + 1} delivered")
+            wait(functools.partial(delivered, done_before + per_chunk * len(streams)), f"chunk {chunk + 1} delivered")
         if state["cuts"] and not connects.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise TimeoutError(f"chaos run: no reconnect after the last cut in {timeout} s; {client.stats}")
         elapsed = time.perf_counter() - start
@@ -114,4 +118,5 @@ def run_chaos(
     finally:
         client.stop()
     in_order = all(ids == list(range(1, len(ids) + 1)) for ids in seen.values())
-    return ChaosReport(total, state["n"], in_order, stats.duplicates, stats.gaps, stats.lost, state["cuts"], opened[0] - 1, elapsed)
+    return ChaosReport(total, state["n"], in_order, stats.duplicates, stats.gaps, stats.lost, state["cuts"], opened[0] - 1,
+                       elapsed)

@@ -71,7 +71,8 @@ class Proxy:
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,), name="wsbridge-proxy-accept", daemon=True)
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,), name="wsbridge-proxy-accept",
+                                               daemon=True)
         self._accept_thread.start()
 
     def refuse(self) -> None:
@@ -106,7 +107,8 @@ class Proxy:
                 self.accepted += 1
                 self._pairs.append(pair)
                 for src, dst, name in ((client, upstream, "up"), (upstream, client, "down")):
-                    thread = threading.Thread(target=self._pump, args=(pair, src, dst), name=f"wsbridge-proxy-{name}", daemon=True)
+                    thread = threading.Thread(target=self._pump, args=(pair, src, dst), name=f"wsbridge-proxy-{name}",
+                                              daemon=True)
                     pair.threads.append(thread)
                     self._threads.append(thread)
                     thread.start()

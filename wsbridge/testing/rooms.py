@@ -56,7 +56,10 @@ class DocumentServer(Server):
             import jsonpatch
 
             try:
-                self.document = jsonpatch.apply_patch(self.document, msg.get("patch"), in_place=False)
+                patch = msg.get("patch")
+                if patch is None:
+                    raise jsonpatch.InvalidJsonPatch("the message has no patch")
+                self.document = jsonpatch.apply_patch(self.document, patch, in_place=False)
             except Exception as exc:  # noqa: BLE001 - any bad patch is the sender's to hear about
                 await ws.send(json.dumps({"type": "patch_rejected", "reason": str(exc)}))
                 return

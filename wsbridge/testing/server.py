@@ -160,7 +160,7 @@ class Server:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
+                loop.call_soon_threadsafe(lambda: None if stop.done() else stop.set_result(None))
             except RuntimeError:
                 pass
         if self._thread is not None:
@@ -301,7 +301,8 @@ class Server:
         returns their sequence ids. Works while stopped, too."""
         return self.publish_many(items, stream=stream, timeout=timeout)
 
-    def publish_many(self, items: Iterable[Union[Message, dict]], stream: Optional[str] = None, timeout: float = 60.0) -> List[int]:
+    def publish_many(self, items: Iterable[Union[Message, dict]], stream: Optional[str] = None,
+                     timeout: float = 60.0) -> List[int]:
         entries: List[Published] = []
         with self._cond:
             seq = self._next_seq.get(stream, 1)
@@ -329,11 +330,11 @@ class Server:
         return [e.seq for e in entries]
 
     def _frame(self, item: Item) -> Tuple[Union[str, bytes], Optional[bool]]:
-        if isinstance(item, tuple):
-            data, binary = item
-            return data, not binary
         if isinstance(item, (str, bytes)):
             return item, None
+        if isinstance(item, tuple) and not isinstance(item, Message):  # (data, binary): a Message is a tuple too
+            data, binary = item
+            return data, not binary
         data, binary = self.codec.encode(item)
         return data, not binary
 

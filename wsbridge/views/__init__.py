@@ -12,9 +12,11 @@ Needs the ``views`` extra (``rich``, ``jsonpatch``); notebooks also ``ipywidgets
 (the ``jupyter`` extra).
 """
 
+from ..errors import PatchError
 from .base import View
 from .chat import ChatLine, ChatView
-from .document import DocumentView, PatchError
+from .document import DocumentView
+from .jupyter import JupyterRenderer  # registers itself as what View.display builds (ipywidgets is imported on use)
 from .status import StatusView
 from .terminal import TerminalRenderer, render_text
 from .ticker import TickerView
@@ -23,6 +25,7 @@ __all__ = [
     "ChatLine",
     "ChatView",
     "DocumentView",
+    "JupyterRenderer",
     "PatchError",
     "StatusView",
     "TerminalRenderer",

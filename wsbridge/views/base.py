@@ -5,6 +5,10 @@ in arrival order) and keeps plain Python state that tests and code can read.
 It knows nothing about terminals or notebooks: renderers (`TerminalRenderer`,
 `JupyterRenderer`) ask it for text, a ``rich`` renderable or HTML, at a rate
 of their own, and hear about changes through `add_listener`.
+
+Renderers import the views, never the other way round: `View.display` builds
+whatever notebook renderer was registered with `register_notebook_renderer`
+(``wsbridge.views`` registers `JupyterRenderer` when it is imported).
 """
 
 from __future__ import annotations
@@ -12,17 +16,39 @@ from __future__ import annotations
 import html
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Tuple
 
 from ..message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client
-    from .jupyter import JupyterRenderer
 
 log = logging.getLogger("wsbridge")
 
 Listener = Callable[["View"], None]
+
+
+class NotebookRenderer(Protocol):
+    """What `View.display` returns: a live rendering in a notebook cell (`JupyterRenderer`)."""
+
+    widget: Any
+    """The ``ipywidgets`` object shown."""
+
+    def display(self) -> "NotebookRenderer": ...
+
+    def refresh(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_notebook_renderer: Optional[Callable[..., NotebookRenderer]] = None
+
+
+def register_notebook_renderer(factory: Callable[..., NotebookRenderer]) -> None:
+    """Make `View.display` build ``factory(view, **options)`` (the renderer's module
+    registers itself, so the views need not import it)."""
+    global _notebook_renderer
+    _notebook_renderer = factory
 
 
 class View:
@@ -96,12 +122,12 @@ class View:
         """HTML for notebooks (escaped text by default)."""
         return f"<pre style='margin:0'>{html.escape(self.text())}</pre>"
 
-    def display(self, **options: Any) -> "JupyterRenderer":
-        """Show the view in a notebook cell as a live widget; returns the renderer
-        (``.close()`` it, or let `Client.stop` end the feed)."""
-        from .jupyter import JupyterRenderer
-
-        return JupyterRenderer(self, **options).display()
+    def display(self, **options: Any) -> NotebookRenderer:
+        """Show the view in a notebook cell as a live widget; returns the renderer,
+        a `JupyterRenderer` (``.close()`` it, or let `Client.stop` end the feed)."""
+        if _notebook_renderer is None:  # pragma: no cover - importing wsbridge.views registers one
+            raise RuntimeError("no notebook renderer is registered: import wsbridge.views.jupyter")
+        return _notebook_renderer(self, **options).display()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} changes={self.changes}>"

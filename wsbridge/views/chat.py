@@ -101,8 +101,8 @@ class ChatView(View):
 
     def to_html(self) -> str:
         rows = "".join(
-            f"<div><span style='color:#888'>{time.strftime('%H:%M:%S', time.localtime(l.time))}</span> "
-            f"<b>{html.escape(l.sender)}</b>: {html.escape(l.text)}</div>"
-            for l in self.lines
+            f"<div><span style='color:#888'>{time.strftime('%H:%M:%S', time.localtime(line.time))}</span> "
+            f"<b>{html.escape(line.sender)}</b>: {html.escape(line.text)}</div>"
+            for line in self.lines
         )
         return f"<div class='wsbridge-chat' style='font-family:monospace'>{rows}</div>"

@@ -9,16 +9,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Un
 import jsonpatch
 import jsonpointer
 
-from ..errors import WsbridgeError
+from ..errors import PatchError  # defined in errors.py; importable from here as before
 from ..message import Message
 from .base import View
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client, Sendable
-
-
-class PatchError(WsbridgeError):
-    """A patch did not apply to the document the view holds."""
 
 
 Request = Union[bool, Callable[[], "Sendable"], None]
@@ -90,6 +86,8 @@ class DocumentView(View):
                 return
             try:
                 ops = payload.get(self.patch_field) if isinstance(payload, dict) else _json(payload)
+                if ops is None:
+                    raise jsonpatch.InvalidJsonPatch(f"the message has no patch ({self.patch_field!r})")
                 # in_place=False: a patch that fails half-way leaves the document as it was
                 self._doc = jsonpatch.apply_patch(self._doc, ops, in_place=False)
                 self.applied += 1

@@ -1,4 +1,6 @@
-"""`JupyterRenderer`: a view as a live ``ipywidgets`` widget in a notebook."""
+"""`JupyterRenderer`: a view as a live ``ipywidgets`` widget in a notebook.
+
+Registered on import as what `View.display` builds (see `register_notebook_renderer`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .base import View
+from .base import View, register_notebook_renderer
 
 
 class JupyterRenderer:
@@ -85,3 +87,6 @@ class JupyterRenderer:
 
     def _repr_html_(self) -> str:  # shown where widgets are not rendered
         return self.view.to_html()
+
+
+register_notebook_renderer(JupyterRenderer)

@@ -99,5 +99,10 @@ class StatusView(View):
         from rich.text import Text
 
         line = self.text()
-        style = "green" if line.startswith("connected") else "yellow" if line.startswith(("reconnecting", "connecting", "backoff")) else "red"
+        if line.startswith("connected"):
+            style = "green"
+        elif line.startswith(("reconnecting", "connecting", "backoff")):
+            style = "yellow"
+        else:
+            style = "red"
         return Text(line, style=style)

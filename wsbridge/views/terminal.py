@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any, Sequence, Union
 
 from .base import View
@@ -16,7 +17,8 @@ class TerminalRenderer:
     rich's (stdout); pass ``rich.console.Console(record=True)`` to capture.
     """
 
-    def __init__(self, views: Union[View, Sequence[View]], *, console: Any = None, refresh_per_second: float = 4.0, transient: bool = False) -> None:
+    def __init__(self, views: Union[View, Sequence[View]], *, console: Any = None, refresh_per_second: float = 4.0,
+                 transient: bool = False) -> None:
         from rich.live import Live
 
         self.views = [views] if isinstance(views, View) else list(views)
@@ -59,14 +61,6 @@ def render_text(views: Union[View, Sequence[View]], width: int = 100) -> str:
     """The views as a terminal would show them, as plain text (for logs and tests)."""
     from rich.console import Console, Group
 
-    console = Console(width=width, record=True, file=_Discard(), color_system=None, force_terminal=False)
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None, force_terminal=False)
     console.print(Group(*([views] if isinstance(views, View) else views)))
     return console.export_text()
-
-
-class _Discard:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass

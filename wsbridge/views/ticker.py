@@ -82,7 +82,10 @@ class TickerView(View):
         columns = self._columns(rows)
         head = "".join(f"<th>{html.escape(c)}</th>" for c in (self.key, *columns, "updates"))
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (name, *(rows[name].get(c, "") for c in columns), self._updates.get(name, 0))) + "</tr>"
+            "<tr>"
+            + "".join(f"<td>{html.escape(str(v))}</td>"
+                      for v in (name, *(rows[name].get(c, "") for c in columns), self._updates.get(name, 0)))
+            + "</tr>"
             for name in sorted(rows, key=str)
         )
         return f"<table class='wsbridge-ticker'><tr>{head}</tr>{body}</table>"

@@ -1,0 +1,34 @@
+"""What wsbridge relies on in websocket-client beyond its documented API
+(`wsbridge.wsclient.CONTRACT`) still holds in the installed release: a release
+that changes any of it fails here, by name, not somewhere in a connection."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+import websocket
+
+from wsbridge.wsclient import CONTRACT
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "wsbridge"
+
+
+@pytest.mark.parametrize("what,check", CONTRACT, ids=[name for name, _ in CONTRACT])
+def test_websocket_client_still_offers(what, check):
+    assert check(), f"websocket-client {websocket.__version__} no longer offers: {what}"
+
+
+def test_only_wsclient_imports_websocket_clients_private_modules():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(name.startswith("websocket._") for name in names) and path.name != "wsclient.py":
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == []

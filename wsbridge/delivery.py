@@ -1,0 +1,211 @@
+"""Delivery: what the dispatcher thread does with each batch it takes.
+
+A batch holds items of a closed set of types (`Item`): received messages,
+stored messages replayed after a restart (`Stored`), signals to emit
+(`Emit`), the tick that gives up old gaps (`Expire`), and markers a thread
+waits on (`Barrier`). `Delivery.handle` runs a batch through the sequence
+tracker (duplicates out, held messages released in order), writes its new
+messages to the store in one transaction, then delivers item by item: to the
+subscribers of the type, to ``on_any`` subscribers, then to the pull buffer.
+Every item is delivered in isolation: a failure is reported and delivery
+goes on with the next item. Everything here belongs to the dispatcher thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Union
+
+from .dispatch import Dispatcher
+from .errors import StoreError
+from .message import Message
+from .pull import PullBuffer
+from .reporting import Reporter
+from .sequence import Outcome, Positions, SequenceTracker
+from .signals import Signals, deliver
+from .store import Store
+
+log = logging.getLogger("wsbridge")
+
+
+class Stored(NamedTuple):
+    """A message from the store, past its handled mark (replayed after a restart)."""
+
+    key: int
+    message: Message
+
+
+class Emit(NamedTuple):
+    """A signal to send, in line with the messages around it."""
+
+    signal: Any
+    kwargs: Dict[str, Any]
+
+
+class Expire:
+    """Give up gaps that waited longer than ``gap_timeout``."""
+
+    __slots__ = ()
+
+
+EXPIRE = Expire()
+
+
+class Barrier:
+    """Set ``done`` once every item queued before it was delivered."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+Item = Union[Message, Stored, Emit, Expire, Barrier]
+
+
+class Delivery:
+    """Runs on the dispatcher thread; owns the tracker, the positions and the counters below."""
+
+    def __init__(
+        self,
+        owner: Any,
+        signals: Signals,
+        reporter: Reporter,
+        tracker: SequenceTracker,
+        pull: PullBuffer,
+        store: Optional[Store],
+        raw_is_payload: bool,
+        want_resume: Callable[[], None],
+        name: str,
+    ) -> None:
+        self.owner = owner
+        self.signals = signals
+        self.reporter = reporter
+        self.tracker = tracker
+        self.positions: Positions = tracker.positions()
+        """The tracker's, as of the last batch: replaced, never changed in place (read by the supervisor)."""
+        self.pull = pull
+        self.store = store
+        self._raw_is_payload = raw_is_payload
+        self._want_resume = want_resume
+        self.name = name
+        self.dispatcher: Optional[Dispatcher] = None
+        self.dispatched = self.duplicates = self.gaps = self.lost = 0
+        self.stored = self.store_errors = self.replayed = self.abandoned = 0
+
+    # -- one batch ------------------------------------------------------------------------
+    def handle(self, batch: List[Item]) -> None:
+        """Dedup and order the batch, store it, then deliver it item by item."""
+        items = self._track(batch)
+        keys = self._store(items) if self.store is not None else None
+        pulled: List[Message] = []
+        dispatcher = self.dispatcher
+        for n, item in enumerate(items):
+            if dispatcher is not None and dispatcher.cut:  # stop() ran out of time
+                self.abandoned += len(items) - n
+                break
+            try:
+                if isinstance(item, Message):  # (a Message is a tuple: test it first)
+                    self._deliver(item, next(keys) if keys is not None else None)
+                    pulled.append(item)
+                else:
+                    self._other(item, pulled)
+            except Exception as exc:  # a bug guard: one item's failure never costs the others
+                log.exception("%s: delivering %r failed", self.name, item)
+                self.reporter.report(exc, "delivery")
+        if pulled and self.pull.enabled:
+            dropped = self.pull.extend(pulled)
+            if dropped:
+                deliver(self.signals.dropped, self.owner, self.reporter.listener_failed, what="pull", count=dropped)
+
+    def _deliver(self, message: Message, key: Optional[int]) -> None:
+        signals = self.signals
+        failed = self.reporter.subscriber_failed
+        signal = signals.types.get(message.type)  # read at each message: a type subscribed mid-batch counts
+        if signal is not None and signal.receivers:
+            deliver(signal, self.owner, failed, message=message)
+        if signals.message.receivers:
+            deliver(signals.message, self.owner, failed, message=message)
+        self.dispatched += 1
+        if key is not None:
+            self.store.mark_handled(key)  # type: ignore[union-attr]
+
+    def _other(self, item: Item, pulled: List[Message]) -> None:
+        if isinstance(item, Stored):
+            self.replayed += 1
+            self._deliver(item.message, item.key)
+            pulled.append(item.message)
+        elif isinstance(item, Emit):
+            deliver(item.signal, self.owner, self.reporter.listener_failed, **item.kwargs)
+        elif isinstance(item, Barrier):
+            item.done.set()
+        else:
+            raise TypeError(f"not a dispatcher item: {item!r}")
+
+    # -- sequence tracking --------------------------------------------------------------------
+    def _track(self, batch: List[Item]) -> List[Item]:
+        """Run the batch through the sequence tracker: duplicates out, held
+        messages released in order, gap and duplicate news as signals."""
+        tracker = self.tracker
+        out: List[Item] = []
+        now = time.monotonic()
+        for item in batch:
+            if item.__class__ is Message:
+                if item.seq is None and item.id is None:
+                    out.append(item)
+                else:
+                    self._tracked(tracker.offer(item, now), out, item)
+            elif item is EXPIRE:
+                for outcome in tracker.expire(now):
+                    self._tracked(outcome, out, None)
+            else:
+                out.append(item)
+        positions = tracker.positions()
+        if positions != self.positions:
+            self.positions = positions
+        return out
+
+    def _tracked(self, outcome: Outcome, out: List[Item], message: Optional[Message]) -> None:
+        gap_signal = self.signals.gap
+        if outcome.duplicate:
+            self.duplicates += 1
+            if self.signals.duplicate.receivers:
+                out.append(Emit(self.signals.duplicate, {"message": message}))
+            return
+        if outcome.opened is not None:
+            self.gaps += 1
+            gap = outcome.opened
+            log.info("%s: gap in stream %r: ids %d..%d missing; holding later messages back",
+                     self.name, gap.stream, gap.first, gap.last)
+            out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "open"}))
+            self._want_resume()
+        if outcome.lost is not None:
+            gap = outcome.lost
+            self.lost += gap.count
+            log.warning("%s: stream %r: %d message(s) (ids %d..%d) never arrived; going on without them",
+                        self.name, gap.stream, gap.count, gap.first, gap.last)
+            out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "lost"}))
+        out.extend(outcome.ready)
+        if outcome.filled is not None:
+            gap = outcome.filled
+            out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "filled"}))
+
+    # -- the store ----------------------------------------------------------------------------
+    def _store(self, items: List[Item]) -> Optional[Iterator[int]]:
+        """Write the batch's new messages in one transaction; their keys, in order."""
+        messages = [item for item in items if item.__class__ is Message]
+        if not messages:
+            return None
+        try:
+            first = self.store.append(messages, self.positions, self._raw_is_payload)  # type: ignore[union-attr]
+        except Exception as exc:
+            self.store_errors += 1
+            error = exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}")
+            log.error("%s: %s; delivering %d message(s) without storing them", self.name, error, len(messages))
+            deliver(self.signals.error, self.owner, self.reporter.listener_failed,
+                    error=error, context="store", count=len(messages))
+            return None
+        self.stored += len(messages)
+        return iter(range(first, first + len(messages)))

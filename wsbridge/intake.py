@@ -1,0 +1,48 @@
+"""The reader thread's half of a client: frames in, decoded messages queued.
+
+`Intake.on_frame` runs on the reader thread of the connection of the moment
+for every whole message the wire delivered (checked already: size, UTF-8;
+see `wsbridge.frames`). It decodes with the codec and queues the messages
+for the dispatcher, which blocks here while the dispatch queue is full (TCP
+backpressure). A frame the codec refuses is reported and the stream goes on.
+The counters are written by the reader thread only (one connection at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from .codec import Codec
+from .dispatch import Dispatcher
+from .errors import ProtocolError
+
+
+class Intake:
+    __slots__ = ("codec", "_dispatcher", "_report", "frames", "bytes", "received", "protocol_errors")
+
+    def __init__(self, codec: Codec, dispatcher: Dispatcher, report: Callable[..., Any]) -> None:
+        self.codec = codec
+        self._dispatcher = dispatcher
+        self._report = report
+        self.frames = self.bytes = self.received = self.protocol_errors = 0
+
+    def on_frame(self, data: bytes, binary: bool) -> None:
+        self.frames += 1
+        size = len(data)
+        self.bytes += size
+        try:
+            messages = self.codec.decode(data, binary, time.time())
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            self._report(exc, "decode", frame=data)
+            return
+        except Exception as exc:  # a codec bug must not kill the reader
+            self.protocol_errors += 1
+            self._report(ProtocolError(f"codec {self.codec!r} failed: {exc!r}", data), "decode", frame=data)
+            return
+        put = self._dispatcher.put
+        for message in messages:
+            raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
+            put(message, len(raw) if raw is not None else 0)
+        self.received += len(messages)

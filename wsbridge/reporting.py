@@ -1,0 +1,90 @@
+"""Reporting errors: on the ``error`` signal, and in the log without flooding it.
+
+One `Reporter` serves a `Client` and a `StreamConsumer` alike. Every error
+goes to the ``error`` signal, each time; the log gets it at WARNING only when
+nobody listens on that signal (a listener handles it; the log says DEBUG).
+A subscriber that raises is logged with its traceback the first time, and
+then, for the same subscriber and exception type, at most once every
+`SUMMARY_EVERY` seconds as a count: a subscriber that fails on every
+message does not print a traceback per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, Tuple
+
+from .signals import Signals, Subscriber, deliver
+
+log = logging.getLogger("wsbridge")
+
+SUMMARY_EVERY = 10.0
+"""Seconds between two log lines about the same failing subscriber."""
+
+
+class Reporter:
+    """Reports for one client or consumer (``owner``, the signals' sender).
+
+    ``emit(signal, **kwargs)`` is how a signal reaches its receivers: the
+    client queues it for the dispatcher (never waiting), a consumer delivers
+    it on its own thread. `subscriber_failed` runs on the delivering thread.
+    """
+
+    def __init__(self, owner: Any, signals: Signals, emit: Callable[..., None], name: str) -> None:
+        self._owner = owner
+        self._signals = signals
+        self._emit = emit
+        self._name = name
+        self.subscriber_errors = 0
+        """Subscriber exceptions so far (written by the delivering thread)."""
+        self.reported = 0
+        """Errors reported on the ``error`` signal, subscribers' included (a count for
+        a consumer's one thread; a client's many reporting threads may miss one)."""
+        self._seen: Dict[Tuple[Any, type], Tuple[float, int]] = {}  # (fn, exception type) -> (last logged, not logged since)
+        self._lock = threading.Lock()
+
+    def report(self, error: BaseException, context: str, **extra: Any) -> None:
+        """Report a recoverable error on the ``error`` signal (and the log when
+        nobody listens); from any thread, never waiting."""
+        if self._signals.error.receivers:
+            log.debug("%s: %s error: %s", self._name, context, error)
+        else:
+            log.warning("%s: %s error: %s", self._name, context, error)
+        self.reported += 1
+        self._emit(self._signals.error, error=error, context=context, **extra)
+
+    def subscriber_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
+        """A subscriber raised (called by `deliver` on the delivering thread):
+        the ``error`` signal each time, the log rate-limited."""
+        self.subscriber_errors += 1
+        fn = receiver.fn if isinstance(receiver, Subscriber) else receiver
+        message = kwargs.get("message")
+        self._log_failure(fn, exc, message)
+        self.reported += 1
+        if self._signals.error.receivers:
+            deliver(self._signals.error, self._owner, self.listener_failed,
+                    error=exc, context="subscriber", message=message, subscriber=fn)
+
+    def _log_failure(self, fn: Any, exc: BaseException, message: Any) -> None:
+        level = logging.DEBUG if self._signals.error.receivers else logging.ERROR
+        if not log.isEnabledFor(level):
+            return
+        key = (fn, type(exc))
+        now = time.monotonic()
+        with self._lock:
+            last, quiet = self._seen.get(key, (0.0, -1))
+            if quiet >= 0 and now - last < SUMMARY_EVERY:
+                self._seen[key] = (last, quiet + 1)
+                return
+            self._seen[key] = (now, 0)
+        if quiet <= 0:
+            log.log(level, "%s: subscriber %r raised on %r", self._name, fn, message, exc_info=exc)
+        else:
+            log.log(level, "%s: subscriber %r raised %s %d more time(s) in %.0f s; the last: %s",
+                    self._name, fn, type(exc).__name__, quiet + 1, now - last, exc)
+
+    def listener_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
+        """A receiver of a lifecycle or error signal raised: logged, never re-reported."""
+        log.error("%s: signal receiver %r raised", self._name, receiver, exc_info=exc)

@@ -1,0 +1,295 @@
+"""Sending: the send buffer (outbox), its lock, the flush after a connect, the resume request.
+
+`Sender` owns everything on the way out. ``send`` (any thread) writes
+straight to the open connection when the buffer is empty, else buffers;
+the supervisor `flush`-es the buffer in order after every (re)connect and
+only then opens the connection for direct sends, so a new message never
+overtakes a buffered one. Everything here is guarded by ``cond``; the
+counters are written under it.
+
+What cannot be encoded raises in `frame`, in the caller's thread, before
+anything is queued: a frame in the buffer can always be sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
+
+from .codec import Codec
+from .connection import Connection
+from .errors import ClientClosed, OutboxFull, StoreError, WsbridgeError
+from .message import Message
+from .outbox import Outbox
+from .sequence import Positions
+from .store import Store
+
+log = logging.getLogger("wsbridge")
+
+Sendable = Union[str, bytes, bytearray, memoryview, Message, Mapping[str, Any]]
+OutFrame = Tuple[Union[str, bytes], bool]
+ResumeBuilder = Callable[[Positions], Optional[Sendable]]
+
+FLUSH_BATCH = 512
+FLUSH_BATCH_BYTES = 256 * 1024
+"""The send buffer is flushed in writes of at most this many frames / bytes."""
+
+FLUSH_FORGET_EVERY = 256
+"""Kept frames the socket took are forgotten by the store in batches of this many
+(a crash in between sends those again: at least once, never lost)."""
+
+
+class Queued(NamedTuple):
+    """A frame in the send buffer; ``key`` is its place in the store, if kept there."""
+
+    data: Union[str, bytes]
+    binary: bool
+    key: Optional[int] = None
+
+
+class Counts:
+    """The sender's counters (written under the sender's lock)."""
+
+    __slots__ = ("sent", "queued", "flushed", "dropped", "store_errors", "resumes")
+
+    def __init__(self) -> None:
+        self.sent = self.queued = self.flushed = self.dropped = self.store_errors = self.resumes = 0
+
+
+class Sender:
+    def __init__(
+        self,
+        codec: Codec,
+        outbox: Outbox,
+        *,
+        store: Optional[Store],
+        resume: Optional[ResumeBuilder],
+        closed: Callable[[], Optional[str]],
+        report: Callable[..., None],
+        emit_dropped: Callable[[int], None],
+        outbox_timeout: Optional[float],
+        name: str,
+    ) -> None:
+        self.codec = codec
+        self.outbox = outbox
+        self.store = store
+        self.resume = resume
+        self._closed = closed  # why nothing can be sent (None: it can)
+        self._report = report
+        self._emit_dropped = emit_dropped
+        self._outbox_timeout = outbox_timeout
+        self.name = name
+        self.cond = threading.Condition()
+        self.live: Optional[Connection] = None
+        """Open and flushed: sends go straight out. Set only while the buffer is empty."""
+        self.inflight: List[Queued] = []
+        """The head of the buffer being flushed (kept until the socket took it)."""
+        self.sending = 0
+        """Threads inside a socket write right now (`stop` cuts rather than wait for them)."""
+        self.counts = Counts()
+
+    # -- any thread -----------------------------------------------------------------
+    def frame(self, obj: Sendable) -> OutFrame:
+        """``obj`` as ``(data, binary)``: text as `str`, binary as `bytes`.
+        Raises `ValueError` (or the codec's `TypeError`) for what cannot be sent."""
+        if isinstance(obj, str):
+            data: Union[str, bytes] = obj
+            binary = False
+        elif isinstance(obj, (bytes, bytearray, memoryview)):
+            return bytes(obj), True
+        else:
+            data, binary = self.codec.encode(obj)
+        if not binary:
+            try:
+                str(data).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"cannot send text that is not encodable as UTF-8 ({exc.reason} at index {exc.start}): "
+                    "a lone surrogate? Send bytes for binary data"
+                ) from None
+        return data, binary
+
+    def send(self, obj: Sendable, timeout: Optional[float] = None) -> None:
+        """Send ``obj`` now or buffer it (see `Client.send`)."""
+        frame = self.frame(obj)
+        dropped = None
+        with self.cond:
+            self._check_open()
+            if self.outbox.full and self.outbox.overflow == "block":
+                self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
+            conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
+            if conn is not None:
+                self.sending += 1
+                try:
+                    conn.send(*frame)
+                    self.counts.sent += 1
+                    return
+                except Exception as exc:
+                    log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
+                    self.live = None
+                    conn.abort()
+                finally:
+                    self.sending -= 1
+            dropped = self._queue(frame)
+            if dropped is not None:
+                self.counts.dropped += 1
+                total = self.counts.dropped
+        if dropped is not None:
+            log.warning("%s: send buffer full; dropped the oldest unsent message (%d dropped so far)", self.name, total)
+            self._emit_dropped(1)
+
+    def _check_open(self) -> None:
+        why = self._closed()
+        if why:
+            raise ClientClosed(f"{self.name} is {why}; nothing can be sent")
+
+    def _queue(self, frame: OutFrame) -> Optional[Queued]:
+        """Append to the buffer (and keep it in the store); return what the
+        overflow policy dropped. Lock held."""
+        key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
+        try:
+            dropped = self.outbox.put(Queued(frame[0], frame[1], key), keep=len(self.inflight))
+        except OutboxFull:
+            self._forget(key)
+            raise
+        self.counts.queued += 1
+        if dropped is not None:
+            self._forget(dropped.key)
+        return dropped
+
+    def _forget(self, key: Optional[int], through: bool = False) -> None:
+        if key is not None and self.store is not None:
+            self._keep(self.store.outbox_remove_through if through else self.store.outbox_remove, key)
+
+    def _keep(self, operation: Callable[..., Any], *args: Any) -> Any:
+        """A send-buffer operation on the store. A failure is reported, not
+        raised: the frame is still in memory (only a crash could lose it now)."""
+        try:
+            return operation(*args)
+        except Exception as exc:
+            self.counts.store_errors += 1
+            self._report(exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}"), "store")
+            return None
+
+    def _wait_for_room(self, timeout: Optional[float]) -> None:
+        """The ``block`` policy: wait (lock released) until the flush makes room."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.outbox.full:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise OutboxFull(f"send buffer still full ({self.outbox.maxsize} messages) after {timeout} s")
+            self.cond.wait(remaining)
+            self._check_open()
+
+    def unsent(self) -> List[OutFrame]:
+        with self.cond:
+            return [(q.data, q.binary) for q in self.outbox.items()]
+
+    def restore(self, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
+        """Frames kept in the store by an earlier run go first."""
+        with self.cond:
+            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept])
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait until the buffer is empty (every frame handed to a socket)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.outbox, timeout)
+
+    def close(self) -> None:
+        """No more direct sends; wake senders waiting for room (they see the client closed).
+        A socket write under way is cut first, so this never waits behind a peer that
+        does not read."""
+        conn = self.live
+        if conn is not None and self.sending:
+            conn.abort()
+        with self.cond:
+            self.live = None
+            self.cond.notify_all()
+
+    def drop_live(self, conn: Connection) -> None:
+        with self.cond:
+            if self.live is conn:
+                self.live = None
+
+    # -- supervisor thread ------------------------------------------------------------
+    def flush(self, conn: Connection, resume_from: Positions, stopping: threading.Event) -> bool:
+        """Send the buffer in order, then the resume request; open for direct
+        sends once both are out (so nothing new overtakes them).
+
+        Frames go out in batches (one system call for up to `FLUSH_BATCH`
+        frames or `FLUSH_BATCH_BYTES`) and leave the buffer only once the
+        socket took the whole batch: a connection lost mid-batch sends the
+        batch again on the next one (at least once, never lost).
+        """
+        cond = self.cond
+        sent_key: Optional[int] = None  # the last kept frame the socket took, not yet forgotten
+        unforgotten = 0
+        while True:
+            with cond:
+                batch = self.outbox.peek_many(FLUSH_BATCH)
+                if unforgotten and (not batch or unforgotten >= FLUSH_FORGET_EVERY):
+                    self._forget(sent_key, through=True)
+                    unforgotten = 0
+                if not batch:
+                    if not self.send_resume(conn, resume_from):
+                        return False
+                    if conn.is_open and not stopping.is_set():
+                        self.live = conn
+                        cond.notify_all()
+                        return True
+                    return False
+                size = 0
+                for n, item in enumerate(batch, 1):
+                    size += len(item.data)
+                    if size >= FLUSH_BATCH_BYTES:
+                        del batch[n:]
+                        break
+                self.inflight = batch
+            try:
+                conn.send_many([(item.data, item.binary) for item in batch])
+            except Exception as exc:
+                with cond:
+                    self.inflight = []
+                    if unforgotten:
+                        self._forget(sent_key, through=True)
+                log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self.outbox))
+                conn.abort()
+                return False
+            with cond:
+                self.inflight = []
+                self.outbox.pop_many(len(batch))
+                for item in batch:
+                    if item.key is not None:
+                        sent_key = item.key
+                        unforgotten += 1
+                self.counts.flushed += len(batch)
+                self.counts.sent += len(batch)
+                cond.notify_all()
+
+    def send_resume(self, conn: Connection, positions: Positions) -> bool:
+        """Ask the server for what came after ``positions`` (if there are any).
+        Lock held (in line with the sends, never between two frames). A request
+        that cannot be built or encoded is reported and skipped: it must never
+        take the connection down."""
+        if self.resume is None or not positions:
+            return True
+        try:
+            request = self.resume(dict(positions))
+            if request is None:
+                return True
+            frame = self.frame(request)
+        except Exception as exc:
+            self._report(WsbridgeError(f"the resume request could not be built: {exc!r}"), "send")
+            return True
+        try:
+            conn.send(*frame)
+        except Exception as exc:
+            log.info("%s: resume request not sent (%s)", self.name, exc)
+            conn.abort()
+            return False
+        self.counts.resumes += 1
+        self.counts.sent += 1
+        log.debug("%s: resume request sent for %d stream(s)", self.name, len(positions))
+        return True

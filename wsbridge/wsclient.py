@@ -1,0 +1,130 @@
+"""Everything wsbridge relies on in websocket-client beyond its documented API.
+
+wsbridge runs each connection in a `websocket.WebSocketApp` (its thread,
+handshake, ping thread, callbacks and teardown) but dials the socket, reads
+every frame and checks the upgrade itself. Doing so touches names and
+attributes websocket-client does not document; they are all here, and only
+here, listed in `CONTRACT`, which ``tests/test_wsclient_contract.py`` checks
+against the installed release so that a release that changes one of them
+fails loudly in the tests rather than quietly in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import websocket
+from websocket import ABNF, WebSocketApp
+from websocket._http import _ssl_socket as ssl_socket  # TLS wrapping with websocket-client's sslopt meaning
+from websocket._socket import send as socket_send  # the stock dispatcher's send
+from websocket._url import get_proxy_info, parse_url
+
+__all__ = [
+    "ABNF", "App", "CONTRACT", "get_proxy_info", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
+    "close_frame_sent", "frame_bytes", "handshake_subprotocol", "ping_times", "pong_received",
+    "replace_socket", "socket_of", "stop_running",
+]
+
+
+class App(WebSocketApp):
+    """A `WebSocketApp` whose read loop ("dispatcher") is made by ``make_reader``.
+
+    ``make_reader(ping_timeout, disconnect)`` returns the loop object;
+    ``disconnect`` is websocket-client's own end of a connection
+    (``handleDisconnect``: on_error, teardown, on_close; pass it an exception, or
+    a close frame as an `ABNF`)."""
+
+    make_reader: Optional[Callable[[Any, Callable[[Any], Any]], Any]] = None
+
+    def create_dispatcher(
+        self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None
+    ) -> Any:
+        assert dispatcher is None and self.make_reader is not None, "wsbridge runs every connection in its own read loop"
+        return self.make_reader(ping_timeout, handleDisconnect)
+
+
+def prepare_socket(app: WebSocketApp, sock: Any) -> None:
+    """Give the app a socket of ours (connected; a `BufferedSocket`) to upgrade and run on."""
+    app.prepared_socket = sock
+
+
+def socket_of(app: WebSocketApp) -> Any:
+    """The socket under the app's `websocket.WebSocket` (None before the upgrade and after teardown)."""
+    ws = app.sock
+    return ws.sock if ws is not None else None
+
+
+def replace_socket(app: WebSocketApp, sock: Any) -> None:
+    """Have the app read and write through ``sock`` (a wrapper of its own socket)."""
+    assert app.sock is not None
+    app.sock.sock = sock
+
+
+def handshake_subprotocol(app: WebSocketApp) -> Optional[str]:
+    response = app.sock.handshake_response if app.sock is not None else None
+    return getattr(response, "subprotocol", None)
+
+
+def stop_running(app: WebSocketApp) -> None:
+    app.keep_running = False
+
+
+def pong_received(app: WebSocketApp) -> None:
+    app.last_pong_tm = time.time()
+
+
+def ping_times(app: WebSocketApp) -> Tuple[float, float]:
+    """(last ping sent, last pong received), as ``time.time()`` values (0: none yet)."""
+    return app.last_ping_tm, app.last_pong_tm
+
+
+def close_frame_sent(ws: websocket.WebSocket) -> None:
+    """Tell websocket-client a close frame went out, so its teardown sends none of its own."""
+    ws.connected = False
+
+
+def frame_bytes(ws: websocket.WebSocket, payload: Union[str, bytes], opcode: int) -> bytes:
+    """One frame as the client sends it (masked with the app's mask source)."""
+    frame = ABNF.create_frame(payload, opcode)
+    if ws.get_mask_key:
+        frame.get_mask_key = ws.get_mask_key
+    return frame.format()
+
+
+def _app() -> WebSocketApp:
+    return WebSocketApp("ws://127.0.0.1:9/")
+
+
+def _params(fn: Any) -> List[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+_RUN_FOREVER = inspect.getsource(WebSocketApp.run_forever)
+
+CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
+    ("WebSocketApp.create_dispatcher(ping_timeout, dispatcher, is_ssl, handleDisconnect)",
+     lambda: _params(WebSocketApp.create_dispatcher)[1:5] == ["ping_timeout", "dispatcher", "is_ssl", "handleDisconnect"]),
+    ("WebSocketApp.run_forever makes its dispatcher with create_dispatcher",
+     lambda: "create_dispatcher(" in _RUN_FOREVER),
+    ("WebSocketApp.prepared_socket, used by run_forever as the socket to upgrade",
+     lambda: hasattr(_app(), "prepared_socket") and "socket=self.prepared_socket" in _RUN_FOREVER),
+    ("WebSocketApp.keep_running, last_ping_tm, last_pong_tm",
+     lambda: all(hasattr(_app(), a) for a in ("keep_running", "last_ping_tm", "last_pong_tm"))),
+    ("WebSocket.sock, connected, lock, get_mask_key, handshake_response",
+     lambda: all(hasattr(websocket.WebSocket(), a) for a in ("sock", "connected", "lock", "get_mask_key", "handshake_response"))),
+    ("WebSocket.pong, send, send_close",
+     lambda: all(callable(getattr(websocket.WebSocket, a)) for a in ("pong", "send", "send_close"))),
+    ("websocket._http._ssl_socket(sock, user_sslopt, hostname)",
+     lambda: _params(ssl_socket)[:3] == ["sock", "user_sslopt", "hostname"]),
+    ("websocket._url.parse_url -> (host, port, resource, secure)",
+     lambda: parse_url("wss://h:1/p") == ("h", 1, "/p", True)),
+    ("websocket._url.get_proxy_info(hostname, is_secure) -> (host, port, auth)",
+     lambda: len(get_proxy_info("127.0.0.1", False)) == 3),
+    ("websocket._socket.send(sock, data)",
+     lambda: _params(socket_send) == ["sock", "data"]),
+    ("ABNF.create_frame(data, opcode) and ABNF.format()",
+     lambda: ABNF.create_frame(b"x", ABNF.OPCODE_TEXT).format()[:1] == b"\x81"),
+]
+"""What wsbridge relies on, each with a check that it still holds."""
