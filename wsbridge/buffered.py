@@ -1,53 +1,28 @@
-"""The frame reader: a buffered socket, and the read loop that runs websocket-client.
+"""A socket with a read buffer, under wsbridge's frame reader (`wsbridge.reader`).
 
-websocket-client's own reader makes at least two ``recv`` calls per frame
-(the 2-byte header, then the payload, 16 KiB at a time) after one ``select``,
-and gets RFC 6455 wrong in ways that lose data: it hands a fragmented message
-on with the opcode of its last frame (0), joins fragments with a quadratic,
-unbounded ``bytes +=``, and accepts masked server frames. So wsbridge reads
-every frame itself, and uses websocket-client for the rest (the handshake,
-sending, pings, the callbacks and teardown of `WebSocketApp`).
-
+websocket-client's own reader makes at least two ``recv`` calls per frame (the
+2-byte header, then the payload, 16 KiB at a time) after one ``select``.
 `BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB
 and serves frames from memory; large payloads are read straight into their
 final buffer (``recv_into``). During the upgrade it shows `wsbridge.handshake`
 the request and the bounded response head before websocket-client reads it.
-
-`ReadLoop` is the loop websocket-client runs in (its "dispatcher" hook). Its
-fast path cuts a complete, unfragmented, unmasked text or binary frame lying
-whole in the buffer out in a few operations (text checked as UTF-8); every
-other frame (control frames, fragments, anything unusual, a frame still
-arriving) goes through `ReadLoop.read_frame` and the rules of `wsbridge.frames`.
+Only the connection's reader thread reads from it.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import selectors
 import socket
 import ssl
 from typing import Any, Callable, Optional, Union
 
-from websocket import WebSocketException
-
 from .codec import DEFAULT_MAX_LENGTH
-from .errors import MessageTooLarge, WireError
-from .frames import CLOSE, MAX_CONTROL, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, parse_close
+from .errors import MessageTooLarge
 from .handshake import Handshake
-from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket_send
 
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
-
-TOPUP_MAX = 64 * 1024
-"""The fast path tops a partly received frame up from the kernel itself when
-the frame is at most this big (larger ones are read into their final buffer)."""
-
-MAX_TOPUPS = 64
-"""Top-ups in one run of the fast path before it returns to the read loop
-(which checks pings and the stop flag between runs)."""
-
 
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
@@ -289,220 +264,3 @@ def _timed_out() -> Exception:
     from websocket import WebSocketTimeoutException
 
     return WebSocketTimeoutException("Connection timed out")
-
-
-class ReadLoop:
-    """websocket-client's read loop ("dispatcher"), and the frame reader under it.
-
-    Every frame is read here, never by websocket-client's parser: whole plain
-    data frames lying in the buffer by the fast path (`take_data_frames`), any
-    other frame by `read_frame`, which applies RFC 6455 (`wsbridge.frames`):
-    fragments are reassembled, pings answered, the close handshake completed,
-    and a violation fails the connection with its close code (`fail`).
-    Between reads it waits on the socket for at most ``ping_timeout``
-    (websocket-client's own choice) and runs its ping check after every wait,
-    as its stock loop does. Runs on the connection's reader thread, which owns
-    everything here.
-    """
-
-    def __init__(
-        self,
-        app: Any,
-        ping_timeout: Optional[float],
-        sock: Optional[BufferedSocket],
-        deliver: Callable[[bytes, int], Any],
-        after_run: Callable[[bool], Any],
-        on_control: Callable[[], Any],
-        max_message_size: int,
-        disconnect: Callable[[Any], Any],
-        before_fail: Callable[[], Any] = lambda: None,
-    ) -> None:
-        self.app = app
-        self.ping_timeout = ping_timeout
-        self.buffered: Optional[BufferedSocket] = sock
-        """The socket, wrapped; set later when websocket-client dialled it itself (through a proxy)."""
-        self.deliver = deliver
-        """``deliver(payload, opcode)``: where whole messages go (websocket-client's on_data, in effect)."""
-        self.after_run = after_run
-        """Called once after each run of frames the fast path delivered (not after each frame),
-        with True when the kernel was found empty (no more bytes to read now)."""
-        self.on_control = on_control
-        """Called after each control frame (ping, pong): the peer is alive."""
-        self.assembler = Reassembler(max_message_size)
-        self.disconnect = disconnect
-        """websocket-client's end of a connection (``handleDisconnect``: on_error, teardown, on_close)."""
-        self.before_fail = before_fail
-        """Called before a violation fails the connection (the client lets its
-        subscribers finish the messages that came first; bounded)."""
-        self.running = True
-        """False once the connection is being cut (`Connection.abort`, any thread)."""
-        self.close_sent = False
-        """Has a close frame gone out (ours, or our echo of the server's)? Set by this thread
-        and, before it starts waiting for the echo, by the supervisor's polite close."""
-
-    def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
-        buffered = self.buffered
-        assert buffered is not None, "the connection wraps its socket on open"
-        pending = buffered.pending
-        fast = self.take_data_frames
-        frame = self.read_frame
-        try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(buffered.fileno(), selectors.EVENT_READ)
-                while self.running:
-                    if pending() or selector.select(self.ping_timeout):
-                        # Whole data frames at hand first; else one frame, waiting for it if need be.
-                        if not fast() and not frame():
-                            return
-                        while pending() and self.running:
-                            if not fast() and not frame():
-                                return
-                    check_callback()
-        except WireError as exc:
-            self.fail(exc)
-            return
-        except (OSError, WebSocketException) as exc:  # the peer went away, the socket timed out mid-frame, no pong
-            self.disconnect(exc)
-            return
-        read_callback()  # stopped: websocket-client's teardown (it reads nothing once stopped)
-
-    def read_frame(self) -> bool:
-        """Read one frame, however it lies in the buffer and the kernel, and act
-        on it; False once the connection has ended (a close frame)."""
-        sock = self.buffered
-        assert sock is not None
-        head = sock.read_exact(2)
-        first, second = head[0], head[1]
-        check_header(first, second)
-        length = second & 0x7F
-        if length == 126:
-            length = int.from_bytes(sock.read_exact(2), "big")
-        elif length == 127:
-            length = int.from_bytes(sock.read_exact(8), "big")
-            if length >> 63:
-                raise WireError("a 64-bit frame length with its top bit set", PROTOCOL_ERROR, head)
-        opcode = first & 0x0F
-        if opcode < CLOSE:
-            check = self.assembler.begin(first, length)  # refuses a message past the limit before its payload is read
-            message = self.assembler.add(first, sock.read_exact(length, check) if length else b"")
-            if message is not None:
-                self.deliver(*message)
-                self.after_run(False)
-            return True
-        payload = sock.read_exact(length) if length else b""
-        if opcode == PING:
-            ws = self.app.sock
-            if ws is not None and not self.close_sent:
-                ws.pong(payload)
-        elif opcode == PONG:
-            pong_received(self.app)
-        else:
-            self.closed_by_peer(payload)
-            return False
-        self.on_control()
-        return True
-
-    def closed_by_peer(self, payload: bytes) -> None:
-        """The server's close frame: echo it (unless ours went first), then end."""
-        parse_close(payload)  # a bad code or reason raises: failed with 1002 / 1007
-        if not self.close_sent:
-            self._send_close(payload[:2])  # the RFC's usual echo: the code, no reason
-        # websocket-client's closed(frame): on_error, teardown, then on_close with the frame's code and reason
-        self.disconnect(ABNF(fin=1, opcode=ABNF.OPCODE_CLOSE, data=payload))
-
-    def fail(self, exc: WireError) -> None:
-        """Fail the connection (RFC 6455 §7.1.7): send a close frame with the
-        error's code if the socket takes it at once, then let it be cut."""
-        self.before_fail()
-        if not self.close_sent:
-            reason = exc.reason.encode("utf-8")[:MAX_CONTROL - 2]
-            self._send_close(exc.close_code.to_bytes(2, "big") + reason, wait=False)
-        self.disconnect(exc)
-
-    def _send_close(self, payload: bytes, wait: bool = True) -> None:
-        """Write a close frame; with ``wait=False`` only if the socket takes it now."""
-        self.close_sent = True
-        ws = self.app.sock
-        sock = self.buffered
-        if ws is None or sock is None:
-            return
-        close_frame_sent(ws)  # websocket-client's teardown then sends no close of its own
-        data = frame_bytes(ws, payload, ABNF.OPCODE_CLOSE)
-        try:
-            with ws.lock:
-                if wait or sock.writable_now():
-                    sock.sendall(data)
-        except OSError:
-            pass  # the peer is gone: nothing more to say
-
-    def take_data_frames(self) -> int:
-        """Deliver the whole, plain data frames at the front of the buffer;
-        return how many (0: the next frame is `read_frame`'s)."""
-        if self.assembler.opcode:
-            return 0  # inside a fragmented message
-        sock = self.buffered
-        assert sock is not None
-        buf, pos = sock._buf, sock._pos
-        end = len(buf)
-        deliver = self.deliver
-        read_now = sock.read_now
-        count = topups = 0
-        drained = False
-        while True:
-            if end - pos >= 2:
-                first, second = buf[pos], buf[pos + 1]
-                if first & 0xF0 != 0x80 or second & 0x80:
-                    break  # not FIN, extension bits, or masked: read_frame decides
-                opcode = first & 0x0F
-                if opcode != 1 and opcode != 2:
-                    break  # control frame, continuation or reserved: read_frame's
-                size, start = second, pos + 2
-                if size == 126:
-                    size, start = ((buf[pos + 2] << 8) | buf[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
-                elif size == 127:
-                    size, start = (
-                        (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
-                    )
-                stop = start + size
-                if size > sock.max_frame:
-                    break  # too large: read_frame refuses it
-                if stop <= end:
-                    pos = stop
-                    sock._pos = pos  # the buffer's state is right before anyone else looks
-                    count += 1
-                    data = buf[start:stop]
-                    if opcode == 1 and not data.isascii():
-                        check_text(data)
-                    deliver(data, opcode)
-                    if not self.running:
-                        break
-                    continue
-                if size > TOPUP_MAX:
-                    break  # a large frame still arriving: read into its final buffer by read_frame
-            # The buffer ends inside a frame (or at a frame's end): take what
-            # the kernel has now, rather than a select and a blocking read.
-            if topups >= MAX_TOPUPS:
-                break
-            more = read_now()
-            if not more:
-                drained = sock._direct
-                break
-            topups += 1
-            buf = buf[pos:] + more if pos < end else more
-            pos, end = 0, len(buf)
-            sock._buf, sock._pos = buf, 0
-        if pos >= end:
-            sock._buf, sock._pos = b"", 0
-        if count:
-            self.after_run(drained)
-        return count
-
-    # Unused with reconnect=0, but part of websocket-client's dispatcher contract.
-    def timeout(self, seconds: Optional[float], callback: Callable[[], Any]) -> None:
-        callback()
-
-    def reconnect(self, seconds: int, reconnector: Callable[..., Any]) -> None:
-        raise RuntimeError("wsbridge reconnects in its supervisor, never inside websocket-client")
-
-    def send(self, sock: Any, data: Union[str, bytes]) -> int:
-        return socket_send(sock, data)

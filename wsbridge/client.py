@@ -27,15 +27,15 @@ import os
 import threading
 import time
 from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Union
-from urllib.parse import urlsplit
 
 from .backoff import Backoff
 from .codec import DEFAULT_MAX_LENGTH, Codec, JsonCodec
-from .delivery import Barrier, Delivery, Emit
+from .delivery import Delivery, Emit
 from .dispatch import Dispatcher
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
 from .intake import Intake
 from .message import Message
+from .options import ConnectOptions
 from .outbox import Outbox
 from .policy import ReconnectPolicy
 from .pull import PullBuffer
@@ -48,15 +48,11 @@ from .signals import Signals, Subscribable
 from .state import Lifecycle, State
 from .stats import Stats
 from .store import Store
-from .supervisor import ConnectOptions, Supervisor, describe
+from .supervisor import Supervisor, describe
 
 log = logging.getLogger("wsbridge")
 
 __all__ = ["Client", "Sendable", "OutFrame", "ResumeBuilder"]
-
-SETTLE_TIMEOUT = 1.0
-"""How long a reader that must fail its connection waits for the subscribers to
-finish the messages that came before the violation (their replies go out first)."""
 
 _ids = itertools.count(1)
 _live_clients: "Dict[int, Client]" = {}
@@ -124,7 +120,10 @@ class Client(Subscribable):
         max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
     ) -> None:
-        _check_options(url, ping_interval, ping_timeout, idle_timeout, max_message_size, connect_timeout, close_timeout)
+        self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
+            url, dict(headers or {}), sslopt, subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
+            idle_timeout, connect_timeout, close_timeout, max_message_size,
+        )
         self.url = url
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
@@ -133,21 +132,16 @@ class Client(Subscribable):
         self._pid = os.getpid()
         self._lifecycle = Lifecycle()
         self._store_closed = False
-        self.options = ConnectOptions(
-            url, dict(headers or {}), sslopt, subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
-            idle_timeout, connect_timeout, close_timeout, max_message_size,
-        )
         self.policy = ReconnectPolicy(backoff if backoff is not None else Backoff(), retry_fatal)
         self._reporter = Reporter(self, self.signals, self._emit, self.name)
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
-        self._dispatcher = Dispatcher(
-            self._deliver_batch, dispatch_queue, dispatch_queue_bytes, name=f"{self.name}-dispatcher", on_exit=self._close_store,
-        )
         self._delivery = Delivery(
             self, self.signals, self._reporter, SequenceTracker(gap_timeout=gap_timeout, max_held=max_held), self._pull,
             store, self.codec.raw_is_payload, self._want_resume, self.name,
         )
-        self._delivery.dispatcher = self._dispatcher
+        self._dispatcher = self._delivery.dispatcher = Dispatcher(
+            self._delivery.handle, dispatch_queue, dispatch_queue_bytes, name=f"{self.name}-dispatcher", on_exit=self._close_store
+        )
         builder: Optional[ResumeBuilder] = self._default_resume if resume is True else (resume or None)
         self._sender = Sender(
             self.codec, Outbox(outbox_size, outbox_overflow), store=store, resume=builder, closed=self._closed_why,
@@ -158,7 +152,7 @@ class Client(Subscribable):
         self._supervisor = Supervisor(
             self, self.options, self.policy, lifecycle=self._lifecycle, signals=self.signals, emit=self._emit,
             report=self._reporter.report, sender=self._sender, dispatcher=self._dispatcher, delivery=self._delivery,
-            intake=self._intake, store=store, settle=self._settle, on_give_up=self._pull.close, name=self.name,
+            intake=self._intake, store=store, on_give_up=self._pull.close, name=self.name,
         )
 
     # -- options, for code that read them as attributes ------------------------------------
@@ -392,23 +386,6 @@ class Client(Subscribable):
     def _want_resume(self) -> None:
         self._supervisor.want_resume()
 
-    def _settle(self) -> None:
-        """Before the reader fails its connection: let subscribers finish every
-        message that came before the violation, so what they send in reply goes
-        out before the close frame, as it would from a synchronous handler (a
-        reply still in the send buffer, the connection being new, is given time
-        to be flushed). Bounded by `SETTLE_TIMEOUT`; skipped when stopping."""
-        if self._supervisor.stopping.is_set():
-            return
-        deadline = time.monotonic() + SETTLE_TIMEOUT
-        barrier = Barrier()
-        self._dispatcher.put_control(barrier)
-        if barrier.done.wait(SETTLE_TIMEOUT):
-            self._sender.wait_empty(max(0.0, deadline - time.monotonic()))
-
-    def _deliver_batch(self, batch: List[Any]) -> None:
-        self._delivery.handle(batch)
-
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
             raise UsageError(
@@ -442,25 +419,3 @@ class Client(Subscribable):
             connects=sup.connects, reconnects=max(0, sup.connects - 1), connect_attempts=sup.attempts,
             disconnects=sup.disconnects,
         )
-
-
-def _check_options(
-    url: str, ping_interval: float, ping_timeout: float, idle_timeout: Optional[float], max_message_size: int,
-    connect_timeout: float, close_timeout: float,
-) -> None:
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"a WebSocket URL starts with ws:// or wss://, not {redact_url(url)!r}")
-    if ping_interval < 0 or ping_timeout < 0:
-        raise ValueError("ping_interval and ping_timeout must be >= 0")
-    if ping_interval and ping_timeout and ping_interval <= ping_timeout:
-        raise ValueError(
-            f"ping_interval ({ping_interval}) must be greater than ping_timeout ({ping_timeout}): "
-            "a ping must be answered before the next one is due"
-        )
-    if idle_timeout is not None and idle_timeout <= 0:
-        raise ValueError("idle_timeout must be > 0 or None")
-    if max_message_size < 1:
-        raise ValueError("max_message_size must be >= 1 byte")
-    if connect_timeout <= 0 or close_timeout < 0:
-        raise ValueError("connect_timeout must be > 0 and close_timeout >= 0")

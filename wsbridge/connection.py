@@ -21,14 +21,15 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import websocket
 
-from .buffered import BufferedSocket, ReadLoop, frame_complete
-from .codec import DEFAULT_MAX_LENGTH
+from .buffered import BufferedSocket, frame_complete
 from .dial import open_socket, uses_proxy
 from .handshake import Handshake
+from .options import ConnectOptions
+from .reader import ReadLoop
 from .wsclient import (
     ABNF,
     App,
@@ -67,57 +68,37 @@ OPCODE_BINARY = ABNF.OPCODE_BINARY
 OPCODE_TEXT = ABNF.OPCODE_TEXT
 
 
+class Hooks(NamedTuple):
+    """Where a connection reports, each called on its reader thread."""
+
+    on_frame: Callable[[bytes, bool], None]
+    """Every whole message: ``(data, binary)``."""
+    on_open: Callable[["Connection"], None]
+    on_end: Callable[["Connection"], None]
+    """Once, as the reader thread is about to exit."""
+    on_drained: Callable[[], None] = lambda: None
+    """The kernel holds no further whole frame: time to wake the dispatcher."""
+    before_fail: Callable[[], None] = lambda: None
+    """A violation is about to fail the connection (see `ReadLoop.fail`)."""
+
+
 class Connection:
-    """A single WebSocket connection, run by one named reader thread.
+    """A single WebSocket connection, run by one named reader thread."""
 
-    ``on_frame(data, binary)`` runs on the reader thread for every complete
-    data frame; ``on_end(conn)`` once, when the reader thread is about to exit.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        on_frame: Callable[[bytes, bool], None],
-        on_open: Callable[["Connection"], None],
-        on_end: Callable[["Connection"], None],
-        on_drained: Callable[[], None] = lambda: None,
-        before_fail: Callable[[], None] = lambda: None,
-        headers: Optional[Union[Dict[str, str], List[str]]] = None,
-        sslopt: Optional[Dict[str, Any]] = None,
-        subprotocols: Optional[List[str]] = None,
-        ping_interval: float = 0,
-        ping_timeout: Optional[float] = None,
-        io_timeout: Optional[float] = None,
-        connect_timeout: float = 10.0,
-        max_message_size: int = DEFAULT_MAX_LENGTH,
-        name: str = "wsbridge-reader",
-    ) -> None:
-        self.url = url
-        self._on_frame = on_frame
-        self._on_open_cb = on_open
-        self._on_end = on_end
-        self._on_drained = on_drained
-        self._before_fail = before_fail
-        self._raw: Any = None  # the open socket (a `BufferedSocket`), for peeking at the next frame
-        self._sslopt = sslopt
-        self._ping_interval = ping_interval
-        self._ping_timeout = ping_timeout
-        self._io_timeout = io_timeout
-        self._connect_timeout = connect_timeout
-        self._max_message_size = max_message_size
+    def __init__(self, options: ConnectOptions, hooks: Hooks, name: str = "wsbridge-reader") -> None:
+        self.url = options.url
+        self.options = options
+        self.hooks = hooks
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
         self._aborted = threading.Event()
-        if isinstance(headers, dict):
-            headers = [f"{k}: {v}" for k, v in headers.items()]
         self.app = app = App(
-            url,
-            header=headers,
+            options.url,
+            header=[f"{k}: {v}" for k, v in options.headers.items()],
             on_open=self._handle_open,
             on_error=self._handle_error,
             on_close=self._handle_close,
-            subprotocols=subprotocols,
+            subprotocols=options.subprotocols,
         )
         app.make_reader = self._make_reader
         self.reader: Optional[ReadLoop] = None  # made by websocket-client's run_forever, on the reader thread
@@ -141,12 +122,12 @@ class Connection:
     def _run(self) -> None:
         try:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
-                deadline = time.monotonic() + self._connect_timeout
-                sock = open_socket(self.url, self._sslopt, deadline, self._adopt, self._aborted)
-                prepare_socket(self.app, BufferedSocket(sock, self._max_message_size, self.handshake))
+                deadline = time.monotonic() + self.options.connect_timeout
+                sock = open_socket(self.url, self.options.sslopt, deadline, self._adopt, self._aborted)
+                prepare_socket(self.app, BufferedSocket(sock, self.options.max_message_size, self.handshake))
             self.app.run_forever(
-                sslopt=self._sslopt,
-                ping_interval=self._ping_interval,
+                sslopt=self.options.sslopt,
+                ping_interval=self.options.ping_interval,
                 ping_timeout=None,  # the supervisor judges pongs (it knows when backpressure, not the peer, is why)
                 skip_utf8_validation=True,
                 reconnect=0,
@@ -162,19 +143,20 @@ class Connection:
                 and not str(error).startswith("connection not open")
             ):
                 # One message for every phase that ran out of time (TCP, TLS, upgrade).
-                self.error = TimeoutError(f"connection not open within {self._connect_timeout} s ({self.error})")
+                self.error = TimeoutError(f"connection not open within {self.options.connect_timeout} s ({self.error})")
             self._release()
             self.ended.set()
             try:
-                self._on_end(self)
+                self.hooks.on_end(self)
             except Exception:
                 log.exception("wsbridge: connection end handler failed")
 
     def _make_reader(self, ping_timeout: Any, disconnect: Callable[[Any], Any]) -> ReadLoop:
         prepared = self.app.prepared_socket
         self.reader = ReadLoop(
-            self.app, self._ping_timeout or 10, prepared if isinstance(prepared, BufferedSocket) else None,
-            self._fast_frame, self._after_run, self._handle_control, self._max_message_size, disconnect, self._before_fail,
+            self.app, self.options.ping_timeout or 10, prepared if isinstance(prepared, BufferedSocket) else None,
+            self._fast_frame, self._after_run, self._handle_control, self.options.max_message_size, disconnect,
+            self.hooks.before_fail,
         )
         return self.reader
 
@@ -187,14 +169,14 @@ class Connection:
 
     def _handle_open(self, app: websocket.WebSocketApp) -> None:
         raw = socket_of(app)
-        if raw is not None and self._io_timeout:
+        if raw is not None and self.options.io_timeout:
             # Bound every blocking send and every partial-frame read: a peer
             # that stops reading or stalls mid-frame is dead, not slow.
-            raw.settimeout(self._io_timeout)
+            raw.settimeout(self.options.io_timeout)
         if raw is not None and not isinstance(raw, BufferedSocket):
             # Dialled by websocket-client (through a proxy): wrapped now, so the
             # frames are read by the same reader as any other connection's.
-            raw = BufferedSocket(raw, self._max_message_size)
+            raw = BufferedSocket(raw, self.options.max_message_size)
             replace_socket(app, raw)
         if self.reader is not None and raw is not None:
             self.reader.buffered = raw
@@ -202,12 +184,12 @@ class Connection:
         self.subprotocol = self.handshake.subprotocol if self.handshake.head else handshake_subprotocol(app)
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
-        self._on_open_cb(self)
+        self.hooks.on_open(self)
 
     def _fast_frame(self, data: bytes, opcode: int) -> None:
         """A whole data frame from the read loop's fast path (see `ReadLoop`)."""
         try:
-            self._on_frame(data, opcode == OPCODE_BINARY)
+            self.hooks.on_frame(data, opcode == OPCODE_BINARY)
         except Exception as exc:  # as websocket-client treats a failing on_data
             self._handle_error(self.app, exc)
             raise
@@ -217,7 +199,7 @@ class Connection:
         (``drained``: the kernel had nothing more, so no need to ask it)."""
         self.last_frame_at = time.monotonic()
         if drained or not self._next_frame_here():
-            self._on_drained()
+            self.hooks.on_drained()
 
     def _next_frame_here(self) -> bool:
         """Is the whole next frame already received, so that reading it
@@ -253,7 +235,7 @@ class Connection:
     def _handle_control(self) -> None:
         self.last_frame_at = time.monotonic()
         if not self._next_frame_here():
-            self._on_drained()
+            self.hooks.on_drained()
 
     def _handle_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
         if self.error is None and not self.closing:
@@ -295,10 +277,10 @@ class Connection:
 
     def ping_overdue(self, now_wall: float) -> bool:
         """Has a ping gone unanswered for longer than ``ping_timeout``?"""
-        if not self._ping_timeout:
+        if not self.options.ping_timeout:
             return False
         last_ping, last_pong = ping_times(self.app)
-        return bool(last_ping) and last_pong < last_ping and now_wall - last_ping > self._ping_timeout
+        return bool(last_ping) and last_pong < last_ping and now_wall - last_ping > self.options.ping_timeout
 
     def close(self, code: int = 1000, reason: str = "", wait: float = 1.0) -> None:
         """Close politely: send a close frame, wait up to ``wait`` s for the

@@ -17,16 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 import websocket
 
-from .connection import Connection
-from .delivery import EXPIRE, Delivery, Stored
+from .connection import Connection, Hooks
+from .delivery import EXPIRE, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
 from .errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
 from .intake import Intake
+from .options import ConnectOptions
 from .policy import Ending, ReconnectPolicy
 from .redact import redact_url
 from .sender import Sender
@@ -36,32 +36,9 @@ from .store import Store
 
 log = logging.getLogger("wsbridge")
 
-
-@dataclass(frozen=True)
-class ConnectOptions:
-    """What every connection of a client is made with."""
-
-    url: str
-    headers: Dict[str, str]
-    sslopt: Optional[Dict[str, Any]]
-    subprotocols: Optional[List[str]]
-    ping_interval: float
-    ping_timeout: float
-    idle_timeout: Optional[float]
-    connect_timeout: float
-    close_timeout: float
-    max_message_size: int
-
-    @property
-    def io_timeout(self) -> float:
-        """Bounds every blocking socket write and partial-frame read."""
-        bounds = [t for t in (self.ping_timeout, self.idle_timeout) if t]
-        return min(bounds) if bounds else 30.0
-
-    @property
-    def tick(self) -> float:
-        bounds = [t / 4 for t in (self.ping_timeout, self.idle_timeout) if t]
-        return min([0.25, *bounds])
+SETTLE_TIMEOUT = 1.0
+"""How long a reader that must fail its connection waits for the subscribers to
+finish the messages that came before the violation (their replies go out first)."""
 
 
 def describe(error: Optional[BaseException]) -> str:
@@ -90,7 +67,6 @@ class Supervisor:
         delivery: Delivery,
         intake: Intake,
         store: Optional[Store],
-        settle: Callable[[], None],
         on_give_up: Callable[[], None],
         name: str,
     ) -> None:
@@ -106,7 +82,6 @@ class Supervisor:
         self.delivery = delivery
         self.intake = intake
         self.store = store
-        self._settle = settle
         self._on_give_up = on_give_up
         self.name = name
         self.conn: Optional[Connection] = None
@@ -166,24 +141,8 @@ class Supervisor:
 
     def _new_connection(self) -> Connection:
         self.attempts += 1
-        o = self.options
-        return Connection(
-            o.url,
-            on_frame=self.intake.on_frame,
-            on_open=self._on_open,
-            on_end=self._on_end,
-            on_drained=self.dispatcher.wake,
-            before_fail=self._settle,
-            headers=o.headers,
-            sslopt=o.sslopt,
-            subprotocols=o.subprotocols,
-            ping_interval=o.ping_interval,
-            ping_timeout=o.ping_timeout or None,
-            io_timeout=o.io_timeout,
-            connect_timeout=o.connect_timeout,
-            max_message_size=o.max_message_size,
-            name=f"{self.name}-reader-{self.attempts}",
-        )
+        hooks = Hooks(self.intake.on_frame, self._on_open, self._on_end, self.dispatcher.wake, self._settle)
+        return Connection(self.options, hooks, name=f"{self.name}-reader-{self.attempts}")
 
     def _on_open(self, conn: Connection) -> None:  # reader thread
         self.wakeup.set()
@@ -192,6 +151,20 @@ class Supervisor:
         self.sender.drop_live(conn)
         self.dispatcher.wake()
         self.wakeup.set()
+
+    def _settle(self) -> None:  # reader thread
+        """Before the reader fails its connection: let subscribers finish every
+        message that came before the violation, so what they send in reply goes
+        out before the close frame, as it would from a synchronous handler (a
+        reply still in the send buffer, the connection being new, is given time
+        to be flushed). Bounded by `SETTLE_TIMEOUT`; skipped when stopping."""
+        if self.stopping.is_set():
+            return
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        barrier = Barrier()
+        self.dispatcher.put_control(barrier)
+        if barrier.done.wait(SETTLE_TIMEOUT):
+            self.sender.wait_empty(max(0.0, deadline - time.monotonic()))
 
     def _replay_stored(self) -> None:
         """Queue the stored messages past the handled mark, before anything new

@@ -1,0 +1,62 @@
+"""What every connection of a client is made with, checked once, up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlsplit
+
+from .redact import redact_url
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """What every connection of a client is made with."""
+
+    url: str
+    headers: Dict[str, str]
+    sslopt: Optional[Dict[str, Any]]
+    subprotocols: Optional[List[str]]
+    ping_interval: float
+    ping_timeout: float
+    idle_timeout: Optional[float]
+    connect_timeout: float
+    close_timeout: float
+    max_message_size: int
+
+    @property
+    def io_timeout(self) -> float:
+        """Bounds every blocking socket write and partial-frame read."""
+        bounds = [t for t in (self.ping_timeout, self.idle_timeout) if t]
+        return min(bounds) if bounds else 30.0
+
+    @property
+    def tick(self) -> float:
+        bounds = [t / 4 for t in (self.ping_timeout, self.idle_timeout) if t]
+        return min([0.25, *bounds])
+
+    def __post_init__(self) -> None:
+        check_options(self.url, self.ping_interval, self.ping_timeout, self.idle_timeout, self.max_message_size,
+                      self.connect_timeout, self.close_timeout)
+
+
+def check_options(
+    url: str, ping_interval: float, ping_timeout: float, idle_timeout: Optional[float], max_message_size: int,
+    connect_timeout: float, close_timeout: float,
+) -> None:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"a WebSocket URL starts with ws:// or wss://, not {redact_url(url)!r}")
+    if ping_interval < 0 or ping_timeout < 0:
+        raise ValueError("ping_interval and ping_timeout must be >= 0")
+    if ping_interval and ping_timeout and ping_interval <= ping_timeout:
+        raise ValueError(
+            f"ping_interval ({ping_interval}) must be greater than ping_timeout ({ping_timeout}): "
+            "a ping must be answered before the next one is due"
+        )
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise ValueError("idle_timeout must be > 0 or None")
+    if max_message_size < 1:
+        raise ValueError("max_message_size must be >= 1 byte")
+    if connect_timeout <= 0 or close_timeout < 0:
+        raise ValueError("connect_timeout must be > 0 and close_timeout >= 0")
