@@ -9,6 +9,7 @@ client read on or refused at once.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 from typing import Any, Callable, Iterator, List, Tuple
@@ -278,8 +279,10 @@ def test_the_negotiated_subprotocol_is_readable(make_client, collector):
         assert client.subprotocol is None
 
 
-@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_is_refused_naming_the_target_and_no_header_reaches_it(make_client, collector, status):
+    """Never followed. A permanent redirect ends the client; a temporary one is retried
+    with backoff (the server may be between deployments), never followed either."""
     with RawServer() as other:
         target = other.url + "feed?token=sekrit"
 
@@ -290,11 +293,56 @@ def test_a_redirect_is_refused_naming_the_target_and_no_header_reaches_it(make_c
             error = gives_up(
                 make_client, server.url, collector,
                 headers={"Authorization": "Bearer s3cr3t", "Cookie": "session=c00kie"},
+                backoff=wsbridge.Backoff(initial=0.01, max_delay=0.01, jitter=0, max_attempts=2),
             )
             text = str(error)
             assert other.url + "feed" in text and "redirect" in text and "sekrit" not in text
-            assert len(server.requests) == 1 and b"s3cr3t" in server.requests[0]
+            assert isinstance(error.__cause__, wsbridge.HandshakeError)
+            permanent = status in (301, 308)
+            assert len(server.requests) == (1 if permanent else 3) and b"s3cr3t" in server.requests[0]
+            assert ("retries exhausted" in text) is not permanent
         assert other.requests == []  # nothing ever went to the other origin
+
+
+def test_a_3xx_that_is_no_redirect_is_a_refused_upgrade(make_client, collector):
+    with RawServer(respond=lambda req: b"HTTP/1.1 304 Not Modified\r\n\r\n") as server:
+        error = gives_up(make_client, server.url, collector, backoff=wsbridge.NO_RETRY)
+        assert "304" in str(error) and "redirect" not in str(error)
+
+
+@pytest.mark.parametrize(
+    "respond",
+    [
+        lambda req: accept_response(req).replace(b"\r\n", b"\n"),  # bare LF line ends (RFC 7230 §3.5)
+        lambda req: accept_response(req, b"X-Folded: one\r\n two\r\n"),  # obs-fold
+        lambda req: accept_response(req, b"Sec-WebSocket-Accept: " + header(accept_response(req), b"sec-websocket-accept")
+                                    + b"\r\n"),  # the same accept value twice
+        lambda req: accept_response(req).replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade"),
+    ],
+    ids=["bare-LF", "obs-fold", "accept-twice", "connection-list"],
+)
+def test_upgrade_responses_the_rfc_allows_are_accepted(make_client, collector, respond):
+    with RawServer(respond=respond) as server:
+        client, got, _ = start(make_client, server.url, collector)
+        server.wait_connection().sendall(frame(b"hello"))
+        assert got.wait(1)[0].payload == "hello"
+
+
+def test_offered_subprotocols_none_chosen_is_a_clear_error(make_client, collector):
+    with RawServer() as server:
+        error = gives_up(make_client, server.url, collector, subprotocols=["v1.feed"])
+        assert "none of the subprotocols offered ('v1.feed')" in str(error)
+
+
+def test_header_values_reach_the_log_quoted(make_client, collector, caplog):
+    """A bare LF in a header value starts a new (malformed) line; nothing the server
+    sends is written to the log raw."""
+    def respond(request: bytes) -> bytes:
+        return accept_response(request, b"Sec-WebSocket-Extensions: x\nCRITICAL wsbridge: forged \x1b[2J\r\n")
+
+    with RawServer(respond=respond) as server, caplog.at_level(logging.DEBUG):
+        gives_up(make_client, server.url, collector)
+    assert not any("\x1b" in r.getMessage() or r.getMessage().startswith("CRITICAL") for r in caplog.records)
 
 
 # -- through an HTTP proxy: websocket-client dials and upgrades, wsbridge still reads ------------
@@ -371,3 +419,88 @@ def test_through_a_proxy_frames_are_read_and_checked_by_wsbridge(make_client, co
         assert got.wait(1)[0].payload == "via the proxy"
         assert read_close(conn) == 1002 and errors.wait(1)[0]["context"] == "protocol"
         client.stop()
+
+
+# -- found by review: each of these once failed -------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_violation_while_a_send_is_stuck_fails_the_connection_at_once(make_client, collector, raw):
+    """The close frame is a courtesy: with the send lock held by a write to a peer that
+    does not read, the reader skips it and cuts, rather than wait for the write's timeout."""
+    client, _, errors = start(make_client, raw.url, collector, ping_interval=0, idle_timeout=30)
+    conn = raw.wait_connection()  # never reads
+    sending = threading.Thread(target=lambda: _send_quietly(client, b"x" * (8 << 20)), daemon=True)
+    sending.start()
+    wait_until(lambda: _unread(conn) > 64 * 1024, what="a send stuck on a full socket")
+    conn.sendall(frame(b"bad", TEXT, rsv=1))
+    report = errors.wait(1, timeout=5)[0]  # the write's own timeout is 30 s
+    assert report["context"] == "protocol"
+    sending.join(10)
+
+
+def _unread(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _send_quietly(client: wsbridge.Client, data: bytes) -> None:
+    with contextlib.suppress(wsbridge.WsbridgeError):
+        client.send(data)
+
+
+def test_control_frames_pass_whatever_max_message_size(make_client, collector, raw):
+    client, got, errors = start(make_client, raw.url, collector, max_message_size=10)
+    conn = raw.wait_connection()
+    conn.sendall(frame(b"p" * 125, PING) + frame(b"", PING) + frame(b"0123456789"))
+    assert read_frame(conn) == (PONG, b"p" * 125) and read_frame(conn) == (PONG, b"")
+    assert got.wait(1)[0].payload == "0123456789"
+    conn.sendall(frame((1000).to_bytes(2, "big") + b"a reason well over ten bytes", CLOSE))
+    assert read_close(conn) == 1000 and not errors.items
+
+
+def test_an_empty_close_frame_is_an_orderly_end(make_client, collector, raw):
+    client, _, errors = start(make_client, raw.url, collector)
+    disconnects = collector()
+    client.signals.disconnected.connect(disconnects)
+    raw.wait_connection().sendall(frame(b"", CLOSE))
+    report = disconnects.wait(1)[0]
+    assert report["code"] is None and report["error"] is None and not errors.items
+
+
+def test_the_start_of_an_encoded_surrogate_fails_at_once(make_client, collector, raw):
+    start(make_client, raw.url, collector)
+    conn = raw.wait_connection()
+    conn.sendall(frame(b"ok\xed\xa0", TEXT, fin=False))  # ED A0..BF can only be a surrogate
+    assert read_close(conn, timeout=5) == 1007
+
+
+def test_many_empty_fragments_cost_no_memory():
+    import tracemalloc
+
+    from wsbridge.frames import BINARY as BIN
+    from wsbridge.frames import CONTINUATION as CONT
+    from wsbridge.frames import Reassembler
+
+    assembler = Reassembler(1 << 20)
+    tracemalloc.start()
+    try:
+        assembler.begin(BIN, 1)
+        assembler.add(BIN, b"x")
+        for _ in range(200_000):
+            assembler.begin(CONT, 0)
+            assembler.add(CONT, b"")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert assembler.size == 1 and peak < 64 * 1024
+    assembler.begin(0x80 | CONT, 1)
+    assert assembler.add(0x80 | CONT, b"y") == (b"xy", BIN)
+
+
+def test_message_too_large_keeps_its_positional_arguments():
+    error = wsbridge.MessageTooLarge("too big", b"abc")
+    assert error.frame == b"abc" and error.close_code == 1009

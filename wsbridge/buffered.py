@@ -18,7 +18,6 @@ import ssl
 from typing import Any, Callable, Optional, Union
 
 from .codec import DEFAULT_MAX_LENGTH
-from .errors import MessageTooLarge
 from .handshake import Handshake
 
 CHUNK = 256 * 1024
@@ -40,8 +39,8 @@ class BufferedSocket:
         """The upgrade under way: what is sent goes to its request, and the response
         head is read whole, bounded and checked before websocket-client reads it."""
         self.max_frame = max_frame
-        """The largest read the frame parser may ask for: a longer frame is
-        refused from its header, before a byte of it is buffered."""
+        """The largest data frame the read loop's fast path takes; a longer one
+        goes to `ReadLoop.read_frame`, which refuses it from its header."""
         self._buf = b""
         self._pos = 0
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -125,26 +124,27 @@ class BufferedSocket:
         return buf[pos:end]
 
     def _read_head(self, handshake: Handshake) -> None:
-        """Read the upgrade response's head whole (within `Handshake`'s limits) and check it."""
-        data = self._buf[self._pos :]
+        """Read the upgrade response's head whole (within `Handshake`'s limits),
+        check it, and leave it (its folded lines unfolded) for websocket-client."""
+        data = bytearray(self._buf[self._pos :])
         end = handshake.head_end(data)
         while end < 0:
-            chunk = self.sock.recv(CHUNK)
+            chunk = self.sock.recv(16384)
             if not chunk:
                 break  # websocket-client meets the end of the stream and says so
             data += chunk
             end = handshake.head_end(data)
-        self._buf, self._pos = data, 0
         self.handshake = None
         if end >= 0:
-            handshake.check_response(data[:end])
+            head = handshake.check_response(bytes(data[:end]))
+            self._buf, self._pos = head + bytes(data[end:]), 0
+        else:
+            self._buf, self._pos = bytes(data), 0
 
     def read_exact(self, n: int, check: Optional[Callable[[Any], Any]] = None) -> bytes:
         """Exactly ``n`` bytes; raises like websocket-client does when the peer
         closes mid-frame. ``check`` sees each piece as it arrives, before the
         next is waited for (so invalid text fails before the rest comes)."""
-        if n > self.max_frame:
-            raise MessageTooLarge(f"a frame of {n} bytes exceeds max_message_size ({self.max_frame} bytes)")
         available = len(self._buf) - self._pos
         if available >= n:
             data = self.recv(n) if n else b""

@@ -247,9 +247,10 @@ class Connection:
     def _handle_close(self, app: websocket.WebSocketApp, code: Optional[int], reason: Optional[str]) -> None:
         self.close_code = code
         self.close_reason = reason
-        if code is not None and isinstance(self.error, websocket.WebSocketConnectionClosedException):
-            # websocket-client reports every close frame on on_error too; a
-            # close with a code is an orderly end, described by code and reason.
+        orderly = code is not None or (self.reader is not None and self.reader.peer_closed)
+        if orderly and isinstance(self.error, websocket.WebSocketConnectionClosedException):
+            # websocket-client reports every close frame on on_error too; a close
+            # frame is an orderly end, described by its code and reason (if any).
             self.error = None
 
     # -- any thread ----------------------------------------------------

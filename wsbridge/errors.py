@@ -52,7 +52,7 @@ class WireError(ProtocolError):
     """The most bytes of the offending data kept in ``frame`` (the error may
     outlive the connection as ``last_error``; a whole bad message need not)."""
 
-    def __init__(self, reason: str, close_code: int = 1002, frame: Union[bytes, str, None] = None):
+    def __init__(self, reason: str, frame: Union[bytes, str, None] = None, close_code: int = 1002):
         self.close_code = close_code
         super().__init__(reason, frame[: self.FRAME_LIMIT] if frame is not None else None)
 
@@ -62,8 +62,8 @@ class MessageTooLarge(WireError):
     fragments so far): refused before the payload that crosses the limit is
     read, and the connection closed with code 1009."""
 
-    def __init__(self, reason: str, close_code: int = 1009, frame: Union[bytes, str, None] = None):
-        super().__init__(reason, close_code, frame)
+    def __init__(self, reason: str, frame: Union[bytes, str, None] = None, close_code: int = 1009):
+        super().__init__(reason, frame, close_code)
 
 
 class OutboxFull(WsbridgeError):
@@ -81,8 +81,13 @@ class ConnectError(WsbridgeError, ConnectionError):
 class HandshakeError(ConnectError):
     """The server's answer to the WebSocket upgrade breaks RFC 6455 §4 (a wrong
     ``Sec-WebSocket-Accept``, a subprotocol or extension the client never asked
-    for, header lines over the limits) or redirects elsewhere. Retrying cannot
-    help, so the client gives up (unless ``retry_fatal``)."""
+    for, header lines over the limits) or redirects elsewhere. Unless ``fatal`` is
+    false (a temporary redirect: retried with backoff), retrying cannot help, so the
+    client gives up (unless ``retry_fatal``)."""
+
+    def __init__(self, message: str, fatal: bool = True) -> None:
+        super().__init__(message)
+        self.fatal = fatal
 
 
 class StoreError(WsbridgeError):

@@ -11,7 +11,7 @@ order and size of fragments (`Reassembler`). Every violation raises
 from __future__ import annotations
 
 import codecs
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from .errors import MessageTooLarge, WireError
 
@@ -34,19 +34,19 @@ def check_header(first: int, second: int) -> None:
     """
     head = bytes((first, second))
     if first & 0x70:
-        raise WireError(f"RSV bits {(first >> 4) & 7:03b} set, but no extension was negotiated", PROTOCOL_ERROR, head)
+        raise WireError(f"RSV bits {(first >> 4) & 7:03b} set, but no extension was negotiated", head, close_code=PROTOCOL_ERROR)
     if second & 0x80:
-        raise WireError("the server sent a masked frame", PROTOCOL_ERROR, head)
+        raise WireError("the server sent a masked frame", head, close_code=PROTOCOL_ERROR)
     opcode = first & 0x0F
     if opcode >= 0x8:
         if opcode > PONG:
-            raise WireError(f"reserved control opcode {opcode:#x}", PROTOCOL_ERROR, head)
+            raise WireError(f"reserved control opcode {opcode:#x}", head, close_code=PROTOCOL_ERROR)
         if not first & 0x80:
-            raise WireError(f"a fragmented control frame (opcode {opcode:#x})", PROTOCOL_ERROR, head)
+            raise WireError(f"a fragmented control frame (opcode {opcode:#x})", head, close_code=PROTOCOL_ERROR)
         if second & 0x7F > MAX_CONTROL:
-            raise WireError(f"a control frame (opcode {opcode:#x}) over {MAX_CONTROL} bytes", PROTOCOL_ERROR, head)
+            raise WireError(f"a control frame (opcode {opcode:#x}) over {MAX_CONTROL} bytes", head, close_code=PROTOCOL_ERROR)
     elif opcode > BINARY:
-        raise WireError(f"reserved data opcode {opcode:#x}", PROTOCOL_ERROR, head)
+        raise WireError(f"reserved data opcode {opcode:#x}", head, close_code=PROTOCOL_ERROR)
 
 
 def check_text(data: bytes) -> None:
@@ -57,7 +57,8 @@ def check_text(data: bytes) -> None:
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise WireError(f"a text message is not valid UTF-8 ({exc.reason} at byte {exc.start})", INVALID_DATA, data) from None
+            reason = f"a text message is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            raise WireError(reason, data, close_code=INVALID_DATA) from None
 
 
 def valid_close_code(code: int) -> bool:
@@ -71,15 +72,22 @@ def parse_close(payload: bytes) -> Tuple[Optional[int], str]:
     if not payload:
         return None, ""
     if len(payload) == 1:
-        raise WireError("a close frame with a 1-byte payload", PROTOCOL_ERROR, payload)
+        raise WireError("a close frame with a 1-byte payload", payload, close_code=PROTOCOL_ERROR)
     code = int.from_bytes(payload[:2], "big")
     if not valid_close_code(code):
-        raise WireError(f"a close frame with invalid code {code}", PROTOCOL_ERROR, payload)
+        raise WireError(f"a close frame with invalid code {code}", payload, close_code=PROTOCOL_ERROR)
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WireError(f"a close reason that is not valid UTF-8 ({exc.reason})", INVALID_DATA, payload) from None
+        raise WireError(f"a close reason that is not valid UTF-8 ({exc.reason})", payload, close_code=INVALID_DATA) from None
     return code, reason
+
+
+def _never_valid(pending: bytes) -> bool:
+    """Can these bytes, left pending by Python's incremental UTF-8 decoder, never
+    start a valid character? (It already refuses E0 8x/9x, F0 8x and F4 9x-Bx at
+    once, but waits on ED A0-BF, the start of an encoded surrogate.)"""
+    return len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0
 
 
 class Reassembler:
@@ -90,19 +98,24 @@ class Reassembler:
     (order of fragments, the size limit on the running total); the payload's
     pieces go through the check `begin` returned as they arrive (text: UTF-8,
     so a message fails as soon as the bytes that make it invalid arrive, even
-    mid-frame); then `add` the whole payload. Parts are kept in a list and
-    joined once: linear in the message size. Owned by one reader thread.
+    mid-frame); then `add` the whole payload. Fragments are joined in one
+    `bytearray`, so memory is the message's size however many fragments (empty
+    ones included) carry it. Owned by one reader thread.
     """
 
-    __slots__ = ("max_size", "opcode", "size", "_parts", "_utf8")
+    __slots__ = ("max_size", "opcode", "_buf", "_utf8")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.opcode = 0
         """The message's opcode while a fragmented one is in progress (TEXT or BINARY), else 0."""
-        self.size = 0
-        self._parts: List[bytes] = []
+        self._buf = bytearray()
         self._utf8: Optional[codecs.IncrementalDecoder] = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of the fragmented message so far."""
+        return len(self._buf)
 
     def begin(self, first: int, length: int) -> Optional[Callable[[Any], None]]:
         """Check a data frame's header (``first`` byte, payload ``length``)
@@ -111,30 +124,35 @@ class Reassembler:
         opcode = first & 0x0F
         if opcode == CONTINUATION:
             if not self.opcode:
-                raise WireError("a continuation frame with no message to continue", PROTOCOL_ERROR, bytes((first,)))
+                raise WireError("a continuation frame with no message to continue", bytes((first,)), close_code=PROTOCOL_ERROR)
         elif self.opcode:
             raise WireError(
-                f"a new message (opcode {opcode:#x}) before the fragmented one ended", PROTOCOL_ERROR, bytes((first,))
+                f"a new message (opcode {opcode:#x}) before the fragmented one ended", bytes((first,)), close_code=PROTOCOL_ERROR
             )
-        total = self.size + length if opcode == CONTINUATION else length
+        total = len(self._buf) + length if opcode == CONTINUATION else length
         if total > self.max_size:
             what = "a message of" if first & 0x80 and opcode != CONTINUATION else "a fragmented message of at least"
             raise MessageTooLarge(
                 f"{what} {total} bytes exceeds max_message_size ({self.max_size} bytes)",
-                TOO_BIG,
-                self._parts[0][:64] if self._parts else None,
+                bytes(self._buf[:64]) if self._buf else None,
             )
         if opcode == TEXT:
             self._utf8 = codecs.getincrementaldecoder("utf-8")()
         return self._check_text if self._utf8 is not None else None
 
-    def _check_text(self, piece: Any) -> None:
+    def _check_text(self, piece: Any, final: bool = False) -> None:
+        decoder = self._utf8
+        assert decoder is not None
         try:
-            self._utf8.decode(piece)  # type: ignore[union-attr]
+            decoder.decode(piece, final)
+            if not _never_valid(decoder.getstate()[0]):
+                return
+            reason = "an encoded surrogate"
         except UnicodeDecodeError as exc:
-            data = b"".join(self._parts) + bytes(piece)
-            self.reset()
-            raise WireError(f"a text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data[-256:]) from None
+            reason = str(exc.reason)
+        data = bytes(self._buf[-256:]) + bytes(piece)
+        self.reset()
+        raise WireError(f"a text message is not valid UTF-8 ({reason})", data[-256:], close_code=INVALID_DATA)
 
     def add(self, first: int, payload: bytes) -> Optional[Tuple[bytes, int]]:
         """Take a data frame whose payload went through `begin`'s check; return
@@ -142,26 +160,20 @@ class Reassembler:
         opcode = first & 0x0F
         if first & 0x80:
             if self._utf8 is not None:
-                try:
-                    self._utf8.decode(b"", final=True)
-                except UnicodeDecodeError as exc:  # ends inside a character
-                    data = b"".join(self._parts) + payload
-                    self.reset()
-                    raise WireError(f"a text message is not valid UTF-8 ({exc.reason})", INVALID_DATA, data[-256:]) from None
-            if opcode != CONTINUATION:  # a whole message in one frame
+                self._check_text(b"", final=True)  # a message may not end inside a character
                 self._utf8 = None
+            if opcode != CONTINUATION:  # a whole message in one frame
                 return payload, opcode
-            self._parts.append(payload)
-            message = (b"".join(self._parts), self.opcode)
+            self._buf += payload
+            message = (bytes(self._buf), self.opcode)
             self.reset()
             return message
         if opcode != CONTINUATION:
             self.opcode = opcode
-        self.size += len(payload)
-        self._parts.append(payload)
+        self._buf += payload
         return None
 
     def reset(self) -> None:
-        self.opcode = self.size = 0
-        self._parts = []
+        self.opcode = 0
+        self._buf = bytearray()
         self._utf8 = None

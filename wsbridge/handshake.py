@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Dict, List, Optional, Tuple
+import re
+from typing import Dict, List, Optional, Tuple, Union
 
 from .errors import HandshakeError
 from .redact import redact_url
@@ -32,6 +33,14 @@ MAX_LINE = 8 * 1024
 MAX_HEAD = 64 * 1024
 """The largest response head (status line and headers) accepted, in bytes."""
 
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+PERMANENT_REDIRECTS = frozenset({301, 308})
+"""A permanent redirect makes the client give up; a temporary one is retried (with
+backoff, never followed): the server may be between deployments."""
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+
 
 def accept_value(key: bytes) -> bytes:
     """The ``Sec-WebSocket-Accept`` value that answers ``key`` (RFC 6455 §4.2.2)."""
@@ -39,16 +48,23 @@ def accept_value(key: bytes) -> bytes:
 
 
 def _fields(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
-    """The first line and the header fields (lower-case names, every value kept) of an HTTP head."""
-    lines = head.split(b"\r\n")
+    """The first line and the header fields (lower-case names, every value kept)
+    of an HTTP head. Lines may end in CRLF or a bare LF (RFC 7230 §3.5); a folded
+    line (obs-fold) continues the value before it, joined by a space (§3.2.4)."""
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
     fields: Dict[str, List[str]] = {}
+    last: Optional[List[str]] = None
     for line in lines[1:]:
         if not line:
             continue
+        if line[:1] in (b" ", b"\t") and last:
+            last[-1] = f"{last[-1]} {line.strip().decode('latin-1')}"
+            continue
         name, sep, value = line.partition(b":")
-        if not sep:
+        if not sep or not name.strip():
             raise HandshakeError(f"a malformed header line in the upgrade response: {line[:80]!r}")
-        fields.setdefault(name.strip().lower().decode("latin-1"), []).append(value.strip().decode("latin-1"))
+        last = fields.setdefault(name.strip().lower().decode("latin-1"), [])
+        last.append(value.strip().decode("latin-1"))
     return lines[0].decode("latin-1"), fields
 
 
@@ -73,48 +89,53 @@ class Handshake:
         """The subprotocol the server chose (None: none)."""
         self._line = 0  # where the first line of the head not yet checked starts
 
-    def head_end(self, data: bytes) -> int:
+    def head_end(self, data: Union[bytes, bytearray]) -> int:
         """Where the response head in ``data`` ends (after its blank line), or -1
         if it has not yet; raises `HandshakeError` past the size limits. Called
         with ``data`` grown each time: each line is checked once."""
-        end = data.find(b"\r\n\r\n", max(0, self._line - 2))
-        scan_to = len(data) if end < 0 else end + 2
+        found = _HEAD_END.search(data, max(0, self._line - 2))
+        end = found.end() if found else -1
+        scan_to = len(data) if end < 0 else end
         start = self._line
         while start < scan_to:
-            stop = data.find(b"\r\n", start, scan_to)
+            stop = data.find(b"\n", start, scan_to)
             if (stop if stop >= 0 else scan_to) - start > MAX_LINE:
                 raise HandshakeError(
                     f"a header line of the server's upgrade response exceeds {MAX_LINE} bytes: {data[start : start + 60]!r}..."
                 )
             if stop < 0:
                 break
-            start = stop + 2
+            start = stop + 1
         self._line = start
-        if (len(data) if end < 0 else end + 4) > MAX_HEAD:
+        if (len(data) if end < 0 else end) > MAX_HEAD:
             raise HandshakeError(f"the server's upgrade response head exceeds {MAX_HEAD} bytes")
-        return -1 if end < 0 else end + 4
+        return end
 
-    def check_response(self, head: bytes) -> None:
-        """Check a whole response head against the request (RFC 6455 §4.1).
+    def check_response(self, head: bytes) -> bytes:
+        """Check a whole response head against the request (RFC 6455 §4.1);
+        return it with folded lines unfolded (websocket-client refuses obs-fold).
 
         A non-101 status other than a redirect is left to websocket-client,
         which reports it with its status code."""
+        head = _FOLD.sub(b" ", head)
         status_line, fields = _fields(head)
         parts = status_line.split(" ", 2)
-        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-        if 300 <= status < 400:
-            target = fields.get("location", ["(no Location header)"])[0]
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isascii() and parts[1].isdigit() else 0
+        if status in REDIRECTS:
+            target = fields.get("location", [""])[0]
+            where = repr(redact_url(target)) if target else "nowhere (no Location header)"
             raise HandshakeError(
-                f"the server redirected the upgrade (HTTP {status}) to {redact_url(target)}; "
-                "wsbridge does not follow redirects: connect to that URL instead"
+                f"the server redirected the upgrade (HTTP {status}) to {where}; "
+                "wsbridge does not follow redirects: connect to that URL instead",
+                fatal=status in PERMANENT_REDIRECTS,
             )
         if status != 101:
             self.head = head
-            return
+            return head
         _, request = _fields(self.request)
         key = request.get("sec-websocket-key", [""])[0].encode("latin-1")
         accept = fields.get("sec-websocket-accept", [])
-        if len(accept) != 1 or accept[0].encode("latin-1") != accept_value(key):
+        if len(set(accept)) != 1 or accept[0].encode("latin-1") != accept_value(key):
             raise HandshakeError(f"Sec-WebSocket-Accept {accept!r} does not answer the key sent")
         if "websocket" not in [t.lower() for t in _tokens(fields.get("upgrade", []))]:
             raise HandshakeError(f"the upgrade response has no 'Upgrade: websocket' (got {fields.get('upgrade')!r})")
@@ -127,8 +148,11 @@ class Handshake:
                 f"the server chose subprotocol {', '.join(chosen)!r}, but the client offered "
                 + (", ".join(repr(p) for p in offered) or "none")
             )
+        if offered and not chosen:  # websocket-client would refuse it too, less clearly
+            raise HandshakeError(f"the server chose none of the subprotocols offered ({', '.join(repr(p) for p in offered)})")
         extensions = _tokens(fields.get("sec-websocket-extensions", []))
         if extensions:  # none is implemented, so none can be in use
-            raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {', '.join(extensions)}")
+            raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {extensions!r}")
         self.subprotocol = chosen[0] if chosen else None
         self.head = head
+        return head

@@ -64,7 +64,7 @@ class ReconnectPolicy:
     def fatal_reason(ending: Ending) -> Optional[str]:
         """Why retrying cannot help, or None."""
         err = ending.error
-        if isinstance(err, HandshakeError):
+        if isinstance(err, HandshakeError) and err.fatal:
             return str(err)
         if ending.http_status in FATAL_HTTP_STATUSES:
             return f"handshake refused with HTTP {ending.http_status}"

@@ -30,6 +30,9 @@ TOPUP_MAX = 64 * 1024
 the frame is at most this big (larger ones are read into their final buffer)."""
 
 MAX_TOPUPS = 64
+
+CLOSE_LOCK_WAIT = 1.0
+"""Longest wait for the send lock to echo the server's close frame."""
 """Top-ups in one run of the fast path before it returns to the read loop
 (which checks pings and the stop flag between runs)."""
 
@@ -77,6 +80,8 @@ class ReadLoop:
         self.before_fail = before_fail
         """Called before a violation fails the connection (the client lets its
         subscribers finish the messages that came first; bounded)."""
+        self.peer_closed = False
+        """The server closed with a valid close frame (code or none)."""
         self.running = True
         """False once the connection is being cut (`Connection.abort`, any thread)."""
         self.close_sent = False
@@ -123,7 +128,7 @@ class ReadLoop:
         elif length == 127:
             length = int.from_bytes(sock.read_exact(8), "big")
             if length >> 63:
-                raise WireError("a 64-bit frame length with its top bit set", PROTOCOL_ERROR, head)
+                raise WireError("a 64-bit frame length with its top bit set", head, close_code=PROTOCOL_ERROR)
         opcode = first & 0x0F
         if opcode < CLOSE:
             check = self.assembler.begin(first, length)  # refuses a message past the limit before its payload is read
@@ -150,6 +155,7 @@ class ReadLoop:
         parse_close(payload)  # a bad code or reason raises: failed with 1002 / 1007
         if not self.close_sent:
             self._send_close(payload[:2])  # the RFC's usual echo: the code, no reason
+        self.peer_closed = True  # an orderly end, even with no code in it
         # websocket-client's closed(frame): on_error, teardown, then on_close with the frame's code and reason
         self.disconnect(ABNF(fin=1, opcode=ABNF.OPCODE_CLOSE, data=payload))
 
@@ -163,7 +169,10 @@ class ReadLoop:
         self.disconnect(exc)
 
     def _send_close(self, payload: bytes, wait: bool = True) -> None:
-        """Write a close frame; with ``wait=False`` only if the socket takes it now."""
+        """Write a close frame. With ``wait=False`` only if nothing stands in the
+        way: another thread's write holding the send lock (against a peer that does
+        not read), or a socket that would not take it at once. Then it is skipped:
+        the RFC's failing of a connection is the cut, the close frame a courtesy."""
         self.close_sent = True
         ws = self.app.sock
         sock = self.buffered
@@ -171,12 +180,15 @@ class ReadLoop:
             return
         close_frame_sent(ws)  # websocket-client's teardown then sends no close of its own
         data = frame_bytes(ws, payload, ABNF.OPCODE_CLOSE)
+        if not ws.lock.acquire(timeout=CLOSE_LOCK_WAIT if wait else 0):
+            return
         try:
-            with ws.lock:
-                if wait or sock.writable_now():
-                    sock.sendall(data)
+            if wait or sock.writable_now():
+                sock.sendall(data)
         except OSError:
             pass  # the peer is gone: nothing more to say
+        finally:
+            ws.lock.release()
 
     def take_data_frames(self) -> int:
         """Deliver the whole, plain data frames at the front of the buffer;

@@ -193,9 +193,15 @@ class Sender:
             self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept])
 
     def wait_empty(self, timeout: float) -> bool:
-        """Wait until the buffer is empty (every frame handed to a socket)."""
-        with self.cond:
-            return self.cond.wait_for(lambda: not self.outbox, timeout)
+        """Wait up to ``timeout`` s until the buffer is empty (every frame handed to
+        a socket); the lock too is waited for no longer (a write may hold it)."""
+        deadline = time.monotonic() + timeout
+        if not self.cond.acquire(timeout=timeout):
+            return False
+        try:
+            return self.cond.wait_for(lambda: not self.outbox, max(0.0, deadline - time.monotonic()))
+        finally:
+            self.cond.release()
 
     def close(self) -> None:
         """No more direct sends; wake senders waiting for room (they see the client closed).

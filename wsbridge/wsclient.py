@@ -12,6 +12,7 @@ fails loudly in the tests rather than quietly in production.
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -114,6 +115,8 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: all(hasattr(_app(), a) for a in ("keep_running", "last_ping_tm", "last_pong_tm"))),
     ("WebSocket.sock, connected, lock, get_mask_key, handshake_response",
      lambda: all(hasattr(websocket.WebSocket(), a) for a in ("sock", "connected", "lock", "get_mask_key", "handshake_response"))),
+    ("WebSocket(enable_multithread=True).lock is a lock with acquire(timeout=) and release()",
+     lambda: isinstance(websocket.WebSocket(enable_multithread=True).lock, type(threading.Lock()))),
     ("WebSocket.pong, send, send_close",
      lambda: all(callable(getattr(websocket.WebSocket, a)) for a in ("pong", "send", "send_close"))),
     ("websocket._http._ssl_socket(sock, user_sslopt, hostname)",
