@@ -289,6 +289,11 @@ if pid == 0:
         client.recv(timeout=1)
     except wsbridge.UsageError:
         print("child: recv raised UsageError", flush=True)
+    for name, call in (("unsent", client.unsent), ("on_any", lambda: client.on_any(print))):
+        try:
+            call()
+        except wsbridge.UsageError:
+            print("child:", name, "raised UsageError", flush=True)
     print("child: stop", client.stop(timeout=2), flush=True)
     sys.exit(0)  # a normal exit: atexit handlers and finalizers run
 t0 = time.monotonic()
@@ -314,6 +319,7 @@ def test_a_client_inherited_through_fork_is_inert_in_the_child(tmp_path):
         lines = out.stdout.splitlines()
         assert "child: send raised UsageError: True" in lines, out
         assert "child: recv raised UsageError" in lines and "child: stop True" in lines, out
+        assert "child: unsent raised UsageError" in lines and "child: on_any raised UsageError" in lines, out
         assert "parent: child exited True 0" in lines and "parent: still works True" in lines, out
         types = [m.type for m in server.received_messages()]
         assert types == ["from-parent", "after-fork"], types  # the child never wrote on the parent's socket
@@ -386,3 +392,129 @@ def test_no_thread_is_left_after_many_clients_stop_at_once(server):
         t.join(20)
     assert results == [True] * 8
     assert not [t for t in threading.enumerate() if any(t.name.startswith(c.name + "-") for c in clients)]
+
+
+# -- found by review: each of these once failed ---------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_frames_the_codec_refuses_are_bounded_like_data(make_client, raw_server):
+    client = make_client(raw_server.url, dispatch_queue=100, dispatch_queue_bytes=1 << 20)
+    release = threading.Event()
+    client.on_any(lambda msg: release.wait(HOLD))
+    client.signals.error.connect(lambda sender, **kw: None)
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()
+    conn.sendall(frame(b'{"type": "first"}'))
+    sender = threading.Thread(target=lambda: _send_quietly(raw_server, [frame(b"not json" * 8192)] * 2000), daemon=True)
+    sender.start()
+    wait_until(lambda: client.stats.backpressure_waits >= 1, timeout=20, what="backpressure from bad frames")
+    stats = client.stats
+    assert stats.dispatch_bytes <= (1 << 20) + 65536 and stats.dispatch_pending <= 101
+    release.set()
+    client.stop(timeout=5)
+    sender.join(10)
+
+
+@pytest.mark.timeout(60)
+def test_stop_ends_a_flush_and_nothing_it_leaves_unsent_goes_out_later(make_client, raw_server):
+    client = make_client(raw_server.url, codec=RawCodec(), outbox_size=20_000)
+    for i in range(20_000):
+        client.send(b"%05d" % i + b"." * 1019)
+    client.start()
+    raw_server.wait_connection()  # reads nothing: the flush blocks on a full socket
+    wait_until(lambda: client.stats.flushed > 0, timeout=10, what="the flush under way")
+    client.stop(timeout=1.0)  # the supervisor may still be ending: nothing it does may send more
+    left = client.unsent()
+    wait_until(lambda: not any(t.is_alive() for t in client.threads()), timeout=15, what="every thread to end")
+    assert client.unsent() == left and client.stats.flushed + len(left) == 20_000
+
+
+@pytest.mark.timeout(60)
+def test_stopped_is_the_last_signal_even_when_stop_runs_out_of_time(make_client, raw_server, collector):
+    client = make_client(raw_server.url, codec=RawCodec())
+    order = collector()
+    client.on_any(lambda msg: time.sleep(0.2))
+    for name in ("disconnected", "stopped"):
+        getattr(client.signals, name).connect(lambda sender, _n=name, **kw: order(_n))
+    client.start().wait_connected(timeout=10)
+    flood(raw_server, 50)
+    wait_until(lambda: client.stats.dispatched >= 1, what="delivery under way")
+    client.stop(timeout=0.5)
+    assert order.wait(2, timeout=10) == ["disconnected", "stopped"]
+    assert client.stats.dispatched < 50
+
+
+@pytest.mark.timeout(60)
+def test_stop_from_a_subscriber_keeps_its_timeout(make_client, raw_server):
+    client = make_client(raw_server.url, codec=RawCodec())
+    calls = []
+
+    def subscriber(msg: wsbridge.Message) -> None:
+        calls.append(msg)
+        if len(calls) == 1:
+            client.stop(timeout=0.5)
+        time.sleep(0.1)
+
+    client.on_any(subscriber)
+    client.start().wait_connected(timeout=10)
+    flood(raw_server, 100)
+    dispatcher = next(t for t in client.threads() if t.name.endswith("-dispatcher"))
+    wait_until(lambda: not dispatcher.is_alive(), timeout=10, what="the dispatcher to end")
+    assert len(calls) <= 10
+
+
+@pytest.mark.timeout(30)
+def test_a_messages_iterator_advanced_in_a_subscriber_raises(make_client, raw_server, collector):
+    client = make_client(raw_server.url, codec=RawCodec())
+    iterator = client.messages(timeout=5)  # made outside
+    errors = collector()
+
+    def subscriber(msg: wsbridge.Message) -> None:
+        try:
+            next(iterator)
+        except wsbridge.UsageError as exc:
+            errors(exc)
+
+    client.on_any(subscriber)
+    client.start().wait_connected(timeout=10)
+    flood(raw_server, 1)
+    assert isinstance(errors.wait(1, timeout=3)[0], wsbridge.UsageError)
+
+
+def test_a_codec_that_hands_text_over_as_bytes_is_checked_too(make_client, server):
+    class BytesText(wsbridge.JsonCodec):
+        def encode(self, obj):
+            return b"\xff\xfe", False  # a text frame that is not UTF-8
+
+    client = make_client(server.url, codec=BytesText())
+    with pytest.raises(ValueError, match="UTF-8"):
+        client.send({"type": "x"})
+    assert client.unsent() == []
+
+
+@pytest.mark.timeout(60)
+def test_stop_from_the_supervisor_thread_completes(make_client, collector):
+    with Server() as server:
+        stopped = collector()
+        box = {}
+        client = make_client(server.url, resume=lambda positions: box["client"].stop(timeout=2))
+        box["client"] = client
+        client.signals.stopped.connect(stopped)
+        client.start().wait_connected(timeout=10)
+        server.wait_clients(1)
+        server.send({"type": "x", "seq": 1})
+        server.drop_clients()  # the reconnect builds a resume request: the builder stops the client
+        stopped.wait(1, timeout=20)
+        wait_until(lambda: not any(t.is_alive() for t in client.threads()), timeout=15, what="every thread to end")
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_bad_frames_is_logged_once_then_counted(make_client, raw_server, caplog):
+    client = make_client(raw_server.url)
+    client.start().wait_connected(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="wsbridge"):
+        flood(raw_server, 500)  # digits only: valid JSON, but not an object
+        wait_until(lambda: client.stats.protocol_errors == 500, what="every bad frame reported")
+    decode = [r for r in caplog.records if "decode" in r.getMessage()]
+    assert 1 <= len(decode) <= 2, [r.getMessage() for r in decode]

@@ -44,7 +44,7 @@ from .reporting import Reporter
 from .resume import default_resume_request
 from .sender import OutFrame, ResumeBuilder, Sendable, Sender
 from .sequence import Positions, SequenceTracker
-from .signals import Signals, Subscribable
+from .signals import Signals, Subscribable, deliver
 from .state import Lifecycle, State
 from .stats import Stats
 from .store import Store
@@ -133,14 +133,15 @@ class Client(Subscribable):
         self._lifecycle = Lifecycle()
         self._store_closed = False
         self.policy = ReconnectPolicy(backoff if backoff is not None else Backoff(), retry_fatal)
-        self._reporter = Reporter(self, self.signals, self._emit, self.name)
+        self._reporter = Reporter(self, self.signals, self._emit, self.name, emit_data=self._emit_data)
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._delivery = Delivery(
             self, self.signals, self._reporter, SequenceTracker(gap_timeout=gap_timeout, max_held=max_held), self._pull,
             store, self.codec.raw_is_payload, self._want_resume, self.name,
         )
         self._dispatcher = self._delivery.dispatcher = Dispatcher(
-            self._delivery.handle, dispatch_queue, dispatch_queue_bytes, name=f"{self.name}-dispatcher", on_exit=self._close_store
+            self._delivery.handle, dispatch_queue, dispatch_queue_bytes,
+            name=f"{self.name}-dispatcher", on_exit=self._dispatcher_exit,
         )
         builder: Optional[ResumeBuilder] = self._default_resume if resume is True else (resume or None)
         self._sender = Sender(
@@ -266,13 +267,12 @@ class Client(Subscribable):
         supervisor.wakeup.set()
         self._sender.close()  # cuts a write stuck on a peer that does not read
         dispatcher.release_reader()
+        me = threading.current_thread()
         if before is not State.NEW:
-            if supervisor.thread.is_alive():
+            if supervisor.thread.is_alive() and supervisor.thread is not me:
                 supervisor.thread.join(max(0.0, deadline - time.monotonic()))
             self._pull.unblock()
-            if before is not State.STOPPED:
-                self._emit(self.signals.stopped)  # last of all, after everything received
-            dispatcher.stop(max(0.0, deadline - time.monotonic()))
+            dispatcher.stop(max(0.0, deadline - time.monotonic()))  # its last act: `stopped`, see _dispatcher_exit
         else:
             self._close_store()
         self._pull.close()
@@ -282,11 +282,24 @@ class Client(Subscribable):
         if left and before is not State.STOPPED:
             kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
-        me = threading.current_thread()
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running %.1f s after stop(): %s", self.name, timeout, ", ".join(alive))
         return not alive
+
+    def _dispatcher_exit(self) -> None:
+        """The dispatcher thread's last act: once the supervisor ended (bounded),
+        deliver the signals it sent last (``disconnected``), then ``stopped``, the
+        last signal of all, even when `stop` ran out of time for the data; then
+        close the store (the thread that writes it closes it)."""
+        supervisor = self._supervisor.thread
+        if supervisor.ident is not None:
+            supervisor.join(self.options.close_timeout + 6.0)
+        late = self._dispatcher.drain()
+        if late:
+            self._delivery.handle(late)
+        deliver(self.signals.stopped, self, self._reporter.listener_failed)
+        self._close_store()
 
     def _close_store(self) -> None:
         """The store's last user closes it: the dispatcher thread as it ends, or
@@ -325,6 +338,7 @@ class Client(Subscribable):
 
         def iterate() -> Iterator[Message]:
             while True:
+                self._check_pull("messages")  # again: an iterator may be advanced in a subscriber
                 try:
                     yield self._pull.get(timeout, wanted)
                 except (TimeoutError, ClientClosed):
@@ -364,6 +378,7 @@ class Client(Subscribable):
 
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""
+        self._check_process()
         return self._sender.unsent()
 
     def _closed_why(self) -> Optional[str]:
@@ -375,9 +390,14 @@ class Client(Subscribable):
         """Send ``signal`` on the dispatcher thread, in line with the messages; never waits."""
         self._dispatcher.put_control(Emit(signal, kwargs))
 
+    def _emit_data(self, signal: Any, size: int, **kwargs: Any) -> None:
+        """Send ``signal`` carrying ``size`` bytes of frame data: waits for room, as data does (reader thread)."""
+        self._dispatcher.put(Emit(signal, kwargs, size), size)
+
     def report_error(self, error: BaseException, context: str, **extra: Any) -> None:
         """Report a recoverable error on the ``error`` signal (or the log when
         nobody listens): for views and other extensions, from any thread; never waits."""
+        self._check_process()
         self._reporter.report(error, context, **extra)
 
     def _default_resume(self, positions: Positions) -> Any:
@@ -385,6 +405,9 @@ class Client(Subscribable):
 
     def _want_resume(self) -> None:
         self._supervisor.want_resume()
+
+    def _check_usable(self) -> None:  # Subscribable's hook
+        self._check_process()
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:

@@ -36,6 +36,7 @@ from .wsclient import (
     close_frame_sent,
     frame_bytes,
     handshake_subprotocol,
+    mark_reader_thread,
     ping_times,
     prepare_socket,
     replace_socket,
@@ -120,6 +121,7 @@ class Connection:
         self.thread.start()
 
     def _run(self) -> None:
+        mark_reader_thread()
         try:
             if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
                 deadline = time.monotonic() + self.options.connect_timeout

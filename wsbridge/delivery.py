@@ -38,10 +38,12 @@ class Stored(NamedTuple):
 
 
 class Emit(NamedTuple):
-    """A signal to send, in line with the messages around it."""
+    """A signal to send, in line with the messages around it; ``size``: the bytes of
+    frame data it carries (a decode error's report), counted against the queue's bound."""
 
     signal: Any
     kwargs: Dict[str, Any]
+    size: int = 0
 
 
 class Expire:
@@ -102,10 +104,11 @@ class Delivery:
         keys = self._store(items) if self.store is not None else None
         pulled: List[Message] = []
         dispatcher = self.dispatcher
-        for n, item in enumerate(items):
-            if dispatcher is not None and dispatcher.cut:  # stop() ran out of time
-                self.abandoned += len(items) - n
-                break
+        for item in items:
+            if dispatcher is not None and dispatcher.cut_at is not None and dispatcher.expired():
+                if isinstance(item, (Message, Stored)):  # stop() ran out of time: signals still go
+                    self.abandoned += 1
+                    continue
             try:
                 if isinstance(item, Message):  # (a Message is a tuple: test it first)
                     self._deliver(item, next(keys) if keys is not None else None)

@@ -32,9 +32,12 @@ WAKE_EVERY = 256
 
 
 def weight(item: Any) -> int:
-    """The bytes an item counts for against the byte bound: a message's frame data."""
+    """The bytes an item counts for against the byte bound: a message's frame data,
+    or the ``size`` an item declares (a report that carries a frame)."""
     message = item if item.__class__ is Message else getattr(item, "message", None)
-    raw = message.raw if message is not None else None
+    if message is None:
+        return getattr(item, "size", 0)
+    raw = message.raw
     return len(raw) if raw is not None else 0
 
 
@@ -82,7 +85,10 @@ class Dispatcher:
         self._closing = False
         self._released = False
         self.cut = False
-        """Set by `stop` once its time is up: the batch in hand ends after the current item."""
+        """Set by `stop` once its time is up: from then on data items are dropped
+        (counted), control items still delivered, then the thread ends."""
+        self.cut_at: Optional[float] = None
+        """`time.monotonic` after which `cut` holds (set by `stop`; checked per item)."""
         self.abandoned = 0
         """Items never delivered because `stop` ran out of time (dispatcher thread)."""
         self.blocked = 0
@@ -164,7 +170,7 @@ class Dispatcher:
         popleft = queue.popleft
         try:
             while True:
-                if queue and not self.cut:
+                if queue:
                     batch = [popleft() for _ in range(min(len(queue), BATCH))]
                     self._out_bytes += _weigh(batch)
                     try:
@@ -176,7 +182,6 @@ class Dispatcher:
                         self._space.set()
                     continue
                 if self._closing:
-                    self.abandoned += len(queue)
                     return
                 self._wake.clear()
                 self._idle = True
@@ -191,13 +196,26 @@ class Dispatcher:
             except Exception:
                 log.exception("wsbridge dispatcher exit handler failed")
 
-    def stop(self, timeout: Optional[float] = None) -> bool:
+    def expired(self) -> bool:
+        """Has `stop`'s time run out? (Checked by the handler before each item.)"""
+        cut_at = self.cut_at
+        if cut_at is not None and not self.cut and time.monotonic() > cut_at:
+            self.cut = True
+        return self.cut
+
+    def drain(self) -> List[Any]:
+        """What is still queued (for the exit handler, on the dispatcher thread)."""
+        queue = self._queue
+        return [queue.popleft() for _ in range(len(queue))]
+
+    def stop(self, timeout: float) -> bool:
         """Deliver what is queued within ``timeout``, then end the thread: past
-        the timeout, the batch in hand ends after its current item and the rest
-        is abandoned (counted). Returns whether the thread ended in time.
+        the timeout, data still queued is dropped (counted) and the rest (the
+        lifecycle signals) delivered. Returns whether the thread ended in time.
 
         From the dispatcher thread itself (a subscriber stopping its client) it
-        only asks: the thread ends once the subscriber returns."""
+        only sets the deadline: the thread ends once the subscriber returns."""
+        self.cut_at = time.monotonic() + timeout
         self._closing = True
         self._wake.set()
         self._space.set()

@@ -35,11 +35,11 @@ class Intake:
             messages = self.codec.decode(data, binary, time.time())
         except ProtocolError as exc:
             self.protocol_errors += 1
-            self._report(exc, "decode", frame=data)
+            self._report(exc, "decode", frame=data, size=size)  # bounded like data: it carries the frame
             return
         except Exception as exc:  # a codec bug must not kill the reader
             self.protocol_errors += 1
-            self._report(ProtocolError(f"codec {self.codec!r} failed: {exc!r}", data), "decode", frame=data)
+            self._report(ProtocolError(f"codec {self.codec!r} failed: {exc!r}", data), "decode", frame=data, size=size)
             return
         put = self._dispatcher.put
         for message in messages:

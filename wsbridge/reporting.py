@@ -6,7 +6,8 @@ nobody listens on that signal (a listener handles it; the log says DEBUG).
 A subscriber that raises is logged with its traceback the first time, and
 then, for the same subscriber and exception type, at most once every
 `SUMMARY_EVERY` seconds as a count: a subscriber that fails on every
-message does not print a traceback per message.
+message does not print a traceback per message. Other errors (a frame the
+codec refuses, a store that fails) are logged the same way, per context.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .signals import Signals, Subscriber, deliver
 
@@ -32,10 +33,16 @@ class Reporter:
     it on its own thread. `subscriber_failed` runs on the delivering thread.
     """
 
-    def __init__(self, owner: Any, signals: Signals, emit: Callable[..., None], name: str) -> None:
+    def __init__(
+        self, owner: Any, signals: Signals, emit: Callable[..., None], name: str,
+        emit_data: Optional[Callable[..., None]] = None,
+    ) -> None:
         self._owner = owner
         self._signals = signals
         self._emit = emit
+        self._emit_data = emit_data
+        """``emit_data(signal, size, **kwargs)``: how a report that carries ``size``
+        bytes of frame data travels (bounded, as data is; the reader's decode errors)."""
         self._name = name
         self.subscriber_errors = 0
         """Subscriber exceptions so far (written by the delivering thread)."""
@@ -45,33 +52,22 @@ class Reporter:
         self._seen: Dict[Tuple[Any, type], Tuple[float, int]] = {}  # (fn, exception type) -> (last logged, not logged since)
         self._lock = threading.Lock()
 
-    def report(self, error: BaseException, context: str, **extra: Any) -> None:
-        """Report a recoverable error on the ``error`` signal (and the log when
-        nobody listens); from any thread, never waiting."""
-        if self._signals.error.receivers:
-            log.debug("%s: %s error: %s", self._name, context, error)
+    def report(self, error: BaseException, context: str, *, size: int = 0, **extra: Any) -> None:
+        """Report a recoverable error on the ``error`` signal (and the log, rate-limited,
+        when nobody listens); from any thread, never waiting, unless it carries
+        ``size`` bytes of frame data: then it waits for room like the data it is."""
+        if log.isEnabledFor(logging.WARNING if not self._signals.error.receivers else logging.DEBUG):
+            self._log(context, type(error), error, logging.DEBUG if self._signals.error.receivers else logging.WARNING)
+        self.reported += 1
+        if size and self._emit_data is not None:
+            self._emit_data(self._signals.error, size, error=error, context=context, **extra)
         else:
-            log.warning("%s: %s error: %s", self._name, context, error)
-        self.reported += 1
-        self._emit(self._signals.error, error=error, context=context, **extra)
+            self._emit(self._signals.error, error=error, context=context, **extra)
 
-    def subscriber_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
-        """A subscriber raised (called by `deliver` on the delivering thread):
-        the ``error`` signal each time, the log rate-limited."""
-        self.subscriber_errors += 1
-        fn = receiver.fn if isinstance(receiver, Subscriber) else receiver
-        message = kwargs.get("message")
-        self._log_failure(fn, exc, message)
-        self.reported += 1
-        if self._signals.error.receivers:
-            deliver(self._signals.error, self._owner, self.listener_failed,
-                    error=exc, context="subscriber", message=message, subscriber=fn)
-
-    def _log_failure(self, fn: Any, exc: BaseException, message: Any) -> None:
-        level = logging.DEBUG if self._signals.error.receivers else logging.ERROR
-        if not log.isEnabledFor(level):
-            return
-        key = (fn, type(exc))
+    def _log(self, what: Any, kind: type, error: BaseException, level: int, message: Any = None) -> None:
+        """Log ``error`` of ``what`` the first time, then at most once every
+        `SUMMARY_EVERY` seconds for the same ``what`` and ``kind``, as a count."""
+        key = (what, kind)
         now = time.monotonic()
         with self._lock:
             last, quiet = self._seen.get(key, (0.0, -1))
@@ -79,11 +75,31 @@ class Reporter:
                 self._seen[key] = (last, quiet + 1)
                 return
             self._seen[key] = (now, 0)
-        if quiet <= 0:
-            log.log(level, "%s: subscriber %r raised on %r", self._name, fn, message, exc_info=exc)
+        if isinstance(what, str):  # a context: "decode", "store", ...
+            if quiet <= 0:
+                log.log(level, "%s: %s error: %s", self._name, what, error)
+            else:
+                log.log(level, "%s: %d more %s error(s) (%s) in %.0f s; the last: %s",
+                        self._name, quiet + 1, what, kind.__name__, now - last, error)
+        elif quiet <= 0:
+            log.log(level, "%s: subscriber %r raised on %r", self._name, what, message, exc_info=error)
         else:
             log.log(level, "%s: subscriber %r raised %s %d more time(s) in %.0f s; the last: %s",
-                    self._name, fn, type(exc).__name__, quiet + 1, now - last, exc)
+                    self._name, what, kind.__name__, quiet + 1, now - last, error)
+
+    def subscriber_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
+        """A subscriber raised (called by `deliver` on the delivering thread):
+        the ``error`` signal each time, the log rate-limited."""
+        self.subscriber_errors += 1
+        fn = receiver.fn if isinstance(receiver, Subscriber) else receiver
+        message = kwargs.get("message")
+        level = logging.DEBUG if self._signals.error.receivers else logging.ERROR
+        if log.isEnabledFor(level):
+            self._log(fn, type(exc), exc, level, message)
+        self.reported += 1
+        if self._signals.error.receivers:
+            deliver(self._signals.error, self._owner, self.listener_failed,
+                    error=exc, context="subscriber", message=message, subscriber=fn)
 
     def listener_failed(self, exc: BaseException, receiver: Any, kwargs: Dict[str, Any]) -> None:
         """A receiver of a lifecycle or error signal raised: logged, never re-reported."""

@@ -88,6 +88,8 @@ class Sender:
         """The head of the buffer being flushed (kept until the socket took it)."""
         self.sending = 0
         """Threads inside a socket write right now (`stop` cuts rather than wait for them)."""
+        self.flushing: Optional[Connection] = None
+        """The connection a flush is writing to (supervisor), for `close` to cut."""
         self.counts = Counts()
 
     # -- any thread -----------------------------------------------------------------
@@ -103,10 +105,13 @@ class Sender:
             data, binary = self.codec.encode(obj)
         if not binary:
             try:
-                str(data).encode("utf-8")
-            except UnicodeEncodeError as exc:
+                if isinstance(data, str):
+                    data.encode("utf-8")
+                else:  # a codec may hand text over as bytes: they must be UTF-8
+                    bytes(data).decode("utf-8")
+            except (UnicodeEncodeError, UnicodeDecodeError) as exc:
                 raise ValueError(
-                    f"cannot send text that is not encodable as UTF-8 ({exc.reason} at index {exc.start}): "
+                    f"cannot send a text frame that is not valid UTF-8 ({exc.reason} at {exc.start}): "
                     "a lone surrogate? Send bytes for binary data"
                 ) from None
         return data, binary
@@ -210,6 +215,9 @@ class Sender:
         conn = self.live
         if conn is not None and self.sending:
             conn.abort()
+        conn = self.flushing
+        if conn is not None:
+            conn.abort()  # nothing is written after stop() returned
         with self.cond:
             self.live = None
             self.cond.notify_all()
@@ -229,10 +237,22 @@ class Sender:
         socket took the whole batch: a connection lost mid-batch sends the
         batch again on the next one (at least once, never lost).
         """
+        self.flushing = conn
+        try:
+            return self._flush(conn, resume_from, stopping)
+        finally:
+            self.flushing = None
+
+    def _flush(self, conn: Connection, resume_from: Positions, stopping: threading.Event) -> bool:
         cond = self.cond
         sent_key: Optional[int] = None  # the last kept frame the socket took, not yet forgotten
         unforgotten = 0
         while True:
+            if stopping.is_set():  # the rest stays buffered (see unsent())
+                with cond:
+                    if unforgotten:
+                        self._forget(sent_key, through=True)
+                return False
             with cond:
                 batch = self.outbox.peek_many(FLUSH_BATCH)
                 if unforgotten and (not batch or unforgotten >= FLUSH_FORGET_EVERY):

@@ -12,6 +12,7 @@ fails loudly in the tests rather than quietly in production.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple, Union
@@ -23,10 +24,32 @@ from websocket._socket import send as socket_send  # the stock dispatcher's send
 from websocket._url import get_proxy_info, parse_url
 
 __all__ = [
-    "ABNF", "App", "CONTRACT", "get_proxy_info", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
+    "ABNF", "App", "CONTRACT", "get_proxy_info", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
     "close_frame_sent", "frame_bytes", "handshake_subprotocol", "ping_times", "pong_received",
     "replace_socket", "socket_of", "stop_running",
 ]
+
+
+_thread = threading.local()
+
+
+class _QuietForWsbridge(logging.Filter):
+    """websocket-client logs the end of every connection at ERROR ("Connection to
+    remote host was lost. - goodbye"), even an orderly one. For the connections
+    wsbridge runs, the client says what happened itself (signals, and its own log in
+    its own words), so records of INFO and above from their reader threads are
+    dropped; DEBUG (websocket-client's trace) still passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.INFO or not getattr(_thread, "wsbridge_reader", False)
+
+
+logging.getLogger("websocket").addFilter(_QuietForWsbridge())
+
+
+def mark_reader_thread() -> None:
+    """This thread runs a wsbridge connection: websocket-client's INFO+ records from it are dropped."""
+    _thread.wsbridge_reader = True
 
 
 class App(WebSocketApp):
