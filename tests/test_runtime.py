@@ -7,9 +7,13 @@ Every wait is bounded; a test that could hang has its own watchdog
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from typing import Any, List
@@ -40,7 +44,7 @@ def test_a_subscriber_may_stop_report_or_send_at_a_full_queue(make_client, raw_s
     def subscriber(msg: wsbridge.Message) -> None:
         if done.is_set():
             return
-        wait_until(lambda: client.stats.backpressure_waits >= 1, timeout=HOLD, what="a full queue")
+        wait_until(lambda: client.stats.dispatch_pending >= 5, timeout=HOLD, what="a full queue")
         if call == "stop":
             result["stopped"] = client.stop(timeout=5)
         elif call == "report_error":
@@ -48,10 +52,11 @@ def test_a_subscriber_may_stop_report_or_send_at_a_full_queue(make_client, raw_s
                 client.report_error(ValueError("from a subscriber"), "view")
         else:
             raw_server.wait_connection().close()  # sends now fail, and frames go to the 1-slot buffer
-            for i in range(200):
+            for i in range(2000):
                 client.send(f"reply {i}")
                 if client.stats.outbox_dropped >= 2:
                     break
+            assert client.stats.dispatch_pending >= 5  # the drops were signalled at a full queue
         done.set()
 
     client.on_any(subscriber)
@@ -94,29 +99,30 @@ def test_stop_returns_within_its_timeout_with_a_slow_subscriber(make_client, raw
 
 @pytest.mark.timeout(60)
 def test_stop_returns_within_its_timeout_while_a_send_is_stuck(make_client, raw_server):
-    """2: mid-send to a peer that does not read."""
-    client = make_client(raw_server.url, codec=RawCodec())
+    """2: mid-send to a peer that does not read (the write's own timeout is 30 s)."""
+    client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)
     client.start().wait_connected(timeout=10)
-    raw_server.wait_connection()  # the server never reads
-    stuck = threading.Event()
-
-    def sender() -> None:
-        try:
-            for _ in range(10_000):
-                stuck.set()
-                client.send(b"x" * 65536)
-        except wsbridge.WsbridgeError:
-            pass
-
-    thread = threading.Thread(target=sender, name="test-sender", daemon=True)
-    thread.start()
-    assert stuck.wait(10)
-    wait_until(lambda: client.stats.sent > 20, timeout=10, what="the kernel's buffers to fill")
+    conn = raw_server.wait_connection()  # the server never reads
+    sender = threading.Thread(target=lambda: _send_client_quietly(client, b"x" * (32 << 20)), name="test-sender", daemon=True)
+    sender.start()
+    wait_until(lambda: unread(conn) > 64 * 1024, timeout=10, what="a send stuck on a full socket")
     t0 = time.monotonic()
     client.stop(timeout=2.0)
     assert time.monotonic() - t0 < 2.5
-    thread.join(10)
-    assert not thread.is_alive()
+    sender.join(10)
+    assert not sender.is_alive()
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive buffer."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _send_client_quietly(client: wsbridge.Client, data: bytes) -> None:
+    try:
+        client.send(data)
+    except wsbridge.WsbridgeError:
+        pass
 
 
 @pytest.mark.timeout(60)
@@ -354,16 +360,32 @@ def test_a_stream_name_the_server_sent_never_breaks_the_resume_request(make_clie
         assert client.state == "connected" and client.stats.connect_attempts == 2
 
 
-@pytest.mark.timeout(30)
-def test_connected_fires_once_the_send_buffer_is_flushed(make_client, server, collector):
-    """10."""
-    client = make_client(server.url)
-    for i in range(100):
-        client.send({"type": "queued", "i": i})
+@pytest.mark.timeout(60)
+def test_connected_fires_once_the_send_buffer_is_flushed(make_client, raw_server, collector):
+    """10: the server reads nothing at first, so the flush cannot finish; ``connected``
+    must wait for it (and find the buffer empty), not fire when the socket opens."""
+    client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)
+    for _ in range(200):
+        client.send(b"q" * 65536)
     seen = collector()
     client.signals.connected.connect(lambda sender, **kw: seen((sender.stats.outbox, sender.stats.flushed)))
-    client.start().wait_connected(timeout=10)
-    assert seen.wait(1)[0] == (0, 100)
+    client.start()
+    conn = raw_server.wait_connection()
+    wait_until(lambda: unread(conn) > 64 * 1024, timeout=10, what="the flush under way and stuck")
+    drained = threading.Thread(target=_drain, args=(conn,), name="test-drain", daemon=True)
+    drained.start()
+    assert seen.wait(1, timeout=20)[0] == (0, 200)
+    client.stop(timeout=5)
+    drained.join(10)
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.settimeout(20)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except OSError:
+        pass
 
 
 def test_lifecycle_signals_come_in_the_documented_order(make_client, collector):
@@ -422,12 +444,25 @@ def test_stop_ends_a_flush_and_nothing_it_leaves_unsent_goes_out_later(make_clie
     for i in range(20_000):
         client.send(b"%05d" % i + b"." * 1019)
     client.start()
-    raw_server.wait_connection()  # reads nothing: the flush blocks on a full socket
+    conn = raw_server.wait_connection()
+    reading = threading.Thread(target=_read_slowly, args=(conn,), name="test-slow-reader", daemon=True)
+    reading.start()  # the flush goes on, slowly
     wait_until(lambda: client.stats.flushed > 0, timeout=10, what="the flush under way")
     client.stop(timeout=1.0)  # the supervisor may still be ending: nothing it does may send more
     left = client.unsent()
     wait_until(lambda: not any(t.is_alive() for t in client.threads()), timeout=15, what="every thread to end")
     assert client.unsent() == left and client.stats.flushed + len(left) == 20_000
+    reading.join(10)
+
+
+def _read_slowly(sock: socket.socket) -> None:
+    sock.settimeout(20)
+    pace = threading.Event()
+    try:
+        while sock.recv(65536):
+            pace.wait(0.01)  # the peer's pace, not a synchronisation
+    except OSError:
+        pass
 
 
 @pytest.mark.timeout(60)
