@@ -8,7 +8,7 @@ from one socket to the next. websocket-client's own reconnect loop stays off
 The socket is dialled here (`wsbridge.dial`: bounded by ``connect_timeout``,
 abortable in every phase) and handed to websocket-client wrapped in a
 `BufferedSocket`, which checks the upgrade (`wsbridge.handshake`). Every
-frame is read by our `ReadLoop` (`wsbridge.buffered`), never by
+frame is read by our `ReadLoop` (`wsbridge.reader`), never by
 websocket-client's parser. Through a proxy from the environment,
 websocket-client dials and upgrades in its own way; the socket is wrapped
 once open, so frames are still read by `ReadLoop`.
