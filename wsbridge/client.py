@@ -20,25 +20,24 @@ wait, in line with the messages around them. The order of lifecycle signals:
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Collection, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
+from . import registry
 from .backoff import Backoff
 from .codec import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .delivery import Delivery, Emit
 from .dispatch import Dispatcher
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
 from .intake import Intake
-from .message import Message
 from .options import ConnectOptions
 from .outbox import Outbox
 from .policy import ReconnectPolicy
-from .pull import PullBuffer
+from .pull import PullBuffer, Pulling
 from .redact import redact_url
 from .reporting import Reporter
 from .resume import default_resume_request
@@ -55,19 +54,9 @@ log = logging.getLogger("wsbridge")
 __all__ = ["Client", "Sendable", "OutFrame", "ResumeBuilder"]
 
 _ids = itertools.count(1)
-_live_clients: "Dict[int, Client]" = {}
-_live_lock = threading.Lock()
 
 
-@atexit.register
-def _stop_live_clients() -> None:
-    with _live_lock:
-        clients = [c for c in _live_clients.values() if c._pid == os.getpid()]
-    for client in clients:
-        client.stop(timeout=2.0)
-
-
-class Client(Subscribable):
+class Client(Subscribable, Pulling):
     """Receive (and send) WebSocket messages from synchronous code.
 
     ``start()`` returns at once; messages then reach the subscribers
@@ -202,8 +191,7 @@ class Client(Subscribable):
             self._open_store()
         if not self._lifecycle.begin():
             return self
-        with _live_lock:
-            _live_clients[id(self)] = self
+        registry.add(self)
         self._dispatcher.start()
         self._supervisor.thread.start()
         return self
@@ -276,8 +264,7 @@ class Client(Subscribable):
         else:
             self._close_store()
         self._pull.close()
-        with _live_lock:
-            _live_clients.pop(id(self), None)
+        registry.discard(self)
         left = len(self._sender.outbox)
         if left and before is not State.STOPPED:
             kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
@@ -315,44 +302,6 @@ class Client(Subscribable):
         if conn is not None:
             threads.append(conn.thread)
         return [t for t in threads if t.ident is not None]
-
-    # -- pull API -------------------------------------------------------------------------------
-    def recv(self, timeout: Optional[float] = None) -> Message:
-        """The next message, waiting up to ``timeout`` s (`TimeoutError`).
-
-        Raises `ClientClosed` once the client has stopped (or gave up) and
-        every buffered message was taken; `UsageError` from a subscriber.
-        """
-        self._check_pull("recv")
-        return self._pull.get(timeout)
-
-    def messages(self, types: Optional[Collection[str]] = None, timeout: Optional[float] = None) -> Iterator[Message]:
-        """Iterate over messages (of ``types`` only, if given).
-
-        The iteration ends when no matching message arrives within ``timeout``
-        seconds, or when the client stops. Messages of other types stay
-        buffered for `recv`.
-        """
-        self._check_pull("messages")
-        wanted = frozenset(types) if types is not None else None
-
-        def iterate() -> Iterator[Message]:
-            while True:
-                self._check_pull("messages")  # again: an iterator may be advanced in a subscriber
-                try:
-                    yield self._pull.get(timeout, wanted)
-                except (TimeoutError, ClientClosed):
-                    return
-
-        return iterate()
-
-    def wait_for(
-        self, mtype: str, predicate: Optional[Callable[[Message], bool]] = None, timeout: Optional[float] = None
-    ) -> Message:
-        """The first buffered or future message of type ``mtype`` (matching
-        ``predicate``), leaving other messages buffered."""
-        self._check_pull("wait_for")
-        return self._pull.get(timeout, frozenset((mtype,)), predicate)
 
     def _check_pull(self, what: str) -> None:
         self._check_process()

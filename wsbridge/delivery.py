@@ -94,6 +94,10 @@ class Delivery:
         self._want_resume = want_resume
         self.name = name
         self.dispatcher: Optional[Dispatcher] = None
+        self._handlers: Dict[type, Callable[[Any, List[Message]], None]] = {
+            Stored: self._stored, Emit: self._emit, Barrier: self._barrier,
+        }
+        """What each item type but `Message` (the hot path, inline) does: the closed set."""
         self.dispatched = self.duplicates = self.gaps = self.lost = 0
         self.stored = self.store_errors = self.replayed = self.abandoned = 0
 
@@ -136,16 +140,22 @@ class Delivery:
             self.store.mark_handled(key)  # type: ignore[union-attr]
 
     def _other(self, item: Item, pulled: List[Message]) -> None:
-        if isinstance(item, Stored):
-            self.replayed += 1
-            self._deliver(item.message, item.key)
-            pulled.append(item.message)
-        elif isinstance(item, Emit):
-            deliver(item.signal, self.owner, self.reporter.listener_failed, **item.kwargs)
-        elif isinstance(item, Barrier):
-            item.done.set()
-        else:
+        handler = self._handlers.get(type(item))
+        if handler is None:
             raise TypeError(f"not a dispatcher item: {item!r}")
+        handler(item, pulled)
+
+    def _stored(self, item: Stored, pulled: List[Message]) -> None:
+        self.replayed += 1
+        self._deliver(item.message, item.key)
+        pulled.append(item.message)
+
+    def _emit(self, item: Emit, pulled: List[Message]) -> None:
+        deliver(item.signal, self.owner, self.reporter.listener_failed, **item.kwargs)
+
+    @staticmethod
+    def _barrier(item: Barrier, pulled: List[Message]) -> None:
+        item.done.set()
 
     # -- sequence tracking --------------------------------------------------------------------
     def _track(self, batch: List[Item]) -> List[Item]:

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Collection, Deque, Iterable, Optional
+from typing import Callable, Collection, Deque, Iterable, Iterator, Optional
 
 from .errors import ClientClosed
 from .message import Message
@@ -174,3 +174,51 @@ class PullBuffer:
             self._closed = True
             self._unbounded = True
             self._cond.notify_all()
+
+
+class Pulling:
+    """The pull API (`recv`, `messages`, `wait_for`) over ``self._pull``, for a
+    client whose ``_check_pull(what)`` raises where pulling cannot work."""
+
+    _pull: PullBuffer
+
+    def _check_pull(self, what: str) -> None:
+        raise NotImplementedError
+
+    def recv(self, timeout: Optional[float] = None) -> Message:
+        """The next message, waiting up to ``timeout`` s (`TimeoutError`).
+
+        Raises `ClientClosed` once the client has stopped (or gave up) and
+        every buffered message was taken; `UsageError` from a subscriber.
+        """
+        self._check_pull("recv")
+        return self._pull.get(timeout)
+
+    def messages(self, types: Optional[Collection[str]] = None, timeout: Optional[float] = None) -> Iterator[Message]:
+        """Iterate over messages (of ``types`` only, if given).
+
+        The iteration ends when no matching message arrives within ``timeout``
+        seconds, or when the client stops. Messages of other types stay
+        buffered for `recv`.
+        """
+        self._check_pull("messages")
+        wanted = frozenset(types) if types is not None else None
+
+        def iterate() -> Iterator[Message]:
+            while True:
+                self._check_pull("messages")  # again: an iterator may be advanced in a subscriber
+                try:
+                    yield self._pull.get(timeout, wanted)
+                except (TimeoutError, ClientClosed):
+                    return
+
+        return iterate()
+
+    def wait_for(
+        self, mtype: str, predicate: Optional[Callable[[Message], bool]] = None, timeout: Optional[float] = None
+    ) -> Message:
+        """The first buffered or future message of type ``mtype`` (matching
+        ``predicate``), leaving other messages buffered."""
+        self._check_pull("wait_for")
+        return self._pull.get(timeout, frozenset((mtype,)), predicate)
+

@@ -47,8 +47,7 @@ class Reporter:
         self.subscriber_errors = 0
         """Subscriber exceptions so far (written by the delivering thread)."""
         self.reported = 0
-        """Errors reported on the ``error`` signal, subscribers' included (a count for
-        a consumer's one thread; a client's many reporting threads may miss one)."""
+        """Errors reported on the ``error`` signal, subscribers' included (under the lock)."""
         self._seen: Dict[Tuple[Any, type], Tuple[float, int]] = {}  # (fn, exception type) -> (last logged, not logged since)
         self._lock = threading.Lock()
 
@@ -58,7 +57,8 @@ class Reporter:
         ``size`` bytes of frame data: then it waits for room like the data it is."""
         if log.isEnabledFor(logging.WARNING if not self._signals.error.receivers else logging.DEBUG):
             self._log(context, type(error), error, logging.DEBUG if self._signals.error.receivers else logging.WARNING)
-        self.reported += 1
+        with self._lock:  # reports come from any thread
+            self.reported += 1
         if size and self._emit_data is not None:
             self._emit_data(self._signals.error, size, error=error, context=context, **extra)
         else:
@@ -96,7 +96,8 @@ class Reporter:
         level = logging.DEBUG if self._signals.error.receivers else logging.ERROR
         if log.isEnabledFor(level):
             self._log(fn, type(exc), exc, level, message)
-        self.reported += 1
+        with self._lock:
+            self.reported += 1
         if self._signals.error.receivers:
             deliver(self._signals.error, self._owner, self.listener_failed,
                     error=exc, context="subscriber", message=message, subscriber=fn)

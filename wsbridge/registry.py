@@ -1,0 +1,45 @@
+"""Every started client of this process, for stopping them all (at exit, or on request).
+
+A client inherited through ``fork()`` is skipped: it belongs to the parent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Any, Dict, List
+
+_clients: Dict[int, Any] = {}
+_lock = threading.Lock()
+
+
+def add(client: Any) -> None:
+    with _lock:
+        _clients[id(client)] = client
+
+
+def discard(client: Any) -> None:
+    with _lock:
+        _clients.pop(id(client), None)
+
+
+def live() -> List[Any]:
+    """The started, not yet stopped clients made by this process."""
+    with _lock:
+        return [c for c in _clients.values() if c._pid == os.getpid()]
+
+
+def _reset_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork(): it never lets go here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    for client in live():
+        client.stop(timeout=2.0)
