@@ -68,7 +68,7 @@ def chaos(messages: int, cuts: int, seed: int) -> ChaosReport:
     proxy = Proxy(("127.0.0.1", feed.port))
     try:
         return run_chaos(wsbridge.Client, proxy, lambda n, stream: feed(f"publish {n} {stream}"),
-                         messages=messages, cuts=cuts, seed=seed, backoff=FAST, pull_buffer=0)
+                         messages=messages, cuts=cuts, seed=seed, backoff=FAST, pull_buffer=0, **wsbridge.conventions())
     finally:
         proxy.close()
         feed.close()
@@ -90,7 +90,7 @@ def catch_up(messages: int, how: str) -> float:
 
     def new_client():
         store = wsbridge.SQLiteStore(store_path) if how == "restart" else None
-        client = wsbridge.Client(proxy.url, backoff=FAST, store=store, pull_buffer=0)
+        client = wsbridge.Client(proxy.url, backoff=FAST, store=store, pull_buffer=0, **wsbridge.conventions())
         client.on("tick", on_tick)
         return client
 

@@ -138,7 +138,7 @@ def wsbridge_client(url: str, kind: str, handler: Any, store: bool = False, load
     tmp = tempfile.mkdtemp() if store else None
     client = wsbridge.Client(
         url,
-        codec=wsbridge.RawCodec() if kind in ("bin64k", "frag64k") else wsbridge.JsonCodec(loads=loads or json.loads),
+        codec=wsbridge.RawCodec() if kind in ("bin64k", "frag64k") else wsbridge.JsonCodec.conventions(loads=loads or json.loads),
         backoff=wsbridge.NO_RETRY,
         ping_interval=0,  # blaster.py does not answer pings
         store=wsbridge.SQLiteStore(os.path.join(tmp, "bench.db")) if tmp else None,

@@ -62,7 +62,8 @@ def bridge(blaster: str, redis_url: str, feed: str, count: int, fenced: bool) ->
     store = wsbridge.RedisStreamStore(redis_url, feed=feed, lease=lease)
     watch = Stopwatch(count)
     client = wsbridge.Client(f"{blaster}/json100/{count}", store=store, pull_buffer=0,
-                             backoff=wsbridge.NO_RETRY, ping_interval=0)  # blaster.py answers no ping
+                             backoff=wsbridge.NO_RETRY, ping_interval=0,  # blaster.py answers no ping
+                             codec=wsbridge.JsonCodec.conventions())
     client.on_any(watch)
     client.start()
     try:

@@ -30,7 +30,8 @@ TOTAL = 6000
 
 def start_bridge(feed_url, redis_url, feed):
     return subprocess.Popen(
-        [sys.executable, "-m", "wsbridge", "bridge", feed_url, "--redis", redis_url, "--feed", feed, "--lease-ttl", "1"],
+        [sys.executable, "-m", "wsbridge", "bridge", feed_url, "--redis", redis_url, "--feed", feed, "--lease-ttl", "1",
+         "--codec", "wsbridge"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
 

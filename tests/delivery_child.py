@@ -22,7 +22,8 @@ def main() -> int:
         if msg.seq == total:
             done.set()
 
-    client = wsbridge.Client(url, store=wsbridge.SQLiteStore(store_path), backoff=wsbridge.Backoff(initial=0.05, max_delay=0.2))
+    client = wsbridge.Client(url, store=wsbridge.SQLiteStore(store_path), backoff=wsbridge.Backoff(initial=0.05, max_delay=0.2),
+                             **wsbridge.conventions())
     client.on("tick", on_tick)
     with client:
         if not done.wait(60):

@@ -12,6 +12,7 @@ import sys
 import pytest
 import trustme
 
+import wsbridge
 from wsbridge.testing import Server
 
 from conftest import Lines
@@ -37,7 +38,7 @@ def ticks(n):
 # -- listen -------------------------------------------------------------------
 def test_listen_prints_json_lines_and_a_summary():
     with Server(script=ticks(5) + [{"type": "chat", "from": "ann", "text": "hi"}]) as server:
-        result = run("listen", server.url, "--json-lines", "--max", "6", "--timeout", "30")
+        result = run("listen", server.url, "--codec", "wsbridge", "--json-lines", "--max", "6", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["type"] for r in records] == ["tick"] * 5 + ["chat"]
@@ -48,7 +49,7 @@ def test_listen_prints_json_lines_and_a_summary():
 
 def test_listen_filters_by_type_and_prints_lines_for_people():
     with Server(script=ticks(3) + [{"type": "chat", "from": "ann", "text": "hi"}]) as server:
-        result = run("listen", server.url, "--type", "chat", "--max", "1", "--timeout", "30")
+        result = run("listen", server.url, "--codec", "wsbridge", "--type", "chat", "--max", "1", "--timeout", "30")
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     assert line.endswith(' chat {"type": "chat", "from": "ann", "text": "hi"}')
@@ -57,7 +58,7 @@ def test_listen_filters_by_type_and_prints_lines_for_people():
 def test_listen_with_a_store_then_history_reads_it_back(tmp_path):
     db = str(tmp_path / "feed.db")
     with Server(script=ticks(4)) as server:
-        assert run("listen", server.url, "--store", db, "--max", "4", "--timeout", "30").returncode == 0
+        assert run("listen", server.url, "--codec", "wsbridge", "--store", db, "--max", "4", "--timeout", "30").returncode == 0
     result = run("history", db, "--after-seq", "2", "--json-lines")
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["seq"] for line in result.stdout.splitlines()] == [3, 4]
@@ -69,7 +70,7 @@ def test_listen_with_a_store_then_history_reads_it_back(tmp_path):
 
 def test_listen_stops_cleanly_on_ctrl_c_with_a_summary():
     with Server() as server:
-        proc = start("listen", server.url)
+        proc = start("listen", server.url, "--codec", "wsbridge")
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         try:
             err.next("connected to")
@@ -86,7 +87,7 @@ def test_listen_stops_cleanly_on_ctrl_c_with_a_summary():
 
 def test_listen_reconnects_and_resumes_when_the_server_restarts():
     with Server(feed_from="now") as server:
-        proc = start("listen", server.url, "--json-lines", "--max", "6", "--timeout", "60")
+        proc = start("listen", server.url, "--codec", "wsbridge", "--json-lines", "--max", "6", "--timeout", "60")
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         try:
             err.next("connected to")
@@ -119,7 +120,7 @@ def test_listen_keeps_retrying_and_says_why_until_the_timeout(free_port):
 
 def test_a_refused_handshake_names_its_http_status():
     with Server(reject_status=401) as server:
-        result = run("listen", server.url, "--header", "Authorization: Bearer s3cr3t-token")
+        result = run("listen", server.url, "--codec", "wsbridge", "--header", "Authorization: Bearer s3cr3t-token")
     assert result.returncode == 3
     assert "refused the WebSocket handshake with HTTP 401 (check the credentials" in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout
@@ -137,7 +138,7 @@ def test_a_bad_header_is_a_usage_error():
 
 def test_too_few_messages_before_the_timeout_is_a_failure():
     with Server(script=ticks(2)) as server:
-        result = run("listen", server.url, "--max", "5", "--timeout", "1")
+        result = run("listen", server.url, "--codec", "wsbridge", "--max", "5", "--timeout", "1")
     assert result.returncode == 1 and "2 of 5 messages arrived within 1.0 s" in result.stderr
 
 
@@ -154,10 +155,11 @@ def tls_files(tmp_path_factory):
 def test_tls_with_an_unknown_ca_fails_clearly_and_ca_file_fixes_it(tls_files):
     ca_file, context = tls_files
     with Server(ssl=context, script=ticks(1)) as server:
-        failed = run("listen", server.url, "--max", "1", "--timeout", "20")
+        failed = run("listen", server.url, "--codec", "wsbridge", "--max", "1", "--timeout", "20")
         assert failed.returncode == 3
         assert "TLS certificate verification failed" in failed.stderr and "--ca-file" in failed.stderr
-        ok = run("listen", server.url, "--max", "1", "--timeout", "20", "--ca-file", ca_file, "--json-lines")
+        ok = run("listen", server.url, "--codec", "wsbridge", "--max", "1", "--timeout", "20", "--ca-file", ca_file,
+                 "--json-lines")
         assert ok.returncode == 0, ok.stderr
         assert json.loads(ok.stdout)["seq"] == 1
 
@@ -225,7 +227,7 @@ def test_serve_a_feed_with_cuts_a_listener_loses_nothing(make_client, collector)
     try:
         url, _ = serving(proc)
         got = collector()
-        client = make_client(url)
+        client = make_client(url, **wsbridge.conventions())
         client.on("tick", got)
         client.start()
         items = got.wait(1200, timeout=30)

@@ -16,7 +16,7 @@ from conftest import per_thread, send_from_threads, wait_until
 
 def test_connects_receives_in_order_and_stops_cleanly(server, make_client, collector):
     got = collector()
-    client = make_client(server.url)
+    client = make_client(server.url, **wsbridge.conventions())
     client.on("tick", got)
     client.start().wait_connected(timeout=10)
     server.wait_clients(1)
@@ -386,7 +386,7 @@ def test_a_slow_subscriber_bounds_memory_by_stopping_the_reader(server, make_cli
         release.wait(30)
         got(msg)
 
-    client = make_client(server.url, dispatch_queue=100, pull_buffer=0)
+    client = make_client(server.url, dispatch_queue=100, pull_buffer=0, **wsbridge.conventions())
     client.on("tick", slow)
     client.start().wait_connected(timeout=10)
     server.wait_clients(1)
@@ -399,7 +399,7 @@ def test_a_slow_subscriber_bounds_memory_by_stopping_the_reader(server, make_cli
 
 
 def test_pull_buffer_block_policy_loses_nothing(server, make_client):
-    client = make_client(server.url, pull_buffer=10, pull_overflow="block")
+    client = make_client(server.url, pull_buffer=10, pull_overflow="block", **wsbridge.conventions())
     client.start().wait_connected(timeout=10)
     server.wait_clients(1)
     server.send_many({"type": "tick", "seq": i} for i in range(1, 101))

@@ -111,7 +111,7 @@ def test_pipe_encode_rejects_bad_input():
 
 # -- json -----------------------------------------------------------------------
 def test_json_decodes_fields():
-    [msg] = JsonCodec().decode(b'{"type":"chat","seq":7,"id":"a1","stream":"room1","body":"hi"}', False, 1.0)
+    [msg] = JsonCodec.conventions().decode(b'{"type":"chat","seq":7,"id":"a1","stream":"room1","body":"hi"}', False, 1.0)
     assert (msg.type, msg.seq, msg.id, msg.stream, msg.payload["body"]) == ("chat", 7, "a1", "room1", "hi")
 
 
@@ -138,11 +138,11 @@ def test_json_type_field_is_configurable():
 )
 def test_json_malformed_frames(frame, fragment):
     with pytest.raises(ProtocolError, match=fragment):
-        JsonCodec().decode(frame, False)
+        JsonCodec.conventions().decode(frame, False)
 
 
 def test_json_encode_and_round_trip():
-    codec = JsonCodec()
+    codec = JsonCodec.conventions()
     data, binary = codec.encode({"type": "chat", "body": "hé"})
     assert binary is False and json.loads(data) == {"type": "chat", "body": "hé"}
     data, _ = codec.encode(Message("chat", {"body": "x"}, seq=3))

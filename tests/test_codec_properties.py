@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from wsbridge import JsonCodec, Message, PipeCodec, ProtocolError, RawCodec
 
-CODECS = [JsonCodec(), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
+CODECS = [JsonCodec.conventions(), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
 settings.register_profile("wsbridge", max_examples=300, deadline=None)
 settings.load_profile("wsbridge")
 
@@ -45,7 +45,7 @@ def test_pipe_like_garbage_is_refused_cleanly(parts):
 @given(st.integers(min_value=1, max_value=30))
 def test_deep_json_nesting_is_a_protocol_error_not_a_crash(depth_thousands):
     data = b"[" * (depth_thousands * 1000) + b"]" * (depth_thousands * 1000)
-    decodes_or_refuses(JsonCodec(), data, False)
+    decodes_or_refuses(JsonCodec.conventions(), data, False)
 
 
 def test_a_huge_pipe_length_is_refused_without_allocating():
@@ -61,7 +61,7 @@ def test_a_huge_pipe_length_is_refused_without_allocating():
        st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("type", "seq", "id", "stream")), json_values, max_size=5),
        st.one_of(st.none(), st.integers()))
 def test_json_round_trip(mtype, body, seq):
-    codec = JsonCodec()
+    codec = JsonCodec.conventions()
     message = Message(mtype, body, seq)
     data, binary = codec.encode(message)
     [back] = codec.decode(data.encode("utf-8"), binary, 1.0)

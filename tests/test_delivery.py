@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import wsbridge
 from wsbridge import Backoff, SQLiteStore, StoreError
 from wsbridge.testing import Proxy, Server
 from wsbridge.testing.chaos import run_chaos
@@ -36,7 +37,7 @@ def start_through(proxy, make_client, collector, **options):
     """A client of the feed through ``proxy``, connected, with collectors of
     its ticks and of its ``connected`` signals."""
     got, connected = collector(), collector()
-    client = make_client(proxy.url, backoff=FAST, **options)
+    client = make_client(proxy.url, backoff=FAST, **{**wsbridge.conventions(), **options})
     client.on("tick", got)
     client.signals.connected.connect(connected)
     client.start().wait_connected(timeout=10)
@@ -82,7 +83,7 @@ def test_messages_resent_on_resume_are_dropped_as_duplicates(make_client, collec
 def test_a_gap_is_filled_by_a_resume_and_delivered_in_order(make_client, collector):
     with Server(skip={5}) as feed:
         got, gaps = collector(), collector()
-        client = make_client(feed.url)
+        client = make_client(feed.url, **wsbridge.conventions())
         client.on("tick", got)
         client.signals.gap.connect(gaps)
         client.start().wait_connected(timeout=10)
@@ -99,7 +100,7 @@ def test_a_gap_is_filled_by_a_resume_and_delivered_in_order(make_client, collect
 def test_reordered_messages_are_delivered_in_order(make_client, collector):
     with Server(reorder=True) as feed:
         got = collector()
-        client = make_client(feed.url)
+        client = make_client(feed.url, **wsbridge.conventions())
         client.on("tick", got)
         client.start().wait_connected(timeout=10)
         feed.publish_many(ticks(1))  # the first message of a stream sets where it starts
@@ -111,7 +112,7 @@ def test_reordered_messages_are_delivered_in_order(make_client, collector):
 def test_a_gap_nobody_fills_is_lost_after_gap_timeout_and_the_stream_goes_on(make_client, collector):
     with Server(skip={5}) as feed:
         got, gaps = collector(), collector()
-        client = make_client(feed.url, resume=False, gap_timeout=0.2)
+        client = make_client(feed.url, resume=False, gap_timeout=0.2, codec=wsbridge.JsonCodec.conventions())
         client.on("tick", got)
         client.signals.gap.connect(gaps)
         client.start().wait_connected(timeout=10)
@@ -124,7 +125,9 @@ def test_a_gap_nobody_fills_is_lost_after_gap_timeout_and_the_stream_goes_on(mak
 def test_a_custom_resume_request(make_client):
     with Server() as feed:
         feed.publish_many(ticks(3))
-        client = make_client(feed.url, resume=lambda positions: {"type": "hello", "from": positions[None]})
+        client = make_client(
+            feed.url, resume=lambda positions: {"type": "hello", "from": positions[None]}, codec=wsbridge.JsonCodec.conventions()
+        )
         client.start()
         client.wait_for("tick", lambda m: m.seq == 3, timeout=10)
         feed.drop_clients()
@@ -138,7 +141,7 @@ def test_chaos_20000_messages_over_25_cuts_arrive_once_each_in_order(make_client
     with Server(feed_from="now", resend=7) as feed, Proxy(("127.0.0.1", feed.port)) as proxy:
         report = run_chaos(
             make_client, proxy, lambda n, stream: feed.publish_many(({"type": "tick"} for _ in range(n)), stream=stream),
-            messages=20_000, cuts=25, seed=4, backoff=FAST,
+            messages=20_000, cuts=25, seed=4, backoff=FAST, **wsbridge.conventions(),
         )
     assert report.in_order and report.delivered == report.sent == 20_000, report
     assert report.cuts == 25 and report.reconnects >= 25, report
@@ -149,7 +152,7 @@ def test_with_a_store_a_new_client_continues_from_the_stored_position(tmp_path, 
     path = str(tmp_path / "feed.db")
     with Server(feed_from="now") as feed:  # what a client missed, only a resume brings
         first = collector()
-        client = make_client(feed.url, store=SQLiteStore(path))
+        client = make_client(feed.url, store=SQLiteStore(path), **wsbridge.conventions())
         client.on("tick", first)
         client.start().wait_connected(timeout=10)
         feed.wait_clients(1)
@@ -158,7 +161,7 @@ def test_with_a_store_a_new_client_continues_from_the_stored_position(tmp_path, 
         client.stop()
         feed.publish_many(ticks(25, 51))
         second = collector()
-        client = make_client(feed.url, store=SQLiteStore(path))
+        client = make_client(feed.url, store=SQLiteStore(path), **wsbridge.conventions())
         client.on("tick", second)
         client.start()
         assert [m.seq for m in second.wait(25)] == list(range(51, 76))
@@ -171,7 +174,9 @@ def test_with_a_store_a_new_client_continues_from_the_stored_position(tmp_path, 
 def test_a_store_that_cannot_be_written_is_reported_and_delivery_goes_on(tmp_path, make_client, collector):
     with Server() as feed:
         got, errors = collector(), collector()
-        client = make_client(feed.url, store=SQLiteStore(str(tmp_path / "tiny.db"), max_size=64 * 1024))
+        client = make_client(
+            feed.url, store=SQLiteStore(str(tmp_path / "tiny.db"), max_size=64 * 1024), **wsbridge.conventions()
+        )
         client.on("tick", got)
         client.signals.error.connect(errors)
         client.start().wait_connected(timeout=10)
@@ -185,7 +190,7 @@ def test_a_store_that_cannot_be_written_is_reported_and_delivery_goes_on(tmp_pat
 def test_a_corrupt_store_is_a_clear_error_at_start(tmp_path, make_client):
     path = tmp_path / "feed.db"
     path.write_bytes(b"\x00garbage" * 1000)
-    client = make_client("ws://127.0.0.1:9/", store=SQLiteStore(str(path)))
+    client = make_client("ws://127.0.0.1:9/", store=SQLiteStore(str(path)), **wsbridge.conventions())
     with pytest.raises(StoreError, match="cannot open the store"):
         client.start()
     assert client.state == "new" and client.threads() == []
@@ -227,7 +232,7 @@ def test_sends_queued_by_a_killed_process_are_sent_by_the_next_client_with_the_s
     path = str(tmp_path / "feed.db")
     code = (
         "import sys, threading, wsbridge\n"
-        "client = wsbridge.Client(sys.argv[1], store=wsbridge.SQLiteStore(sys.argv[2])).start()\n"
+        "client = wsbridge.Client(sys.argv[1], store=wsbridge.SQLiteStore(sys.argv[2]), **wsbridge.conventions()).start()\n"
         "for i in range(300):\n"
         "    client.send({'type': 'order', 'i': i})\n"
         "print('QUEUED', client.stats.outbox, flush=True)\n"
@@ -241,7 +246,7 @@ def test_sends_queued_by_a_killed_process_are_sent_by_the_next_client_with_the_s
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     down_server.start()
-    client = make_client(down_server.url, store=SQLiteStore(path))
+    client = make_client(down_server.url, store=SQLiteStore(path), **wsbridge.conventions())
     assert client.start().stats.outbox == 300
     client.wait_connected(timeout=10)  # connected = flushed
     down_server.wait_received(300)

@@ -50,7 +50,7 @@ def test_json_client_survives_thousands_of_bad_frames_and_keeps_every_good_one(m
         else:
             good += 1
             frames.append({"type": "good", "n": good})
-    got, errors, client = feed_through(make_client, collector, JsonCodec(), "good", frames, len(frames) - good)
+    got, errors, client = feed_through(make_client, collector, JsonCodec.conventions(), "good", frames, len(frames) - good)
     assert [m.payload["n"] for m in got] == list(range(1, good + 1))
     stats = client.stats
     assert stats.protocol_errors == len(frames) - good and stats.connects == 1  # the stream went on

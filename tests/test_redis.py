@@ -163,7 +163,7 @@ def test_redis_restarted_mid_stream_loses_nothing(rs, r):
     errors = Collector()
     with Server() as feed:
         store = RedisStreamStore(rs.url, feed="f")
-        client = wsbridge.Client(feed.url, store=store, pull_buffer=0)
+        client = wsbridge.Client(feed.url, store=store, pull_buffer=0, **wsbridge.conventions())
         client.signals.error.connect(errors)
         got = Collector()
         client.on_any(got)
@@ -191,7 +191,8 @@ def test_redis_restarted_mid_stream_loses_nothing(rs, r):
 def test_a_full_local_buffer_is_reported_not_silent(rs):
     errors = Collector()
     with Server() as feed:
-        client = wsbridge.Client(feed.url, store=RedisStreamStore(rs.url, feed="f", buffer_size=100), pull_buffer=0)
+        client = wsbridge.Client(feed.url, store=RedisStreamStore(rs.url, feed="f", buffer_size=100), pull_buffer=0,
+                                 **wsbridge.conventions())
         client.signals.error.connect(errors)
         got = Collector()
         client.on_any(got)
@@ -212,7 +213,8 @@ def test_a_full_local_buffer_is_reported_not_silent(rs):
 
 def start_bridge(feed_url: str, redis_url: str, name: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "wsbridge", "bridge", feed_url, "--redis", redis_url, "--feed", name, "--lease-ttl", "1"],
+        [sys.executable, "-m", "wsbridge", "bridge", feed_url, "--redis", redis_url, "--feed", name, "--lease-ttl", "1",
+         "--codec", "wsbridge"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
 
@@ -363,7 +365,7 @@ def test_a_consumer_waits_out_a_redis_restart(rs):
 def test_a_bridge_that_finds_its_lease_taken_stands_by_and_takes_it_again_when_free(rs, r):
     events = Collector()
     with Server() as feed:
-        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.6, on_event=events)
+        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.6, on_event=events, **wsbridge.conventions())
         runner = threading.Thread(target=bridge.run, name="test-bridge")
         runner.start()
         try:
@@ -440,7 +442,7 @@ def test_consume_prints_and_acknowledges_only_what_it_printed(rs, r):
 def test_a_bridge_keeps_its_lease_and_loses_nothing_across_a_redis_restart(rs, r):
     events = Collector()
     with Server() as feed:
-        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.5, on_event=events)
+        bridge = wsbridge.Bridge(feed.url, rs.url, feed="f", lease_ttl=0.5, on_event=events, **wsbridge.conventions())
         runner = threading.Thread(target=bridge.run, name="test-bridge")
         runner.start()
         try:

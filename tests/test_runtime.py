@@ -348,7 +348,7 @@ def test_send_refuses_what_cannot_be_encoded_at_once(make_client, server):
 @pytest.mark.timeout(60)
 def test_a_stream_name_the_server_sent_never_breaks_the_resume_request(make_client, collector):
     with Server() as server:
-        client = make_client(server.url)
+        client = make_client(server.url, **wsbridge.conventions())
         got = collector()
         client.on_any(got)
         client.start().wait_connected(timeout=10)
@@ -533,7 +533,9 @@ def test_stop_from_the_supervisor_thread_completes(make_client, collector):
     with Server() as server:
         stopped = collector()
         box = {}
-        client = make_client(server.url, resume=lambda positions: box["client"].stop(timeout=2))
+        client = make_client(
+            server.url, resume=lambda positions: box["client"].stop(timeout=2), codec=wsbridge.JsonCodec.conventions()
+        )
         box["client"] = client
         client.signals.stopped.connect(stopped)
         client.start().wait_connected(timeout=10)

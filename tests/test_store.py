@@ -108,7 +108,7 @@ def test_the_send_buffer_is_kept_in_order_and_forgotten_once_sent(tmp_path):
 
 
 def test_json_frames_are_kept_as_they_came(tmp_path):
-    codec = JsonCodec()
+    codec = JsonCodec.conventions()
     frame = '{"type":"t","seq":1,"text":"caf\u00e9","n":1.50}'.encode()
     [message] = codec.decode(frame, False, 5.0)
     with SQLiteStore(str(tmp_path / "feed.db")) as store:

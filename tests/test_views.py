@@ -121,7 +121,7 @@ def test_status_view_tells_connected_and_reconnecting(make_client, down_server):
 
 
 def test_status_view_shows_rate_and_last_seq(make_client, server):
-    client = make_client(server.url)
+    client = make_client(server.url, **wsbridge.conventions())
     now = [0.0]
     status = StatusView(client, clock=lambda: now[0])
     got = threading.Event()

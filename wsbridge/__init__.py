@@ -8,6 +8,8 @@
             print(msg.payload)
 """
 
+import logging as _logging
+
 from .backoff import NO_RETRY, Backoff
 from .client import Client
 from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
@@ -26,11 +28,15 @@ from .errors import (
 )
 from .message import Message
 from .outbox import Outbox
+from .presets import conventions
 from .sequence import Gap, SequenceTracker
 from .stats import Stats
 from .store import SQLiteStore, Store
 
 __version__ = "0.1.0"
+
+# The library prints nothing unless the application configures logging.
+_logging.getLogger("wsbridge").addHandler(_logging.NullHandler())
 
 _REDIS = {
     "RedisStreamStore": "redis_store",
@@ -60,6 +66,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "Codec",
+    "conventions",
     "ConnectError",
     "JsonCodec",
     "Message",

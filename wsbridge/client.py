@@ -103,7 +103,7 @@ class Client(Subscribable, Pulling):
         dispatch_queue_bytes: int = 256 * 1024 * 1024,
         retry_fatal: bool = False,
         store: Optional[Store] = None,
-        resume: Union[bool, ResumeBuilder] = True,
+        resume: Union[bool, ResumeBuilder] = False,
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
         max_message_size: int = DEFAULT_MAX_LENGTH,

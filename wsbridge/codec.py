@@ -74,8 +74,11 @@ class RawCodec(Codec):
 class JsonCodec(Codec):
     """One JSON object per frame; ``type_field`` names the message type.
 
-    ``seq``, ``id`` and ``stream`` are picked up from their fields when
-    present (``seq`` must be an integer). The payload is the whole object.
+    ``seq_field``, ``id_field`` and ``stream_field`` name the fields that carry
+    a message's sequence id (an integer), its id and its stream; each is off
+    (None) unless named, because a field the user did not name must never make
+    the client drop a message as a duplicate. `conventions` names all three as
+    wsbridge's own servers use them. The payload is the whole object.
     ``default_type`` types objects that lack the type field; without it such
     an object is a `ProtocolError`. ``loads``/``dumps`` may be swapped for a
     faster JSON library with the same contract (e.g. ``orjson.loads``).
@@ -88,9 +91,9 @@ class JsonCodec(Codec):
         self,
         type_field: str = "type",
         *,
-        seq_field: str = "seq",
-        id_field: str = "id",
-        stream_field: str = "stream",
+        seq_field: Optional[str] = None,
+        id_field: Optional[str] = None,
+        stream_field: Optional[str] = None,
         default_type: Optional[str] = None,
         loads: Callable[[str], Any] = json.loads,
         dumps: Optional[Callable[[Any], str]] = None,
@@ -103,8 +106,16 @@ class JsonCodec(Codec):
         self._loads = loads
         self._dumps = dumps or (lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
+    @classmethod
+    def conventions(cls, **kwargs: Any) -> "JsonCodec":
+        """The codec of servers that speak wsbridge's conventions (the bundled test
+        server, `wsbridge serve`): ``seq``, ``id`` and ``stream`` fields."""
+        return cls(**{"seq_field": "seq", "id_field": "id", "stream_field": "stream", **kwargs})
+
     def __repr__(self) -> str:
-        return f"JsonCodec(type_field={self.type_field!r})"
+        fields = "".join(f", {n}={v!r}" for n, v in (("seq_field", self.seq_field), ("id_field", self.id_field),
+                                                      ("stream_field", self.stream_field)) if v)
+        return f"JsonCodec(type_field={self.type_field!r}{fields})"
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
         text = _text(data)
@@ -121,13 +132,18 @@ class JsonCodec(Codec):
             if mtype is None:
                 raise ProtocolError(f"JSON object has no {self.type_field!r} field", data)
             raise ProtocolError(f"{self.type_field!r} must be a string, found {type(mtype).__name__}", data)
-        seq = obj.get(self.seq_field)
-        if seq is not None and type(seq) is not int:
-            raise ProtocolError(f"{self.seq_field!r} must be an integer, found {preview(repr(seq), 20)}", data)
-        stream = obj.get(self.stream_field)
-        if stream is not None and type(stream) is not str:
-            stream = str(stream)
-        return [Message(mtype, obj, seq, obj.get(self.id_field), stream, received_at, data)]
+        seq = stream = mid = None
+        if self.seq_field is not None:
+            seq = obj.get(self.seq_field)
+            if seq is not None and type(seq) is not int:
+                raise ProtocolError(f"{self.seq_field!r} must be an integer, found {preview(repr(seq), 20)}", data)
+        if self.stream_field is not None:
+            stream = obj.get(self.stream_field)
+            if stream is not None and type(stream) is not str:
+                stream = str(stream)
+        if self.id_field is not None:
+            mid = obj.get(self.id_field)
+        return [Message(mtype, obj, seq, mid, stream, received_at, data)]
 
     def encode(self, obj: Union[Message, Mapping[str, Any]]) -> Frame:
         if isinstance(obj, Message):
@@ -137,7 +153,9 @@ class JsonCodec(Codec):
             else:
                 body = {"payload": obj.payload}
             body[self.type_field] = obj.type
-            for field, value in ((self.seq_field, obj.seq), (self.id_field, obj.id), (self.stream_field, obj.stream)):
+            named = ((self.seq_field or "seq", obj.seq), (self.id_field or "id", obj.id),
+                     (self.stream_field or "stream", obj.stream))
+            for field, value in named:
                 if value is not None:
                     body.setdefault(field, value)
             obj = body
@@ -278,7 +296,10 @@ class PipeCodec(Codec):
         return data.decode("utf-8"), False
 
 
-CODECS: Dict[str, Callable[[], Codec]] = {"json": JsonCodec, "pipe": PipeCodec, "raw": RawCodec}
+CODECS: Dict[str, Callable[[], Codec]] = {
+    "json": JsonCodec, "wsbridge": JsonCodec.conventions, "pipe": PipeCodec, "raw": RawCodec,
+}
+"""By name, for the command line; ``wsbridge`` is JSON with wsbridge's conventions (`JsonCodec.conventions`)."""
 
 
 def codec_by_name(name: str) -> Codec:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from .backoff import Backoff
 from .client import Client
 from .message import Message
+from .presets import conventions
 
 CHAT = [
     ("alice", "hello, is the feed live?"),
@@ -57,7 +58,7 @@ def run_demo(
         return batch
 
     with Server(feed_from="now", resend=5, broadcast=True) as server, Proxy(("127.0.0.1", server.port)) as proxy:
-        client = Client(proxy.url, name="demo", backoff=Backoff(initial=0.05, max_delay=0.5), pull_buffer=0)
+        client = Client(proxy.url, name="demo", backoff=Backoff(initial=0.05, max_delay=0.5), pull_buffer=0, **conventions())
         ticker = TickerView(client, type="tick", key="sym", fields=["px", "qty"])
         chat = ChatView(client, type="chat")
         status = StatusView(client)

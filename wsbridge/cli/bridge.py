@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         bridge = Bridge(args.url, args.redis, feed=args.feed, prefix=args.prefix, maxlen=args.maxlen,
                         buffer_size=args.buffer, lease_ttl=args.lease_ttl, on_event=say,
                         codec=codec_by_name(args.codec), headers=parse_headers(args.header), sslopt=sslopt,
-                        connect_timeout=args.connect_timeout, backoff=Backoff())
+                        connect_timeout=args.connect_timeout, backoff=Backoff(), resume=args.codec == "wsbridge")
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     signal.signal(signal.SIGTERM, lambda *_: bridge.stop())

@@ -41,7 +41,9 @@ EXIT_CODES = """exit codes:
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--codec", choices=sorted(CODECS), default="json", help="wire format (default: json)")
+    group.add_argument("--codec", choices=sorted(CODECS), default="json",
+                       help="wire format (default: json); 'wsbridge': JSON with wsbridge's conventions (seq, id and "
+                            "stream fields: dedup and resume; for `wsbridge serve`)")
     group.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                        help="HTTP header for the handshake, repeatable (values are never logged)")
     group.add_argument("--ca-file", metavar="FILE",
@@ -75,7 +77,7 @@ def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any)
             connect_timeout=args.connect_timeout,
             backoff=Backoff() if retry else NO_RETRY,
             name="wsbridge-cli",
-            **options,
+            **{"resume": args.codec == "wsbridge", **options},  # only a server of wsbridge's conventions understands it
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None

@@ -100,7 +100,7 @@ class Server:
     ) -> None:
         if feed_from not in ("start", "now"):
             raise ValueError("feed_from is 'start' or 'now'")
-        self.codec = codec if codec is not None else JsonCodec()
+        self.codec = codec if codec is not None else JsonCodec.conventions()
         self.host = host
         self.port = port
         self.path = path
