@@ -74,8 +74,12 @@ class Client(Subscribable, Pulling):
     ``subprotocols``; ``pull_buffer``, ``pull_buffer_bytes``, ``pull_overflow``;
     ``dispatch_queue``, ``dispatch_queue_bytes`` (bounds of the queue between
     the reader and the subscribers: when full the reader stops reading, so TCP
-    pushes back on the server); ``store``; ``resume`` (True, False or a callable
-    ``positions -> message``); ``gap_timeout``, ``max_held``;
+    pushes back on the server); ``store``; ``resume`` (False by default: nothing
+    is sent that you did not ask for; True: the default request; or a callable
+    ``positions -> message``); ``gap_timeout``, ``max_held``, ``seq_scope``
+    (``"stream"``: a counter per stream; ``"global"``: one across streams, and a
+    gap holds nothing back); `wsbridge.conventions` sets codec and resume for
+    servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``.
     """
 
@@ -106,6 +110,7 @@ class Client(Subscribable, Pulling):
         resume: Union[bool, ResumeBuilder] = False,
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
+        seq_scope: str = "stream",
         max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
     ) -> None:
@@ -125,7 +130,8 @@ class Client(Subscribable, Pulling):
         self._reporter = Reporter(self, self.signals, self._emit, self.name, emit_data=self._emit_data)
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._delivery = Delivery(
-            self, self.signals, self._reporter, SequenceTracker(gap_timeout=gap_timeout, max_held=max_held), self._pull,
+            self, self.signals, self._reporter,
+            SequenceTracker(gap_timeout=gap_timeout, max_held=max_held, global_seq=_global_scope(seq_scope)), self._pull,
             store, self.codec.raw_is_payload, self._want_resume, self.name,
         )
         self._dispatcher = self._delivery.dispatcher = Dispatcher(
@@ -204,7 +210,7 @@ class Client(Subscribable, Pulling):
         positions = store.positions()
         old = self._delivery.tracker
         self._delivery.tracker = SequenceTracker(
-            positions, gap_timeout=old.gap_timeout, max_held=old.max_held, id_window=old.id_window
+            positions, gap_timeout=old.gap_timeout, max_held=old.max_held, id_window=old.id_window, global_seq=old.global_seq
         )
         self._delivery.positions = dict(positions)
         self._supervisor.replay_pending = True
@@ -391,3 +397,9 @@ class Client(Subscribable, Pulling):
             connects=sup.connects, reconnects=max(0, sup.connects - 1), connect_attempts=sup.attempts,
             disconnects=sup.disconnects,
         )
+
+
+def _global_scope(seq_scope: str) -> bool:
+    if seq_scope not in ("stream", "global"):
+        raise ValueError(f"seq_scope is 'stream' (a counter per stream) or 'global' (one for all), not {seq_scope!r}")
+    return seq_scope == "global"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Union
 
 from .dispatch import Dispatcher
 from .errors import StoreError
@@ -100,6 +100,7 @@ class Delivery:
         """What each item type but `Message` (the hot path, inline) does: the closed set."""
         self.dispatched = self.duplicates = self.gaps = self.lost = 0
         self.stored = self.store_errors = self.replayed = self.abandoned = 0
+        self._warned: Set[Optional[str]] = set()  # streams whose first duplicate was logged
 
     # -- one batch ------------------------------------------------------------------------
     def handle(self, batch: List[Item]) -> None:
@@ -184,6 +185,15 @@ class Delivery:
         gap_signal = self.signals.gap
         if outcome.duplicate:
             self.duplicates += 1
+            stream = message.stream if message is not None else None
+            if stream not in self._warned:
+                self._warned.add(stream)
+                log.warning(
+                    "%s: dropped a message of stream %r as a duplicate (seq %s, id %r seen before); more are counted in "
+                    "stats.duplicates. The codec names the fields that say so (seq_field, id_field): if this server "
+                    "numbers per connection or reuses ids, name neither (JsonCodec() does not)",
+                    self.name, stream, getattr(message, "seq", None), getattr(message, "id", None),
+                )
             if self.signals.duplicate.receivers:
                 out.append(Emit(self.signals.duplicate, {"message": message}))
             return

@@ -62,7 +62,26 @@ class _Stream:
         self.gap_first = 0  # first missing id of the gap open since gap_since
 
 
+class _Global:
+    """One sequence counter across every stream (``seq_scope="global"``)."""
+
+    __slots__ = ("last", "missing", "gap_since")
+
+    def __init__(self, last: int) -> None:
+        self.last = last  # the highest id seen
+        self.missing: "OrderedDict[int, None]" = OrderedDict()  # ids below ``last`` not seen yet
+        self.gap_since = 0.0
+
+
 class SequenceTracker:
+    """Duplicates out, order restored, gaps found (see the module's docstring).
+
+    ``global_seq``: the server numbers all its streams with one counter. Then a
+    gap cannot be told apart by stream, so nothing is held back for it (it would
+    hold every other stream): messages go out as they come, duplicates are still
+    dropped, a gap is still announced (and resumed), and the ids that fill it are
+    delivered when they arrive, or declared lost after ``gap_timeout``."""
+
     def __init__(
         self,
         positions: Optional[Positions] = None,
@@ -70,6 +89,7 @@ class SequenceTracker:
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
         id_window: int = 10_000,
+        global_seq: bool = False,
     ) -> None:
         if gap_timeout < 0 or max_held < 1 or id_window < 0:
             raise ValueError("gap_timeout >= 0, max_held >= 1 and id_window >= 0 are required")
@@ -80,9 +100,16 @@ class SequenceTracker:
         self._ids: "OrderedDict[Any, None]" = OrderedDict()
         self.held = 0
         """Messages held back behind open gaps, all streams."""
+        self.global_seq = global_seq
+        self._global: Optional[_Global] = None
+        if global_seq and positions and None in positions:
+            self._global = _Global(positions[None])
 
     def positions(self) -> Positions:
         """Last contiguous sequence id per stream: what a resume asks to continue after."""
+        if self.global_seq:
+            g = self._global
+            return {} if g is None else {None: next(iter(g.missing)) - 1 if g.missing else g.last}
         return {name: s.last for name, s in self._streams.items()}
 
     def open_gaps(self) -> List[Gap]:
@@ -92,6 +119,8 @@ class SequenceTracker:
         seq = msg.seq
         if seq is None:
             return self._offer_unsequenced(msg)
+        if self.global_seq:
+            return self._offer_global(msg, seq, now)
         stream = self._streams.get(msg.stream)
         if stream is None:
             # The first message of a stream we have no position for starts it.
@@ -125,6 +154,11 @@ class SequenceTracker:
     def expire(self, now: float) -> List[Outcome]:
         """Give up gaps open longer than ``gap_timeout``; release what they held."""
         out: List[Outcome] = []
+        g = self._global
+        if g is not None and g.missing and now - g.gap_since >= self.gap_timeout:
+            ids = list(g.missing)
+            g.missing.clear()
+            out.append(Outcome([], lost=Gap(None, ids[0], ids[-1])))
         for name, stream in self._streams.items():
             if stream.held and now - stream.gap_since >= self.gap_timeout:
                 out.append(self._give_up(name, stream, now))
@@ -151,6 +185,28 @@ class SequenceTracker:
         stream.gap_since = now
         stream.gap_first = stream.last + 1
         return Outcome(ready, lost=lost)
+
+    def _offer_global(self, msg: Message, seq: int, now: float) -> Outcome:
+        g = self._global
+        if g is None:
+            self._global = _Global(seq)
+            return Outcome([msg])
+        if seq <= g.last:
+            if seq not in g.missing:
+                return Outcome([], duplicate=True)
+            del g.missing[seq]
+            return Outcome([msg], filled=Gap(None, seq, seq))
+        opened = None
+        if seq > g.last + 1:
+            if not g.missing:
+                g.gap_since = now
+            first = max(g.last + 1, seq - self.max_held)  # ids further back than max_held are not waited for
+            g.missing.update(dict.fromkeys(range(first, seq)))
+            while len(g.missing) > self.max_held:
+                g.missing.popitem(last=False)
+            opened = Gap(None, g.last + 1, seq - 1)
+        g.last = seq
+        return Outcome([msg], opened=opened)
 
     def _offer_unsequenced(self, msg: Message) -> Outcome:
         mid = msg.id

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Optional
 
 from ..message import Message
+from ..redact import redact_url
 from .common import (
     EXIT_CONNECT,
     EXIT_FAILURE,
@@ -124,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         client.stop(timeout=5)
-    connected = lifecycle.ever_connected
+    # Messages can come before `connected` (it waits for the send buffer to be
+    # flushed): a socket that opened counts, even if the run ended before the flush.
+    connected = lifecycle.ever_connected or client.stats.connects > 0
+    if connected and not lifecycle.ever_connected:
+        lifecycle.connected(client, url=redact_url(client.url))
     if connected:
         lifecycle.say(summary(client))
     if interrupted:

@@ -1,0 +1,104 @@
+"""Safe defaults for servers we do not control: nothing is sent that the user did not
+ask for, and no message is dropped by a field the user did not name."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import pytest
+
+import wsbridge
+from wsbridge.sequence import SequenceTracker
+from wsbridge.testing.raw import RawServer, frame
+
+from conftest import wait_until
+
+
+def jframes(*objs: dict) -> bytes:
+    return b"".join(frame(json.dumps(o).encode()) for o in objs)
+
+
+@pytest.fixture
+def raw():
+    with RawServer() as server:
+        yield server
+
+
+def test_a_feed_numbered_per_connection_loses_nothing_by_default(make_client, collector, raw):
+    client = make_client(raw.url)
+    got = collector()
+    client.on_any(got)
+    client.start().wait_connected(timeout=10)
+    raw.wait_connection().sendall(jframes(*({"type": "t", "seq": i} for i in range(1, 6))))
+    got.wait(5)
+    raw.wait_connection().close()  # the server restarts its numbering on the next connection
+    raw.wait_connections(2).sendall(jframes(*({"type": "t", "seq": i} for i in range(1, 6))))
+    assert [m.payload["seq"] for m in got.wait(10)] == [1, 2, 3, 4, 5] * 2
+    assert client.stats.duplicates == 0
+
+
+def test_an_id_reused_for_the_updates_of_one_order_loses_nothing_by_default(make_client, collector, raw):
+    client = make_client(raw.url)
+    got = collector()
+    client.on_any(got)
+    client.start().wait_connected(timeout=10)
+    states = ["new", "partially_filled", "partially_filled", "partially_filled", "filled"]
+    raw.wait_connection().sendall(jframes(*({"type": "order", "id": "A1", "state": s} for s in states)))
+    assert [m.payload["state"] for m in got.wait(5)] == states
+
+
+def test_nothing_is_sent_that_the_user_did_not_ask_for(make_client, collector, raw):
+    client = make_client(raw.url)
+    client.start().wait_connected(timeout=10)
+    raw.wait_connection().sendall(jframes({"type": "t", "seq": 7, "stream": "a"}))
+    wait_until(lambda: client.stats.received == 1, what="the message")
+    raw.wait_connection().close()
+    conn = raw.wait_connections(2)  # after a reconnect a resume request would come now
+    conn.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        conn.recv(1)  # a bounded wait for bytes that must not come
+    assert client.stats.resumes == 0
+
+
+def test_the_conventions_preset_dedups_and_says_how_to_turn_it_off(make_client, collector, raw, caplog):
+    client = make_client(raw.url, **wsbridge.conventions())
+    got = collector()
+    client.on_any(got)
+    client.start().wait_connected(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="wsbridge"):
+        raw.wait_connection().sendall(jframes(*({"type": "t", "seq": i} for i in (1, 2, 2, 3, 3))))
+        got.wait(3)
+        wait_until(lambda: client.stats.duplicates == 2, what="both duplicates counted")
+    warnings = [r.getMessage() for r in caplog.records if "duplicate" in r.getMessage()]
+    assert len(warnings) == 1 and "name neither" in warnings[0], warnings  # once per stream
+
+
+def test_one_counter_across_streams_never_holds_a_stream_back(make_client, collector, raw):
+    codec = wsbridge.JsonCodec(seq_field="seq", stream_field="ch")
+    client = make_client(raw.url, codec=codec, seq_scope="global", gap_timeout=30)
+    got, gaps = collector(), collector()
+    client.on_any(got)
+    client.signals.gap.connect(gaps)
+    client.start().wait_connected(timeout=10)
+    # One counter over two channels: 3 is late, 6 never comes, 4 comes twice.
+    order = [(1, "a"), (2, "b"), (4, "a"), (5, "b"), (4, "a"), (3, "b"), (7, "a")]
+    raw.wait_connection().sendall(jframes(*({"type": "t", "seq": s, "ch": c} for s, c in order)))
+    assert [m.seq for m in got.wait(6, timeout=5)] == [1, 2, 4, 5, 3, 7]  # nothing waited for the gaps
+    assert client.stats.duplicates == 1 and client.stats.held == 0
+    assert {(g["first"], g["last"], g["status"]) for g in gaps.wait(3)} >= {(3, 3, "open"), (3, 3, "filled"), (6, 6, "open")}
+
+
+def test_a_global_tracker_in_a_table():
+    t = SequenceTracker(global_seq=True, gap_timeout=1.0)
+    msg = lambda seq, stream=None: wsbridge.Message("t", None, seq, None, stream)  # noqa: E731
+    assert t.offer(msg(10, "a"), 0).ready and t.positions() == {None: 10}
+    gap = t.offer(msg(13, "b"), 0)
+    assert gap.ready and gap.opened == wsbridge.Gap(None, 11, 12) and t.positions() == {None: 10}
+    assert t.offer(msg(12, "a"), 0).filled == wsbridge.Gap(None, 12, 12)
+    assert t.offer(msg(12, "a"), 0).duplicate and t.offer(msg(9), 0).duplicate
+    [lost] = t.expire(2.0)
+    assert lost.lost == wsbridge.Gap(None, 11, 11) and t.positions() == {None: 13}
+    with pytest.raises(ValueError, match="seq_scope"):
+        wsbridge.Client("ws://127.0.0.1:1/", seq_scope="per-channel")
