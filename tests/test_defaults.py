@@ -102,3 +102,60 @@ def test_a_global_tracker_in_a_table():
     assert lost.lost == wsbridge.Gap(None, 11, 11) and t.positions() == {None: 13}
     with pytest.raises(ValueError, match="seq_scope"):
         wsbridge.Client("ws://127.0.0.1:1/", seq_scope="per-channel")
+
+
+# -- quiet logs ------------------------------------------------------------------------------
+
+LIBRARY_USE = r"""
+import time, wsbridge
+from wsbridge.testing.raw import RawServer, frame
+with RawServer() as server:
+    client = wsbridge.Client(server.url, codec=wsbridge.RawCodec())
+    client.on_any(lambda msg: 1 / 0)  # fails on every message
+    client.start().wait_connected(timeout=10)
+    server.wait_connection().sendall(frame(b"x") * 50 + frame(b"bad", 1, rsv=1))
+    deadline = time.monotonic() + 10
+    while client.stats.protocol_errors < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.stop()
+refused = wsbridge.Client("ws://127.0.0.1:1/", backoff=wsbridge.NO_RETRY).start()
+try:
+    refused.wait_connected(timeout=10)
+except wsbridge.ConnectError:
+    pass
+refused.stop()
+print("done")
+"""
+
+
+def test_the_library_prints_nothing_unless_logging_is_configured():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LIBRARY_USE], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "done" and out.stderr == "", out
+
+
+def test_a_failing_subscriber_is_logged_once_and_reported_every_time(make_client, collector, raw, caplog):
+    client = make_client(raw.url, codec=wsbridge.RawCodec())
+    client.on_any(lambda msg: 1 / 0)
+    client.start().wait_connected(timeout=10)
+    with caplog.at_level(logging.DEBUG, logger="wsbridge"):
+        raw.wait_connection().sendall(frame(b"x") * 300)
+        wait_until(lambda: client.stats.subscriber_errors == 300, what="every failure counted")
+    logged = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert 1 <= len(logged) <= 2 and logged[0].exc_info, [r.getMessage() for r in logged]
+    errors = collector()
+    client.signals.error.connect(errors)
+    raw.wait_connection().sendall(frame(b"y") * 20)
+    assert len(errors.wait(20)) == 20  # the error signal is never rate-limited
+
+
+def test_the_cli_says_a_refusal_once_in_its_own_words():
+    import subprocess
+    import sys
+
+    with RawServer(respond=lambda req: b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n") as server:
+        out = subprocess.run([sys.executable, "-m", "wsbridge", "listen", server.url, "--timeout", "10"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stderr.count("\n") == 1 and "HTTP 401" in out.stderr, out.stderr
