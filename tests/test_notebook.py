@@ -28,3 +28,27 @@ def test_the_sample_notebook_runs_and_its_outputs_hold_the_messages():
     # The widget was updated live, from the client's thread, while the cells ran. (Read in the
     # kernel: nbclient keeps widget messages sent between cells only by chance.)
     assert "the chat widget shows message 4: True" in text, text
+
+
+def test_a_cell_that_makes_a_named_client_can_be_run_again_without_leaking():
+    """Three runs of the same cell leave one client; `wsbridge.clients()` finds it and
+    `wsbridge.stop_all()` stops it (issue 16: each run used to leave a client running)."""
+    setup = "import threading, wsbridge\nfrom wsbridge.testing import Server\nserver = Server().start()"
+    cell = (
+        "client = wsbridge.Client(server.url, name='feed')\n"
+        "client.start().wait_connected(timeout=10)\n"
+        "print('threads after a run:', sum(t.name.startswith('feed-') for t in threading.enumerate()))"
+    )
+    check = (
+        "print('clients:', [c.name for c in wsbridge.clients()])\n"
+        "print('stopped:', wsbridge.stop_all(timeout=10))\n"
+        "print('left:', [t.name for t in threading.enumerate() if t.name.startswith('feed-')])\n"
+        "server.stop()"
+    )
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(setup)] + [nbformat.v4.new_code_cell(cell) for _ in range(3)]
+    nb.cells.append(nbformat.v4.new_code_cell(check))
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(cwd=str(NOTEBOOK.parent))
+    text = "".join(out.get("text", "") for c in nb.cells for out in c.get("outputs", []) if out.get("output_type") == "stream")
+    assert text.count("threads after a run: 3") == 3, text  # supervisor, dispatcher, reader: never more
+    assert "clients: ['feed']" in text and "stopped: True" in text and "left: []" in text, text

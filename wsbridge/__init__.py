@@ -29,6 +29,8 @@ from .errors import (
 from .message import Message
 from .outbox import Outbox
 from .presets import conventions
+from .registry import live as clients
+from .registry import stop_all
 from .sequence import Gap, SequenceTracker
 from .stats import Stats
 from .store import SQLiteStore, Store
@@ -66,7 +68,9 @@ __all__ = [
     "Client",
     "ClientClosed",
     "Codec",
+    "clients",
     "conventions",
+    "stop_all",
     "ConnectError",
     "JsonCodec",
     "Message",

@@ -121,6 +121,7 @@ class Client(Subscribable, Pulling):
         self.url = url
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
+        self._named = name is not None
         self.store = store
         self.signals = Signals()
         self._pid = os.getpid()
@@ -197,6 +198,10 @@ class Client(Subscribable, Pulling):
             self._open_store()
         if not self._lifecycle.begin():
             return self
+        if self._named:  # a notebook cell run again: the client it made before gives way
+            for earlier in registry.named(self.name):
+                log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
+                earlier.stop()
         registry.add(self)
         self._dispatcher.start()
         self._supervisor.thread.start()

@@ -30,6 +30,19 @@ def live() -> List[Any]:
         return [c for c in _clients.values() if c._pid == os.getpid()]
 
 
+def named(name: str) -> List[Any]:
+    """The live clients called ``name``."""
+    return [c for c in live() if c.name == name]
+
+
+def stop_all(timeout: float = 5.0) -> bool:
+    """Stop every live client of this process, all within ``timeout``; True if every thread ended."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    return all([c.stop(timeout=max(0.0, deadline - time.monotonic())) for c in live()])
+
+
 def _reset_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at fork(): it never lets go here
