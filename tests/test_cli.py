@@ -68,6 +68,18 @@ def test_listen_with_a_store_then_history_reads_it_back(tmp_path):
     assert future.returncode == 0 and future.stdout == ""
 
 
+def test_listen_with_a_store_and_max_marks_handled_only_what_it_printed(tmp_path):
+    """Issue 16: --max 5 once stored 60 and marked them all handled; the next run skipped 6-60."""
+    db = str(tmp_path / "feed.db")
+    with Server(script=ticks(60)) as server:
+        first = run("listen", server.url, "--codec", "wsbridge", "--store", db, "--max", "5", "--json-lines",
+                    "--timeout", "30")
+        assert [json.loads(line)["seq"] for line in first.stdout.splitlines()] == [1, 2, 3, 4, 5], first.stderr
+        second = run("listen", server.url, "--codec", "wsbridge", "--store", db, "--max", "3", "--json-lines",
+                     "--timeout", "30")
+    assert [json.loads(line)["seq"] for line in second.stdout.splitlines()] == [6, 7, 8], second.stderr
+
+
 def test_listen_stops_cleanly_on_ctrl_c_with_a_summary():
     with Server() as server:
         proc = start("listen", server.url, "--codec", "wsbridge")
