@@ -273,3 +273,33 @@ def test_every_command_has_help_with_exit_codes(command):
     result = run(command, "--help")
     assert result.returncode == 0 and f"usage: wsbridge {command}" in result.stdout
     assert "exit codes:" in result.stdout and "could not connect" in result.stdout
+
+
+# -- input that can never work exits at once (issue 16) ----------------------------------------
+@pytest.mark.parametrize("url,words", [
+    ("ws://", "names no host"),
+    ("ws://127.0.0.1:99999/", "port is not a number from 0 to 65535"),
+    ("ws://127.0.0.1/a b", "no spaces"),
+])
+def test_a_url_that_can_never_work_exits_2_at_once(url, words):
+    result = run("listen", url)
+    assert result.returncode == 2 and words in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["listen", "ws://127.0.0.1:1/", "--max", "0"], ["listen", "ws://127.0.0.1:1/", "--max", "-3"],
+    ["listen", "ws://127.0.0.1:1/", "--timeout", "-1"], ["listen", "ws://127.0.0.1:1/", "--timeout", "0"],
+    ["send", "ws://127.0.0.1:1/", "x", "--timeout", "-1"], ["serve", "--port", "70000"],
+    ["demo", "--burst", "-5"], ["history", "x.db", "--limit", "0"],
+])
+def test_numeric_options_are_range_checked(args):
+    result = run(*args)
+    assert result.returncode == 2 and "out of range" in result.stderr, result.stderr
+
+
+def test_a_plain_http_server_exits_3_saying_it_is_no_websocket_server():
+    from wsbridge.testing.raw import RawServer
+
+    with RawServer(respond=lambda req: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") as server:
+        result = run("listen", server.url, "--timeout", "30")
+    assert result.returncode == 3 and "is not a WebSocket server" in result.stderr, result.stderr

@@ -44,9 +44,17 @@ def check_options(
     url: str, ping_interval: float, ping_timeout: float, idle_timeout: Optional[float], max_message_size: int,
     connect_timeout: float, close_timeout: float,
 ) -> None:
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("ws", "wss"):
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("ws", "wss"):
         raise ValueError(f"a WebSocket URL starts with ws:// or wss://, not {redact_url(url)!r}")
+    if any(c.isspace() for c in url):
+        raise ValueError(f"a URL has no spaces: {redact_url(url)!r} (encode them as %20)")
+    if not parts.hostname:
+        raise ValueError(f"the URL names no host: {redact_url(url)!r}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError(f"the URL's port is not a number from 0 to 65535: {redact_url(url)!r}") from None
     if ping_interval < 0 or ping_timeout < 0:
         raise ValueError("ping_interval and ping_timeout must be >= 0")
     if ping_interval and ping_timeout and ping_interval <= ping_timeout:

@@ -68,6 +68,8 @@ class ReconnectPolicy:
             return str(err)
         if ending.http_status in FATAL_HTTP_STATUSES:
             return f"handshake refused with HTTP {ending.http_status}"
+        if ending.http_status is not None and 200 <= ending.http_status < 300:
+            return f"not a WebSocket server: it answered the upgrade with HTTP {ending.http_status}"
         if isinstance(err, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {err.verify_message or err}"
         if ending.close_code in FATAL_CLOSE_CODES:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from .. import __version__
 from . import bridge, consume, history, listen, send, serve
-from .common import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
+from .common import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, positive_float, positive_int
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -51,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--burst", type=int, default=20_000, metavar="N", help="messages in the timed burst (default 20000)")
-    demo.add_argument("--seconds", type=float, default=6.0, metavar="S", help="seconds of the chaos phase (default 6)")
+    demo.add_argument("--burst", type=positive_int, default=20_000, metavar="N",
+        help="messages in the timed burst (default 20000)")
+    demo.add_argument("--seconds", type=positive_float, default=6.0, metavar="S", help="seconds of the chaos phase (default 6)")
     demo.add_argument("--plain", action="store_true", help="print lines instead of a live display, even on a terminal")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -19,6 +19,8 @@ from .common import (
     CliError,
     add_connection_options,
     parse_headers,
+    positive_float,
+    positive_int,
     require_redis,
 )
 
@@ -50,11 +52,11 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--redis", required=True, metavar="REDIS_URL", help="redis://host:port/db of the Redis to append to")
     parser.add_argument("--feed", default="default", metavar="NAME", help="the feed's name in Redis (default: default)")
     parser.add_argument("--prefix", default="wsbridge", metavar="P", help="key prefix in Redis (default: wsbridge)")
-    parser.add_argument("--maxlen", type=int, metavar="N",
+    parser.add_argument("--maxlen", type=positive_int, metavar="N",
                         help="keep about N entries in the stream (XADD MAXLEN ~); default: all")
-    parser.add_argument("--buffer", type=int, default=100_000, metavar="N",
+    parser.add_argument("--buffer", type=positive_int, default=100_000, metavar="N",
                         help="messages kept locally while Redis is unreachable (default: 100000)")
-    parser.add_argument("--lease-ttl", type=float, default=5.0, metavar="S",
+    parser.add_argument("--lease-ttl", type=positive_float, default=5.0, metavar="S",
                         help="seconds before a standby takes over from a dead bridge (default: 5)")
     add_connection_options(parser)
     parser.set_defaults(func=run)

@@ -12,7 +12,7 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import websocket
 
@@ -39,6 +39,29 @@ EXIT_CODES = """exit codes:
   130  interrupted (Ctrl-C), after a clean stop"""
 
 
+def _number(kind: Callable[[str], Any], low: float, low_ok: bool, high: Optional[float] = None) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) above ``low`` (or equal, if ``low_ok``) and up to ``high``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value != value or value < low or (value == low and not low_ok) or (high is not None and value > high):
+            bound = f"{'at least' if low_ok else 'more than'} {low:g}" + (f" and at most {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 0, False)
+non_negative_int = _number(int, 0, True)
+positive_float = _number(float, 0, False)
+non_negative_float = _number(float, 0, True)
+port_number = _number(int, 0, True, 65535)
+
+
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument("--codec", choices=sorted(CODECS), default="json",
@@ -49,7 +72,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ca-file", metavar="FILE",
                        help="PEM file of CA certificates to trust for wss:// (a private CA); "
                             "certificates and host names are always verified")
-    group.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+    group.add_argument("--connect-timeout", type=positive_float, default=10.0, metavar="S",
                        help="seconds for one connection attempt: TCP, TLS and the upgrade (default: 10)")
 
 
@@ -91,6 +114,8 @@ def explain(error: Optional[BaseException], url: str) -> str:
         root = root.__cause__
     if root is None:
         return f"could not connect to {where}"
+    if isinstance(root, websocket.WebSocketBadStatusException) and 200 <= root.status_code < 300:
+        return f"{where} is not a WebSocket server: it answered the upgrade with HTTP {root.status_code}"
     if isinstance(root, websocket.WebSocketBadStatusException):
         hint = {401: " (check the credentials: --header 'Authorization: ...')", 403: " (access denied)",
                 404: " (check the URL's path)"}.get(root.status_code, "")

@@ -18,6 +18,9 @@ from .common import (
     CliError,
     message_json,
     message_line,
+    non_negative_float,
+    positive_float,
+    positive_int,
     require_redis,
     wait_done,
 )
@@ -54,9 +57,9 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--type", dest="types", action="append", metavar="T",
                         help="print only messages of type T (repeatable; others are acknowledged too)")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
-    parser.add_argument("--max", type=int, metavar="N", help="stop after N printed messages")
-    parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
-    parser.add_argument("--claim-idle", type=float, default=30.0, metavar="S",
+    parser.add_argument("--max", type=positive_int, metavar="N", help="stop after N printed messages")
+    parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--claim-idle", type=non_negative_float, default=30.0, metavar="S",
                         help="claim messages another consumer left pending this long (default: 30)")
     parser.set_defaults(func=run)
     return parser

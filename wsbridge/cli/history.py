@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from ..errors import StoreError
 from ..store import SQLiteStore, Store
-from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line, require_redis
+from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line, non_negative_int, positive_int, require_redis
 
 DESCRIPTION = """\
 Print the messages kept in FILE (an SQLite store written by `wsbridge listen --store`
@@ -40,8 +40,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--stream", metavar="S", help="only stream S")
     parser.add_argument("--since", metavar="TIME",
                         help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
-    parser.add_argument("--after-seq", type=int, metavar="N", help="only sequence ids above N")
-    parser.add_argument("--limit", type=int, metavar="N", help="at most N messages")
+    parser.add_argument("--after-seq", type=non_negative_int, metavar="N", help="only sequence ids above N")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="at most N messages")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message")
     parser.set_defaults(func=run)
     return parser

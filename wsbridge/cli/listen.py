@@ -21,6 +21,8 @@ from .common import (
     make_client,
     message_json,
     message_line,
+    positive_float,
+    positive_int,
     summary,
     wait_done,
 )
@@ -53,8 +55,9 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--type", dest="types", action="append", metavar="T", help="print only messages of type T (repeatable)")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
     parser.add_argument("--store", metavar="FILE", help="keep every message in an SQLite store; resume from it next time")
-    parser.add_argument("--max", type=int, metavar="N", help="stop after N messages (exit 1 if fewer arrive before --timeout)")
-    parser.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--max", type=positive_int, metavar="N",
+        help="stop after N messages (exit 1 if fewer arrive before --timeout)")
+    parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--no-retry", action="store_true", help="connect once; exit 3 if that fails (default: keep retrying)")
     add_connection_options(parser)
     parser.set_defaults(func=run)

@@ -17,6 +17,7 @@ from .common import (
     add_connection_options,
     make_client,
     message_json,
+    positive_float,
     wait_connected,
 )
 
@@ -42,7 +43,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL")
     parser.add_argument("messages", nargs="*", metavar="MESSAGE", help="a message to send (default: read lines from stdin)")
     parser.add_argument("--wait-for", metavar="T", help="after sending, wait for a message of type T and print it")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+    parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                         help="seconds to connect, and to wait for the reply (default: 10)")
     add_connection_options(parser)
     parser.set_defaults(func=run)

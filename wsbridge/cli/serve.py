@@ -10,7 +10,7 @@ import time
 from typing import Any, List, Optional
 
 from ..codec import CODECS, codec_by_name
-from .common import EXIT_OK, EXIT_USAGE, CliError
+from .common import EXIT_OK, EXIT_USAGE, CliError, non_negative_int, port_number, positive_float
 
 DESCRIPTION = """\
 Run wsbridge's bundled WebSocket server (needs the server extra) on HOST:PORT
@@ -41,18 +41,20 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
                             description=DESCRIPTION, epilog=EPILOG + epilog_tail,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=8765, help="port (default: 8765; 0 picks a free one)")
     parser.add_argument("--mode", choices=("echo", "broadcast", "feed", "document"), default="echo",
                         help="what the server does (default: echo)")
     parser.add_argument("--codec", choices=sorted(CODECS), default="json",
                         help="wire format of --script and --ticks (default: json)")
     parser.add_argument("--script", metavar="FILE",
                         help="messages, one JSON object per line: sent to each client on connect, or published in feed mode")
-    parser.add_argument("--ticks", type=float, metavar="RATE", help="feed mode: publish synthetic price ticks, RATE per second")
-    parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--ticks", type=positive_float, metavar="RATE",
+        help="feed mode: publish synthetic price ticks, RATE per second")
+    parser.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
     chaos = parser.add_argument_group("fault injection")
-    chaos.add_argument("--cut-every", type=float, metavar="S", help="drop every client's TCP connection every S seconds")
-    chaos.add_argument("--resend", type=int, default=0, metavar="N", help="feed: resend N earlier messages on every resume")
+    chaos.add_argument("--cut-every", type=positive_float, metavar="S", help="drop every client's TCP connection every S seconds")
+    chaos.add_argument("--resend", type=non_negative_int, default=0, metavar="N",
+        help="feed: resend N earlier messages on every resume")
     chaos.add_argument("--skip", default="", metavar="IDS", help="feed: comma-separated sequence ids left out the first time")
     chaos.add_argument("--reorder", action="store_true", help="feed: send messages in swapped pairs")
     parser.set_defaults(func=run)
