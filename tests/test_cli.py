@@ -193,6 +193,26 @@ def test_send_reads_stdin():
         assert [m.type for m in server.received_messages()] == ["a", "b"]
 
 
+def test_send_streams_stdin_as_lines_arrive():
+    """`tail -f log | wsbridge send URL`: each line goes out when it comes, not at EOF."""
+    with Server() as server:
+        proc = subprocess.Popen([*CLI, "send", server.url], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write('{"type": "a"}\n')
+            proc.stdin.flush()
+            server.wait_received(1, timeout=20)  # stdin is still open
+            proc.stdin.write('{"type": "b"}\n')
+            proc.stdin.close()
+            assert proc.wait(20) == 0, proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        server.wait_received(2)
+        assert [m.type for m in server.received_messages()] == ["a", "b"]
+
+
 def test_send_refuses_invalid_json_before_connecting():
     result = run("send", "ws://127.0.0.1:1/", "{not json")
     assert result.returncode == 2 and "not valid JSON" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, List
+from typing import Any, Iterable, Iterator
 
 from ..errors import ClientClosed
 from ..message import Message
@@ -22,8 +22,8 @@ from .common import (
 )
 
 DESCRIPTION = """\
-Connect to URL, send each MESSAGE (or, with none given, each line of stdin) as one
-text frame, in order, and close. With the json codec every message must be valid JSON;
+Connect to URL, send each MESSAGE (or, with none given, each line of stdin, as it
+arrives) as one text frame, in order, and close. With the json codec every message must be valid JSON;
 with pipe, TYPE|LENGTH|PAYLOAD; raw sends the text as is. With --wait-for T, wait for
 the first message of type T after sending and print it as one JSON object."""
 
@@ -66,30 +66,42 @@ def _check(text: str, codec: str) -> None:
             raise CliError(f"not a valid pipe message: {exc}", EXIT_USAGE) from None
 
 
+def _stdin_lines() -> Iterator[str]:
+    """Lines of stdin as they arrive (not all of it first: `tail -f log | wsbridge send URL` sends as it goes)."""
+    if sys.stdin.isatty():
+        print("wsbridge send: reading messages from stdin, one per line; Ctrl-D ends", file=sys.stderr, flush=True)
+    for line in iter(sys.stdin.readline, ""):
+        if line.strip():
+            yield line.rstrip("\r\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    texts: List[str] = args.messages or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
-    if not texts:
-        raise CliError("nothing to send: give MESSAGE arguments or lines on stdin", EXIT_USAGE)
-    for text in texts:
-        _check(text, args.codec)
+    for text in args.messages:
+        _check(text, args.codec)  # arguments: all checked before anything is sent
+    texts: Iterable[str] = args.messages or _stdin_lines()
     client = make_client(args, retry=False, resume=False)
+    sent = 0
     try:
         client.start()
         wait_connected(client, args.timeout)
         for text in texts:
+            _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
             client.send(text)
+            sent += 1
+        if not sent:
+            raise CliError("nothing to send: give MESSAGE arguments or lines on stdin", EXIT_USAGE)
         reply: Message = None  # type: ignore[assignment]
         if args.wait_for:
             try:
                 reply = client.wait_for(args.wait_for, timeout=args.timeout)
             except (TimeoutError, ClientClosed):
-                raise CliError(f"sent {len(texts)} message(s); no {args.wait_for!r} message came back within {args.timeout} s",
+                raise CliError(f"sent {sent} message(s); no {args.wait_for!r} message came back within {args.timeout} s",
                                EXIT_FAILURE) from None
     finally:
         client.stop(timeout=5)
         unsent = len(client.unsent())
     if unsent:
-        raise CliError(f"{unsent} of {len(texts)} message(s) were not sent (the connection ended first)", EXIT_FAILURE)
+        raise CliError(f"{unsent} of {sent} message(s) were not sent (the connection ended first)", EXIT_FAILURE)
     if reply is not None:
         print(message_json(reply), flush=True)
     return EXIT_OK
