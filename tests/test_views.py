@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import threading
 
+import pytest
 from rich.console import Console
 
 import wsbridge
@@ -195,3 +196,11 @@ def test_display_builds_the_registered_notebook_renderer():
         assert "hello" in renderer.widget.value
     finally:
         renderer.close()
+
+
+@pytest.mark.parametrize("field", ["body", "message", "content"])
+def test_chat_view_finds_the_text_in_common_fields(field):
+    view = ChatView(None, type="chat")
+    view.handle(wsbridge.Message("chat", {"from": "ann", field: "hello"}))
+    view.handle(wsbridge.Message("chat", {"from": "bob", "n": 1}))
+    assert [line.text for line in view.lines] == ["hello", '{"from": "bob", "n": 1}']

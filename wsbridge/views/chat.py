@@ -68,7 +68,7 @@ class ChatView(View):
             line = ChatLine(
                 str(payload.get(self.sender_field, "?")),
                 float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else stamp,
-                str(payload.get(self.text_field, "")),
+                _text_of(payload, self.text_field),
             )
         else:
             text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
@@ -106,3 +106,18 @@ class ChatView(View):
             for line in self.lines
         )
         return f"<div class='wsbridge-chat' style='font-family:monospace'>{rows}</div>"
+
+
+TEXT_FIELDS = ("text", "body", "message", "content", "msg")
+"""Where chat text is found when the configured field is absent (then the payload itself)."""
+
+
+def _text_of(payload: dict, field: str) -> str:
+    """The chat text of ``payload``: ``field``, else a common text field, else the payload as JSON."""
+    for name in (field, *TEXT_FIELDS):
+        value = payload.get(name)
+        if isinstance(value, str):
+            return value
+    import json
+
+    return json.dumps(payload, ensure_ascii=False, default=str)
