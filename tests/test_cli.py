@@ -246,7 +246,7 @@ def test_serve_a_chat_room_until_ctrl_c(make_client):
         a.send({"type": "chat", "text": "hello room"})
         assert b.wait_for("chat", timeout=10).payload["text"] == "hello room"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        assert proc.wait(15) == 130  # Ctrl-C: interrupted, after a clean stop (the README's exit codes)
         assert any("2 connection(s), 1 message(s) received" in line for line in out.rest())
     finally:
         proc.kill()
@@ -276,6 +276,11 @@ def test_serve_refuses_feed_options_in_other_modes():
 
 
 # -- history and help -----------------------------------------------------------
+def test_history_of_a_folder_says_so(tmp_path):
+    result = run("history", str(tmp_path))
+    assert result.returncode == 1 and "is a folder, not a store" in result.stderr, result.stderr
+
+
 def test_history_of_a_missing_file_is_an_error(tmp_path):
     result = run("history", str(tmp_path / "none.db"))
     assert result.returncode == 1 and "no store at" in result.stderr

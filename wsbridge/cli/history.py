@@ -69,6 +69,8 @@ def open_store(args: argparse.Namespace) -> Store:
         return RedisStreamStore(args.file, feed=args.feed, prefix=args.prefix)
     if not os.path.exists(args.file):
         raise CliError(f"no store at {args.file!r}")
+    if os.path.isdir(args.file):
+        raise CliError(f"{args.file!r} is a folder, not a store (an SQLite file written by --store)")
     return SQLiteStore(args.file)
 
 

@@ -10,7 +10,7 @@ import time
 from typing import Any, List, Optional
 
 from ..codec import CODECS, codec_by_name
-from .common import EXIT_OK, EXIT_USAGE, CliError, non_negative_int, port_number, positive_float
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, non_negative_int, port_number, positive_float
 
 DESCRIPTION = """\
 Run wsbridge's bundled WebSocket server (needs the server extra) on HOST:PORT
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random()
     prices = {"ACME": 101.0, "GLOBEX": 42.0, "INITECH": 7.5}
     published = 0
+    interrupted = False
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -134,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
                     published += due
             stop.wait(0.02 if args.ticks else 0.2)
     except KeyboardInterrupt:
-        pass
+        interrupted = True
     finally:
         server.stop()
     print(f"stopped after {time.monotonic() - start:.1f} s; {server.connections_total} connection(s), "
           f"{len(server.received)} message(s) received, {len(server.history)} published", flush=True)
-    return EXIT_OK
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
