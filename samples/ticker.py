@@ -27,8 +27,10 @@ def main(url=None, seconds=3.0):
 
         server = Server(feed_from="start").start()
         url = server.url
-    client = wsbridge.Client(url, name="ticker")
+    client = wsbridge.Client(url, name="ticker", **wsbridge.conventions())  # a wsbridge feed: seq, resume
     ticker = TickerView(client, type="tick", key="sym", fields=["px", "qty"])
+    ticks = [0]
+    client.on("tick", lambda msg: ticks.__setitem__(0, ticks[0] + 1))
     status = StatusView(client)
     rng = random.Random(7)
     prices = dict(SYMBOLS)
@@ -48,7 +50,7 @@ def main(url=None, seconds=3.0):
             server.publish({"type": "end"})
             client.wait_for("end", timeout=10)
         stats = client.stats
-    print(f"{stats.dispatched} ticks, {len(ticker.rows)} symbols, duplicates {stats.duplicates}, lost {stats.lost}")
+    print(f"{ticks[0]} ticks, {len(ticker.rows)} symbols, duplicates {stats.duplicates}, lost {stats.lost}")
     if server is not None:
         server.stop()
 

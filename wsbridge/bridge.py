@@ -105,10 +105,14 @@ class Bridge:
             self._stop.wait(1.0)
             return
         try:
-            where = store.positions() or "the start"
+            positions = store.positions()
+            where = "resuming after " + ", ".join(
+                f"seq {seq}" if name is None else f"stream {name!r} seq {seq}"
+                for name, seq in sorted(positions.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
+            ) if positions else "starting from the beginning"
         except StoreError as exc:
-            where = f"the stored positions (not readable just now: {exc})"
-        self.on_event(f"took the lease; resuming from {where}")
+            where = f"resuming from the stored positions (not readable just now: {exc})"
+        self.on_event(f"took the lease; {where}")
         self._wake.wait()
         lost = self._lease_lost.is_set()
         client.stop()
