@@ -70,7 +70,7 @@ def test_demo_runs_through_chaos_and_loses_nothing():
     assert "alice: hello, is the feed live?" in out  # the chat view
     assert re.search(r"ACME\s+│", out)  # the ticker view
     assert "connection cut by the chaos proxy" in out and "reconnected; resuming after" in out
-    tally = re.search(r"sent ([\d,]+) sequenced messages, received ([\d,]+), lost 0, each once and in order: True", out)
+    tally = re.search(r"sent ([\d,]+) sequenced messages, received ([\d,]+), lost 0\n\s+each once and in order: True", out)
     assert tally and tally.group(1) == tally.group(2), out[-800:]
     assert re.search(r"duplicates dropped [\d,]+, reconnects [1-9]", out)
     assert "0 protocol errors, 0 subscriber errors" in out

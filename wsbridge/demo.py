@@ -91,7 +91,8 @@ def run_demo(
         with client:
             client.wait_connected(timeout=10)
             server.wait_clients(1)
-            out(f"connected to the bundled feed through a chaos proxy ({proxy.url} -> {server.url})")
+            out(f"connected to the bundled feed ({server.url})")
+            out(f"  through a chaos proxy ({proxy.url})")
             out(f"{seconds:.0f} s of ticks at {rate:,.0f}/s with chat, the connection cut every {cut_every} s ...")
             if renderer is not None:
                 renderer.start()
@@ -135,8 +136,10 @@ def run_demo(
             out(row)
     out("")
     out("tally")
-    out(f"  sent {sent:,} sequenced messages, received {delivered:,}, lost {lost}, "
-        f"each once and in order: {in_order}")
+    out(f"  sent {sent:,} sequenced messages, received {delivered:,}, lost {lost}")
+    unnumbered = stats.dispatched - delivered  # the status line's "received" counts these too
+    extra = f" (+{unnumbered:,} unnumbered: the chat line this script sent)" if unnumbered else ""
+    out(f"  each once and in order: {in_order}{extra}")
     out(f"  duplicates dropped {stats.duplicates:,}, reconnects {stats.reconnects}, resume requests {stats.resumes}, "
         f"gaps {stats.gaps}")
     out(f"  {stats.protocol_errors} protocol errors, {stats.subscriber_errors} subscriber errors")

@@ -51,8 +51,8 @@ class StatusView(View):
 
     def _lifecycle(self, sender: Any, **kw: Any) -> None:
         with self.lock:
-            if "delay" in kw:  # reconnecting
-                self.attempt = kw["attempt"]
+            if "delay" in kw:  # reconnecting: the attempt since the last connection (the
+                self.attempt += 1  # policy's own count spans short-lived connections too)
                 self.retry_at = self._clock() + kw["delay"]
             elif "url" in kw:  # connected
                 self.attempt = 0
@@ -90,10 +90,11 @@ class StatusView(View):
             head = state
         positions = client.positions
         last = ", ".join(f"{stream or '-'}:{seq}" for stream, seq in sorted(positions.items(), key=lambda kv: str(kv[0])))
-        return (
-            f"{head} | {self.rate():,.0f} msg/s | last seq {last or '-'} | outbox {stats.outbox} | "
-            f"received {stats.dispatched:,} | reconnects {stats.reconnects} | duplicates {stats.duplicates} | lost {stats.lost}"
-        )
+        first = f"{head} | {self.rate():,.0f} msg/s | last seq {last or '-'} | outbox {stats.outbox}"
+        second = (f"received {stats.dispatched:,} | reconnects {stats.reconnects} | "
+                  f"duplicates {stats.duplicates} | lost {stats.lost}")
+        # Two lines when one would not fit 80 columns: broken between fields, never inside one.
+        return f"{first} | {second}" if len(first) + len(second) + 3 <= 80 else f"{first}\n{second}"
 
     def __rich__(self) -> Any:
         from rich.text import Text
