@@ -56,6 +56,8 @@ class DocumentView(View):
         """No snapshot yet, or a patch failed: the document is not to be trusted."""
         self.applied = 0
         """Patches applied since the last snapshot."""
+        self.applied_total = 0
+        """Patches applied since the view was made (what the renderings show)."""
         self.failed = 0
         self.ignored = 0
         """Patches that arrived while stale."""
@@ -91,6 +93,7 @@ class DocumentView(View):
                 # in_place=False: a patch that fails half-way leaves the document as it was
                 self._doc = jsonpatch.apply_patch(self._doc, ops, in_place=False)
                 self.applied += 1
+                self.applied_total += 1
                 failure = None
             except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, ValueError, KeyError) as exc:
                 self.failed += 1
@@ -133,7 +136,7 @@ class DocumentView(View):
         from rich.text import Text
 
         with self.lock:
-            doc, stale, applied = self._doc, self.stale, self.applied
+            doc, stale, applied = self._doc, self.stale, self.applied_total
         body: Any = JSON(json.dumps(doc, ensure_ascii=False))
         if stale:
             body = Group(Text("stale: waiting for a snapshot", style="bold red"), body)
