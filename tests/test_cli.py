@@ -80,6 +80,17 @@ def test_listen_with_a_store_and_max_marks_handled_only_what_it_printed(tmp_path
     assert [json.loads(line)["seq"] for line in second.stdout.splitlines()] == [6, 7, 8], second.stderr
 
 
+def test_listen_max_served_from_the_store_alone_succeeds(tmp_path, free_port):
+    """The second run's messages all come from the store, before any connection: exit 0."""
+    db = str(tmp_path / "feed.db")
+    with Server(script=ticks(20)) as server:
+        assert run("listen", server.url, "--codec", "wsbridge", "--store", db, "--max", "2", "--timeout", "30").returncode == 0
+    later = run("listen", f"ws://127.0.0.1:{free_port}/", "--codec", "wsbridge", "--store", db, "--max", "3",
+                "--json-lines", "--timeout", "30")
+    assert later.returncode == 0, later.stderr
+    assert [json.loads(line)["seq"] for line in later.stdout.splitlines()] == [3, 4, 5]
+
+
 def test_listen_stops_cleanly_on_ctrl_c_with_a_summary():
     with Server() as server:
         proc = start("listen", server.url, "--codec", "wsbridge")
@@ -303,7 +314,9 @@ def test_every_command_has_help_with_exit_codes(command):
 # -- input that can never work exits at once (issue 16) ----------------------------------------
 @pytest.mark.parametrize("url,words", [
     ("ws://", "names no host"),
-    ("ws://127.0.0.1:99999/", "port is not a number from 0 to 65535"),
+    ("ws://127.0.0.1:99999/", "port is not a number from 1 to 65535"),
+    ("ws://127.0.0.1:0/", "port is not a number from 1 to 65535"),
+    ("ws://[::1/", "not a valid URL"),
     ("ws://127.0.0.1/a b", "no spaces"),
 ])
 def test_a_url_that_can_never_work_exits_2_at_once(url, words):

@@ -159,3 +159,47 @@ def test_the_cli_says_a_refusal_once_in_its_own_words():
         out = subprocess.run([sys.executable, "-m", "wsbridge", "listen", server.url, "--timeout", "10"],
                              capture_output=True, text=True, timeout=60)
     assert out.returncode == 3 and out.stderr.count("\n") == 1 and "HTTP 401" in out.stderr, out.stderr
+
+
+def test_global_gaps_expire_each_on_its_own_clock():
+    t = SequenceTracker(global_seq=True, gap_timeout=5.0)
+    msg = lambda seq: wsbridge.Message("t", None, seq)  # noqa: E731
+    t.offer(msg(1), 0.0)
+    t.offer(msg(4), 0.0)  # 2, 3 missing since t=0
+    t.offer(msg(7), 4.99)  # 5, 6 missing since t=4.99
+    assert t.waiting
+    assert [o.lost for o in t.expire(5.0)] == [wsbridge.Gap(None, 2, 3)]  # the newer gap keeps waiting
+    assert t.offer(msg(6), 5.0).ready  # so 6 still arrives, and is not taken for a duplicate
+    assert [o.lost for o in t.expire(10.0)] == [wsbridge.Gap(None, 5, 5)]
+    assert not t.waiting and t.positions() == {None: 7}
+
+
+def test_a_running_global_client_gives_gaps_up_and_moves_on(make_client, collector, raw):
+    codec = wsbridge.JsonCodec(seq_field="seq")
+    client = make_client(raw.url, codec=codec, seq_scope="global", gap_timeout=0.2)
+    gaps = collector()
+    client.signals.gap.connect(gaps)
+    client.start().wait_connected(timeout=10)
+    raw.wait_connection().sendall(jframes(*({"type": "t", "seq": s} for s in (1, 3, 5))))
+    wait_until(lambda: client.stats.lost == 2, what="both gaps given up")
+    assert client.positions == {None: 5}
+
+
+def test_a_named_client_with_a_store_replaced_mid_feed_repeats_nothing(tmp_path, collector):
+    """The earlier client is stopped before the new one opens the store they share."""
+    from wsbridge.testing import Server
+
+    path = str(tmp_path / "feed.db")
+    seen: list = []
+    with Server(feed_from="start") as server:
+        clients = []
+        for _ in range(3):  # a notebook cell run three times
+            client = wsbridge.Client(server.url, name="feed", store=wsbridge.SQLiteStore(path), **wsbridge.conventions())
+            client.on("tick", lambda msg: seen.append(msg.seq))
+            clients.append(client.start())
+            client.wait_connected(timeout=10)
+            server.publish_many({"type": "tick"} for _ in range(500))
+            wait_until(lambda: len(set(seen)) >= 500 * len(clients), what="this run's ticks")
+        assert [c.name for c in wsbridge.clients()] == ["feed"]
+        assert wsbridge.stop_all(timeout=10)
+    assert sorted(seen) == list(range(1, 1501)), [s for s in set(seen) if seen.count(s) > 1][:5]

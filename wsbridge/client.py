@@ -115,10 +115,10 @@ class Client(Subscribable, Pulling):
         name: Optional[str] = None,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
-            url, dict(headers or {}), sslopt, subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
+            _lower_scheme(url), dict(headers or {}), sslopt, subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
             idle_timeout, connect_timeout, close_timeout, max_message_size,
         )
-        self.url = url
+        self.url = self.options.url
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
         self._named = name is not None
@@ -194,15 +194,21 @@ class Client(Subscribable, Pulling):
         self._check_process()
         if self._lifecycle.state.final:
             raise ClientClosed(f"{self.name} was stopped; make a new Client")
-        if self.store is not None and self._lifecycle.state is State.NEW:
-            self._open_store()
+        if self._lifecycle.state is not State.NEW:
+            return self
+        # A notebook cell run again: the client it made before gives way, and is stopped
+        # before this one opens the store they may share.
+        for earlier in registry.claim(self):
+            log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
+            earlier.stop()
+        try:
+            if self.store is not None:
+                self._open_store()
+        except BaseException:
+            registry.discard(self)
+            raise
         if not self._lifecycle.begin():
             return self
-        if self._named:  # a notebook cell run again: the client it made before gives way
-            for earlier in registry.named(self.name):
-                log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
-                earlier.stop()
-        registry.add(self)
         self._dispatcher.start()
         self._supervisor.thread.start()
         return self
@@ -408,3 +414,9 @@ def _global_scope(seq_scope: str) -> bool:
     if seq_scope not in ("stream", "global"):
         raise ValueError(f"seq_scope is 'stream' (a counter per stream) or 'global' (one for all), not {seq_scope!r}")
     return seq_scope == "global"
+
+
+def _lower_scheme(url: str) -> str:
+    """``WS://host/`` as ``ws://host/``: websocket-client knows the scheme in lower case only."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() + sep + rest if sep else url

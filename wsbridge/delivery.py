@@ -200,8 +200,8 @@ class Delivery:
         if outcome.opened is not None:
             self.gaps += 1
             gap = outcome.opened
-            log.info("%s: gap in stream %r: ids %d..%d missing; holding later messages back",
-                     self.name, gap.stream, gap.first, gap.last)
+            log.info("%s: gap in stream %r: ids %d..%d missing; %s", self.name, gap.stream, gap.first, gap.last,
+                     "delivering on (one counter across streams)" if self.tracker.global_seq else "holding later messages back")
             out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "open"}))
             self._want_resume()
         if outcome.lost is not None:

@@ -44,7 +44,10 @@ def check_options(
     url: str, ping_interval: float, ping_timeout: float, idle_timeout: Optional[float], max_message_size: int,
     connect_timeout: float, close_timeout: float,
 ) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ValueError(f"not a valid URL ({exc}): {redact_url(url)!r}") from None
     if parts.scheme.lower() not in ("ws", "wss"):
         raise ValueError(f"a WebSocket URL starts with ws:// or wss://, not {redact_url(url)!r}")
     if any(c.isspace() for c in url):
@@ -52,9 +55,11 @@ def check_options(
     if not parts.hostname:
         raise ValueError(f"the URL names no host: {redact_url(url)!r}")
     try:
-        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        port = parts.port  # urlsplit checks the port only when asked
     except ValueError:
-        raise ValueError(f"the URL's port is not a number from 0 to 65535: {redact_url(url)!r}") from None
+        port = 0
+    if port == 0:
+        raise ValueError(f"the URL's port is not a number from 1 to 65535: {redact_url(url)!r}")
     if ping_interval < 0 or ping_timeout < 0:
         raise ValueError("ping_interval and ping_timeout must be >= 0")
     if ping_interval and ping_timeout and ping_interval <= ping_timeout:

@@ -14,11 +14,6 @@ _clients: Dict[int, Any] = {}
 _lock = threading.Lock()
 
 
-def add(client: Any) -> None:
-    with _lock:
-        _clients[id(client)] = client
-
-
 def discard(client: Any) -> None:
     with _lock:
         _clients.pop(id(client), None)
@@ -30,9 +25,18 @@ def live() -> List[Any]:
         return [c for c in _clients.values() if c._pid == os.getpid()]
 
 
-def named(name: str) -> List[Any]:
-    """The live clients called ``name``."""
-    return [c for c in live() if c.name == name]
+def claim(client: Any) -> List[Any]:
+    """Register ``client``; return the live clients it replaces (a client given an
+    explicit ``name`` replaces the running ones of that name), in one step, so two
+    threads starting same-named clients at once cannot both keep theirs."""
+    with _lock:
+        pid = os.getpid()
+        earlier = [c for c in _clients.values() if c._named and client._named and c.name == client.name
+                   and c._pid == pid and c is not client]
+        for c in earlier:
+            _clients.pop(id(c), None)
+        _clients[id(client)] = client
+        return earlier
 
 
 def stop_all(timeout: float = 5.0) -> bool:

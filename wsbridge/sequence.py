@@ -65,12 +65,11 @@ class _Stream:
 class _Global:
     """One sequence counter across every stream (``seq_scope="global"``)."""
 
-    __slots__ = ("last", "missing", "gap_since")
+    __slots__ = ("last", "missing")
 
     def __init__(self, last: int) -> None:
         self.last = last  # the highest id seen
-        self.missing: "OrderedDict[int, None]" = OrderedDict()  # ids below ``last`` not seen yet
-        self.gap_since = 0.0
+        self.missing: "OrderedDict[int, float]" = OrderedDict()  # ids below ``last`` not seen yet -> when missed
 
 
 class SequenceTracker:
@@ -155,10 +154,15 @@ class SequenceTracker:
         """Give up gaps open longer than ``gap_timeout``; release what they held."""
         out: List[Outcome] = []
         g = self._global
-        if g is not None and g.missing and now - g.gap_since >= self.gap_timeout:
-            ids = list(g.missing)
-            g.missing.clear()
-            out.append(Outcome([], lost=Gap(None, ids[0], ids[-1])))
+        if g is not None and g.missing:
+            expired = []
+            while g.missing:
+                first = next(iter(g.missing))
+                if now - g.missing[first] < self.gap_timeout:
+                    break  # each gap keeps its own clock
+                g.missing.popitem(last=False)
+                expired.append(first)
+            out.extend(Outcome([], lost=gap) for gap in _ranges(expired))
         for name, stream in self._streams.items():
             if stream.held and now - stream.gap_since >= self.gap_timeout:
                 out.append(self._give_up(name, stream, now))
@@ -196,17 +200,25 @@ class SequenceTracker:
                 return Outcome([], duplicate=True)
             del g.missing[seq]
             return Outcome([msg], filled=Gap(None, seq, seq))
-        opened = None
+        opened = lost = None
         if seq > g.last + 1:
-            if not g.missing:
-                g.gap_since = now
-            first = max(g.last + 1, seq - self.max_held)  # ids further back than max_held are not waited for
-            g.missing.update(dict.fromkeys(range(first, seq)))
-            while len(g.missing) > self.max_held:
-                g.missing.popitem(last=False)
             opened = Gap(None, g.last + 1, seq - 1)
+            g.missing.update(dict.fromkeys(range(max(g.last + 1, seq - self.max_held), seq), now))
+            given_up = []
+            while len(g.missing) > self.max_held:  # too many to wait for: the oldest are lost
+                given_up.append(g.missing.popitem(last=False)[0])
+            if seq - g.last - 1 > self.max_held:  # ids of this gap too far back to wait for
+                given_up.extend(range(g.last + 1, seq - self.max_held))
+            given_up.sort()
+            if given_up:
+                lost = Gap(None, given_up[0], given_up[-1])
         g.last = seq
-        return Outcome([msg], opened=opened)
+        return Outcome([msg], opened=opened, lost=lost)
+
+    @property
+    def waiting(self) -> bool:
+        """Is anything waiting on the clock (held messages, or global-scope gaps)?"""
+        return bool(self.held) or (self._global is not None and bool(self._global.missing))
 
     def _offer_unsequenced(self, msg: Message) -> Outcome:
         mid = msg.id
@@ -222,3 +234,14 @@ class SequenceTracker:
         if len(ids) > self.id_window:
             ids.popitem(last=False)
         return Outcome([msg])
+
+
+def _ranges(ids: List[int]) -> List[Gap]:
+    """Ascending ids as the runs of consecutive ones, each a `Gap` of the unnamed stream."""
+    gaps: List[Gap] = []
+    for i in ids:
+        if gaps and gaps[-1].last == i - 1:
+            gaps[-1] = Gap(None, gaps[-1].first, i)
+        else:
+            gaps.append(Gap(None, i, i))
+    return gaps

@@ -218,7 +218,7 @@ class Supervisor:
                 self.resume_wanted = False
                 with self.sender.cond:  # in line with the sends, never between two frames
                     self.sender.send_resume(conn, self.delivery.positions)
-            if self.delivery.tracker.held and len(self.dispatcher) < self.dispatcher.maxsize:
+            if self.delivery.tracker.waiting and len(self.dispatcher) < self.dispatcher.maxsize:
                 self.dispatcher.put_control(EXPIRE)
             dead = self._dead(conn, now)
             if dead:

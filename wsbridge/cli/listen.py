@@ -30,8 +30,9 @@ from .common import (
 DESCRIPTION = """\
 Connect to URL and print every message as it arrives: one line each for a person,
 or one JSON object per line (--json-lines) for jq and other tools. Behind it is the
-whole client: reconnects with backoff, dead-peer detection, dedup by sequence id and a
-resume request after every reconnect, so a flaky network costs no message.
+whole client: reconnects with backoff and dead-peer detection; with --codec wsbridge
+(a server of wsbridge's conventions, such as `wsbridge serve`) also dedup by sequence
+id and a resume request after every reconnect, so a flaky network costs no message.
 
 Connection events go to stderr, one line each; on Ctrl-C (or at --max / --timeout)
 the client stops cleanly and prints a summary (received, duplicates, gaps, lost,
@@ -133,14 +134,15 @@ def run(args: argparse.Namespace) -> int:
         client.stop(timeout=5)
     # Messages can come before `connected` (it waits for the send buffer to be
     # flushed): a socket that opened counts, even if the run ended before the flush.
-    connected = lifecycle.ever_connected or client.stats.connects > 0
-    if connected and not lifecycle.ever_connected:
+    reached = args.max is not None and count[0] >= args.max  # perhaps all from the store, before connecting
+    opened = lifecycle.ever_connected or client.stats.connects > 0
+    if opened and not lifecycle.ever_connected:
         lifecycle.connected(client, url=redact_url(client.url))
-    if connected:
+    if opened or reached:
         lifecycle.say(summary(client))
     if interrupted:
         return EXIT_INTERRUPTED
-    if not connected or (gave_up.is_set() and args.no_retry is False):
+    if not reached and (not opened or (gave_up.is_set() and args.no_retry is False)):
         raise CliError(explain(client.last_error, client.url), EXIT_CONNECT)
     if args.max is not None and count[0] < args.max:
         raise CliError(f"{count[0]} of {args.max} messages arrived within {args.timeout} s", EXIT_FAILURE)

@@ -51,7 +51,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 
 def _check(text: str, codec: str) -> None:
-    if codec == "json":
+    if codec in ("json", "wsbridge"):
         try:
             json.loads(text)
         except ValueError as exc:
