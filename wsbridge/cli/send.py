@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         client.start()
         wait_connected(client, args.timeout)
         for text in texts:
-            _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
+            try:
+                _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
+            except CliError as exc:
+                raise CliError(f"line {sent + 1}: {exc} ({sent} message(s) before it were sent)", exc.code) from None
             client.send(text)
             sent += 1
         if not sent:
