@@ -38,6 +38,23 @@ class Collector:
         return len(self.items)
 
 
+def send_quietly(client: wsbridge.Client, data: Any) -> None:
+    """``client.send(data)`` from a helper thread, for a test that stops the client under it."""
+    try:
+        client.send(data)
+    except wsbridge.WsbridgeError:
+        pass
+
+
+def unread(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive buffer (a peer that does not read fills it)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     """Re-check ``predicate`` until it holds, for state that no event announces
     (a thread being alive, a file growing); bounded in time."""

@@ -7,13 +7,10 @@ Every wait is bounded; a test that could hang has its own watchdog
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from typing import Any, List
@@ -25,7 +22,7 @@ from wsbridge import RawCodec
 from wsbridge.testing import Server
 from wsbridge.testing.raw import RawServer, frame
 
-from conftest import wait_until
+from conftest import send_quietly, unread, wait_until
 
 HOLD = 20.0  # how long a test lets a stuck thread stay stuck before it fails
 
@@ -103,7 +100,7 @@ def test_stop_returns_within_its_timeout_while_a_send_is_stuck(make_client, raw_
     client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)
     client.start().wait_connected(timeout=10)
     conn = raw_server.wait_connection()  # the server never reads
-    sender = threading.Thread(target=lambda: _send_client_quietly(client, b"x" * (32 << 20)), name="test-sender", daemon=True)
+    sender = threading.Thread(target=lambda: send_quietly(client, b"x" * (32 << 20)), name="test-sender", daemon=True)
     sender.start()
     wait_until(lambda: unread(conn) > 64 * 1024, timeout=10, what="a send stuck on a full socket")
     t0 = time.monotonic()
@@ -111,18 +108,6 @@ def test_stop_returns_within_its_timeout_while_a_send_is_stuck(make_client, raw_
     assert time.monotonic() - t0 < 2.5
     sender.join(10)
     assert not sender.is_alive()
-
-
-def unread(sock: socket.socket) -> int:
-    """Bytes waiting in ``sock``'s receive buffer."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def _send_client_quietly(client: wsbridge.Client, data: bytes) -> None:
-    try:
-        client.send(data)
-    except wsbridge.WsbridgeError:
-        pass
 
 
 @pytest.mark.timeout(60)

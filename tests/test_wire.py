@@ -34,7 +34,7 @@ from wsbridge.testing.raw import (
     read_frame,
 )
 
-from conftest import wait_until
+from conftest import send_quietly, unread, wait_until
 
 
 @pytest.fixture
@@ -430,26 +430,13 @@ def test_a_violation_while_a_send_is_stuck_fails_the_connection_at_once(make_cli
     does not read, the reader skips it and cuts, rather than wait for the write's timeout."""
     client, _, errors = start(make_client, raw.url, collector, ping_interval=0, idle_timeout=30)
     conn = raw.wait_connection()  # never reads
-    sending = threading.Thread(target=lambda: _send_quietly(client, b"x" * (8 << 20)), daemon=True)
+    sending = threading.Thread(target=lambda: send_quietly(client, b"x" * (8 << 20)), daemon=True)
     sending.start()
-    wait_until(lambda: _unread(conn) > 64 * 1024, what="a send stuck on a full socket")
+    wait_until(lambda: unread(conn) > 64 * 1024, what="a send stuck on a full socket")
     conn.sendall(frame(b"bad", TEXT, rsv=1))
     report = errors.wait(1, timeout=5)[0]  # the write's own timeout is 30 s
     assert report["context"] == "protocol"
     sending.join(10)
-
-
-def _unread(sock: socket.socket) -> int:
-    import fcntl
-    import struct
-    import termios
-
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
-def _send_quietly(client: wsbridge.Client, data: bytes) -> None:
-    with contextlib.suppress(wsbridge.WsbridgeError):
-        client.send(data)
 
 
 def test_control_frames_pass_whatever_max_message_size(make_client, collector, raw):

@@ -147,7 +147,7 @@ class Client(Subscribable, Pulling):
         )
         self._intake = Intake(self.codec, self._dispatcher, self._reporter.report)
         self._supervisor = Supervisor(
-            self, self.options, self.policy, lifecycle=self._lifecycle, signals=self.signals, emit=self._emit,
+            self.options, self.policy, lifecycle=self._lifecycle, signals=self.signals, emit=self._emit,
             report=self._reporter.report, sender=self._sender, dispatcher=self._dispatcher, delivery=self._delivery,
             intake=self._intake, store=store, on_give_up=self._pull.close, name=self.name,
         )
@@ -372,10 +372,7 @@ class Client(Subscribable, Pulling):
     def _want_resume(self) -> None:
         self._supervisor.want_resume()
 
-    def _check_usable(self) -> None:  # Subscribable's hook
-        self._check_process()
-
-    def _check_process(self) -> None:
+    def _check_process(self) -> None:  # also Subscribable's hook
         if os.getpid() != self._pid:
             raise UsageError(
                 f"{self.name} was made in process {self._pid} and inherited through fork(): its threads and "

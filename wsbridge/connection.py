@@ -27,13 +27,13 @@ import websocket
 
 from .buffered import BufferedSocket, frame_complete
 from .dial import open_socket, uses_proxy
+from .frames import close_payload
 from .handshake import Handshake
 from .options import ConnectOptions
 from .reader import ReadLoop
 from .wsclient import (
     ABNF,
     App,
-    close_frame_sent,
     frame_bytes,
     handshake_subprotocol,
     mark_reader_thread,
@@ -289,20 +289,10 @@ class Connection:
         """Close politely: send a close frame, wait up to ``wait`` s for the
         peer's, then cut the socket. Joins nothing; see `join`."""
         self.closing = True
-        ws = self.app.sock
+        reader = self.reader
         # Another thread's write may hold the send lock against a peer that does not
         # read: then there is no polite close to be had, and the socket is cut.
-        if ws is not None and self.opened.is_set() and ws.lock.acquire(timeout=min(wait, 0.2)):
-            try:
-                if self.reader is not None:
-                    self.reader.close_sent = True  # the server's answer is not to be echoed
-                close_frame_sent(ws)
-                if ws.sock is not None:
-                    ws.sock.sendall(frame_bytes(ws, code.to_bytes(2, "big") + reason.encode("utf-8")[:123], ABNF.OPCODE_CLOSE))
-            except Exception:
-                pass
-            finally:
-                ws.lock.release()
+        if self.opened.is_set() and reader is not None and reader.send_close(close_payload(code, reason), min(wait, 0.2)):
             if self.ended.wait(wait):
                 return
         self.abort()

@@ -89,8 +89,6 @@ class Dispatcher:
         (counted), control items still delivered, then the thread ends."""
         self.cut_at: Optional[float] = None
         """`time.monotonic` after which `cut` holds (set by `stop`; checked per item)."""
-        self.abandoned = 0
-        """Items never delivered because `stop` ran out of time (dispatcher thread)."""
         self.blocked = 0
         """How many times the reader waited for room (backpressure)."""
         self.holding = False

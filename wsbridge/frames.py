@@ -61,6 +61,11 @@ def check_text(data: bytes) -> None:
             raise WireError(reason, data, close_code=INVALID_DATA) from None
 
 
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload: ``code`` and as much of ``reason`` as a control frame holds."""
+    return code.to_bytes(2, "big") + reason.encode("utf-8")[: MAX_CONTROL - 2]
+
+
 def valid_close_code(code: int) -> bool:
     """May a close frame carry ``code``? (RFC 6455 §7.4: the defined codes,
     the IANA-registered 1012-1014, and 3000-4999 for libraries and apps.)"""

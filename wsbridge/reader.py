@@ -22,7 +22,7 @@ from websocket import WebSocketException
 
 from .buffered import BufferedSocket
 from .errors import WireError
-from .frames import CLOSE, MAX_CONTROL, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, parse_close
+from .frames import CLOSE, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, close_payload, parse_close
 from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket_send
 
 TOPUP_MAX = 64 * 1024
@@ -154,7 +154,7 @@ class ReadLoop:
         """The server's close frame: echo it (unless ours went first), then end."""
         parse_close(payload)  # a bad code or reason raises: failed with 1002 / 1007
         if not self.close_sent:
-            self._send_close(payload[:2])  # the RFC's usual echo: the code, no reason
+            self.send_close(payload[:2])  # the RFC's usual echo: the code, no reason
         self.peer_closed = True  # an orderly end, even with no code in it
         # websocket-client's closed(frame): on_error, teardown, then on_close with the frame's code and reason
         self.disconnect(ABNF(fin=1, opcode=ABNF.OPCODE_CLOSE, data=payload))
@@ -164,31 +164,32 @@ class ReadLoop:
         error's code if the socket takes it at once, then let it be cut."""
         self.before_fail()
         if not self.close_sent:
-            reason = exc.reason.encode("utf-8")[:MAX_CONTROL - 2]
-            self._send_close(exc.close_code.to_bytes(2, "big") + reason, wait=False)
+            self.send_close(close_payload(exc.close_code, exc.reason), lock_wait=0, only_if_writable=True)
         self.disconnect(exc)
 
-    def _send_close(self, payload: bytes, wait: bool = True) -> None:
-        """Write a close frame. With ``wait=False`` only if nothing stands in the
-        way: another thread's write holding the send lock (against a peer that does
-        not read), or a socket that would not take it at once. Then it is skipped:
-        the RFC's failing of a connection is the cut, the close frame a courtesy."""
-        self.close_sent = True
+    def send_close(self, payload: bytes, lock_wait: float = CLOSE_LOCK_WAIT, only_if_writable: bool = False) -> bool:
+        """Write a close frame (any thread: the reader's echo or failure, the supervisor's
+        polite close). Skipped when another thread's write holds the send lock longer
+        than ``lock_wait`` s (against a peer that does not read) or, ``only_if_writable``,
+        when the socket would not take it at once: the RFC's failing of a connection is
+        the cut, the close frame a courtesy. Returns whether the send lock was had."""
+        self.close_sent = True  # the peer's answer is not to be echoed
         ws = self.app.sock
         sock = self.buffered
         if ws is None or sock is None:
-            return
+            return False
         close_frame_sent(ws)  # websocket-client's teardown then sends no close of its own
         data = frame_bytes(ws, payload, ABNF.OPCODE_CLOSE)
-        if not ws.lock.acquire(timeout=CLOSE_LOCK_WAIT if wait else 0):
-            return
+        if not ws.lock.acquire(timeout=lock_wait):
+            return False
         try:
-            if wait or sock.writable_now():
+            if not only_if_writable or sock.writable_now():
                 sock.sendall(data)
         except OSError:
             pass  # the peer is gone: nothing more to say
         finally:
             ws.lock.release()
+        return True
 
     def take_data_frames(self) -> int:
         """Deliver the whole, plain data frames at the front of the buffer;

@@ -181,7 +181,7 @@ class Subscribable:
 
     signals: "Signals"
 
-    def _check_usable(self) -> None:
+    def _check_process(self) -> None:
         """Raise if this object may not be used here (a client inherited through fork())."""
 
     def on(self, mtype: str, fn: Optional[MessageHandler] = None) -> Any:
@@ -191,7 +191,7 @@ class Subscribable:
         Subscribers run on one thread, one message at a time, in arrival
         order; returns ``fn`` so decorators stack.
         """
-        self._check_usable()
+        self._check_process()
 
         def register(fn: MessageHandler) -> MessageHandler:
             self.signals.subscribe(self.signals.for_type(mtype), fn)
@@ -201,13 +201,13 @@ class Subscribable:
 
     def on_any(self, fn: MessageHandler) -> MessageHandler:
         """Subscribe ``fn(message)`` to every message."""
-        self._check_usable()
+        self._check_process()
         self.signals.subscribe(self.signals.message, fn)
         return fn
 
     def off(self, fn: Callable[..., Any], mtype: Optional[str] = None) -> int:
         """Unsubscribe ``fn`` (from ``mtype`` only, or from everything); returns how many links were cut."""
-        self._check_usable()
+        self._check_process()
         return self.signals.unsubscribe(fn, mtype)
 
 

@@ -54,7 +54,6 @@ def describe(error: Optional[BaseException]) -> str:
 class Supervisor:
     def __init__(
         self,
-        owner: Any,
         options: ConnectOptions,
         policy: ReconnectPolicy,
         *,
@@ -70,7 +69,6 @@ class Supervisor:
         on_give_up: Callable[[], None],
         name: str,
     ) -> None:
-        self.owner = owner
         self.options = options
         self.policy = policy
         self.lifecycle = lifecycle
