@@ -63,6 +63,23 @@ def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
         assert [k for k, _ in store.unhandled()] == [2, 3]
 
 
+def test_a_named_reader_keeps_its_own_mark_and_starts_at_the_main_one(tmp_path):
+    path = str(tmp_path / "feed.db")
+    main = SQLiteStore(path)
+    main.open()
+    main.append([msg(n) for n in range(1, 11)], {None: 10})
+    main.mark_handled(3)  # only in the side file (as after a crash): a new reader must read it there
+    with SQLiteStore(path, reader="type:t") as filtered:
+        assert [k for k, _ in filtered.unhandled()] == [4, 5, 6, 7, 8, 9, 10]
+        filtered.mark_handled(9)
+    main.close()
+    with SQLiteStore(path, reader="type:t") as filtered:  # its own mark, kept
+        assert [k for k, _ in filtered.unhandled()] == [10]
+    with SQLiteStore(path) as main:  # the main mark did not move
+        assert [k for k, _ in main.unhandled()] == [4, 5, 6, 7, 8, 9, 10]
+    assert repr(SQLiteStore(path, reader="x")) == f"SQLiteStore({path!r}, reader='x')"
+
+
 def test_a_corrupt_file_is_a_clear_error_at_open(tmp_path):
     path = tmp_path / "feed.db"
     path.write_bytes(b"this is not an SQLite database at all" * 100)

@@ -11,6 +11,7 @@ again first: the one in flight may be repeated, none is lost.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -188,11 +189,21 @@ class SQLiteStore(Store):
     ``max_size`` caps the database file in bytes: past it a write fails as
     on a full disk (a `StoreError`; the client reports it and keeps
     delivering). One client writes a store at a time.
+
+    ``reader`` names the handled mark this store object moves (None: the
+    store's main mark). A client that subscribes to only some types sees
+    the others go by unhandled; with a mark of its own it leaves the main
+    mark where it was, so a later client that wants everything is delivered
+    them from the store (``wsbridge listen --type T --store FILE`` does
+    this). A new reader's mark starts at the main mark: what was delivered
+    to a reader of everything is not delivered again.
     """
 
-    def __init__(self, path: str, *, max_size: Optional[int] = None) -> None:
+    def __init__(self, path: str, *, max_size: Optional[int] = None, reader: Optional[str] = None) -> None:
         self.path = os.fspath(path)
         self.max_size = max_size
+        self.reader = reader
+        self._mark_row = "handled" if reader is None else "handled:" + reader
         self._db: Optional[sqlite3.Connection] = None  # messages: the dispatcher's
         self._odb: Optional[sqlite3.Connection] = None  # the send buffer: senders' and the supervisor's
         self._mark: Optional[mmap.mmap] = None
@@ -202,7 +213,9 @@ class SQLiteStore(Store):
         self._handled = 0
 
     def __repr__(self) -> str:
-        return f"SQLiteStore({self.path!r})"
+        if self.reader is None:
+            return f"SQLiteStore({self.path!r})"
+        return f"SQLiteStore({self.path!r}, reader={self.reader!r})"
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> None:
@@ -223,7 +236,13 @@ class SQLiteStore(Store):
                     db.execute("INSERT INTO meta VALUES ('handled', 0)")
                     token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
                 self._token = bytes(token[0])
-                handled = db.execute("SELECT value FROM meta WHERE name = 'handled'").fetchone()[0]
+                row = db.execute("SELECT value FROM meta WHERE name = ?", (self._mark_row,)).fetchone()
+                if row is None:  # a new reader: it starts where the main mark is
+                    main = db.execute("SELECT value FROM meta WHERE name = 'handled'").fetchone()
+                    handled = max(int(main[0]) if main else 0, self._read_mark(self.path + "-handled"))
+                    db.execute("INSERT INTO meta VALUES (?, ?)", (self._mark_row, handled))
+                else:
+                    handled = row[0]
                 self._next_key = (db.execute("SELECT MAX(key) FROM messages").fetchone()[0] or 0) + 1
             except BaseException:
                 db.close()
@@ -242,9 +261,26 @@ class SQLiteStore(Store):
         self._db, self._odb = db, odb
         self._handled = max(int(handled), self._open_mark())
 
+    def _mark_path(self) -> str:
+        if self.reader is None:
+            return self.path + "-handled"
+        return self.path + "-handled-" + hashlib.sha256(self.reader.encode()).hexdigest()[:16]
+
+    def _read_mark(self, path: str) -> int:
+        """The key a side file records for this database (0: none, or another database's)."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MARK.size)
+        except OSError:
+            return 0
+        if len(data) < _MARK.size:
+            return 0
+        token, key = _MARK.unpack(data)
+        return int(key) if token == self._token else 0
+
     def _open_mark(self) -> int:
         """Map the side file; return the key it records (0 when it is new or stale)."""
-        path = self.path + "-handled"
+        path = self._mark_path()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -272,7 +308,7 @@ class SQLiteStore(Store):
         fd, self._mark_file = self._mark_file, None
         if db is not None:
             try:
-                db.execute("UPDATE meta SET value = ? WHERE name = 'handled'", (self._handled,))
+                db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
             except sqlite3.Error:
                 pass
             db.close()
@@ -334,7 +370,7 @@ class SQLiteStore(Store):
                     "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
                     [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
                 )
-                db.execute("UPDATE meta SET value = ? WHERE name = 'handled'", (self._handled,))
+                db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)

@@ -55,7 +55,9 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("url", metavar="URL", help="ws:// or wss:// URL of the feed")
     parser.add_argument("--type", dest="types", action="append", metavar="T", help="print only messages of type T (repeatable)")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
-    parser.add_argument("--store", metavar="FILE", help="keep every message in an SQLite store; resume from it next time")
+    parser.add_argument("--store", metavar="FILE",
+        help="keep every message in an SQLite store; the next run first prints what this one did not "
+             "(with --type, what that filter did not: each filter keeps its own place)")
     parser.add_argument("--max", type=positive_int, metavar="N",
         help="stop after N messages (exit 1 if fewer arrive before --timeout)")
     parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
@@ -80,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if args.store:
         from ..store import SQLiteStore
 
-        store = SQLiteStore(args.store)
+        # Filtered, it moves a handled mark of its own: the messages it does not
+        # print stay unhandled for a run that prints everything.
+        reader = "type:" + ",".join(sorted(set(args.types))) if args.types else None
+        store = SQLiteStore(args.store, reader=reader)
     client = make_client(args, retry=not args.no_retry, store=store, pull_buffer=0)
     lifecycle = Lifecycle(client)
     done = threading.Event()
