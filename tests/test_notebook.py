@@ -32,12 +32,22 @@ def test_the_sample_notebook_runs_and_its_outputs_hold_the_messages():
 
 def test_a_cell_that_makes_a_named_client_can_be_run_again_without_leaking():
     """Three runs of the same cell leave one client; `wsbridge.clients()` finds it and
-    `wsbridge.stop_all()` stops it (issue 16: each run used to leave a client running)."""
-    setup = "import threading, wsbridge\nfrom wsbridge.testing import Server\nserver = Server().start()"
+    `wsbridge.stop_all()` stops it (issue 16: each run used to leave a client running). A
+    view's widget made in another cell follows the client that replaced its own."""
+    setup = ("import threading, time, wsbridge\nfrom wsbridge.testing import Server\n"
+             "from wsbridge.views import ChatView\nserver = Server(echo=True).start()")
     cell = (
         "client = wsbridge.Client(server.url, name='feed')\n"
         "client.start().wait_connected(timeout=10)\n"
         "print('threads after a run:', sum(t.name.startswith('feed-') for t in threading.enumerate()))"
+    )
+    view = "chat = ChatView(client)\nwidget = chat.display(min_interval=0.01)"
+    widget_check = (
+        "client.send({'type': 'chat', 'from': 'ann', 'text': 'after two re-runs'})\n"
+        "deadline = time.monotonic() + 10\n"
+        "while 'after two re-runs' not in widget.widget.value and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "print('the widget shows the new client:', 'after two re-runs' in widget.widget.value)"
     )
     check = (
         "print('clients:', [c.name for c in wsbridge.clients()])\n"
@@ -46,9 +56,10 @@ def test_a_cell_that_makes_a_named_client_can_be_run_again_without_leaking():
         "server.stop()"
     )
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(setup)] + [nbformat.v4.new_code_cell(cell) for _ in range(3)]
-    nb.cells.append(nbformat.v4.new_code_cell(check))
+    sources = [setup, cell, view, cell, cell, widget_check, check]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
     NotebookClient(nb, timeout=120, kernel_name="python3").execute(cwd=str(NOTEBOOK.parent))
     text = "".join(out.get("text", "") for c in nb.cells for out in c.get("outputs", []) if out.get("output_type") == "stream")
     assert text.count("threads after a run: 3") == 3, text  # supervisor, dispatcher, reader: never more
+    assert "the widget shows the new client: True" in text, text
     assert "clients: ['feed']" in text and "stopped: True" in text and "left: []" in text, text

@@ -183,6 +183,31 @@ def test_the_jupyter_widget_follows_the_view_at_a_bounded_rate_and_ends_with_the
     assert renderer._closed and not [t for t in threading.enumerate() if t.name == "wsbridge-view-refresh"]
 
 
+def test_views_and_their_widget_follow_a_client_replaced_by_one_of_the_same_name(make_client, server):
+    """Issue 16: a notebook cell that makes a named client, run again, replaces the client;
+    the views made in other cells, and their widgets, move to the new one with their state."""
+    from wsbridge.views.jupyter import JupyterRenderer
+
+    first = make_client(server.url, name="feed")
+    chat_view, status = ChatView(first), StatusView(first)
+    renderer = JupyterRenderer(chat_view, min_interval=0.01)
+    first.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "from": "srv", "text": "before"})
+    wait_until(lambda: "before" in renderer.widget.value, what="the first line in the widget")
+    second = make_client(server.url, name="feed").start()  # the cell, run again
+    assert first.state == "stopped"
+    assert chat_view.client is second and status.client is second and renderer._client is second
+    second.wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "from": "srv", "text": "after"})
+    wait_until(lambda: "after" in renderer.widget.value, what="the new client's line in the widget")
+    assert [text for _, _, text in chat_view.lines] == ["before", "after"]
+    assert "connected" in status.text() and not renderer._closed
+    assert second.stop(timeout=10)
+    assert renderer._closed  # the new client's own end still ends the widget
+
+
 def test_display_builds_the_registered_notebook_renderer():
     """`View.display` builds a `JupyterRenderer` without the view module importing it
     (the renderer registers itself when wsbridge.views is imported)."""

@@ -122,6 +122,7 @@ class Client(Subscribable, Pulling):
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
         self._named = name is not None
+        self._replaced_by: Optional["Client"] = None  # set by the same-named client that takes its place
         self.store = store
         self.signals = Signals()
         self._pid = os.getpid()
@@ -200,6 +201,7 @@ class Client(Subscribable, Pulling):
         # before this one opens the store they may share.
         for earlier in registry.claim(self):
             log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
+            earlier._replaced_by = self  # its `stopped` says so: views and widgets move to this one
             earlier.stop()
         try:
             if self.store is not None:
@@ -302,7 +304,7 @@ class Client(Subscribable, Pulling):
         late = self._dispatcher.drain()
         if late:
             self._delivery.handle(late)
-        deliver(self.signals.stopped, self, self._reporter.listener_failed)
+        deliver(self.signals.stopped, self, self._reporter.listener_failed, replaced_by=self._replaced_by)
         self._close_store()
 
     def _close_store(self) -> None:

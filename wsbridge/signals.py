@@ -104,6 +104,8 @@ class Signals:
     reconnecting   a retry is scheduled (``attempt``, ``delay``)
     gave_up        the client will not reconnect (``error``)
     stopped        `stop` was called; the last signal of all
+                   (``replaced_by``: the client of the same ``name`` that
+                   took this one's place, else None)
     message        every message (``message``)
     error          something went wrong and the stream goes on (``error``,
                    ``context``: "decode", "subscriber", "send", ...; plus

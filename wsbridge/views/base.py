@@ -73,21 +73,30 @@ class View:
         return []
 
     def attach(self, client: "Client") -> "View":
-        """Subscribe to ``client``'s messages (one client at a time)."""
+        """Subscribe to ``client``'s messages (one client at a time). When a client
+        of the same ``name`` takes this one's place (a notebook cell run again), the
+        view moves to it, state and all, before it delivers anything."""
         if self.client is not None:
             self.detach()
         self.client = client
         self._subscriptions = self.subscriptions()
         for mtype, handler in self._subscriptions:
             client.on(mtype, handler)
+        client.signals.stopped.connect(self._client_stopped)
         return self
 
     def detach(self) -> None:
         client, self.client = self.client, None
         if client is not None:
+            client.signals.stopped.disconnect(self._client_stopped)
             for mtype, handler in self._subscriptions:
                 client.off(handler, mtype)
         self._subscriptions = []
+
+    def _client_stopped(self, sender: Any, replaced_by: Optional["Client"] = None, **kw: Any) -> None:
+        if replaced_by is not None and sender is self.client:
+            self.attach(replaced_by)
+            self.changed()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(view)`` after every change (on the thread that made it)."""

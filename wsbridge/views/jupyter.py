@@ -17,7 +17,9 @@ class JupyterRenderer:
     Updated from the thread that changed the view (the client's dispatcher),
     at most once per ``min_interval`` seconds: a burst of messages costs one
     widget update, and the last change is always shown (a named timer thread
-    draws it when the interval is over; `close` joins it).
+    draws it when the interval is over; `close` joins it). The client's
+    `stopped` ends the updates, unless a client of the same ``name`` took its
+    place: then the widget follows the view to it.
     """
 
     def __init__(self, view: View, *, min_interval: float = 0.1) -> None:
@@ -69,7 +71,13 @@ class JupyterRenderer:
             self._timer = None
         self.refresh()
 
-    def _client_stopped(self, sender: Any, **kw: Any) -> None:
+    def _client_stopped(self, sender: Any, replaced_by: Any = None, **kw: Any) -> None:
+        if replaced_by is not None:  # a same-named client took its place: the view moves to it, so do we
+            sender.signals.stopped.disconnect(self._client_stopped)
+            self._client = replaced_by
+            replaced_by.signals.stopped.connect(self._client_stopped)
+            self.refresh()
+            return
         self.refresh()
         self.close()
 

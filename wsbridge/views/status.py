@@ -32,6 +32,10 @@ class StatusView(View):
         super().__init__(client)
 
     def attach(self, client: "Client") -> "View":
+        with self.lock:  # a new client: its own counts and lifecycle
+            self._samples.clear()
+            self.attempt = 0
+            self.retry_at = None
         super().attach(client)
         signals = client.signals
         for signal in (signals.connected, signals.disconnected, signals.reconnecting, signals.gave_up):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any, Sequence, Union
 
 from .base import View
@@ -45,8 +46,12 @@ class TerminalRenderer:
         return self
 
     def stop(self) -> None:
-        """Draw a last time and stop (joins rich's refresh thread)."""
+        """Draw a last time and stop, and join rich's refresh thread (``Live.stop``
+        only tells it to end: it would outlive the renderer by up to one period)."""
+        thread = getattr(self._live, "_refresh_thread", None)
         self._live.stop()
+        if isinstance(thread, threading.Thread) and thread is not threading.current_thread():
+            thread.join(5.0)
         if not self.console.is_terminal:  # rich ends a non-terminal draw without a newline
             self.console.line()
 
