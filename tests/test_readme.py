@@ -1,10 +1,13 @@
 """The README's examples run as written: each ``python`` block marked
-``<!-- readme-test: wsbridge serve ARGS -->`` runs in a fresh interpreter against
-``wsbridge serve ARGS``. The server takes a free port; its address stands in for the
-documented 127.0.0.1:8765 in the code, which is otherwise run as it is."""
+``<!-- readme-test: wsbridge serve ARGS [| expect: TEXT] -->`` runs in a fresh
+interpreter against ``wsbridge serve ARGS`` and must print TEXT. The server takes a
+free port; its address stands in for the documented 127.0.0.1:8765 in the code. An
+example that names ``redis://127.0.0.1:6379`` gets a redis-server of its own there
+(`RedisServer`, on a free port too). The code is otherwise run as it is."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -16,8 +19,13 @@ import pytest
 from conftest import Lines
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK = re.compile(r"<!-- readme-test: wsbridge serve(?P<args>[^>]*)-->\s*```python\n(?P<code>.*?)```", re.S)
-EXAMPLES = [(m.group("args").split(), m.group("code")) for m in MARK.finditer((ROOT / "README.md").read_text())]
+MARK = re.compile(
+    r"<!-- readme-test: wsbridge serve(?P<args>[^|>]*)(\| expect: (?P<expect>[^>]*?))?\s*-->\s*```python\n(?P<code>.*?)```",
+    re.S,
+)
+EXAMPLES = [(m.group("args").split(), m.group("expect"), m.group("code"))
+            for m in MARK.finditer((ROOT / "README.md").read_text())]
+REDIS = "redis://127.0.0.1:6379"
 
 
 def test_the_readme_has_runnable_examples():
@@ -25,17 +33,22 @@ def test_the_readme_has_runnable_examples():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("args,code", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
-def test_a_readme_example_runs_as_written(args, code):
-    server = subprocess.Popen([sys.executable, "-m", "wsbridge", "serve", *args, "--port", "0"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+@pytest.mark.parametrize("args,expect,code", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+def test_a_readme_example_runs_as_written(args, expect, code):
+    with contextlib.ExitStack() as stack:
+        if REDIS in code:
+            from wsbridge.testing.redis import RedisServer
+
+            redis = stack.enter_context(RedisServer(appendonly=False))
+            code = code.replace(REDIS, redis.url.rsplit("/", 1)[0])
+        server = subprocess.Popen([sys.executable, "-m", "wsbridge", "serve", *args, "--port", "0"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stack.callback(server.wait, 15)
+        stack.callback(server.send_signal, signal.SIGINT)
         url = Lines(server.stdout).next("serving", timeout=30).rsplit(" ", 1)[-1]
         address = url.split("//", 1)[1].split("/", 1)[0]
         assert "127.0.0.1:8765" in code
         result = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8765", address)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=40)
         assert result.returncode == 0, result.stderr
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(15)
+        assert expect is None or expect in result.stdout, result.stdout

@@ -127,8 +127,7 @@ def test_status_view_shows_rate_and_last_seq(make_client, server):
     status = StatusView(client, clock=lambda: now[0])
     got = threading.Event()
     client.on("tick", lambda m: m.seq == 100 and got.set())
-    client.start().wait_connected(timeout=10)
-    status.rate()  # first sample at t=0, nothing received
+    client.start().wait_connected(timeout=10)  # no draw before the end: the rate counts from attach (t=0)
     server.send_many({"type": "tick", "seq": i} for i in range(1, 101))
     assert got.wait(10)
     now[0] = 2.0

@@ -32,8 +32,9 @@ class StatusView(View):
         super().__init__(client)
 
     def attach(self, client: "Client") -> "View":
-        with self.lock:  # a new client: its own counts and lifecycle
-            self._samples.clear()
+        with self.lock:  # a new client: its own counts and lifecycle; the rate counts from now
+            self._samples.clear()  # (drawn once, at the end, it is the average since attach, not 0)
+            self._samples.append((self._clock(), client.stats.dispatched))
             self.attempt = 0
             self.retry_at = None
         super().attach(client)
