@@ -40,6 +40,56 @@ def test_sample_chat_room():
     assert "3 clients, 12 of 12 lines each, same order everywhere: True" in result.stdout
 
 
+def run_on_a_terminal(*args, timeout=60):
+    """Run with stdout on a pseudo-terminal (80x40), as a person runs it; return all it wrote,
+    without colours and cursor moves."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="80", LINES="40", TERM="xterm")
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, proc.stderr.read().decode()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode("utf-8", "replace"))  # colours and cursor moves
+
+
+def test_sample_chat_room_on_a_terminal_shows_each_line_before_the_next():
+    """Issue 16: the room was over before anyone saw it. On a terminal every line is drawn
+    before the next is typed: at least one frame each (each frame holds the whole room so far)."""
+    out = run_on_a_terminal("samples/chat_room.py")
+    assert out.count("ann: hello!") >= 12, out[-2000:]
+    assert "3 clients, 12 of 12 lines each, same order everywhere: True" in out
+
+
+def test_sample_document_on_a_terminal_draws_every_edit():
+    out = run_on_a_terminal("samples/document.py")
+    assert out.count("editor A") >= 20, out[-2000:]  # a frame after each of the 20 task edits, at least
+    assert "converged: True; 20 tasks; bad patches caught: 2; errors reported: 2" in out
+
+
 def test_sample_document():
     result = run("samples/document.py")
     assert result.returncode == 0, result.stderr

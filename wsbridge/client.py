@@ -288,6 +288,11 @@ class Client(Subscribable, Pulling):
         if left and before is not State.STOPPED:
             kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
+        undelivered = self._delivery.abandoned
+        if undelivered and before is not State.STOPPED:
+            kept = " (kept in the store: the next client with it delivers them)" if self.store is not None else ""
+            log.warning("%s: stop() ran out of time with %d received message(s) not delivered%s",
+                        self.name, undelivered, kept)
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running %.1f s after stop(): %s", self.name, timeout, ", ".join(alive))
@@ -404,6 +409,7 @@ class Client(Subscribable, Pulling):
             dispatch_bytes=self._dispatcher.pending_bytes, backpressure_waits=self._dispatcher.blocked,
             duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, held=d.tracker.held, resumes=sent.resumes,
             stored=d.stored, store_errors=d.store_errors + sent.store_errors, replayed=d.replayed,
+            undelivered=d.abandoned,
             connects=sup.connects, reconnects=max(0, sup.connects - 1), connect_attempts=sup.attempts,
             disconnects=sup.disconnects,
         )

@@ -36,6 +36,8 @@ class Stats:
     stored: int = 0
     store_errors: int = 0
     replayed: int = 0
+    undelivered: int = 0
+    """Received, not delivered: `stop` ran out of time for them (a store keeps them for the next run)."""
     connects: int = 0
     reconnects: int = 0
     connect_attempts: int = 0

@@ -45,6 +45,10 @@ class TerminalRenderer:
         self._live.start()
         return self
 
+    def refresh(self) -> None:
+        """Draw now, besides the regular redraws (after a step a person should see)."""
+        self._live.refresh()
+
     def stop(self) -> None:
         """Draw a last time and stop, and join rich's refresh thread (``Live.stop``
         only tells it to end: it would outlive the renderer by up to one period)."""
