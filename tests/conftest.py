@@ -174,7 +174,8 @@ def make_client() -> Iterator[Callable[..., wsbridge.Client]]:
         return client
 
     yield make
-    for client in clients:
+    for client in clients:  # all of them first: clients may share a name
         assert client.stop(timeout=10), f"{client.name} left threads running"
+    for client in clients:
         leftovers = [t.name for t in threading.enumerate() if t.name.startswith(client.name + "-")]
         assert not leftovers, f"threads outlived {client.name}: {leftovers}"

@@ -207,6 +207,75 @@ def test_views_and_their_widget_follow_a_client_replaced_by_one_of_the_same_name
     assert renderer._closed  # the new client's own end still ends the widget
 
 
+def test_a_cell_that_makes_a_client_and_its_views_run_again_leaves_one_of_each(make_client, server):
+    """Found in review: the views of the earlier run moved to the new client beside the
+    views the re-run made, so every run added a ticker and a status line to the feed."""
+    from wsbridge.views.jupyter import JupyterRenderer
+
+    runs = []
+    for _ in range(3):  # the cell: client, views (before or after start), widgets
+        client = make_client(server.url, name="feed")
+        ticker, status = TickerView(client, type="tick", key="sym"), StatusView(client)
+        client.start()
+        chat_view = ChatView(client)
+        runs.append((client, [ticker, status, chat_view], JupyterRenderer(ticker, min_interval=0.01)))
+    live, views, renderer = runs[-1]
+    live.wait_connected(timeout=10)
+    for client, old_views, old_renderer in runs[:-1]:
+        assert client.state == "stopped" and client.replaced_by is not None
+        assert all(v.retired and v.client is None for v in old_views), old_views
+        assert old_renderer._closed
+    assert all(v.client is live and not v.retired for v in views)
+    server.wait_clients(1)
+    server.send({"type": "tick", "sym": "ACME", "px": 1})
+    wait_until(lambda: "ACME" in renderer.widget.value, what="the tick in the live widget")
+    assert all("ACME" not in v.text() for _, (v, *_), _ in runs[:-1])
+
+
+def test_views_move_before_a_slow_subscriber_lets_the_old_client_stop(make_client, server):
+    first = make_client(server.url, name="feed")
+    chat_view = ChatView(first)
+    busy, release = threading.Event(), threading.Event()
+    first.on("chat", lambda msg: (busy.set(), release.wait(10)))
+    first.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "from": "srv", "text": "hold"})
+    assert busy.wait(10)
+    try:
+        second = make_client(server.url, name="feed")
+        # the old client's stop waits for its subscriber (bounded by stop's timeout): start it from a thread
+        starter = threading.Thread(target=second.start, name="test-starter")
+        starter.start()
+        wait_until(lambda: chat_view.client is second, what="the view on the new client")
+        assert any(t.is_alive() for t in first.threads())  # moved while the earlier client is still stopping
+    finally:
+        release.set()
+        starter.join(15)
+    assert not starter.is_alive()
+    second.wait_connected(timeout=10)
+    assert second.stop(timeout=10)
+
+
+@pytest.mark.timeout(120)
+def test_two_threads_starting_one_name_at_once_leave_every_view_on_the_winner(make_client, server):
+    for _ in range(5):
+        base = make_client(server.url, name="race")
+        chat_view, status = ChatView(base), StatusView(base)
+        base.start().wait_connected(timeout=10)
+        contenders = [make_client(server.url, name="race") for _ in range(2)]
+        go = threading.Barrier(2)
+        threads = [threading.Thread(target=lambda c=c, go=go: (go.wait(10), c.start()), name=f"test-start-{i}")
+                   for i, c in enumerate(contenders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        [winner] = [c for c in contenders if c.state != "stopped"]
+        assert chat_view.client is winner and status.client is winner
+        assert wsbridge.clients() == [winner]
+        assert winner.stop(timeout=10)
+
+
 def test_display_builds_the_registered_notebook_renderer():
     """`View.display` builds a `JupyterRenderer` without the view module importing it
     (the renderer registers itself when wsbridge.views is imported)."""

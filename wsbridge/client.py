@@ -184,6 +184,12 @@ class Client(Subscribable, Pulling):
         return self._lifecycle.state is State.CONNECTED
 
     @property
+    def replaced_by(self) -> Optional["Client"]:
+        """The client started with this one's ``name`` that took its place (and stopped
+        it), else None."""
+        return self._replaced_by
+
+    @property
     def subprotocol(self) -> Optional[str]:
         """The subprotocol the server chose for the current (or last) connection,
         from those given as ``subprotocols`` (None: none chosen, or not connected yet)."""
@@ -201,8 +207,12 @@ class Client(Subscribable, Pulling):
         # before this one opens the store they may share.
         for earlier in registry.claim(self):
             log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
-            earlier._replaced_by = self  # its `stopped` says so: views and widgets move to this one
+            earlier._replaced_by = self  # its `stopped` says so
+            registry.replaced(earlier, self)  # its views (and their widgets) move to this one now
             earlier.stop()
+        if self._lifecycle.state.final:  # another start of this name replaced this one meanwhile
+            registry.discard(self)
+            return self
         try:
             if self.store is not None:
                 self._open_store()

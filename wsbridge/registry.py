@@ -1,4 +1,5 @@
-"""Every started client of this process, for stopping them all (at exit, or on request).
+"""Every started client of this process, for stopping them all (at exit, or on request),
+and for a client started with the name of a running one to take its place.
 
 A client inherited through ``fork()`` is skipped: it belongs to the parent.
 """
@@ -6,12 +7,31 @@ A client inherited through ``fork()`` is skipped: it belongs to the parent.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
+
+log = logging.getLogger("wsbridge")
 
 _clients: Dict[int, Any] = {}
 _lock = threading.Lock()
+_replace_hooks: List[Callable[[Any, Any], None]] = []
+
+
+def on_replace(hook: Callable[[Any, Any], None]) -> None:
+    """Call ``hook(earlier, client)`` when ``client`` takes the place of ``earlier``: on
+    the thread that starts ``client``, before ``earlier`` is stopped and before ``client``
+    delivers anything (the views use it to move to the new client)."""
+    _replace_hooks.append(hook)
+
+
+def replaced(earlier: Any, client: Any) -> None:
+    for hook in list(_replace_hooks):
+        try:
+            hook(earlier, client)
+        except Exception:  # a hook's bug must not stop the new client from starting
+            log.exception("wsbridge: replacing %s: hook %r failed", earlier.name, hook)
 
 
 def discard(client: Any) -> None:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import html
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Protocol, Tuple
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Hashable, List, Optional, Protocol, Tuple
 
+from .. import registry
 from ..message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,8 +53,23 @@ def register_notebook_renderer(factory: Callable[..., NotebookRenderer]) -> None
     _notebook_renderer = factory
 
 
+_views: "weakref.WeakSet[View]" = weakref.WeakSet()
+"""Every view of the process (an attached one is also held by its client's signals)."""
+_moves = threading.Lock()
+"""Serialises attaching and moving views, so two clients of one name started at once
+from two threads leave every view on the one that won."""
+
+
 class View:
-    """Base class: subscriptions, a lock, change notification and the three renderings."""
+    """Base class: subscriptions, a lock, change notification and the three renderings.
+
+    A notebook cell run again makes its client again: when a client of the same
+    ``name`` takes the place of this view's client, the view moves to it with its
+    state, before the new client delivers anything, and its widgets follow. If
+    the new client already has a view of the same kind (same class, title and
+    message types: the re-run cell made it too), or gets one later, that view takes
+    over and this one is retired (`retired`; its widgets show their last state).
+    """
 
     title = "view"
 
@@ -62,8 +79,12 @@ class View:
         self.changes = 0
         """How many times the state changed."""
         self.client: Optional["Client"] = None
+        self.retired = False
+        """A view of the same kind took over from this one (see the class doc)."""
+        self._followed = False  # moved here from a replaced client (so a new view of its kind retires it)
         self._subscriptions: List[Tuple[str, Callable[[Message], Any]]] = []
         self._listeners: List[Listener] = []
+        _views.add(self)
         if client is not None:
             self.attach(client)
 
@@ -72,31 +93,66 @@ class View:
         """``(message type, handler)`` pairs this view needs; subclasses list theirs."""
         return []
 
+    def identity(self) -> Hashable:
+        """What makes two views the same kind: a view made again for the client this
+        one moved to takes over from it."""
+        return type(self), self.title, tuple(sorted(mtype for mtype, _ in self.subscriptions()))
+
     def attach(self, client: "Client") -> "View":
-        """Subscribe to ``client``'s messages (one client at a time). When a client
-        of the same ``name`` takes this one's place (a notebook cell run again), the
-        view moves to it, state and all, before it delivers anything."""
+        """Subscribe to ``client``'s messages (one client at a time)."""
+        with _moves:
+            self._attach(client)
+            self._followed = self.retired = False
+            twins = [v for v in list(_views) if v is not self and v.client is client and v._followed
+                     and v.identity() == self.identity()]
+        for twin in twins:  # a cell run again made this view again: the one that moved here retires
+            twin._retire()
+        return self
+
+    def _attach(self, client: "Client") -> None:
         if self.client is not None:
-            self.detach()
+            self._detach()
         self.client = client
         self._subscriptions = self.subscriptions()
         for mtype, handler in self._subscriptions:
             client.on(mtype, handler)
-        client.signals.stopped.connect(self._client_stopped)
-        return self
 
     def detach(self) -> None:
+        """Stop following the client."""
+        with _moves:
+            self._detach()
+
+    def _detach(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            client.signals.stopped.disconnect(self._client_stopped)
             for mtype, handler in self._subscriptions:
                 client.off(handler, mtype)
         self._subscriptions = []
 
-    def _client_stopped(self, sender: Any, replaced_by: Optional["Client"] = None, **kw: Any) -> None:
-        if replaced_by is not None and sender is self.client:
-            self.attach(replaced_by)
-            self.changed()
+    def _retire(self) -> None:
+        self.detach()
+        self.retired = True
+        self.changed()  # its renderers hear of it and stop
+
+    @staticmethod
+    def _client_replaced(earlier: "Client", client: "Client") -> None:
+        """`registry.on_replace` hook: move ``earlier``'s views to ``client`` (or to the
+        client that replaced it in turn, when two starts of one name race)."""
+        retire = []
+        with _moves:
+            while client.replaced_by is not None:
+                client = client.replaced_by
+            for view in [v for v in list(_views) if v.client is earlier]:
+                kind = view.identity()
+                if any(v.client is client and v.identity() == kind for v in list(_views)):
+                    retire.append(view)
+                    continue
+                view._attach(client)
+                view._followed = True
+        for view in retire:
+            view._retire()
+        for view in [v for v in list(_views) if v.client is client]:
+            view.changed()  # renderers move to the view's new client
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(view)`` after every change (on the thread that made it)."""
@@ -140,3 +196,6 @@ class View:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} changes={self.changes}>"
+
+
+registry.on_replace(View._client_replaced)

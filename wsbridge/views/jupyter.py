@@ -17,9 +17,10 @@ class JupyterRenderer:
     Updated from the thread that changed the view (the client's dispatcher),
     at most once per ``min_interval`` seconds: a burst of messages costs one
     widget update, and the last change is always shown (a named timer thread
-    draws it when the interval is over; `close` joins it). The client's
-    `stopped` ends the updates, unless a client of the same ``name`` took its
-    place: then the widget follows the view to it.
+    draws it when the interval is over; `close` joins it). The `stopped` of
+    the view's client ends the updates; when the view moves to a client that
+    replaced its own, the widget follows it, and when the view is retired
+    (`View.retired`), the widget keeps its last state.
     """
 
     def __init__(self, view: View, *, min_interval: float = 0.1) -> None:
@@ -34,9 +35,20 @@ class JupyterRenderer:
         self._timer: Optional[threading.Timer] = None
         self._closed = False
         view.add_listener(self._changed)
-        self._client = view.client
-        if self._client is not None:  # the client's end is the widget's: draw it, release the timer
-            self._client.signals.stopped.connect(self._client_stopped)
+        self._client: Any = None
+        self._follow()
+
+    def _follow(self) -> None:
+        """Hear the `stopped` of the view's client (the view may have moved to another)."""
+        client = self.view.client
+        with self._lock:
+            if self._closed or client is self._client:
+                return
+            old, self._client = self._client, client
+        if old is not None:
+            old.signals.stopped.disconnect(self._client_stopped)
+        if client is not None:  # the client's end is the widget's: draw it, release the timer
+            client.signals.stopped.connect(self._client_stopped)
 
     def display(self) -> "JupyterRenderer":
         from IPython.display import display
@@ -54,6 +66,11 @@ class JupyterRenderer:
         self.updates += 1
 
     def _changed(self, view: View) -> None:
+        if view.retired:  # a view made again took over: this widget keeps its last state
+            self.close()
+            return
+        if view.client is not self._client:
+            self._follow()
         with self._lock:
             if self._closed or self._timer is not None:
                 return  # closed, or a draw is already due
@@ -71,12 +88,9 @@ class JupyterRenderer:
             self._timer = None
         self.refresh()
 
-    def _client_stopped(self, sender: Any, replaced_by: Any = None, **kw: Any) -> None:
-        if replaced_by is not None:  # a same-named client took its place: the view moves to it, so do we
-            sender.signals.stopped.disconnect(self._client_stopped)
-            self._client = replaced_by
-            replaced_by.signals.stopped.connect(self._client_stopped)
-            self.refresh()
+    def _client_stopped(self, sender: Any, **kw: Any) -> None:
+        if self.view.client is not sender and self.view.client is not None:
+            self._follow()  # the view moved to the client that replaced this one
             return
         self.refresh()
         self.close()
@@ -84,11 +98,12 @@ class JupyterRenderer:
     def close(self) -> None:
         """Stop following the view (the widget keeps its last content)."""
         self.view.remove_listener(self._changed)
-        if self._client is not None:
-            self._client.signals.stopped.disconnect(self._client_stopped)
         with self._lock:
             self._closed = True
             timer, self._timer = self._timer, None
+            client, self._client = self._client, None
+        if client is not None:
+            client.signals.stopped.disconnect(self._client_stopped)
         if timer is not None:
             timer.cancel()
             timer.join(5)

@@ -31,25 +31,24 @@ class StatusView(View):
         self.last_error: Optional[str] = None
         super().__init__(client)
 
-    def attach(self, client: "Client") -> "View":
+    def _attach(self, client: "Client") -> None:
         with self.lock:  # a new client: its own counts and lifecycle; the rate counts from now
             self._samples.clear()  # (drawn once, at the end, it is the average since attach, not 0)
             self._samples.append((self._clock(), client.stats.dispatched))
             self.attempt = 0
             self.retry_at = None
-        super().attach(client)
+        super()._attach(client)
         signals = client.signals
         for signal in (signals.connected, signals.disconnected, signals.reconnecting, signals.gave_up):
             signal.connect(self._lifecycle)
-        return self
 
-    def detach(self) -> None:
+    def _detach(self) -> None:
         client = self.client
         if client is not None:
             signals = client.signals
             for signal in (signals.connected, signals.disconnected, signals.reconnecting, signals.gave_up):
                 signal.disconnect(self._lifecycle)
-        super().detach()
+        super()._detach()
 
     def subscriptions(self) -> List[Tuple[str, Callable[[Message], Any]]]:
         return []
