@@ -184,7 +184,7 @@ def test_a_bad_header_is_a_usage_error():
 def test_too_few_messages_before_the_timeout_is_a_failure():
     with Server(script=ticks(2)) as server:
         result = run("listen", server.url, "--codec", "wsbridge", "--max", "5", "--timeout", "1")
-    assert result.returncode == 1 and "2 of 5 messages arrived within 1.0 s" in result.stderr
+    assert result.returncode == 1 and "2 of 5 messages arrived within 1 s" in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -309,21 +309,84 @@ def test_serve_refuses_feed_options_in_other_modes():
 
 
 # -- history and help -----------------------------------------------------------
-def test_history_of_a_folder_says_so(tmp_path):
-    result = run("history", str(tmp_path))
-    assert result.returncode == 1 and "is a folder, not a store" in result.stderr, result.stderr
+@pytest.mark.parametrize("command", ["history", "listen"])
+def test_a_store_path_that_can_never_work_is_a_usage_error(tmp_path, command, free_port):
+    """Issue 16 (3), found in review: listen --store on a folder exited 1 with "unable to open database file"."""
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 1000)
+    cases = {str(tmp_path): "is a folder, not a store", str(bad): "is not a store",
+             str(tmp_path / "no" / "such.db"): "there is no folder" if command == "listen" else "no store at"}
+    for path, words in cases.items():
+        args = ["history", path] if command == "history" else ["listen", f"ws://127.0.0.1:{free_port}/", "--store", path]
+        result = run(*args)
+        assert result.returncode == 2 and words in result.stderr, (path, result.stderr)
+    assert run("history", str(tmp_path / "none.db")).returncode == 2
 
 
-def test_history_of_a_missing_file_is_an_error(tmp_path):
-    result = run("history", str(tmp_path / "none.db"))
-    assert result.returncode == 1 and "no store at" in result.stderr
+def test_listen_refuses_a_store_another_client_writes(tmp_path, free_port):
+    db = str(tmp_path / "feed.db")
+    with wsbridge.SQLiteStore(db):
+        result = run("listen", f"ws://127.0.0.1:{free_port}/", "--store", db, "--type", "t")
+    assert result.returncode == 1 and "in use by another client" in result.stderr, result.stderr
 
 
-def test_history_of_a_corrupt_file_is_an_error(tmp_path):
-    path = tmp_path / "bad.db"
-    path.write_bytes(b"garbage" * 1000)
-    result = run("history", str(path))
-    assert result.returncode == 1 and "cannot read the store" in result.stderr
+def test_listen_says_once_why_messages_are_skipped_and_how_to_read_them():
+    """Found in review: a feed without a `type` field printed nothing, exit 0, and only
+    'protocol errors 5' in the summary."""
+    script = [{"event": "trade", "n": i} for i in range(5)]
+    with Server(script=script) as server:
+        skipped = run("listen", server.url, "--timeout", "3", "--max", "5")
+        typed = run("listen", server.url, "--type-field", "event", "--max", "5", "--timeout", "30")
+        defaulted = run("listen", server.url, "--default-type", "event", "--max", "5", "--json-lines", "--timeout", "30")
+    assert skipped.returncode == 1 and skipped.stdout == ""
+    assert skipped.stderr.count("decode error:") == 1 and "--type-field NAME" in skipped.stderr, skipped.stderr
+    assert "protocol errors 5" in skipped.stderr
+    assert typed.returncode == 0 and typed.stdout.count(" trade ") == 5, typed.stderr
+    assert defaulted.returncode == 0 and [json.loads(line)["type"] for line in defaulted.stdout.splitlines()] == ["event"] * 5
+    wrong = run("listen", "ws://127.0.0.1:1/", "--codec", "raw", "--type-field", "event")
+    assert wrong.returncode == 2 and "go with --codec json or wsbridge" in wrong.stderr
+
+
+def test_the_commands_report_store_failures_once_and_count_them(tmp_path):
+    """What `listen --store` shows when the disk fills up (here: the store's max_size)."""
+    import io
+
+    from wsbridge.cli.common import Lifecycle, summary
+
+    store = wsbridge.SQLiteStore(str(tmp_path / "feed.db"), max_size=64 * 1024)
+    out = io.StringIO()
+    with Server(script=[{"type": "t", "pad": "x" * 4000, "n": i} for i in range(100)]) as server:
+        client = wsbridge.Client(server.url, store=store, name="cli-store")
+        lifecycle = Lifecycle(client, out=out)
+        got = []
+        client.on("t", got.append)
+        with client:
+            client.wait_for("t", predicate=lambda m: m.payload["n"] == 99, timeout=30)
+        lifecycle.say(summary(client))
+    text = out.getvalue()
+    assert len(got) == 100 and text.count("store error:") == 1, text
+    assert "still printed, but not kept" in text and f"store errors {client.stats.store_errors}" in text, text
+    assert lifecycle.errors["store"] == client.stats.store_errors > 1
+
+
+def test_listen_prints_no_control_characters_from_the_feed():
+    with Server(script=[{"type": "a\nb\x1b[31m", "text": "x\x1b[2Jy"}]) as server:
+        result = run("listen", server.url, "--max", "1", "--timeout", "30")
+    assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stdout
+    assert "\x1b" not in result.stdout and "a\\x0ab\\x1b[31m" in result.stdout, repr(result.stdout)
+
+
+def test_ca_file_that_is_missing_or_with_ws_is_a_usage_error(tmp_path):
+    missing = run("listen", "wss://127.0.0.1:1/", "--ca-file", str(tmp_path / "none.pem"))
+    assert missing.returncode == 2 and "there is no file" in missing.stderr, missing.stderr
+    plain = run("listen", "ws://127.0.0.1:1/", "--ca-file", str(tmp_path / "none.pem"))
+    assert plain.returncode == 2 and "--ca-file goes with a wss:// URL" in plain.stderr
+
+
+def test_an_invalid_url_is_shown_with_secrets_masked():
+    result = run("listen", "ws://user:hunter2@[::1/feed?token=abc")
+    assert result.returncode == 2 and "ws://user:***@[::1/feed?***" in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr and "abc" not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["listen", "send", "serve", "history", "demo", "bridge", "consume"])

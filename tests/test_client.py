@@ -302,6 +302,10 @@ def test_invalid_configuration_is_a_clear_error():
         wsbridge.Client("http://u:pw@127.0.0.1:1/?token=secret")
     except ValueError as exc:
         assert "secret" not in str(exc) and "pw" not in str(exc)
+    with pytest.raises(ValueError, match="sslopt\\['ca_certs'\\]: there is no file"):  # it retried for ever
+        wsbridge.Client("wss://127.0.0.1:1/", sslopt={"ca_certs": "/no/such/ca.pem"})
+    with pytest.raises(ValueError, match="there is no folder"):
+        wsbridge.Client("wss://127.0.0.1:1/", sslopt={"ca_cert_path": "/no/such/folder"})
 
 
 def test_stats_and_repr_hide_secrets(server, make_client):

@@ -74,8 +74,8 @@ def raw_server():
 
 
 @pytest.mark.timeout(60)
-def test_stop_returns_within_its_timeout_with_a_slow_subscriber(make_client, raw_server):
-    """2: mid-batch."""
+def test_stop_returns_within_its_timeout_with_a_slow_subscriber(make_client, raw_server, caplog):
+    """2: mid-batch. What it could not deliver is counted and logged (once the subscriber returned)."""
     client = make_client(raw_server.url, codec=RawCodec())
     started = threading.Event()
 
@@ -94,6 +94,7 @@ def test_stop_returns_within_its_timeout_with_a_slow_subscriber(make_client, raw
     stats = client.stats
     assert stats.dispatched < 100  # it did not deliver the whole backlog first
     assert stats.undelivered > 0 and stats.dispatched + stats.undelivered == stats.received, stats
+    assert f"stop() ran out of time with {stats.undelivered} received message(s) not delivered" in caplog.text
 
 
 @pytest.mark.timeout(60)

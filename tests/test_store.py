@@ -34,22 +34,38 @@ def test_append_positions_and_history_round_trip(tmp_path):
         assert [m.seq for m in store.history(after_seq=2, limit=1)] == [3]
 
 
-def test_the_handled_mark_survives_a_reopen_to_the_message(tmp_path):
-    path = str(tmp_path / "feed.db")
-    store = SQLiteStore(path)
-    store.open()
-    store.append([msg(n) for n in range(1, 11)], {None: 10})
-    store.mark_handled(6)  # no batch written after it: only the side file knows
-    # Simulate a crash: no close(), a second process opens the files.
+def crash_after(path, appended, handled):
+    """A process writes the store, marks ``handled`` and dies without close(): what only
+    the side file knows, and the writer's lock released by the kernel."""
     code = (
-        "import sys; from wsbridge import SQLiteStore\n"
+        "import os, sys; from wsbridge import SQLiteStore, Message\n"
         "s = SQLiteStore(sys.argv[1]); s.open()\n"
-        "print([k for k, _ in s.unhandled()], s.positions(), s.handled_positions())"
+        f"batch = [Message('t', {{'n': n}}, n, None, None, 1000.0 + n) for n in range(1, {appended + 1})]\n"
+        f"s.append(batch, {{None: {appended}}})\n"
+        f"s.mark_handled({handled})\n"
+        "os._exit(0)"
     )
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[7, 8, 9, 10] {None: 10} {None: 6}"
-    store.close()
+
+
+def test_the_handled_mark_survives_a_crash_to_the_message(tmp_path):
+    path = str(tmp_path / "feed.db")
+    crash_after(path, 10, handled=6)  # no batch written after the mark: only the side file knows
+    with SQLiteStore(path) as store:
+        assert [k for k, _ in store.unhandled()] == [7, 8, 9, 10]
+        assert store.positions() == {None: 10} and store.handled_positions() == {None: 6}
+
+
+def test_one_client_writes_a_store_at_a_time(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as first:
+        first.append([msg(1)], {None: 1})
+        with pytest.raises(StoreError, match="in use by another client"):
+            SQLiteStore(path, reader="other").open()
+        assert [m.seq for m in first.history()] == [1]  # reading is free meanwhile
+    with SQLiteStore(path) as again:  # close() let go
+        assert again.positions() == {None: 1}
 
 
 def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
@@ -65,14 +81,10 @@ def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
 
 def test_a_named_reader_keeps_its_own_mark_and_starts_at_the_main_one(tmp_path):
     path = str(tmp_path / "feed.db")
-    main = SQLiteStore(path)
-    main.open()
-    main.append([msg(n) for n in range(1, 11)], {None: 10})
-    main.mark_handled(3)  # only in the side file (as after a crash): a new reader must read it there
+    crash_after(path, 10, handled=3)  # only in the side file: a new reader must read it there
     with SQLiteStore(path, reader="type:t") as filtered:
         assert [k for k, _ in filtered.unhandled()] == [4, 5, 6, 7, 8, 9, 10]
         filtered.mark_handled(9)
-    main.close()
     with SQLiteStore(path, reader="type:t") as filtered:  # its own mark, kept
         assert [k for k, _ in filtered.unhandled()] == [10]
     with SQLiteStore(path) as main:  # the main mark did not move
@@ -80,11 +92,16 @@ def test_a_named_reader_keeps_its_own_mark_and_starts_at_the_main_one(tmp_path):
     assert repr(SQLiteStore(path, reader="x")) == f"SQLiteStore({path!r}, reader='x')"
 
 
-def test_a_corrupt_file_is_a_clear_error_at_open(tmp_path):
+def test_a_corrupt_file_a_folder_or_a_missing_folder_is_a_clear_error_at_open(tmp_path):
     path = tmp_path / "feed.db"
     path.write_bytes(b"this is not an SQLite database at all" * 100)
-    with pytest.raises(StoreError, match="cannot open the store"):
-        SQLiteStore(str(path)).open()
+    for _ in range(2):  # the failed open let go of its lock: the same error again, not "in use"
+        with pytest.raises(StoreError, match="cannot open the store"):
+            SQLiteStore(str(path)).open()
+    with pytest.raises(StoreError, match="it is a folder, not a store"):
+        SQLiteStore(str(tmp_path)).open()
+    with pytest.raises(StoreError, match="there is no folder"):
+        SQLiteStore(str(tmp_path / "nowhere" / "feed.db")).open()
 
 
 def test_a_full_store_raises_store_error_and_keeps_what_it_had(tmp_path):

@@ -298,11 +298,6 @@ class Client(Subscribable, Pulling):
         if left and before is not State.STOPPED:
             kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
-        undelivered = self._delivery.abandoned
-        if undelivered and before is not State.STOPPED:
-            kept = " (kept in the store: the next client with it delivers them)" if self.store is not None else ""
-            log.warning("%s: stop() ran out of time with %d received message(s) not delivered%s",
-                        self.name, undelivered, kept)
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running %.1f s after stop(): %s", self.name, timeout, ", ".join(alive))
@@ -319,6 +314,11 @@ class Client(Subscribable, Pulling):
         late = self._dispatcher.drain()
         if late:
             self._delivery.handle(late)
+        undelivered = self._delivery.abandoned  # final now: this thread counted them
+        if undelivered:
+            kept = " (kept in the store: the next client with it delivers them)" if self.store is not None else ""
+            log.warning("%s: stop() ran out of time with %d received message(s) not delivered%s",
+                        self.name, undelivered, kept)
         deliver(self.signals.stopped, self, self._reporter.listener_failed, replaced_by=self._replaced_by)
         self._close_store()
 

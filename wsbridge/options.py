@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
@@ -38,6 +39,20 @@ class ConnectOptions:
     def __post_init__(self) -> None:
         check_options(self.url, self.ping_interval, self.ping_timeout, self.idle_timeout, self.max_message_size,
                       self.connect_timeout, self.close_timeout)
+        check_tls_files(self.sslopt)
+
+
+TLS_FILES = {"ca_certs": os.path.isfile, "certfile": os.path.isfile, "keyfile": os.path.isfile,
+             "ca_cert_path": os.path.isdir}
+"""The ``sslopt`` keys that name files (or a folder): missing, every attempt would fail the same way."""
+
+
+def check_tls_files(sslopt: Optional[Dict[str, Any]]) -> None:
+    for key, exists in TLS_FILES.items():
+        path = (sslopt or {}).get(key)
+        if path is not None and not exists(os.fspath(path)):
+            what = "folder" if key == "ca_cert_path" else "file"
+            raise ValueError(f"sslopt[{key!r}]: there is no {what} {os.fspath(path)!r}")
 
 
 def check_options(

@@ -13,18 +13,24 @@ def redact_url(url: str) -> str:
     """``url`` with the password of its user info and secret-looking query values masked."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    except ValueError:  # not a URL urllib can split ("ws://[::1/"): show it, what may be secret masked
+        head, sep, _query = url.partition("?")
+        scheme, slashes, rest = head.partition("//")
+        netloc, slash, path = rest.partition("/")
+        return scheme + slashes + _mask_userinfo(netloc) + slash + path + (sep + MASK if sep else "")
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, MASK if _SECRET_KEY.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), parts.path, query, ""))
+
+
+def _mask_userinfo(netloc: str) -> str:
+    """``user:password@host`` -> ``user:***@host``; a user alone may be a token: ``***@host``."""
+    if "@" not in netloc:
+        return netloc
+    userinfo, _, host = netloc.rpartition("@")
+    return f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
 
 
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"})

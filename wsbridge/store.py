@@ -208,6 +208,7 @@ class SQLiteStore(Store):
         self._odb: Optional[sqlite3.Connection] = None  # the send buffer: senders' and the supervisor's
         self._mark: Optional[mmap.mmap] = None
         self._mark_file: Optional[int] = None
+        self._lock_file: Optional[int] = None  # held open while this object writes the store
         self._token = b""
         self._next_key = 1
         self._handled = 0
@@ -221,6 +222,46 @@ class SQLiteStore(Store):
     def open(self) -> None:
         if self._db is not None:
             return
+        if os.path.isdir(self.path):
+            raise StoreError(f"cannot open the store {self.path!r}: it is a folder, not a store")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise StoreError(f"cannot open the store {self.path!r}: there is no folder {folder!r}")
+        self._lock_writer()
+        try:
+            self._open_db()
+        except BaseException:
+            self.close()  # what did open, and the lock
+            raise
+
+    def _lock_writer(self) -> None:
+        """One client writes a store at a time: a second one would fail on every write
+        (its keys collide) and move the marks under the first. An advisory lock on
+        ``<path>-lock``, held until `close` (the kernel drops it when the process dies)."""
+        path = self.path + "-lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store's lock {path!r}: {exc}") from exc
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            self._lock_file = fd
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"the store {self.path!r} is in use by another client (one client writes a store "
+                             f"at a time; `wsbridge history` reads it meanwhile)") from None
+        self._lock_file = fd
+
+    def _unlock_writer(self) -> None:
+        fd, self._lock_file = self._lock_file, None
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+    def _open_db(self) -> None:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
@@ -316,6 +357,7 @@ class SQLiteStore(Store):
             mark.close()
         if fd is not None:
             os.close(fd)
+        self._unlock_writer()
 
     def __enter__(self) -> "SQLiteStore":
         self.open()

@@ -7,6 +7,7 @@ import argparse
 import base64
 import errno
 import json
+import os
 import socket
 import ssl
 import sys
@@ -18,7 +19,7 @@ import websocket
 
 from ..backoff import NO_RETRY, Backoff
 from ..client import Client
-from ..codec import CODECS, codec_by_name
+from ..codec import CODECS, JsonCodec, codec_by_name
 from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
 from ..message import Message
 from ..redact import redact_url
@@ -90,11 +91,13 @@ def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any)
     """A client from the connection options (`CliError` on a bad URL or option)."""
     sslopt = None
     if getattr(args, "ca_file", None):
+        if not args.url.lower().startswith("wss://"):
+            raise CliError("--ca-file goes with a wss:// URL (a ws:// connection has no TLS)", EXIT_USAGE)
         sslopt = {"ca_certs": args.ca_file}
     try:
         return Client(
             args.url,
-            codec=codec_by_name(args.codec),
+            codec=make_codec(args),
             headers=parse_headers(args.header),
             sslopt=sslopt,
             connect_timeout=args.connect_timeout,
@@ -104,6 +107,40 @@ def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any)
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def make_codec(args: argparse.Namespace) -> Any:
+    """The codec of ``--codec``, with ``--type-field`` / ``--default-type`` where the command has them."""
+    type_field, default_type = getattr(args, "type_field", None), getattr(args, "default_type", None)
+    if type_field is None and default_type is None:
+        return codec_by_name(args.codec)
+    if args.codec not in ("json", "wsbridge"):
+        raise CliError("--type-field and --default-type go with --codec json or wsbridge", EXIT_USAGE)
+    if args.codec == "wsbridge":
+        return JsonCodec.conventions(type_field=type_field or "type", default_type=default_type)
+    return JsonCodec(type_field or "type", default_type=default_type)
+
+
+def check_store_path(path: str, *, must_exist: bool) -> None:
+    """`CliError` (exit 2) for a store path that can never work: a folder, a folder
+    that does not exist, a file that is not an SQLite database (or, with
+    ``must_exist``, no file at all)."""
+    if os.path.isdir(path):
+        raise CliError(f"{path!r} is a folder, not a store (an SQLite file written by --store)", EXIT_USAGE)
+    if not os.path.exists(path):
+        if must_exist:
+            raise CliError(f"no store at {path!r}", EXIT_USAGE)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise CliError(f"cannot make the store {path!r}: there is no folder {folder!r}", EXIT_USAGE)
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise CliError(f"cannot read the store {path!r}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if head and head != b"SQLite format 3\x00":
+        raise CliError(f"{path!r} is not a store (an SQLite file written by --store)", EXIT_USAGE)
 
 
 def explain(error: Optional[BaseException], url: str) -> str:
@@ -185,6 +222,9 @@ class Lifecycle:
         signals.disconnected.connect(self.disconnected)
         signals.reconnecting.connect(self.reconnecting)
         signals.gave_up.connect(self.gave_up)
+        signals.error.connect(self.error)
+        self.errors: Dict[str, int] = {}
+        """Errors reported on the client's ``error`` signal, by context."""
 
     def say(self, text: str) -> None:
         with self._lock:
@@ -209,11 +249,27 @@ class Lifecycle:
     def gave_up(self, sender: Any, error: Any, **kw: Any) -> None:
         pass  # the command reports it, with its exit code
 
+    def error(self, sender: Any, error: BaseException, context: str, **kw: Any) -> None:
+        """The first error of each kind, once, with what it means here; the rest are counted."""
+        with self._lock:
+            count = self.errors[context] = self.errors.get(context, 0) + 1
+        if count == 1:
+            hint = ERROR_HINTS.get(context, "the stream goes on")
+            self.say(f"{context} error: {preview(str(error), 300)} ({hint}; more are counted in the summary)")
+
+
+ERROR_HINTS = {
+    "decode": "the message is skipped; for JSON whose type is in another field, or missing, try "
+              "--type-field NAME or --default-type T; --codec raw prints frames as they come",
+    "store": "messages are still printed, but not kept in the store",
+}
+
 
 def summary(client: Client) -> str:
     s = client.stats
+    store = f", store errors {s.store_errors:,}" if s.store_errors else ""
     return (f"received {s.dispatched:,}, duplicates {s.duplicates:,}, gaps {s.gaps}, lost {s.lost}, "
-            f"reconnects {s.reconnects}, protocol errors {s.protocol_errors}")
+            f"reconnects {s.reconnects}, protocol errors {s.protocol_errors}{store}")
 
 
 def message_json(msg: Message) -> str:
@@ -244,4 +300,13 @@ def message_line(msg: Message) -> str:
         body = payload
     else:
         body = json.dumps(payload, ensure_ascii=False, default=str)
-    return f"{stamp} {msg.type}{where} {body}"
+    return printable(f"{stamp} {msg.type}{where} {body}")
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+"""C0, DEL and C1 controls: a feed must not move the cursor or recolour a terminal (ANSI escapes)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN`` (newlines included: one message, one line)."""
+    return text.translate(_CONTROLS)

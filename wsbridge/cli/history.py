@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 from typing import Any, Optional
 
 from ..errors import StoreError
 from ..store import SQLiteStore, Store
-from .common import EXIT_OK, EXIT_USAGE, CliError, message_json, message_line, non_negative_int, positive_int, require_redis
+from .common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    check_store_path,
+    message_json,
+    message_line,
+    non_negative_int,
+    positive_int,
+    require_redis,
+)
 
 DESCRIPTION = """\
 Print the messages kept in FILE (an SQLite store written by `wsbridge listen --store`
@@ -67,10 +76,7 @@ def open_store(args: argparse.Namespace) -> Store:
         from ..redis_store import RedisStreamStore
 
         return RedisStreamStore(args.file, feed=args.feed, prefix=args.prefix)
-    if not os.path.exists(args.file):
-        raise CliError(f"no store at {args.file!r}")
-    if os.path.isdir(args.file):
-        raise CliError(f"{args.file!r} is a folder, not a store (an SQLite file written by --store)")
+    check_store_path(args.file, must_exist=True)
     return SQLiteStore(args.file)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 from typing import Any, Optional
@@ -17,6 +18,7 @@ from .common import (
     CliError,
     Lifecycle,
     add_connection_options,
+    check_store_path,
     explain,
     make_client,
     message_json,
@@ -62,6 +64,10 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
         help="stop after N messages (exit 1 if fewer arrive before --timeout)")
     parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--no-retry", action="store_true", help="connect once; exit 3 if that fails (default: keep retrying)")
+    parser.add_argument("--type-field", metavar="NAME",
+        help="JSON: the field that holds the message type (default: type)")
+    parser.add_argument("--default-type", metavar="T",
+        help="JSON: the type of objects without that field (default: such an object is a decode error)")
     add_connection_options(parser)
     parser.set_defaults(func=run)
     return parser
@@ -82,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
     if args.store:
         from ..store import SQLiteStore
 
+        check_store_path(args.store, must_exist=False)
         # Filtered, it moves a handled mark of its own: the messages it does not
         # print stay unhandled for a run that prints everything.
-        reader = "type:" + ",".join(sorted(set(args.types))) if args.types else None
+        reader = "type:" + json.dumps(sorted(set(args.types))) if args.types else None
         store = SQLiteStore(args.store, reader=reader)
     client = make_client(args, retry=not args.no_retry, store=store, pull_buffer=0)
     lifecycle = Lifecycle(client)
@@ -150,5 +157,6 @@ def run(args: argparse.Namespace) -> int:
     if not reached and (not opened or (gave_up.is_set() and args.no_retry is False)):
         raise CliError(explain(client.last_error, client.url), EXIT_CONNECT)
     if args.max is not None and count[0] < args.max:
-        raise CliError(f"{count[0]} of {args.max} messages arrived within {args.timeout} s", EXIT_FAILURE)
+        when = f"within {args.timeout:g} s" if args.timeout is not None else "before the connection ended"
+        raise CliError(f"{count[0]} of {args.max} messages arrived {when}", EXIT_FAILURE)
     return EXIT_OK
