@@ -316,9 +316,17 @@ def test_a_store_path_that_can_never_work_is_a_usage_error(tmp_path, command, fr
     bad.write_bytes(b"garbage" * 1000)
     cases = {str(tmp_path): "is a folder, not a store", str(bad): "is not a store",
              str(tmp_path / "no" / "such.db"): "there is no folder" if command == "listen" else "no store at"}
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)  # reading it to check it would block for ever
+    cases[str(fifo)] = "is not a store"
+    if command == "history":
+        (tmp_path / "empty.db").write_bytes(b"")
+        cases[str(tmp_path / "empty.db")] = "is empty, not a store"
+    else:
+        cases["/proc/feed.db"] = "/proc"  # a folder where no file can be made
     for path, words in cases.items():
         args = ["history", path] if command == "history" else ["listen", f"ws://127.0.0.1:{free_port}/", "--store", path]
-        result = run(*args)
+        result = run(*args, timeout=30)
         assert result.returncode == 2 and words in result.stderr, (path, result.stderr)
     assert run("history", str(tmp_path / "none.db")).returncode == 2
 
@@ -355,13 +363,17 @@ def test_the_commands_report_store_failures_once_and_count_them(tmp_path):
 
     store = wsbridge.SQLiteStore(str(tmp_path / "feed.db"), max_size=64 * 1024)
     out = io.StringIO()
-    with Server(script=[{"type": "t", "pad": "x" * 4000, "n": i} for i in range(100)]) as server:
+    with Server() as server:
         client = wsbridge.Client(server.url, store=store, name="cli-store")
         lifecycle = Lifecycle(client, out=out)
         got = []
         client.on("t", got.append)
         with client:
-            client.wait_for("t", predicate=lambda m: m.payload["n"] == 99, timeout=30)
+            client.wait_connected(timeout=10)
+            server.wait_clients(1)
+            for burst in range(2):  # two batches at least: two failed writes
+                server.send_many({"type": "t", "pad": "x" * 4000, "n": burst * 50 + i} for i in range(50))
+                client.wait_for("t", predicate=lambda m, last=burst * 50 + 49: m.payload["n"] == last, timeout=30)
         lifecycle.say(summary(client))
     text = out.getvalue()
     assert len(got) == 100 and text.count("store error:") == 1, text
@@ -370,23 +382,30 @@ def test_the_commands_report_store_failures_once_and_count_them(tmp_path):
 
 
 def test_listen_prints_no_control_characters_from_the_feed():
-    with Server(script=[{"type": "a\nb\x1b[31m", "text": "x\x1b[2Jy"}]) as server:
+    with Server(script=[{"type": "a\nb\x1b[31m", "text": "x\x1b[2Jy \u202egnp.exe \u2028 日本語 👩‍💻 שלום"}]) as server:
         result = run("listen", server.url, "--max", "1", "--timeout", "30")
-    assert result.returncode == 0 and result.stdout.count("\n") == 1, result.stdout
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stdout
     assert "\x1b" not in result.stdout and "a\\x0ab\\x1b[31m" in result.stdout, repr(result.stdout)
+    assert "\u202e" not in result.stdout and "\\u202e" in result.stdout and "\\u2028" in result.stdout
+    assert "日本語 👩‍💻 שלום" in result.stdout  # text is text: only controls are escaped
 
 
 def test_ca_file_that_is_missing_or_with_ws_is_a_usage_error(tmp_path):
     missing = run("listen", "wss://127.0.0.1:1/", "--ca-file", str(tmp_path / "none.pem"))
-    assert missing.returncode == 2 and "there is no file" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "--ca-file: there is no file" in missing.stderr, missing.stderr
+    folder = run("listen", "wss://127.0.0.1:1/", "--ca-file", str(tmp_path))
+    assert folder.returncode == 2 and "is not a file" in folder.stderr, folder.stderr
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    not_pem = run("listen", "wss://127.0.0.1:1/", "--ca-file", str(tmp_path / "bad.pem"))  # it retried for ever
+    assert not_pem.returncode == 2 and "is not a PEM file of CA certificates" in not_pem.stderr, not_pem.stderr
     plain = run("listen", "ws://127.0.0.1:1/", "--ca-file", str(tmp_path / "none.pem"))
     assert plain.returncode == 2 and "--ca-file goes with a wss:// URL" in plain.stderr
 
 
 def test_an_invalid_url_is_shown_with_secrets_masked():
-    result = run("listen", "ws://user:hunter2@[::1/feed?token=abc")
+    result = run("listen", "ws://user:hunter2@[::1/feed?token=abc#access_token=xyz")
     assert result.returncode == 2 and "ws://user:***@[::1/feed?***" in result.stderr, result.stderr
-    assert "hunter2" not in result.stderr and "abc" not in result.stderr
+    assert "hunter2" not in result.stderr and "abc" not in result.stderr and "xyz" not in result.stderr
 
 
 @pytest.mark.parametrize("command", ["listen", "send", "serve", "history", "demo", "bridge", "consume"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sqlite3
 import subprocess
 import sys
@@ -79,6 +80,35 @@ def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
         assert [k for k, _ in store.unhandled()] == [2, 3]
 
 
+def test_a_forked_child_does_not_keep_the_writer_lock(tmp_path):
+    """Found in review: a worker pool forked while a client ran kept the store locked after
+    the client stopped, until the workers exited."""
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path)
+    store.open()
+    hold_r, hold_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: says it runs (the fork hooks ran), waits for the parent (bounded), exits
+        try:
+            os.close(hold_w)
+            os.write(ready_w, b"!")
+            select.select([hold_r], [], [], 30)
+        finally:
+            os._exit(0)
+    os.close(hold_r)
+    os.close(ready_w)
+    try:
+        assert select.select([ready_r], [], [], 30)[0] and os.read(ready_r, 1) == b"!"
+        store.close()
+        with SQLiteStore(path) as again:  # the child is alive and holds its copy of the files
+            assert again.positions() == {}
+    finally:
+        os.close(hold_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+
+
 def test_a_named_reader_keeps_its_own_mark_and_starts_at_the_main_one(tmp_path):
     path = str(tmp_path / "feed.db")
     crash_after(path, 10, handled=3)  # only in the side file: a new reader must read it there
@@ -90,6 +120,10 @@ def test_a_named_reader_keeps_its_own_mark_and_starts_at_the_main_one(tmp_path):
     with SQLiteStore(path) as main:  # the main mark did not move
         assert [k for k, _ in main.unhandled()] == [4, 5, 6, 7, 8, 9, 10]
     assert repr(SQLiteStore(path, reader="x")) == f"SQLiteStore({path!r}, reader='x')"
+    with SQLiteStore(path, reader="/../\x00 ✓") as odd:  # any text names a reader
+        assert [k for k, _ in odd.unhandled()] == [4, 5, 6, 7, 8, 9, 10]
+    with pytest.raises(ValueError, match="UTF-8"):
+        SQLiteStore(path, reader="\ud800")
 
 
 def test_a_corrupt_file_a_folder_or_a_missing_folder_is_a_clear_error_at_open(tmp_path):

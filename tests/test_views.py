@@ -257,12 +257,18 @@ def test_views_move_before_a_slow_subscriber_lets_the_old_client_stop(make_clien
 
 
 @pytest.mark.timeout(120)
-def test_two_threads_starting_one_name_at_once_leave_every_view_on_the_winner(make_client, server):
+@pytest.mark.parametrize("with_store", [False, True])
+def test_two_threads_starting_one_name_at_once_leave_every_view_on_the_winner(make_client, server, tmp_path, with_store):
+    """With a store too (found in review: the winner found the store still held by the client
+    its loser had replaced, and nothing ran)."""
+    def store():
+        return wsbridge.SQLiteStore(str(tmp_path / "feed.db")) if with_store else None
+
     for _ in range(5):
-        base = make_client(server.url, name="race")
+        base = make_client(server.url, name="race", store=store())
         chat_view, status = ChatView(base), StatusView(base)
         base.start().wait_connected(timeout=10)
-        contenders = [make_client(server.url, name="race") for _ in range(2)]
+        contenders = [make_client(server.url, name="race", store=store()) for _ in range(2)]
         go = threading.Barrier(2)
         threads = [threading.Thread(target=lambda c=c, go=go: (go.wait(10), c.start()), name=f"test-start-{i}")
                    for i, c in enumerate(contenders)]
@@ -274,6 +280,82 @@ def test_two_threads_starting_one_name_at_once_leave_every_view_on_the_winner(ma
         assert chat_view.client is winner and status.client is winner
         assert wsbridge.clients() == [winner]
         assert winner.stop(timeout=10)
+
+
+def test_views_of_one_kind_made_with_other_options_are_not_taken_for_each_other(make_client, server):
+    """Found in review: a ticker by symbol retired a ticker by venue of the same type."""
+    first = make_client(server.url, name="feed")
+    by_sym, by_venue = TickerView(first, key="sym"), TickerView(first, key="venue")
+    twins = [ChatView(first), ChatView(first)]  # two alike, made on purpose: both move
+    first.start()
+    second = make_client(server.url, name="feed").start()
+    assert all(v.client is second and not v.retired for v in (by_sym, by_venue, *twins))
+    TickerView(second, key="sym", fields=["px"])  # another table of the same ticks: not a re-made one
+    assert not by_sym.retired
+    TickerView(second, key="sym")  # this one is
+    assert by_sym.retired and not by_venue.retired
+
+
+def test_a_view_attached_to_a_replaced_client_goes_to_its_successor(make_client, server):
+    first = make_client(server.url, name="feed").start()
+    second = make_client(server.url, name="feed").start()
+    assert ChatView(first).client is second
+
+
+def test_a_failed_start_keeps_the_views_for_the_next_client_of_the_name(make_client, server, tmp_path):
+    """Found in review: the replacement's store could not open; its start raised, the old
+    client was stopped, and the views stayed with the failed client, out of reach."""
+    first = make_client(server.url, name="feed")
+    chat_view = ChatView(first)
+    first.start().wait_connected(timeout=10)
+    broken = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(str(tmp_path / "no" / "feed.db")))
+    with pytest.raises(wsbridge.StoreError, match="there is no folder"):
+        broken.start()
+    third = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(str(tmp_path / "feed.db"))).start()
+    assert chat_view.client is third and wsbridge.clients() == [third]
+
+
+@pytest.mark.timeout(60)
+def test_a_replacement_with_a_store_waits_for_a_slow_subscriber_to_let_go_of_it(make_client, server, tmp_path):
+    """Found in review: the new client's store was still held by the old one, whose
+    subscriber outlived stop()'s timeout: StoreError 'in use'."""
+    db = str(tmp_path / "feed.db")
+    first = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db))
+    busy, release = threading.Event(), threading.Event()
+    first.on("chat", lambda msg: (busy.set(), release.wait(20)))
+    first.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "from": "srv", "text": "hold"})
+    assert busy.wait(10)
+    second = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db))
+    starter = threading.Thread(target=second.start, name="test-starter")
+    starter.start()
+    wait_until(lambda: first.state == "stopped", what="the old client told to stop")
+    threading.Timer(0.5, release.set).start()  # the subscriber returns after stop()'s own wait began
+    starter.join(40)
+    assert not starter.is_alive()
+    assert second.wait_connected(timeout=10) and [m.payload["text"] for m in second.store.history()] == ["hold"]
+
+
+def test_a_subscriber_cannot_start_the_replacement_of_its_own_client_when_they_share_a_store(make_client, server,
+                                                                                          tmp_path):
+    db = str(tmp_path / "feed.db")
+    first = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db))
+    outcome = []
+
+    def replace(msg):
+        try:
+            make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db)).start()
+        except wsbridge.UsageError as exc:
+            outcome.append(exc)
+
+    first.on("chat", replace)
+    first.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    server.send({"type": "chat", "from": "srv", "text": "now"})
+    wait_until(lambda: outcome, what="the refused start")
+    assert "cannot take the place of the client whose subscriber starts it" in str(outcome[0])
+    assert first.state == "connected" and wsbridge.clients() == [first]
 
 
 def test_display_builds_the_registered_notebook_renderer():

@@ -55,6 +55,10 @@ __all__ = ["Client", "Sendable", "OutFrame", "ResumeBuilder"]
 
 _ids = itertools.count(1)
 
+REPLACE_WAIT = 30.0
+"""Seconds a client with a store waits for the threads of the same-named clients it
+replaces (the last of them closes the store) before it gives up with `StoreError`."""
+
 
 class Client(Subscribable, Pulling):
     """Receive (and send) WebSocket messages from synchronous code.
@@ -205,8 +209,13 @@ class Client(Subscribable, Pulling):
             return self
         # A notebook cell run again: the client it made before gives way, and is stopped
         # before this one opens the store they may share.
+        me = threading.current_thread()
+        if self.store is not None and self._named and any(me in c.threads() for c in registry.live() if c.name == self.name):
+            raise UsageError(f"{self.name}: a client with a store cannot take the place of the client whose "
+                             "subscriber starts it (that thread holds the store until the subscriber returns)")
         for earlier in registry.claim(self):
-            log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
+            if earlier.state not in (State.NEW, State.STOPPED):
+                log.info("%s: a new client of this name starts; stopping the earlier one", self.name)
             earlier._replaced_by = self  # its `stopped` says so
             registry.replaced(earlier, self)  # its views (and their widgets) move to this one now
             earlier.stop()
@@ -215,6 +224,7 @@ class Client(Subscribable, Pulling):
             return self
         try:
             if self.store is not None:
+                self._await_namesakes()
                 self._open_store()
         except BaseException:
             registry.discard(self)
@@ -224,6 +234,17 @@ class Client(Subscribable, Pulling):
         self._dispatcher.start()
         self._supervisor.thread.start()
         return self
+
+    def _await_namesakes(self) -> None:
+        """Wait (at most `REPLACE_WAIT` s) for the threads of the clients this one
+        replaced, also those another start of this name is stopping: the last of them
+        closes the store they may share (a subscriber may outlive `stop`'s timeout)."""
+        deadline = time.monotonic() + REPLACE_WAIT
+        me = threading.current_thread()
+        for earlier in registry.namesakes(self):
+            for thread in earlier.threads():
+                if thread is not me and thread.is_alive():
+                    thread.join(max(0.0, deadline - time.monotonic()))
 
     def _open_store(self) -> None:
         """Open the store and pick up where the last run stopped (raises `StoreError`)."""

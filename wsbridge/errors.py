@@ -94,6 +94,10 @@ class StoreError(WsbridgeError):
     """The store cannot be opened, read or written."""
 
 
+class StoreInUse(StoreError):
+    """Another client (this process or another) writes the store: one writes it at a time."""
+
+
 class LeaseLost(StoreError):
     """Another process holds the lease this writer was fenced by: it must stop writing."""
 

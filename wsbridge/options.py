@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
@@ -42,17 +43,28 @@ class ConnectOptions:
         check_tls_files(self.sslopt)
 
 
-TLS_FILES = {"ca_certs": os.path.isfile, "certfile": os.path.isfile, "keyfile": os.path.isfile,
-             "ca_cert_path": os.path.isdir}
-"""The ``sslopt`` keys that name files (or a folder): missing, every attempt would fail the same way."""
+TLS_FILES = ("ca_certs", "certfile", "keyfile", "ca_cert_path")
+"""The ``sslopt`` keys that name files (``ca_cert_path``: a folder): wrong, every attempt would fail alike."""
 
 
 def check_tls_files(sslopt: Optional[Dict[str, Any]]) -> None:
-    for key, exists in TLS_FILES.items():
-        path = (sslopt or {}).get(key)
-        if path is not None and not exists(os.fspath(path)):
-            what = "folder" if key == "ca_cert_path" else "file"
-            raise ValueError(f"sslopt[{key!r}]: there is no {what} {os.fspath(path)!r}")
+    """`ValueError` for a file that does not exist (or a folder where a file goes), or a
+    ``ca_certs`` that is not PEM certificates: retrying could never help."""
+    for key in TLS_FILES:
+        value = (sslopt or {}).get(key)
+        if value is None:
+            continue
+        path = os.fspath(value)
+        folder = key == "ca_cert_path"
+        if not os.path.exists(path):
+            raise ValueError(f"sslopt[{key!r}]: there is no {'folder' if folder else 'file'} {path!r}")
+        if os.path.isdir(path) != folder:
+            raise ValueError(f"sslopt[{key!r}]: {path!r} is {'not a folder' if folder else 'a folder, not a file'}")
+        if key == "ca_certs":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError, OSError) as exc:
+                raise ValueError(f"sslopt['ca_certs']: {path!r} is not a PEM file of CA certificates ({exc})") from None
 
 
 def check_options(

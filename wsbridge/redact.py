@@ -14,7 +14,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urlsplit(url)
     except ValueError:  # not a URL urllib can split ("ws://[::1/"): show it, what may be secret masked
-        head, sep, _query = url.partition("?")
+        head, sep, _query = url.split("#", 1)[0].partition("?")  # the fragment goes, as urlunsplit drops it below
         scheme, slashes, rest = head.partition("//")
         netloc, slash, path = rest.partition("/")
         return scheme + slashes + _mask_userinfo(netloc) + slash + path + (sep + MASK if sep else "")

@@ -10,12 +10,19 @@ import atexit
 import logging
 import os
 import threading
+import weakref
 from typing import Any, Callable, Dict, List
 
 log = logging.getLogger("wsbridge")
 
 _clients: Dict[int, Any] = {}
 _lock = threading.Lock()
+_named: Dict[str, "weakref.WeakSet[Any]"] = {}
+"""Every client that started under a name given explicitly, running or not (their threads may
+outlive `stop`'s timeout: a successor that shares their store waits for them)."""
+_last: Dict[str, "weakref.ref[Any]"] = {}
+"""The client that last started under a name: its views go to the next one, even if it failed
+to start or was stopped by hand."""
 _replace_hooks: List[Callable[[Any, Any], None]] = []
 
 
@@ -46,9 +53,10 @@ def live() -> List[Any]:
 
 
 def claim(client: Any) -> List[Any]:
-    """Register ``client``; return the live clients it replaces (a client given an
-    explicit ``name`` replaces the running ones of that name), in one step, so two
-    threads starting same-named clients at once cannot both keep theirs."""
+    """Register ``client``; return the clients it takes the place of (a client given an
+    explicit ``name`` replaces the running ones of that name, and inherits the views of
+    the last one that started under it), in one step, so two threads starting
+    same-named clients at once cannot both keep theirs."""
     with _lock:
         pid = os.getpid()
         earlier = [c for c in _clients.values() if c._named and client._named and c.name == client.name
@@ -56,7 +64,21 @@ def claim(client: Any) -> List[Any]:
         for c in earlier:
             _clients.pop(id(c), None)
         _clients[id(client)] = client
+        if client._named:
+            ref = _last.get(client.name)
+            last = ref() if ref is not None else None
+            if last is not None and last is not client and last not in earlier and last._pid == pid:
+                earlier.append(last)
+            _last[client.name] = weakref.ref(client)
+            _named.setdefault(client.name, weakref.WeakSet()).add(client)
         return earlier
+
+
+def namesakes(client: Any) -> List[Any]:
+    """The other clients of this process that started under ``client``'s name."""
+    with _lock:
+        pid = os.getpid()
+        return [c for c in list(_named.get(client.name, ())) if c is not client and c._pid == pid]
 
 
 def stop_all(timeout: float = 5.0) -> bool:

@@ -37,7 +37,8 @@ class Stats:
     store_errors: int = 0
     replayed: int = 0
     undelivered: int = 0
-    """Received, not delivered: `stop` ran out of time for them (a store keeps them for the next run)."""
+    """Received, not delivered: `stop` ran out of time for them (a store keeps them for the next run).
+    Final once the client's threads ended (a subscriber may outlive `stop`'s timeout)."""
     connects: int = 0
     reconnects: int = 0
     connect_attempts: int = 0

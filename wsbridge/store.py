@@ -18,10 +18,11 @@ import os
 import secrets
 import sqlite3
 import struct
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .errors import StoreError  # defined in errors.py; importable from here as before
+from .errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
 from .message import Message
 from .sequence import Positions
 
@@ -202,6 +203,11 @@ class SQLiteStore(Store):
     def __init__(self, path: str, *, max_size: Optional[int] = None, reader: Optional[str] = None) -> None:
         self.path = os.fspath(path)
         self.max_size = max_size
+        if reader is not None:
+            try:
+                reader.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"reader must be text UTF-8 can encode, not {reader!r}") from None
         self.reader = reader
         self._mark_row = "handled" if reader is None else "handled:" + reader
         self._db: Optional[sqlite3.Connection] = None  # messages: the dispatcher's
@@ -252,9 +258,10 @@ class SQLiteStore(Store):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreError(f"the store {self.path!r} is in use by another client (one client writes a store "
+            raise StoreInUse(f"the store {self.path!r} is in use by another client (one client writes a store "
                              f"at a time; `wsbridge history` reads it meanwhile)") from None
         self._lock_file = fd
+        _locked.add(self)
 
     def _unlock_writer(self) -> None:
         fd, self._lock_file = self._lock_file, None
@@ -500,3 +507,23 @@ class SQLiteStore(Store):
     def _message(row: Sequence[Any]) -> Message:
         mtype, stream, seq, mid, kind, payload, received_at = row
         return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, None)
+
+
+_locked: "weakref.WeakSet[SQLiteStore]" = weakref.WeakSet()
+"""Stores whose writer lock this process holds."""
+
+
+def _drop_locks_in_child() -> None:
+    """A child made by fork() shares the parent's lock (one open file): close its copy,
+    or the lock would outlive the parent's close() while the child runs (a worker pool)."""
+    for store in list(_locked):
+        fd, store._lock_file = store._lock_file, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)

@@ -93,6 +93,10 @@ def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any)
     if getattr(args, "ca_file", None):
         if not args.url.lower().startswith("wss://"):
             raise CliError("--ca-file goes with a wss:// URL (a ws:// connection has no TLS)", EXIT_USAGE)
+        if not os.path.exists(args.ca_file):
+            raise CliError(f"--ca-file: there is no file {args.ca_file!r}", EXIT_USAGE)
+        if not os.path.isfile(args.ca_file):
+            raise CliError(f"--ca-file: {args.ca_file!r} is not a file (a PEM file of CA certificates)", EXIT_USAGE)
         sslopt = {"ca_certs": args.ca_file}
     try:
         return Client(
@@ -127,13 +131,20 @@ def check_store_path(path: str, *, must_exist: bool) -> None:
     ``must_exist``, no file at all)."""
     if os.path.isdir(path):
         raise CliError(f"{path!r} is a folder, not a store (an SQLite file written by --store)", EXIT_USAGE)
+    folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(path):
         if must_exist:
             raise CliError(f"no store at {path!r}", EXIT_USAGE)
-        folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise CliError(f"cannot make the store {path!r}: there is no folder {folder!r}", EXIT_USAGE)
+    if not must_exist and not os.access(folder, os.W_OK):  # the store keeps files beside it (-wal, -lock)
+        raise CliError(f"cannot write the store {path!r}: the folder {folder!r} is not writable", EXIT_USAGE)
+    if not os.path.exists(path):
         return
+    if not os.path.isfile(path):  # a FIFO, a device: reading it could block for ever
+        raise CliError(f"{path!r} is not a store (an SQLite file written by --store)", EXIT_USAGE)
+    if must_exist and os.path.getsize(path) == 0:
+        raise CliError(f"{path!r} is empty, not a store (an SQLite file written by --store)", EXIT_USAGE)
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -254,13 +265,16 @@ class Lifecycle:
         with self._lock:
             count = self.errors[context] = self.errors.get(context, 0) + 1
         if count == 1:
+            text = str(error)
             hint = ERROR_HINTS.get(context, "the stream goes on")
-            self.say(f"{context} error: {preview(str(error), 300)} ({hint}; more are counted in the summary)")
+            if context == "decode" and "field" in text:  # JSON whose type is elsewhere, or missing
+                hint += "; --type-field NAME names the field that holds the type, --default-type T types the rest"
+            text = text if len(text) <= 300 else text[:300] + "..."
+            self.say(printable(f"{context} error: {text} ({hint}; more are counted in the summary)"))
 
 
 ERROR_HINTS = {
-    "decode": "the message is skipped; for JSON whose type is in another field, or missing, try "
-              "--type-field NAME or --default-type T; --codec raw prints frames as they come",
+    "decode": "the message is skipped; --codec raw prints frames as they come",
     "store": "messages are still printed, but not kept in the store",
 }
 
@@ -304,9 +318,13 @@ def message_line(msg: Message) -> str:
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
-"""C0, DEL and C1 controls: a feed must not move the cursor or recolour a terminal (ANSI escapes)."""
+_CONTROLS.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+"""C0, DEL and C1 controls, the Unicode line and paragraph separators, and the bidi
+embeddings, overrides and isolates: a feed must not move the cursor, recolour a
+terminal (ANSI escapes), break a line or reorder what a person reads."""
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters written as ``\\xNN`` (newlines included: one message, one line)."""
+    """``text`` with control characters written as ``\\xNN`` / ``\\uNNNN`` (newlines
+    included: one message, one line)."""
     return text.translate(_CONTROLS)

@@ -8,6 +8,7 @@ import sys
 import threading
 from typing import Any, Optional
 
+from ..errors import StoreError, StoreInUse
 from ..message import Message
 from ..redact import redact_url
 from .common import (
@@ -15,6 +16,7 @@ from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     CliError,
     Lifecycle,
     add_connection_options,
@@ -137,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             client.start()
-        except Exception as exc:  # a store that cannot be opened
+        except StoreInUse as exc:  # may work later: a failure, not a usage error
             raise CliError(str(exc)) from None
+        except StoreError as exc:  # a file that can never be a store
+            raise CliError(str(exc), EXIT_USAGE) from None
         wait_done(done, args.timeout)
     except KeyboardInterrupt:
         interrupted = True

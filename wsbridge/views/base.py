@@ -94,13 +94,20 @@ class View:
         return []
 
     def identity(self) -> Hashable:
-        """What makes two views the same kind: a view made again for the client this
-        one moved to takes over from it."""
-        return type(self), self.title, tuple(sorted(mtype for mtype, _ in self.subscriptions()))
+        """What makes two views the same: a view made again (same class, title, message
+        types and `config`) for the client this one moved to takes over from it."""
+        return type(self), self.title, tuple(sorted(mtype for mtype, _ in self.subscriptions())), self.config()
+
+    def config(self) -> Hashable:
+        """What the view was made with, besides its message types (subclasses add theirs)."""
+        return ()
 
     def attach(self, client: "Client") -> "View":
-        """Subscribe to ``client``'s messages (one client at a time)."""
+        """Subscribe to ``client``'s messages (one client at a time; a client that was
+        replaced by a same-named one stands for its successor)."""
         with _moves:
+            while client.replaced_by is not None:
+                client = client.replaced_by
             self._attach(client)
             self._followed = self.retired = False
             twins = [v for v in list(_views) if v is not self and v.client is client and v._followed
@@ -142,9 +149,9 @@ class View:
         with _moves:
             while client.replaced_by is not None:
                 client = client.replaced_by
+            made_again = {v.identity() for v in list(_views) if v.client is client}
             for view in [v for v in list(_views) if v.client is earlier]:
-                kind = view.identity()
-                if any(v.client is client and v.identity() == kind for v in list(_views)):
+                if view.identity() in made_again:
                     retire.append(view)
                     continue
                 view._attach(client)

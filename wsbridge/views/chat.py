@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Hashable, List, NamedTuple, Optional, Tuple
 
 from ..message import Message
 from .base import View
@@ -50,6 +50,9 @@ class ChatView(View):
         self.time_field = time_field
         self._lines: Deque[ChatLine] = deque(maxlen=max_lines)
         super().__init__(client)
+
+    def config(self) -> Hashable:
+        return self.type, self.sender_field, self.text_field, self.time_field
 
     def subscriptions(self) -> List[Tuple[str, Callable[[Message], Any]]]:
         return [(self.type, self.handle)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple, Union
 
 import jsonpatch
 import jsonpointer
@@ -62,6 +62,9 @@ class DocumentView(View):
         self.ignored = 0
         """Patches that arrived while stale."""
         super().__init__(client)
+
+    def config(self) -> Hashable:
+        return self.type, self.snapshot_type, self.doc_field, self.patch_field
 
     def subscriptions(self) -> List[Tuple[str, Callable[[Message], Any]]]:
         return [(self.snapshot_type, self.handle_snapshot), (self.type, self.handle_patch)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from ..message import Message
 from .base import View
@@ -27,6 +27,9 @@ class TickerView(View):
         self._rows: Dict[Any, Dict[str, Any]] = {}
         self._updates: Dict[Any, int] = {}
         super().__init__(client)
+
+    def config(self) -> Hashable:
+        return self.type, self.key, tuple(self.fields) if self.fields is not None else None
 
     def subscriptions(self) -> List[Tuple[str, Callable[[Message], Any]]]:
         return [(self.type, self.handle)]
