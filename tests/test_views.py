@@ -232,15 +232,22 @@ def test_a_cell_that_makes_a_client_and_its_views_run_again_leaves_one_of_each(m
     assert all("ACME" not in v.text() for _, (v, *_), _ in runs[:-1])
 
 
-def test_views_move_before_a_slow_subscriber_lets_the_old_client_stop(make_client, server):
-    first = make_client(server.url, name="feed")
-    chat_view = ChatView(first)
+def hold_a_subscriber(client, server):
+    """Start ``client`` and keep its dispatcher in a subscriber (at most 20 s) until the
+    returned event is set: a client whose stop() will outlive its timeout."""
     busy, release = threading.Event(), threading.Event()
-    first.on("chat", lambda msg: (busy.set(), release.wait(10)))
-    first.start().wait_connected(timeout=10)
+    client.on("chat", lambda msg: (busy.set(), release.wait(20)))
+    client.start().wait_connected(timeout=10)
     server.wait_clients(1)
     server.send({"type": "chat", "from": "srv", "text": "hold"})
     assert busy.wait(10)
+    return release
+
+
+def test_views_move_before_a_slow_subscriber_lets_the_old_client_stop(make_client, server):
+    first = make_client(server.url, name="feed")
+    chat_view = ChatView(first)
+    release = hold_a_subscriber(first, server)
     try:
         second = make_client(server.url, name="feed")
         # the old client's stop waits for its subscriber (bounded by stop's timeout): start it from a thread
@@ -321,12 +328,7 @@ def test_a_replacement_with_a_store_waits_for_a_slow_subscriber_to_let_go_of_it(
     subscriber outlived stop()'s timeout: StoreError 'in use'."""
     db = str(tmp_path / "feed.db")
     first = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db))
-    busy, release = threading.Event(), threading.Event()
-    first.on("chat", lambda msg: (busy.set(), release.wait(20)))
-    first.start().wait_connected(timeout=10)
-    server.wait_clients(1)
-    server.send({"type": "chat", "from": "srv", "text": "hold"})
-    assert busy.wait(10)
+    release = hold_a_subscriber(first, server)
     second = make_client(server.url, name="feed", store=wsbridge.SQLiteStore(db))
     starter = threading.Thread(target=second.start, name="test-starter")
     starter.start()
