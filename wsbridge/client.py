@@ -242,6 +242,8 @@ class Client(Subscribable, Pulling):
         deadline = time.monotonic() + REPLACE_WAIT
         me = threading.current_thread()
         for earlier in registry.namesakes(self):
+            if earlier.store is None:
+                continue
             for thread in earlier.threads():
                 if thread is not me and thread.is_alive():
                     thread.join(max(0.0, deadline - time.monotonic()))

@@ -66,9 +66,10 @@ class View:
     A notebook cell run again makes its client again: when a client of the same
     ``name`` takes the place of this view's client, the view moves to it with its
     state, before the new client delivers anything, and its widgets follow. If
-    the new client already has a view of the same kind (same class, title and
-    message types: the re-run cell made it too), or gets one later, that view takes
-    over and this one is retired (`retired`; its widgets show their last state).
+    the new client already has the same view (same class, title, message types
+    and options: the re-run cell made it again), or gets one later, that view
+    takes over and this one is retired (`retired`; its widgets show their last
+    state).
     """
 
     title = "view"
