@@ -174,6 +174,23 @@ def encode_id(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+def check_store_path(path: str, *, must_exist: bool = False) -> None:
+    """`StoreError` for a path where no SQLite store can be: a folder, something other
+    than a plain file (opening a FIFO would block for ever), a folder that does not
+    exist, or (``must_exist``) nothing at all. Reads nothing."""
+    if os.path.isdir(path):
+        raise StoreError(f"cannot open the store {path!r}: it is a folder, not a store")
+    if os.path.exists(path):
+        if not os.path.isfile(path):
+            raise StoreError(f"cannot open the store {path!r}: it is not a store (not a plain file)")
+        return
+    if must_exist:
+        raise StoreError(f"no store at {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise StoreError(f"cannot open the store {path!r}: there is no folder {folder!r}")
+
+
 class SQLiteStore(Store):
     """Messages and positions in an SQLite database (stdlib ``sqlite3``).
 
@@ -228,11 +245,7 @@ class SQLiteStore(Store):
     def open(self) -> None:
         if self._db is not None:
             return
-        if os.path.isdir(self.path):
-            raise StoreError(f"cannot open the store {self.path!r}: it is a folder, not a store")
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise StoreError(f"cannot open the store {self.path!r}: there is no folder {folder!r}")
+        check_store_path(self.path)
         self._lock_writer()
         try:
             self._open_db()

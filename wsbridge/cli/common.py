@@ -23,6 +23,7 @@ from ..codec import CODECS, JsonCodec, codec_by_name
 from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
 from ..message import Message
 from ..redact import redact_url
+from ..store import check_store_path as check_path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -126,26 +127,19 @@ def make_codec(args: argparse.Namespace) -> Any:
 
 
 def check_store_path(path: str, *, must_exist: bool) -> None:
-    """`CliError` (exit 2) for a store path that can never work: a folder, a folder
-    that does not exist, a file that is not an SQLite database (or, with
-    ``must_exist``, no file at all)."""
-    if os.path.isdir(path):
-        raise CliError(f"{path!r} is a folder, not a store (an SQLite file written by --store)", EXIT_USAGE)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.exists(path):
-        if must_exist:
-            raise CliError(f"no store at {path!r}", EXIT_USAGE)
-        if not os.path.isdir(folder):
-            raise CliError(f"cannot make the store {path!r}: there is no folder {folder!r}", EXIT_USAGE)
-    if not must_exist and not os.access(folder, os.W_OK):  # the store keeps files beside it (-wal, -lock)
-        raise CliError(f"cannot write the store {path!r}: the folder {folder!r} is not writable", EXIT_USAGE)
+    """`CliError` (exit 2) for a store path that can never work: what the store itself
+    refuses (`store.check_store_path`), an empty file where one must exist, a file that
+    is not an SQLite database. (A folder where nothing can be written fails when the
+    store is opened, also with exit 2.)"""
+    try:
+        check_path(path, must_exist=must_exist)
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     if not os.path.exists(path):
         return
-    if not os.path.isfile(path):  # a FIFO, a device: reading it could block for ever
-        raise CliError(f"{path!r} is not a store (an SQLite file written by --store)", EXIT_USAGE)
     if must_exist and os.path.getsize(path) == 0:
         raise CliError(f"{path!r} is empty, not a store (an SQLite file written by --store)", EXIT_USAGE)
-    try:
+    try:  # nothing here has the database open yet: reading it cannot drop SQLite's locks
         with open(path, "rb") as f:
             head = f.read(16)
     except OSError as exc:
