@@ -59,7 +59,7 @@ def check_tls_files(sslopt: Optional[Dict[str, Any]]) -> None:
         if not os.path.exists(path):
             raise ValueError(f"sslopt[{key!r}]: there is no {'folder' if folder else 'file'} {path!r}")
         if os.path.isdir(path) != folder:
-            raise ValueError(f"sslopt[{key!r}]: {path!r} is {'not a folder' if folder else 'a folder, not a file'}")
+            raise ValueError(f"sslopt[{key!r}]: {path!r} is {'not a folder' if folder else 'not a file but a folder'}")
         if key == "ca_certs":
             try:
                 ssl.create_default_context(cafile=path)
