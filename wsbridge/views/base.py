@@ -111,8 +111,9 @@ class View:
                 client = client.replaced_by
             self._attach(client)
             self._followed = self.retired = False
+            mine = self.identity()
             twins = [v for v in list(_views) if v is not self and v.client is client and v._followed
-                     and v.identity() == self.identity()]
+                     and v.identity() == mine]
         for twin in twins:  # a cell run again made this view again: the one that moved here retires
             twin._retire()
         return self
@@ -146,7 +147,7 @@ class View:
     def _client_replaced(earlier: "Client", client: "Client") -> None:
         """`registry.on_replace` hook: move ``earlier``'s views to ``client`` (or to the
         client that replaced it in turn, when two starts of one name race)."""
-        retire = []
+        retire, moved = [], []
         with _moves:
             while client.replaced_by is not None:
                 client = client.replaced_by
@@ -157,10 +158,11 @@ class View:
                     continue
                 view._attach(client)
                 view._followed = True
+                moved.append(view)
         for view in retire:
             view._retire()
-        for view in [v for v in list(_views) if v.client is client]:
-            view.changed()  # renderers move to the view's new client
+        for view in moved:
+            view.changed()  # its renderers move to the view's new client
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(view)`` after every change (on the thread that made it)."""
