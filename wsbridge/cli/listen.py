@@ -149,9 +149,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.stop(timeout=5)
     # Messages can come before `connected` (it waits for the send buffer to be
-    # flushed): a socket that opened counts, even if the run ended before the flush.
+    # flushed, and `connects` counts once the supervisor saw the socket open): a
+    # socket that opened counts, even if the run ended before either, and one that
+    # delivered a frame surely opened.
     reached = args.max is not None and count[0] >= args.max  # perhaps all from the store, before connecting
-    opened = lifecycle.ever_connected or client.stats.connects > 0
+    stats = client.stats
+    opened = lifecycle.ever_connected or stats.connects > 0 or stats.frames > 0
     if opened and not lifecycle.ever_connected:
         lifecycle.connected(client, url=redact_url(client.url))
     if opened or reached:
