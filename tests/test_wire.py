@@ -8,16 +8,16 @@ client read on or refused at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 import pytest
 
 import wsbridge
 from wsbridge import RawCodec
+from wsbridge.testing import ConnectProxy
 from wsbridge.testing.raw import (
     BINARY,
     CLOSE,
@@ -345,75 +345,15 @@ def test_header_values_reach_the_log_quoted(make_client, collector, caplog):
     assert not any("\x1b" in r.getMessage() or r.getMessage().startswith("CRITICAL") for r in caplog.records)
 
 
-# -- through an HTTP proxy: websocket-client dials and upgrades, wsbridge still reads ------------
-
-
-@contextlib.contextmanager
-def connect_proxy() -> Iterator[Tuple[str, List[bytes]]]:
-    """An HTTP CONNECT proxy on 127.0.0.1 that relays bytes both ways; yields its URL
-    and the CONNECT requests it served."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    seen: List[bytes] = []
-    threads: List[threading.Thread] = []
-
-    def pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                head += chunk
-            seen.append(head)
-            host, port = head.split(b" ")[1].decode().rsplit(":", 1)
-            assert host == "127.0.0.1", "this proxy relays to loopback only"
-            upstream = socket.create_connection((host, int(port)), timeout=10)
-            upstream.settimeout(None)
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            for a, b in ((conn, upstream), (upstream, conn)):
-                t = threading.Thread(target=pump, args=(a, b), name="test-proxy-pump", daemon=True)
-                t.start()
-                threads.append(t)
-
-    acceptor = threading.Thread(target=serve, name="test-proxy", daemon=True)
-    acceptor.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
-    finally:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        acceptor.join(10)
-        for t in threads:
-            t.join(10)
+# -- through an HTTP proxy: wsbridge dials it, upgrades and reads as without one ------------
 
 
 def test_through_a_proxy_frames_are_read_and_checked_by_wsbridge(make_client, collector, raw, monkeypatch):
-    with connect_proxy() as (proxy_url, seen):
-        monkeypatch.setenv("http_proxy", proxy_url)
-        monkeypatch.setenv("no_proxy", "example.invalid")  # else websocket-client never proxies 127.0.0.1
+    with ConnectProxy() as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv("no_proxy", "example.invalid")
         client, got, errors = start(make_client, raw.url, collector)
-        assert seen and seen[0].startswith(b"CONNECT 127.0.0.1:")
+        assert proxy.requests and proxy.requests[0].startswith(b"CONNECT 127.0.0.1:")
         conn = raw.wait_connection()
         conn.sendall(fragments(b"via the proxy", 4, TEXT) + frame(b"bad", TEXT, rsv=2))
         assert got.wait(1)[0].payload == "via the proxy"

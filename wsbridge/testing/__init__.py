@@ -5,7 +5,8 @@ in a thread of its own) that pushes scripted messages in any codec, echoes,
 broadcasts like a chat room, records what it receives, and can refuse,
 close or drop connections on demand. ``Proxy`` sits between a client and a
 server and injects network faults: cuts, half-open stalls, refusals, and
-close frames with chosen codes. ``RawServer`` writes arbitrary bytes.
+close frames with chosen codes; ``ConnectProxy`` is an HTTP CONNECT proxy
+(for ``http_proxy``). ``RawServer`` writes arbitrary bytes.
 ``Blackhole`` is a port whose TCP handshake is never answered (a host that
 is down). ``DocumentServer`` holds one JSON document that clients patch.
 Needs the ``server`` extra.
@@ -13,9 +14,9 @@ Needs the ``server`` extra.
 
 from .blackhole import Blackhole
 from .chaos import ChaosReport, run_chaos
-from .proxy import Proxy
+from .proxy import ConnectProxy, Proxy
 from .raw import RawServer
 from .rooms import DocumentServer
 from .server import Received, Server
 
-__all__ = ["Blackhole", "ChaosReport", "DocumentServer", "run_chaos", "Proxy", "RawServer", "Received", "Server"]
+__all__ = ["Blackhole", "ChaosReport", "ConnectProxy", "DocumentServer", "run_chaos", "Proxy", "RawServer", "Received", "Server"]

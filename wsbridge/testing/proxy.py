@@ -1,6 +1,7 @@
-"""`Proxy`: a fault-injecting TCP relay on 127.0.0.1 between a client and a server.
+"""`Proxy`: a fault-injecting TCP relay on 127.0.0.1 between a client and a server;
+`ConnectProxy`: an HTTP CONNECT proxy on 127.0.0.1, for ``http_proxy``.
 
-It forwards bytes untouched until told otherwise: `cut` ends every relayed
+`Proxy` forwards bytes untouched until told otherwise: `cut` ends every relayed
 connection at once, `stall` stops relaying without closing anything (a
 half-open peer: the client's pings go unanswered), `refuse` closes the
 listening socket so new connections are refused until `accept`, and
@@ -14,7 +15,7 @@ import struct
 import threading
 from typing import List, Optional, Tuple
 
-from .raw import CLOSE, frame
+from .raw import CLOSE, frame, read_request
 
 
 class _Pair:
@@ -194,3 +195,120 @@ class Proxy:
         for pair in pairs:
             for sock in (pair.client, pair.upstream):
                 sock.close()
+
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on 127.0.0.1 (``url``: for ``http_proxy``) that tunnels
+    to 127.0.0.1 only; every thread it starts is joined by `close`.
+
+    Each CONNECT head received is kept in ``requests`` (`wait_requests` waits for
+    them). ``answer=False`` makes a proxy that reads each CONNECT and never
+    answers, holding the connection open until `close` (a stalled proxy)."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer = answer
+        self.requests: List[bytes] = []
+        self._cond = threading.Condition()
+        self._socks: List[socket.socket] = []  # every socket accepted or opened, closed by `close`
+        self._threads: List[threading.Thread] = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._accept_thread = threading.Thread(target=self._accept_loop, name="wsbridge-connect-proxy", daemon=True)
+        self._accept_thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "ConnectProxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_requests(self, n: int, timeout: float = 10.0) -> List[bytes]:
+        """The first ``n`` CONNECT heads, once they came (`TimeoutError` after ``timeout`` s)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.requests) >= n, timeout):
+                raise TimeoutError(f"{n} CONNECT request(s) did not come to the proxy (got {len(self.requests)})")
+            return self.requests[:n]
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._cond:
+                self._socks.append(conn)
+            try:
+                self._serve(conn)
+            except OSError:
+                pass
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        head = read_request(conn) or b""
+        conn.settimeout(None)
+        with self._cond:
+            self.requests.append(head)
+            self._cond.notify_all()
+        if not self.answer or not head.startswith(b"CONNECT "):
+            return  # held open, unanswered, until close()
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        if host != "127.0.0.1":
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return
+        try:
+            upstream = socket.create_connection((host, int(port)), timeout=10)
+        except OSError:
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return
+        upstream.settimeout(None)
+        with self._cond:
+            self._socks.append(upstream)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for src, dst in ((conn, upstream), (upstream, conn)):
+            thread = threading.Thread(target=self._pump, args=(src, dst), name="wsbridge-connect-proxy-pump", daemon=True)
+            with self._cond:
+                self._threads.append(thread)
+            thread.start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        """Stop listening, cut every connection, join every thread."""
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        self._accept_thread.join(10)
+        with self._cond:
+            socks, threads = list(self._socks), list(self._threads)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(10)
+        for sock in socks:
+            sock.close()

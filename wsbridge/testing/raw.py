@@ -118,11 +118,13 @@ class RawServer:
 
     ``respond(request)`` may answer the upgrade instead (any bytes: a redirect,
     a wrong accept key, a header that never ends); the connection is kept
-    only if it returns a 101. Every request is kept in ``requests``."""
+    only if it returns a 101. Every request is kept in ``requests``, and
+    ``accepted`` counts the TCP connections, with a request or without."""
 
     def __init__(self, respond: Optional[Callable[[bytes], bytes]] = None) -> None:
         self._respond = respond or accept_response
         self.requests: List[bytes] = []
+        self.accepted = 0
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(8)
@@ -139,6 +141,8 @@ class RawServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            with self._cond:
+                self.accepted += 1
             try:
                 request = read_request(conn)
                 if request is None:
