@@ -8,7 +8,7 @@ import pytest
 import trustme
 
 import wsbridge
-from wsbridge.testing import Server
+from wsbridge.testing import ConnectProxy, Server
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,20 @@ def test_a_verified_connection_works_with_the_ca_passed_in(tls_server, ca, make_
     assert client.wait_for("secret", timeout=10).payload["n"] == 1
     client.send({"type": "back"})
     assert tls_server.wait_received(1)[0].data == '{"type":"back"}'
+
+
+def test_wss_through_a_proxy_is_tunnelled_and_verified_end_to_end(tls_server, ca, make_client, tmp_path, monkeypatch):
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with ConnectProxy() as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        client = make_client(tls_server.url, sslopt={"ca_certs": str(ca_file)})
+        client.start().wait_connected(timeout=10)
+        tls_server.send({"type": "secret", "n": 1})
+        assert client.wait_for("secret", timeout=10).payload["n"] == 1
+        assert proxy.requests[0].startswith(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n" % tls_server.port)
 
 
 def test_an_unknown_ca_fails_clearly_and_is_not_retried(tls_server, make_client, collector):

@@ -10,7 +10,8 @@ import pathlib
 import pytest
 import websocket
 
-from wsbridge.wsclient import CONTRACT
+from wsbridge.testing.raw import RawServer
+from wsbridge.wsclient import CONTRACT, App
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "wsbridge"
 
@@ -32,3 +33,18 @@ def test_only_wsclient_imports_websocket_clients_private_modules():
             if any(name.startswith("websocket._") for name in names) and path.name != "wsclient.py":
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_apps_websocket_follows_no_redirect_whatever_it_reads():
+    """The upgrade check refuses redirects before websocket-client reads them; should one
+    get through anyway, the `App`'s WebSocket fails rather than take every header to the
+    new origin. Here websocket-client dials and reads the 302 itself, unchecked."""
+    with RawServer() as other:
+        answer = b"HTTP/1.1 302 Found\r\nLocation: " + other.url.encode() + b"\r\nContent-Length: 0\r\n\r\n"
+        with RawServer(respond=lambda request: answer) as server:
+            app = App(server.url)
+            app.sock = websocket.WebSocket()
+            with pytest.raises(websocket.WebSocketException):
+                app.sock.connect(server.url, header=["Authorization: Bearer s3cr3t"], timeout=10)
+            assert len(server.requests) == 1
+        assert other.accepted == 0 and other.requests == []

@@ -125,21 +125,21 @@ class BufferedSocket:
 
     def _read_head(self, handshake: Handshake) -> None:
         """Read the upgrade response's head whole (within `Handshake`'s limits),
-        check it, and leave it (its folded lines unfolded) for websocket-client."""
+        check it, and leave it (its folded lines unfolded) for websocket-client.
+        websocket-client never reads a byte of a head that was not checked: one
+        cut short by the end of the stream is not handed on (it could read a
+        line of spaces as its end, and a redirect in it)."""
         data = bytearray(self._buf[self._pos :])
         end = handshake.head_end(data)
         while end < 0:
             chunk = self.sock.recv(16384)
             if not chunk:
-                break  # websocket-client meets the end of the stream and says so
+                raise _closed()
             data += chunk
             end = handshake.head_end(data)
         self.handshake = None
-        if end >= 0:
-            head = handshake.check_response(bytes(data[:end]))
-            self._buf, self._pos = head + bytes(data[end:]), 0
-        else:
-            self._buf, self._pos = bytes(data), 0
+        head = handshake.check_response(bytes(data[:end]))
+        self._buf, self._pos = head + bytes(data[end:]), 0
 
     def read_exact(self, n: int, check: Optional[Callable[[Any], Any]] = None) -> bytes:
         """Exactly ``n`` bytes; raises like websocket-client does when the peer

@@ -6,12 +6,10 @@ from one socket to the next. websocket-client's own reconnect loop stays off
 (pure Python without ``wsaccel``; the reader checks text itself).
 
 The socket is dialled here (`wsbridge.dial`: bounded by ``connect_timeout``,
-abortable in every phase) and handed to websocket-client wrapped in a
-`BufferedSocket`, which checks the upgrade (`wsbridge.handshake`). Every
-frame is read by our `ReadLoop` (`wsbridge.reader`), never by
-websocket-client's parser. Through a proxy from the environment,
-websocket-client dials and upgrades in its own way; the socket is wrapped
-once open, so frames are still read by `ReadLoop`.
+abortable in every phase, through the environment's proxy if any) and handed
+to websocket-client wrapped in a `BufferedSocket`, which checks the upgrade
+(`wsbridge.handshake`). Every frame is read by our `ReadLoop`
+(`wsbridge.reader`), never by websocket-client's parser.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import websocket
 
 from .buffered import BufferedSocket, frame_complete
-from .dial import open_socket, uses_proxy
+from .dial import open_socket
 from .frames import close_payload
 from .handshake import Handshake
 from .options import ConnectOptions
@@ -35,12 +33,9 @@ from .wsclient import (
     ABNF,
     App,
     frame_bytes,
-    handshake_subprotocol,
     mark_reader_thread,
     ping_times,
     prepare_socket,
-    replace_socket,
-    socket_of,
     stop_running,
 )
 
@@ -48,12 +43,12 @@ try:  # POSIX: ask the kernel how many bytes wait, without reading them
     import fcntl
     import termios
 
-    def _bytes_waiting(raw: socket.socket) -> int:
+    def _bytes_waiting(raw: BufferedSocket) -> int:
         return struct.unpack("i", fcntl.ioctl(raw.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 except ImportError:  # pragma: no cover - Windows: always wake at once
 
-    def _bytes_waiting(raw: socket.socket) -> int:
+    def _bytes_waiting(raw: BufferedSocket) -> int:
         return 0
 
 log = logging.getLogger("wsbridge")
@@ -93,6 +88,7 @@ class Connection:
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
         self._aborted = threading.Event()
+        self._raw: Optional[BufferedSocket] = None  # the socket upgraded and read: the reader thread's
         self.app = app = App(
             options.url,
             header=[f"{k}: {v}" for k, v in options.headers.items()],
@@ -123,10 +119,10 @@ class Connection:
     def _run(self) -> None:
         mark_reader_thread()
         try:
-            if not uses_proxy(self.url):  # through a proxy websocket-client dials itself
-                deadline = time.monotonic() + self.options.connect_timeout
-                sock = open_socket(self.url, self.options.sslopt, deadline, self._adopt, self._aborted)
-                prepare_socket(self.app, BufferedSocket(sock, self.options.max_message_size, self.handshake))
+            deadline = time.monotonic() + self.options.connect_timeout
+            sock = open_socket(self.url, self.options.sslopt, deadline, self._adopt, self._aborted)
+            self._raw = BufferedSocket(sock, self.options.max_message_size, self.handshake)
+            prepare_socket(self.app, self._raw)
             self.app.run_forever(
                 sslopt=self.options.sslopt,
                 ping_interval=self.options.ping_interval,
@@ -154,9 +150,9 @@ class Connection:
                 log.exception("wsbridge: connection end handler failed")
 
     def _make_reader(self, ping_timeout: Any, disconnect: Callable[[Any], Any]) -> ReadLoop:
-        prepared = self.app.prepared_socket
+        assert self._raw is not None, "run_forever upgrades the socket prepared in _run"
         self.reader = ReadLoop(
-            self.app, self.options.ping_timeout or 10, prepared if isinstance(prepared, BufferedSocket) else None,
+            self.app, self.options.ping_timeout or 10, self._raw,
             self._fast_frame, self._after_run, self._handle_control, self.options.max_message_size, disconnect,
             self.hooks.before_fail,
         )
@@ -170,20 +166,12 @@ class Connection:
             self._sock = sock
 
     def _handle_open(self, app: websocket.WebSocketApp) -> None:
-        raw = socket_of(app)
+        raw = self._raw
         if raw is not None and self.options.io_timeout:
             # Bound every blocking send and every partial-frame read: a peer
             # that stops reading or stalls mid-frame is dead, not slow.
             raw.settimeout(self.options.io_timeout)
-        if raw is not None and not isinstance(raw, BufferedSocket):
-            # Dialled by websocket-client (through a proxy): wrapped now, so the
-            # frames are read by the same reader as any other connection's.
-            raw = BufferedSocket(raw, self.options.max_message_size)
-            replace_socket(app, raw)
-        if self.reader is not None and raw is not None:
-            self.reader.buffered = raw
-        self._raw = raw
-        self.subprotocol = self.handshake.subprotocol if self.handshake.head else handshake_subprotocol(app)
+        self.subprotocol = self.handshake.subprotocol
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self.hooks.on_open(self)
@@ -215,10 +203,10 @@ class Connection:
         raw = self._raw
         if raw is None:
             return False
-        if raw.__class__ is BufferedSocket and raw.frame_buffered():
+        if raw.frame_buffered():
             return True
-        buffered = raw.buffered() if isinstance(raw, BufferedSocket) else 0
-        plain = not isinstance(getattr(raw, "sock", raw), ssl_socket_types)
+        buffered = raw.buffered()
+        plain = not isinstance(raw.sock, ssl_socket_types)
         try:
             if buffered:
                 head = raw.peek(10)

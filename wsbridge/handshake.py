@@ -9,6 +9,12 @@ shows this module the request as it goes out and the response head as it
 comes in, before websocket-client reads a byte of it: `Handshake.check_head`
 bounds it, and `Handshake.check_response` applies RFC 6455 §4.1 exactly.
 
+The status line is read strictly (RFC 9112 §4: ``HTTP/x.y``, a space, exactly
+three ASCII digits, then a space and the reason, or nothing). websocket-client
+reads the status with ``int()``, which also takes ``+302``, ``3_02`` or
+``٣٠٢``: any line the two could read differently is refused, so the status
+websocket-client acts on is always the one checked here.
+
 Redirects are refused: a 3xx answer raises `HandshakeError` naming the target
 (with any secret in it redacted), so no header is ever sent to another origin
 and the client never counts a connection it does not have. Point the client at
@@ -22,7 +28,7 @@ import hashlib
 import re
 from typing import Dict, List, Optional, Tuple, Union
 
-from .errors import HandshakeError
+from .errors import HandshakeError, preview
 from .redact import redact_url
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -39,6 +45,9 @@ PERMANENT_REDIRECTS = frozenset({301, 308})
 backoff, never followed): the server may be between deployments."""
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_STATUS_LINE = re.compile(r"HTTP/[0-9]\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+"""RFC 9112 §4 (the head is decoded as latin-1; ``[0-9]``, unlike ``\\d``, is ASCII only).
+The space before an empty reason may be missing: websocket-client strips it anyway."""
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 
 
@@ -68,25 +77,28 @@ def _fields(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
     return lines[0].decode("latin-1"), fields
 
 
+def parse_status(line: str, what: str) -> int:
+    """The status code of an HTTP response's status line (``what``: whose, for the
+    error); `HandshakeError` for anything but the strict form of RFC 9112 §4."""
+    found = _STATUS_LINE.fullmatch(line)
+    if found is None:
+        raise HandshakeError(f"{what} has a malformed status line: {preview(line, 80)}")
+    return int(found.group(1))
+
+
 def _tokens(values: List[str]) -> List[str]:
     return [token.strip() for value in values for token in value.split(",") if token.strip()]
 
 
-class Handshake:
-    """One upgrade: the request sent and the response head received.
+class HttpHead:
+    """Finds where an HTTP response head ends as it arrives, within `MAX_LINE`
+    and `MAX_HEAD`. ``what`` names the response in errors. Owned by the thread
+    that reads the response."""
 
-    Owned by the reader thread that dials; read by others only after the
-    connection opened (``subprotocol``)."""
+    __slots__ = ("what", "_line")
 
-    __slots__ = ("request", "head", "subprotocol", "_line")
-
-    def __init__(self) -> None:
-        self.request = b""
-        """The upgrade request as sent (set by the socket on the first send)."""
-        self.head: Optional[bytes] = None
-        """The response head, once whole and checked."""
-        self.subprotocol: Optional[str] = None
-        """The subprotocol the server chose (None: none)."""
+    def __init__(self, what: str) -> None:
+        self.what = what
         self._line = 0  # where the first line of the head not yet checked starts
 
     def head_end(self, data: Union[bytes, bytearray]) -> int:
@@ -100,27 +112,44 @@ class Handshake:
         while start < scan_to:
             stop = data.find(b"\n", start, scan_to)
             if (stop if stop >= 0 else scan_to) - start > MAX_LINE:
-                raise HandshakeError(
-                    f"a header line of the server's upgrade response exceeds {MAX_LINE} bytes: {data[start : start + 60]!r}..."
-                )
+                raise HandshakeError(f"a header line of {self.what} exceeds {MAX_LINE} bytes: {data[start : start + 60]!r}...")
             if stop < 0:
                 break
             start = stop + 1
         self._line = start
         if (len(data) if end < 0 else end) > MAX_HEAD:
-            raise HandshakeError(f"the server's upgrade response head exceeds {MAX_HEAD} bytes")
+            raise HandshakeError(f"the head of {self.what} exceeds {MAX_HEAD} bytes")
         return end
+
+
+class Handshake(HttpHead):
+    """One upgrade: the request sent and the response head received.
+
+    Owned by the reader thread that dials; read by others only after the
+    connection opened (``subprotocol``). Its ``repr`` is the default one, on
+    purpose: the request holds the headers (``Authorization``)."""
+
+    __slots__ = ("request", "head", "subprotocol")
+
+    def __init__(self) -> None:
+        super().__init__("the server's upgrade response")
+        self.request = b""
+        """The upgrade request as sent (set by the socket on the first send)."""
+        self.head: Optional[bytes] = None
+        """The response head, once whole and checked."""
+        self.subprotocol: Optional[str] = None
+        """The subprotocol the server chose (None: none)."""
 
     def check_response(self, head: bytes) -> bytes:
         """Check a whole response head against the request (RFC 6455 §4.1);
         return it with folded lines unfolded (websocket-client refuses obs-fold).
 
-        A non-101 status other than a redirect is left to websocket-client,
-        which reports it with its status code."""
+        A status line that is not strictly RFC 9112's is refused. A non-101
+        status other than a redirect is left to websocket-client, which
+        reports it with its status code (the same number: see `parse_status`)."""
         head = _FOLD.sub(b" ", head)
         status_line, fields = _fields(head)
-        parts = status_line.split(" ", 2)
-        status = int(parts[1]) if len(parts) >= 2 and parts[1].isascii() and parts[1].isdigit() else 0
+        status = parse_status(status_line, self.what)
         if status in REDIRECTS:
             target = fields.get("location", [""])[0]
             where = repr(redact_url(target)) if target else "nowhere (no Location header)"

@@ -55,7 +55,7 @@ class ReadLoop:
         self,
         app: Any,
         ping_timeout: Optional[float],
-        sock: Optional[BufferedSocket],
+        sock: BufferedSocket,
         deliver: Callable[[bytes, int], Any],
         after_run: Callable[[bool], Any],
         on_control: Callable[[], Any],
@@ -65,8 +65,8 @@ class ReadLoop:
     ) -> None:
         self.app = app
         self.ping_timeout = ping_timeout
-        self.buffered: Optional[BufferedSocket] = sock
-        """The socket, wrapped; set later when websocket-client dialled it itself (through a proxy)."""
+        self.buffered = sock
+        """The connection's socket (dialled by wsbridge, proxied or not)."""
         self.deliver = deliver
         """``deliver(payload, opcode)``: where whole messages go (websocket-client's on_data, in effect)."""
         self.after_run = after_run
@@ -90,7 +90,6 @@ class ReadLoop:
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
         buffered = self.buffered
-        assert buffered is not None, "the connection wraps its socket on open"
         pending = buffered.pending
         fast = self.take_data_frames
         frame = self.read_frame
@@ -118,7 +117,6 @@ class ReadLoop:
         """Read one frame, however it lies in the buffer and the kernel, and act
         on it; False once the connection has ended (a close frame)."""
         sock = self.buffered
-        assert sock is not None
         head = sock.read_exact(2)
         first, second = head[0], head[1]
         check_header(first, second)
@@ -176,7 +174,7 @@ class ReadLoop:
         self.close_sent = True  # the peer's answer is not to be echoed
         ws = self.app.sock
         sock = self.buffered
-        if ws is None or sock is None:
+        if ws is None:
             return False
         close_frame_sent(ws)  # websocket-client's teardown then sends no close of its own
         data = frame_bytes(ws, payload, ABNF.OPCODE_CLOSE)
@@ -197,7 +195,6 @@ class ReadLoop:
         if self.assembler.opcode:
             return 0  # inside a fragmented message
         sock = self.buffered
-        assert sock is not None
         buf, pos = sock._buf, sock._pos
         end = len(buf)
         deliver = self.deliver

@@ -11,8 +11,10 @@ fails loudly in the tests rather than quietly in production.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import re
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple, Union
@@ -25,8 +27,7 @@ from websocket._url import get_proxy_info, parse_url
 
 __all__ = [
     "ABNF", "App", "CONTRACT", "get_proxy_info", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
-    "close_frame_sent", "frame_bytes", "handshake_subprotocol", "ping_times", "pong_received",
-    "replace_socket", "socket_of", "stop_running",
+    "close_frame_sent", "frame_bytes", "ping_times", "pong_received", "stop_running",
 ]
 
 
@@ -53,7 +54,8 @@ def mark_reader_thread() -> None:
 
 
 class App(WebSocketApp):
-    """A `WebSocketApp` whose read loop ("dispatcher") is made by ``make_reader``.
+    """A `WebSocketApp` whose read loop ("dispatcher") is made by ``make_reader``,
+    and whose `websocket.WebSocket` never follows a redirect.
 
     ``make_reader(ping_timeout, disconnect)`` returns the loop object;
     ``disconnect`` is websocket-client's own end of a connection
@@ -61,6 +63,22 @@ class App(WebSocketApp):
     a close frame as an `ABNF`)."""
 
     make_reader: Optional[Callable[[Any, Callable[[Any], Any]], Any]] = None
+    _ws: Optional[websocket.WebSocket] = None
+
+    @property
+    def sock(self) -> Optional[websocket.WebSocket]:
+        """websocket-client's `WebSocket` for the connection (None before and after one)."""
+        return self._ws
+
+    @sock.setter
+    def sock(self, ws: Optional[websocket.WebSocket]) -> None:
+        # run_forever makes the WebSocket, sets it here, then connects it. On a redirect,
+        # websocket-client would dial the new origin itself and send it every header: its
+        # connect is given redirect_limit=0, so it fails instead. (The upgrade check
+        # refuses redirects first: this holds whatever websocket-client reads.)
+        if ws is not None:
+            ws.connect = functools.partial(ws.connect, redirect_limit=0)  # type: ignore[method-assign]
+        self._ws = ws
 
     def create_dispatcher(
         self, ping_timeout: Any, dispatcher: Any = None, is_ssl: bool = False, handleDisconnect: Any = None
@@ -72,23 +90,6 @@ class App(WebSocketApp):
 def prepare_socket(app: WebSocketApp, sock: Any) -> None:
     """Give the app a socket of ours (connected; a `BufferedSocket`) to upgrade and run on."""
     app.prepared_socket = sock
-
-
-def socket_of(app: WebSocketApp) -> Any:
-    """The socket under the app's `websocket.WebSocket` (None before the upgrade and after teardown)."""
-    ws = app.sock
-    return ws.sock if ws is not None else None
-
-
-def replace_socket(app: WebSocketApp, sock: Any) -> None:
-    """Have the app read and write through ``sock`` (a wrapper of its own socket)."""
-    assert app.sock is not None
-    app.sock.sock = sock
-
-
-def handshake_subprotocol(app: WebSocketApp) -> Optional[str]:
-    response = app.sock.handshake_response if app.sock is not None else None
-    return getattr(response, "subprotocol", None)
 
 
 def stop_running(app: WebSocketApp) -> None:
@@ -134,6 +135,10 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: "create_dispatcher(" in _RUN_FOREVER),
     ("WebSocketApp.prepared_socket, used by run_forever as the socket to upgrade",
      lambda: hasattr(_app(), "prepared_socket") and "socket=self.prepared_socket" in _RUN_FOREVER),
+    ("WebSocketApp.run_forever sets self.sock to a new WebSocket, then calls self.sock.connect",
+     lambda: re.search(r"self\.sock = WebSocket\((.|\n)*self\.sock\.connect\(", _RUN_FOREVER) is not None),
+    ("WebSocket.connect(url, redirect_limit=0) follows no redirect (tests/test_wsclient_contract.py runs it)",
+     lambda: 'options.pop("redirect_limit", 3)' in inspect.getsource(websocket.WebSocket.connect)),
     ("WebSocketApp.keep_running, last_ping_tm, last_pong_tm",
      lambda: all(hasattr(_app(), a) for a in ("keep_running", "last_ping_tm", "last_pong_tm"))),
     ("WebSocket.sock, connected, lock, get_mask_key, handshake_response",
