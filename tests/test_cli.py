@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 import wsbridge
-from wsbridge.testing import Server
+from wsbridge.testing import RawServer, Server
 
 from conftest import Lines
 
@@ -177,8 +177,30 @@ def test_a_bad_url_scheme_is_a_usage_error():
 
 
 def test_a_bad_header_is_a_usage_error():
-    result = run("listen", "ws://127.0.0.1:1/", "--header", "no colon here")
+    result = run("listen", "ws://127.0.0.1:1/", "--header", "Bearer s3cr3t")
     assert result.returncode == 2 and "--header wants 'NAME: VALUE'" in result.stderr
+    assert "s3cr3t" not in result.stderr  # a token passed without its name is not echoed
+
+
+@pytest.mark.parametrize("value", ["Bearer s3cr3t\r\nCookie: admin=1", "Bearer s3cr3t\nX-Admin: 1", "Bearer s3cr3t\rX-Admin: 1"],
+                         ids=["crlf", "lf", "cr"])
+def test_a_header_that_would_inject_others_is_a_usage_error_and_nothing_is_sent(value):
+    with RawServer() as server:
+        result = run("listen", server.url, "--max", "1", "--timeout", "10", "--header", f"Authorization: {value}")
+        assert server.accepted == 0
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wsbridge: the value of header 'Authorization'"), result.stderr
+    assert "s3cr3t" not in result.stderr
+
+
+def test_bridge_refuses_such_a_header_before_it_starts():
+    """The bridge makes its client only once it holds the lease: the header is checked first."""
+    pytest.importorskip("redis")
+    result = run("bridge", "ws://127.0.0.1:1/", "--redis", "redis://127.0.0.1:1/0", "--feed", "f",
+                 "--header", "Authorization: Bearer s3cr3t\r\nCookie: admin=1", timeout=30)
+    assert result.returncode == 2 and "the value of header 'Authorization'" in result.stderr, result.stderr
+    assert "s3cr3t" not in result.stderr
 
 
 def test_too_few_messages_before_the_timeout_is_a_failure():

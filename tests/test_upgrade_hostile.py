@@ -1,5 +1,7 @@
-"""The upgrade against a hostile server (issue 20, points 1, 2 and 11): status lines that
-``int()`` reads differently, an environment proxy, and a proxy that never answers CONNECT.
+"""The upgrade against a hostile server and a careless caller (issue 20, points 1-4 and 11):
+status lines that ``int()`` reads differently, an environment proxy, secrets in reprs,
+header injection (the command line's side is in test_cli.py), and a proxy that never
+answers CONNECT.
 
 Every server here is built for the test on raw sockets (`RawServer`, `ConnectProxy`), on
 127.0.0.1. A second `RawServer` plays "the other origin" a redirect points at: it must
@@ -23,6 +25,16 @@ from conftest import wait_until
 
 SECRETS = ("s3cr3t-bearer", "c00kie-value", "pa55word-in-url", "tok3n-in-query", "x-key-value", "k3y-password")
 HEADERS = {"Authorization": f"Bearer {SECRETS[0]}", "Cookie": f"session={SECRETS[1]}", "X-Tenant": SECRETS[4]}
+
+
+def secret_url(url: str) -> str:
+    """``url`` (``ws://127.0.0.1:PORT/``) with a password and a token in it."""
+    return url.replace("ws://", f"ws://user:{SECRETS[2]}@") + f"feed?token={SECRETS[3]}&room=lobby"
+
+
+def assert_clean(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"{secret!r} leaked into: {text[:400]}"
 
 
 @pytest.fixture
@@ -187,6 +199,79 @@ def test_a_proxy_that_refuses_connect_is_retried_not_followed(make_client, colle
         with pytest.raises(wsbridge.ConnectError, match=r"refused CONNECT localhost:9 \(HTTP 403\)"):
             client.wait_connected(timeout=15)
         assert len(proxy.requests) == 2  # retried: a proxy's refusal may heal
+
+
+# -- 3. no repr shows a secret --------------------------------------------------------------------------
+
+
+def test_no_repr_shows_a_secret(make_client, tmp_path):
+    key_file = tmp_path / "key.pem"
+    key_file.write_text("not read")
+    with RawServer() as server:
+        client = make_client(secret_url(server.url), headers=HEADERS, sslopt={"password": SECRETS[5]})
+        client.start().wait_connected(timeout=10)
+        conn = client._supervisor.conn
+        assert conn is not None and SECRETS[0].encode() in conn.handshake.request  # they were sent, and are held
+        objects = [client, client.options, conn, conn.handshake, conn.app, conn.app.sock, conn.options]
+        texts = [repr(o) for o in objects] + [str(o) for o in objects]
+    assert "user:***@" in repr(client.options) and "'Authorization': '***'" in repr(client.options)
+    for text in texts:
+        assert_clean(text)
+
+
+def test_no_repr_of_the_redis_wing_or_the_command_line_shows_a_secret():
+    pytest.importorskip("redis")
+    from wsbridge.bridge import Bridge
+    from wsbridge.cli import Arguments, build_parser
+    from wsbridge.consumer import StreamConsumer
+    from wsbridge.lease import Lease
+    from wsbridge.redis_conn import connect
+    from wsbridge.redis_store import RedisStreamStore
+
+    redis_url = f"redis://user:{SECRETS[2]}@127.0.0.1:1/0?password={SECRETS[3]}"
+    ws_url = f"ws://user:{SECRETS[2]}@127.0.0.1:1/feed?token={SECRETS[3]}"
+    objects = [
+        connect(redis_url), RedisStreamStore(redis_url, feed="f"), StreamConsumer(redis_url, "f", "g", "n"),
+        Lease(redis_url, "k"), Bridge(ws_url, redis_url, feed="f", headers=HEADERS),
+        build_parser().parse_args(["listen", ws_url, "--header", f"Authorization: {HEADERS['Authorization']}",
+                                   "--header", SECRETS[4]], namespace=Arguments()),
+        build_parser().parse_args(["bridge", ws_url, "--redis", redis_url, "--feed", "f"], namespace=Arguments()),
+    ]
+    for o in objects:
+        assert_clean(repr(o))
+
+
+# -- 4. a header that would inject others is refused, and nothing is sent -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {SECRETS[0]}\r\nCookie: admin=1"},
+        {"Authorization": f"Bearer {SECRETS[0]}\nCookie: admin=1"},
+        {"Authorization": f"Bearer {SECRETS[0]}\rCookie: admin=1"},
+        {"Authorization": f"Bearer \x00{SECRETS[0]}"},
+        {"X-Trace": "a\x1bb"},
+        {f"Authorization: Bearer {SECRETS[0]}": ""},
+        {"X-Evil\r\nCookie": "admin=1"},
+        {"Bad Name": "x"},
+        {"": "x"},
+    ],
+    ids=["crlf", "lf", "cr", "nul", "escape", "colon-in-name", "crlf-in-name", "space-in-name", "empty-name"],
+)
+def test_a_header_that_is_not_one_header_line_is_refused_at_construction(headers):
+    with RawServer() as server:
+        with pytest.raises(ValueError, match="header") as raised:
+            wsbridge.Client(server.url, headers=headers)
+        assert server.accepted == 0
+    assert_clean(str(raised.value))
+
+
+def test_tabs_and_non_ascii_in_a_header_value_are_sent(make_client):
+    with RawServer() as server:
+        client = make_client(server.url, headers={"X-Note": "a\tb é"})
+        client.start().wait_connected(timeout=10)
+        assert b"\r\nX-Note: a\tb \xc3\xa9\r\n" in server.requests[0]
 
 
 # -- 11. a proxy that never answers CONNECT: bounded by connect_timeout, ended by stop() -------------------

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from .redact import redact_url
+from .redact import MASK, redact_headers, redact_url
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ConnectOptions:
-    """What every connection of a client is made with."""
+    """What every connection of a client is made with. Its ``repr`` masks the
+    secrets (reprs reach logs, and tracebacks that show local variables)."""
 
     url: str
     headers: Dict[str, str]
@@ -37,10 +38,45 @@ class ConnectOptions:
         bounds = [t / 4 for t in (self.ping_timeout, self.idle_timeout) if t]
         return min([0.25, *bounds])
 
+    def __repr__(self) -> str:
+        """The URL's password and secret-looking query values, every header value
+        (any header may carry a credential) and secret-looking ``sslopt`` values masked."""
+        shown = dict(vars(self), url=redact_url(self.url), headers=dict.fromkeys(self.headers, MASK),
+                     sslopt=redact_headers(self.sslopt) if self.sslopt else self.sslopt)
+        return f"ConnectOptions({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
     def __post_init__(self) -> None:
         check_options(self.url, self.ping_interval, self.ping_timeout, self.idle_timeout, self.max_message_size,
                       self.connect_timeout, self.close_timeout)
         check_tls_files(self.sslopt)
+        check_headers(self.headers)
+
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""What a header name is made of (RFC 9110 §5.1: a token)."""
+
+
+def check_headers(headers: Dict[str, str]) -> None:
+    """`ValueError` for a header that would not be one header line: a name that is not
+    a token, or a value holding a control character (RFC 9110 §5.5: CR or LF would
+    end the line and start another, injecting headers; NUL and the rest are refused
+    too, as by http.client). The message names the header, never its value."""
+    for name, value in headers.items():
+        text = str(name)
+        if not text:
+            raise ValueError("a header name cannot be empty")
+        bad = next((i for i, c in enumerate(text) if c not in _TCHAR), None)
+        if bad is not None:  # what follows the bad character is not shown: it may be a value
+            raise ValueError(
+                f"header name {text[:bad]!r}...: {text[bad]!r} at position {bad} is not allowed in a name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        bad = next((i for i, c in enumerate(str(value)) if (c < " " and c != "\t") or c == "\x7f"), None)
+        if bad is not None:
+            raise ValueError(
+                f"the value of header {name!r} holds {str(value)[bad]!r} at position {bad}: control characters are "
+                "refused (a CR or LF would end the header line and start another)"
+            )
 
 
 TLS_FILES = ("ca_certs", "certfile", "keyfile", "ca_cert_path")

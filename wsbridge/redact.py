@@ -37,5 +37,6 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 
 
 def redact_headers(headers: dict) -> dict:
-    """A copy of ``headers`` with credential-bearing values masked."""
+    """A copy of ``headers`` (or of any mapping of names: ``sslopt``) with the
+    values of credential-bearing names masked."""
     return {k: (MASK if k.lower() in SECRET_HEADERS or _SECRET_KEY.search(k) else v) for k, v in headers.items()}

@@ -8,10 +8,11 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..redact import MASK, redact_url
 from . import bridge, consume, history, listen, send, serve
 from .common import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, positive_float, positive_int
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
+__all__ = ["main", "build_parser", "Arguments", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
 DESCRIPTION = """\
 Live WebSocket data from the command line, on wsbridge's client: reconnects with
@@ -31,6 +32,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tally = run_demo(lambda line: print(line, flush=True), burst=args.burst, seconds=args.seconds, live=live)
     ok = tally["ended"] and tally["lost"] == 0 and tally["in_order"]
     return EXIT_OK if ok else EXIT_FAILURE
+
+
+class Arguments(argparse.Namespace):
+    """The parsed command line. Its ``repr`` masks what may be secret (a URL's
+    password and tokens, every ``--header`` value): tracebacks that show local
+    variables print it."""
+
+    def __repr__(self) -> str:
+        shown = {
+            name: [f"{h.partition(':')[0]}: {MASK}" if ":" in h else MASK for h in value] if name == "header"
+            else redact_url(value) if isinstance(value, str) and "://" in value else value
+            for name, value in vars(self).items() if name != "func"
+        }
+        return f"Arguments({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=Arguments())
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -22,6 +22,7 @@ from ..client import Client
 from ..codec import CODECS, JsonCodec, codec_by_name
 from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
 from ..message import Message
+from ..options import check_headers
 from ..redact import redact_url
 from ..store import check_store_path as check_path
 
@@ -79,12 +80,19 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_headers(values: List[str]) -> Dict[str, str]:
+    """The ``--header`` values as a dict, checked as the library checks them (so that
+    a command that makes its client later, ``bridge``, refuses them up front too)."""
     headers: Dict[str, str] = {}
     for value in values:
         name, sep, text = value.partition(":")
         if not sep or not name.strip():
-            raise CliError(f"--header wants 'NAME: VALUE', not {preview(value, 40)}", EXIT_USAGE)
+            raise CliError("--header wants 'NAME: VALUE': one has no name before a ':' (not shown: it may be a secret)",
+                           EXIT_USAGE)
         headers[name.strip()] = text.strip()
+    try:
+        check_headers(headers)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return headers
 
 
