@@ -154,7 +154,7 @@ class Client(Subscribable, Pulling):
         self._supervisor = Supervisor(
             self.options, self.policy, lifecycle=self._lifecycle, signals=self.signals, emit=self._emit,
             report=self._reporter.report, sender=self._sender, dispatcher=self._dispatcher, delivery=self._delivery,
-            intake=self._intake, store=store, on_give_up=self._pull.close, name=self.name,
+            intake=self._intake, store=store, name=self.name,
         )
 
     # -- options, for code that read them as attributes ------------------------------------

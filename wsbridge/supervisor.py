@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import websocket
 
 from .connection import Connection, Hooks
-from .delivery import EXPIRE, Barrier, Delivery, Stored
+from .delivery import END, EXPIRE, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
 from .errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
 from .intake import Intake
@@ -66,7 +66,6 @@ class Supervisor:
         delivery: Delivery,
         intake: Intake,
         store: Optional[Store],
-        on_give_up: Callable[[], None],
         name: str,
     ) -> None:
         self.options = options
@@ -80,7 +79,6 @@ class Supervisor:
         self.delivery = delivery
         self.intake = intake
         self.store = store
-        self._on_give_up = on_give_up
         self.name = name
         self.conn: Optional[Connection] = None
         self.stopping = threading.Event()
@@ -274,4 +272,5 @@ class Supervisor:
         self.gave_up_error = error
         self.lifecycle.set(State.GAVE_UP, cause or error)
         self._emit(self.signals.gave_up, error=error)
-        self._on_give_up()
+        # The pull buffer closes on the dispatcher thread, behind the messages still queued.
+        self.dispatcher.put_control(END)
