@@ -8,14 +8,18 @@ bounded, and a test that could hang has its own watchdog.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from typing import Any, Callable, Dict
 
 import pytest
 
 import wsbridge
 from wsbridge import RawCodec
 from wsbridge.testing.raw import CLOSE, RawServer, frame, read_close
+
+from conftest import wait_until
 
 HOLD = 20.0  # how long a test lets a stuck thread stay stuck before it fails
 
@@ -40,3 +44,87 @@ def test_messages_queued_at_give_up_all_reach_the_pull_api(make_client, raw_serv
     got = [msg.payload for msg in client.messages(timeout=HOLD)]  # ends when the client gave up and all are taken
     assert got == [str(i) for i in range(count)]
     assert client.state == "gave_up"
+
+
+def json_frame(mtype: str, **fields: object) -> bytes:
+    return frame(json.dumps({"type": mtype, **fields}).encode())
+
+
+class Taker:
+    """``call()`` on a thread of its own; its result or its error, once it returned."""
+
+    def __init__(self, call: Callable[[], wsbridge.Message]) -> None:
+        self.result: Dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(call,), name="test-taker", daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[], wsbridge.Message]) -> None:
+        try:
+            self.result["message"] = call()
+        except Exception as exc:
+            self.result["error"] = exc
+
+    def join(self) -> Dict[str, Any]:
+        self._thread.join(HOLD + 10)
+        assert not self._thread.is_alive(), "the take never returned"
+        return self.result
+
+
+@pytest.mark.timeout(60)
+def test_a_waiting_take_gets_its_message_before_drop_oldest_trims(make_client, raw_server):
+    """9: one burst brings the awaited message and more than pull_buffer others."""
+    client = make_client(raw_server.url, pull_buffer=10)
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()
+    conn.sendall(json_frame("ack", n=0))
+    wait_until(lambda: client.stats.pull_buffered == 1, what="the first ack buffered")
+    scanned = threading.Event()
+
+    def second(msg: wsbridge.Message) -> bool:
+        scanned.set()  # called on the buffered ack under the buffer's lock: the take is about to wait
+        return msg.payload["n"] == 1
+
+    taker = Taker(lambda: client.wait_for("ack", second, timeout=10))
+    assert scanned.wait(HOLD)
+    conn.sendall(json_frame("ack", n=1) + b"".join(json_frame("tick", n=i) for i in range(20)))
+    result = taker.join()
+    assert "error" not in result, result
+    assert result["message"].payload == {"type": "ack", "n": 1}
+    wait_until(lambda: client.stats.pull_dropped == 11, what="the trim")  # 21 buffered, 10 kept
+    assert [m.payload["n"] for m in client.messages(timeout=0.2)] == list(range(10, 20))
+
+
+@pytest.mark.timeout(60)
+def test_block_hands_the_awaited_message_past_a_full_buffer(make_client, raw_server):
+    """10: the buffer is full of what the take leaves; the awaited message still reaches it."""
+    client = make_client(raw_server.url, pull_buffer=5, pull_overflow="block")
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()
+    conn.sendall(b"".join(json_frame("tick", n=i) for i in range(5)))
+    wait_until(lambda: client.stats.pull_buffered == 5, what="a full pull buffer")
+    taker = Taker(lambda: client.wait_for("ack", timeout=10))
+    conn.sendall(json_frame("ack", n=0) + json_frame("tick", n=5))
+    result = taker.join()
+    assert "error" not in result, result
+    assert result["message"].type == "ack"
+    assert [client.recv(timeout=10).payload["n"] for _ in range(6)] == list(range(6))  # lossless, in order
+
+
+@pytest.mark.timeout(60)
+def test_block_fails_a_filtered_take_starved_by_what_it_leaves_instead_of_stalling(make_client, raw_server):
+    """10: what the take leaves fills the buffer before its message comes: the stream waits
+    for room, so the take fails at once with a clear error; nothing is lost."""
+    client = make_client(raw_server.url, pull_buffer=5, pull_overflow="block")
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()
+    taker = Taker(lambda: client.wait_for("ack", timeout=HOLD))
+    conn.sendall(b"".join(json_frame("tick", n=i) for i in range(10)) + json_frame("ack", n=0))
+    result = taker.join()
+    error = result.get("error")
+    assert isinstance(error, wsbridge.UsageError) and "pull_overflow='block'" in str(error), result
+    got = [client.recv(timeout=10) for _ in range(11)]
+    assert [m.type for m in got] == ["tick"] * 10 + ["ack"]
+    with pytest.raises(wsbridge.UsageError):  # starved again: the buffer is full of ticks
+        conn.sendall(b"".join(json_frame("tick", n=i) for i in range(6)) + json_frame("ack", n=1))
+        client.wait_for("ack", timeout=HOLD)
+    assert [m.type for m in client.messages(timeout=1)] == ["tick"] * 6 + ["ack"]
