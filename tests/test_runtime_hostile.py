@@ -8,16 +8,18 @@ bounded, and a test that could hang has its own watchdog.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import pytest
 
 import wsbridge
 from wsbridge import RawCodec
-from wsbridge.testing.raw import CLOSE, RawServer, frame, read_close
+from wsbridge.testing.raw import BINARY, CLOSE, TEXT, RawServer, frame, read_close, read_frame
 
 from conftest import wait_until
 
@@ -128,3 +130,34 @@ def test_block_fails_a_filtered_take_starved_by_what_it_leaves_instead_of_stalli
         conn.sendall(b"".join(json_frame("tick", n=i) for i in range(6)) + json_frame("ack", n=1))
         client.wait_for("ack", timeout=HOLD)
     assert [m.type for m in client.messages(timeout=1)] == ["tick"] * 6 + ["ack"]
+
+
+def kept_frames(path: str) -> List[Any]:
+    """The send buffer a store keeps on disk, read beside the client that writes it."""
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+        return [row[0] for row in db.execute("SELECT data FROM outbox ORDER BY key")]
+
+
+@pytest.mark.timeout(60)
+def test_a_send_before_start_is_kept_in_the_store_once_it_opens(make_client, free_port, tmp_path, collector):
+    """16: no spurious "store not open" error, and the frame is on disk until it is sent."""
+    path = str(tmp_path / "feed.db")
+    client = make_client(f"ws://127.0.0.1:{free_port}/", codec=RawCodec(), store=wsbridge.SQLiteStore(path))
+    errors = collector()
+    client.signals.error.connect(errors)
+    client.send("early")
+    client.send(b"early bytes")
+    assert client.stats.store_errors == 0
+    client.start()
+    wait_until(lambda: client.stats.connect_attempts >= 1, what="a connection attempt (the store is open by then)")
+    assert kept_frames(path) == ["early", b"early bytes"]
+    client.send("later")
+    assert kept_frames(path) == ["early", b"early bytes", "later"]
+    assert client.stop(timeout=5)
+    assert not errors.items and client.stats.store_errors == 0
+    with RawServer() as server:  # the next client with the store sends them, in order
+        again = make_client(server.url, codec=RawCodec(), store=wsbridge.SQLiteStore(path))
+        again.start().wait_connected(timeout=10)
+        conn = server.wait_connection()
+        assert [read_frame(conn) for _ in range(3)] == [(TEXT, b"early"), (BINARY, b"early bytes"), (TEXT, b"later")]
+        wait_until(lambda: kept_frames(path) == [], what="the sent frames forgotten by the store")

@@ -146,7 +146,7 @@ class Client(Subscribable, Pulling):
         )
         builder: Optional[ResumeBuilder] = self._default_resume if resume is True else (resume or None)
         self._sender = Sender(
-            self.codec, Outbox(outbox_size, outbox_overflow), store=store, resume=builder, closed=self._closed_why,
+            self.codec, Outbox(outbox_size, outbox_overflow), resume=builder, closed=self._closed_why,
             report=self._reporter.report, emit_dropped=lambda n: self._emit(self.signals.dropped, what="outbox", count=n),
             outbox_timeout=outbox_timeout, name=self.name,
         )
@@ -261,8 +261,8 @@ class Client(Subscribable, Pulling):
         self._delivery.positions = dict(positions)
         self._supervisor.replay_pending = True
         kept = store.outbox_items()
+        self._sender.keep_in(store, kept)  # with the frames sent before start, kept from now on
         if kept:
-            self._sender.restore(kept)
             log.info("%s: %d unsent message(s) from an earlier run wait in the send buffer", self.name, len(kept))
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":

@@ -64,7 +64,6 @@ class Sender:
         codec: Codec,
         outbox: Outbox,
         *,
-        store: Optional[Store],
         resume: Optional[ResumeBuilder],
         closed: Callable[[], Optional[str]],
         report: Callable[..., None],
@@ -74,7 +73,8 @@ class Sender:
     ) -> None:
         self.codec = codec
         self.outbox = outbox
-        self.store = store
+        self.store: Optional[Store] = None
+        """Where queued frames are kept, once it is open (see `keep_in`)."""
         self.resume = resume
         self._closed = closed  # why nothing can be sent (None: it can)
         self._report = report
@@ -192,10 +192,16 @@ class Sender:
         with self.cond:
             return [(q.data, q.binary) for q in self.outbox.items()]
 
-    def restore(self, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
-        """Frames kept in the store by an earlier run go first."""
+    def keep_in(self, store: Store, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
+        """The store is open (at start): the frames ``kept`` in it by an earlier run go
+        first; the frames queued before it opened are kept in it now, in order, and
+        every frame queued from now on."""
         with self.cond:
-            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept])
+            self.store = store
+            early = self.outbox.clear()
+            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept] + [
+                q._replace(key=self._keep(store.outbox_add, q.data, q.binary)) for q in early
+            ])
 
     def wait_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until the buffer is empty (every frame handed to
