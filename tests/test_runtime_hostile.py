@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List
@@ -21,7 +23,7 @@ import wsbridge
 from wsbridge import RawCodec
 from wsbridge.testing.raw import BINARY, CLOSE, TEXT, RawServer, frame, read_close, read_frame
 
-from conftest import wait_until
+from conftest import Lines, wait_until
 
 HOLD = 20.0  # how long a test lets a stuck thread stay stuck before it fails
 
@@ -161,3 +163,41 @@ def test_a_send_before_start_is_kept_in_the_store_once_it_opens(make_client, fre
         conn = server.wait_connection()
         assert [read_frame(conn) for _ in range(3)] == [(TEXT, b"early"), (BINARY, b"early bytes"), (TEXT, b"later")]
         wait_until(lambda: kept_frames(path) == [], what="the sent frames forgotten by the store")
+
+
+EXIT_DEADLINE = 2.0  # wsbridge.registry.EXIT_TIMEOUT
+
+BUSY_AT_EXIT = """
+import threading
+import wsbridge
+from wsbridge.testing.raw import RawServer, frame
+
+server = RawServer()
+entered, never = threading.Semaphore(0), threading.Event()
+
+def busy(msg):
+    entered.release()
+    never.wait()  # a subscriber that never returns
+
+for i in range(5):
+    client = wsbridge.Client(server.url, codec=wsbridge.RawCodec(), name=f"busy-{i}")
+    client.on_any(busy)
+    client.start().wait_connected(timeout=10)
+    server.wait_connections(i + 1).sendall(frame(b"x"))
+print("ready", all(entered.acquire(timeout=10) for _ in range(5)), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_interpreter_exit_stops_busy_clients_within_one_shared_deadline():
+    """13: five clients whose subscribers never return: the exit gives them one deadline
+    together (2 s), not 2 s each."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_AT_EXIT], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = Lines(proc.stdout)
+        assert lines.next("ready", timeout=HOLD) == "ready True"
+        proc.wait(timeout=EXIT_DEADLINE + 4)  # was 5 x 2 s: TimeoutExpired
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert proc.returncode == 0

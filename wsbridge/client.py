@@ -300,13 +300,25 @@ class Client(Subscribable, Pulling):
         if os.getpid() != self._pid:
             return True  # inherited through fork(): nothing here belongs to this process
         deadline = time.monotonic() + timeout
+        return self._await_stop(self._ask_stop(deadline), deadline)
+
+    def _ask_stop(self, deadline: float) -> State:
+        """The first half of `stop`: ask every thread to end by ``deadline``, waiting for
+        none (`stop_all` asks all its clients first, so they end side by side); returns
+        the state before."""
         before = self._lifecycle.stop()
-        supervisor, dispatcher = self._supervisor, self._dispatcher
+        supervisor = self._supervisor
         supervisor.stop_deadline = deadline
         supervisor.stopping.set()
         supervisor.wakeup.set()
         self._sender.close()  # cuts a write stuck on a peer that does not read
-        dispatcher.release_reader()
+        self._dispatcher.release_reader()
+        return before
+
+    def _await_stop(self, before: State, deadline: float) -> bool:
+        """The second half of `stop`: wait until ``deadline`` for the threads to end
+        (the dispatcher delivers what it can meanwhile); True when all did."""
+        supervisor, dispatcher = self._supervisor, self._dispatcher
         me = threading.current_thread()
         if before is not State.NEW:
             if supervisor.thread.is_alive() and supervisor.thread is not me:
@@ -323,7 +335,7 @@ class Client(Subscribable, Pulling):
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
-            log.warning("%s: threads still running %.1f s after stop(): %s", self.name, timeout, ", ".join(alive))
+            log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
         return not alive
 
     def _dispatcher_exit(self) -> None:
