@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -23,7 +24,7 @@ import wsbridge
 from wsbridge import RawCodec
 from wsbridge.testing.raw import BINARY, CLOSE, TEXT, RawServer, frame, read_close, read_frame
 
-from conftest import Lines, wait_until
+from conftest import Lines, unread, wait_until
 
 HOLD = 20.0  # how long a test lets a stuck thread stay stuck before it fails
 
@@ -201,3 +202,104 @@ def test_interpreter_exit_stops_busy_clients_within_one_shared_deadline():
         proc.kill()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def read_big_frame(conn: socket.socket, timeout: float = HOLD) -> Tuple[int, int, bytes]:
+    """One (large) frame the client sent: ``(opcode, length, its first 16 bytes unmasked)``;
+    the rest is read and dropped (unmasking megabytes in Python would take seconds)."""
+    conn.settimeout(timeout)
+
+    def exact(n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            chunk = conn.recv(min(n - len(data), 1 << 20))
+            if not chunk:
+                raise ConnectionError("the client closed the TCP connection")
+            data += chunk
+        return bytes(data)
+
+    first, second = exact(2)
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(exact(8), "big")
+    key = exact(4)
+    head = exact(min(n, 16))
+    left = n - len(head)
+    while left:
+        left -= len(exact(min(left, 1 << 20)))
+    return first & 0x0F, n, bytes(b ^ key[i % 4] for i, b in enumerate(head))
+
+
+class Call:
+    """``call()`` on a thread of its own, for a test to see whether it returned in time."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, name="test-call", daemon=True).start()
+
+
+BIG = 32 << 20  # more than any loopback socket buffers: a write of it to a peer that does not read is stuck
+
+
+@pytest.mark.timeout(90)
+def test_a_timed_send_is_not_held_by_another_callers_stuck_write(make_client, raw_server):
+    """12: another thread's write is stuck on a peer that stopped reading: send(timeout=0.2)
+    returns in time, its frame kept in the send buffer and sent, in order, once the peer reads."""
+    client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)  # the write's own timeout: 30 s
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()  # the server does not read (yet)
+    stuck = Call(lambda: client.send(b"x" * BIG))
+    wait_until(lambda: unread(conn) > 64 * 1024, what="a write stuck on a full socket")
+    timed = Call(lambda: client.send("small", timeout=0.2))
+    assert timed.done.wait(5), "send(timeout=0.2) was held by another caller's stuck write"
+    assert timed.error is None and client.unsent() == [("small", False)]
+    assert read_big_frame(conn)[:2] == (BINARY, BIG)  # the peer reads again
+    assert read_frame(conn) == (TEXT, b"small")
+    assert stuck.done.wait(HOLD) and stuck.error is None
+    wait_until(lambda: client.unsent() == [], what="the send buffer flushed")
+    client.send("direct again", timeout=5)
+    assert read_frame(conn) == (TEXT, b"direct again")
+
+
+@pytest.mark.timeout(90)
+def test_a_timed_send_bounds_its_own_write_and_the_connection_finishes_the_frame(make_client, raw_server):
+    """12: the caller's own write to a peer that stopped reading ends with its timeout; the
+    socket had taken part of the frame, so the connection writes the rest, whole, in order."""
+    client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)
+    client.start().wait_connected(timeout=10)
+    conn = raw_server.wait_connection()
+    big = Call(lambda: client.send(b"y" * BIG, timeout=0.5))
+    assert big.done.wait(5), "send(timeout=0.5) blocked on its own write"
+    assert big.error is None and client.unsent() == []  # taken: the rest is being written
+    client.send("after", timeout=0.2)  # the send lock is the rest's until it is out: buffered
+    assert client.unsent() == [("after", False)]
+    assert read_big_frame(conn) == (BINARY, BIG, b"y" * 16)
+    assert read_frame(conn) == (TEXT, b"after")
+
+
+@pytest.mark.timeout(90)
+def test_a_frame_half_written_when_the_connection_fails_is_sent_whole_on_the_next(make_client, raw_server):
+    """12: nothing handed to send is dropped: the half-written frame goes first, whole, after the reconnect."""
+    client = make_client(raw_server.url, codec=RawCodec(), ping_interval=0)
+    client.start().wait_connected(timeout=10)
+    first = raw_server.wait_connection()
+    big = Call(lambda: client.send(b"z" * BIG, timeout=0.5))
+    assert big.done.wait(5) and big.error is None
+    client.send("after", timeout=0.2)
+    first.close()  # the connection fails with the rest of the frame unwritten
+    second = raw_server.wait_connections(2)
+    assert read_big_frame(second) == (BINARY, BIG, b"z" * 16)
+    assert read_frame(second) == (TEXT, b"after")
+    wait_until(lambda: client.unsent() == [], what="the send buffer flushed")

@@ -148,7 +148,7 @@ class Client(Subscribable, Pulling):
         self._sender = Sender(
             self.codec, Outbox(outbox_size, outbox_overflow), resume=builder, closed=self._closed_why,
             report=self._reporter.report, emit_dropped=lambda n: self._emit(self.signals.dropped, what="outbox", count=n),
-            outbox_timeout=outbox_timeout, name=self.name,
+            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=outbox_timeout, name=self.name,
         )
         self._intake = Intake(self.codec, self._dispatcher, self._reporter.report)
         self._supervisor = Supervisor(
@@ -369,7 +369,7 @@ class Client(Subscribable, Pulling):
         threads = [self._supervisor.thread, self._dispatcher.thread]
         conn = self._supervisor.conn
         if conn is not None:
-            threads.append(conn.thread)
+            threads.extend(conn.threads())
         return [t for t in threads if t.ident is not None]
 
     def _check_pull(self, what: str) -> None:
@@ -389,7 +389,10 @@ class Client(Subscribable, Pulling):
         While disconnected (or while older messages wait) the frame goes to
         the send buffer, which the supervisor flushes in order on every
         (re)connect. What cannot be encoded raises here (`ValueError`), at once,
-        and nothing is queued.
+        and nothing is queued. ``timeout`` bounds the whole call: the wait for
+        room (``outbox_overflow="block"``), for another sender's write and for
+        the socket; a frame the socket did not begin to take by then waits in
+        the send buffer (a stuck write never holds other senders).
         """
         self._check_process()
         self._sender.send(obj, timeout)
