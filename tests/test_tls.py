@@ -70,3 +70,15 @@ def test_a_wrong_host_name_fails(ca, make_client, tmp_path):
         client.start()
         with pytest.raises(wsbridge.ConnectError, match="IP address mismatch|hostname"):
             client.wait_connected(timeout=10)
+
+
+def test_timed_sends_over_tls_arrive_whole(tls_server, ca, make_client, tmp_path):
+    """A send with a timeout writes a TLS socket in pieces (issue 20, point 12): frames arrive whole, in order."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    client = make_client(tls_server.url, sslopt={"ca_certs": str(ca_file)})
+    client.start().wait_connected(timeout=10)
+    big = "b" * (1 << 20)
+    for text in ("small", big, "last"):
+        client.send(text, timeout=10)
+    assert [m.data for m in tls_server.wait_received(3)] == ["small", big, "last"]

@@ -23,6 +23,10 @@ from .handshake import Handshake
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
 
+PIECE = 16 * 1024
+"""Most bytes `BufferedSocket.send_some` hands a TLS socket at once (TLS writes a
+record whole, waiting for room within the socket's own timeout)."""
+
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
@@ -219,10 +223,33 @@ class BufferedSocket:
 
     def writable_now(self) -> bool:
         """Would a short write go through without waiting?"""
+        return self.wait_writable(0.0)
+
+    def wait_writable(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the socket to take bytes (False: it did not,
+        or it is closed)."""
         try:
-            return bool(select.select((), (self.sock,), (), 0)[1])
+            fd = self.sock.fileno()
+            if fd < 0:
+                return False
+            if hasattr(select, "poll"):  # no FD_SETSIZE limit
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
+            return bool(select.select((), (self.sock,), (), max(0.0, timeout))[1])
         except (OSError, ValueError):
             return False
+
+    def send_some(self, data: memoryview, timeout: float) -> int:
+        """Write what the socket takes of ``data`` once it has room, waiting at most
+        ``timeout`` s for room (0: none came). A plain socket takes what fits at once;
+        a TLS socket one piece of at most `PIECE` bytes. Raises when the connection
+        is gone."""
+        if not self.wait_writable(timeout):
+            if self.sock.fileno() < 0:
+                raise _closed()
+            return 0
+        return self.sock.send(data[:PIECE] if self._tls else data)
 
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)

@@ -146,15 +146,15 @@ class Client(Subscribable, Pulling):
         )
         builder: Optional[ResumeBuilder] = self._default_resume if resume is True else (resume or None)
         self._sender = Sender(
-            self.codec, Outbox(outbox_size, outbox_overflow), store=store, resume=builder, closed=self._closed_why,
+            self.codec, Outbox(outbox_size, outbox_overflow), resume=builder, closed=self._closed_why,
             report=self._reporter.report, emit_dropped=lambda n: self._emit(self.signals.dropped, what="outbox", count=n),
-            outbox_timeout=outbox_timeout, name=self.name,
+            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=outbox_timeout, name=self.name,
         )
         self._intake = Intake(self.codec, self._dispatcher, self._reporter.report)
         self._supervisor = Supervisor(
             self.options, self.policy, lifecycle=self._lifecycle, signals=self.signals, emit=self._emit,
             report=self._reporter.report, sender=self._sender, dispatcher=self._dispatcher, delivery=self._delivery,
-            intake=self._intake, store=store, on_give_up=self._pull.close, name=self.name,
+            intake=self._intake, store=store, name=self.name,
         )
 
     # -- options, for code that read them as attributes ------------------------------------
@@ -261,8 +261,8 @@ class Client(Subscribable, Pulling):
         self._delivery.positions = dict(positions)
         self._supervisor.replay_pending = True
         kept = store.outbox_items()
+        self._sender.keep_in(store, kept)  # with the frames sent before start, kept from now on
         if kept:
-            self._sender.restore(kept)
             log.info("%s: %d unsent message(s) from an earlier run wait in the send buffer", self.name, len(kept))
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":
@@ -300,13 +300,25 @@ class Client(Subscribable, Pulling):
         if os.getpid() != self._pid:
             return True  # inherited through fork(): nothing here belongs to this process
         deadline = time.monotonic() + timeout
+        return self._await_stop(self._ask_stop(deadline), deadline)
+
+    def _ask_stop(self, deadline: float) -> State:
+        """The first half of `stop`: ask every thread to end by ``deadline``, waiting for
+        none (`stop_all` asks all its clients first, so they end side by side); returns
+        the state before."""
         before = self._lifecycle.stop()
-        supervisor, dispatcher = self._supervisor, self._dispatcher
+        supervisor = self._supervisor
         supervisor.stop_deadline = deadline
         supervisor.stopping.set()
         supervisor.wakeup.set()
         self._sender.close()  # cuts a write stuck on a peer that does not read
-        dispatcher.release_reader()
+        self._dispatcher.release_reader()
+        return before
+
+    def _await_stop(self, before: State, deadline: float) -> bool:
+        """The second half of `stop`: wait until ``deadline`` for the threads to end
+        (the dispatcher delivers what it can meanwhile); True when all did."""
+        supervisor, dispatcher = self._supervisor, self._dispatcher
         me = threading.current_thread()
         if before is not State.NEW:
             if supervisor.thread.is_alive() and supervisor.thread is not me:
@@ -323,7 +335,7 @@ class Client(Subscribable, Pulling):
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
-            log.warning("%s: threads still running %.1f s after stop(): %s", self.name, timeout, ", ".join(alive))
+            log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
         return not alive
 
     def _dispatcher_exit(self) -> None:
@@ -357,7 +369,7 @@ class Client(Subscribable, Pulling):
         threads = [self._supervisor.thread, self._dispatcher.thread]
         conn = self._supervisor.conn
         if conn is not None:
-            threads.append(conn.thread)
+            threads.extend(conn.threads())
         return [t for t in threads if t.ident is not None]
 
     def _check_pull(self, what: str) -> None:
@@ -377,7 +389,10 @@ class Client(Subscribable, Pulling):
         While disconnected (or while older messages wait) the frame goes to
         the send buffer, which the supervisor flushes in order on every
         (re)connect. What cannot be encoded raises here (`ValueError`), at once,
-        and nothing is queued.
+        and nothing is queued. ``timeout`` bounds the whole call: the wait for
+        room (``outbox_overflow="block"``), for another sender's write and for
+        the socket; a frame the socket did not begin to take by then waits in
+        the send buffer (a stuck write never holds other senders).
         """
         self._check_process()
         self._sender.send(obj, timeout)

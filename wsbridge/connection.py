@@ -10,6 +10,10 @@ abortable in every phase, through the environment's proxy if any) and handed
 to websocket-client wrapped in a `BufferedSocket`, which checks the upgrade
 (`wsbridge.handshake`). Every frame is read by our `ReadLoop`
 (`wsbridge.reader`), never by websocket-client's parser.
+
+Frames are written by the sending threads, whole, under websocket-client's
+send lock; a frame that a send with a timeout left half written is finished
+by a writer thread of the connection (`send_within`), joined with the reader.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import websocket
 
@@ -111,6 +115,9 @@ class Connection:
         self.error: Optional[BaseException] = None
         self.closing = False
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.writers: List[threading.Thread] = []
+        """Threads finishing a frame a timed send left half written (see `send_within`);
+        set by the thread that holds the send lock."""
 
     # -- reader thread -------------------------------------------------
     def start(self) -> None:
@@ -246,7 +253,8 @@ class Connection:
     # -- any thread ----------------------------------------------------
     @property
     def is_open(self) -> bool:
-        return self.opened.is_set() and not self.ended.is_set()
+        """Open, and neither ended nor cut."""
+        return self.opened.is_set() and not self.ended.is_set() and not self._aborted.is_set()
 
     def send(self, data: Union[str, bytes], binary: bool) -> None:
         """Write one frame; raises if the socket did not take all of it."""
@@ -255,6 +263,73 @@ class Connection:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
         if ws.send(data, OPCODE_BINARY if binary else OPCODE_TEXT) == 0:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
+
+    def send_within(self, data: Union[str, bytes], binary: bool, deadline: float, on_lost: Callable[[], None]) -> bool:
+        """Write one frame if the send lock and the socket free up before ``deadline``
+        (`time.monotonic`): False when they did not, and nothing was written. A frame
+        the socket took in part by then is finished by a thread of this connection,
+        which holds the send lock until the rest is out (no other frame may come in
+        between) and calls ``on_lost`` if the connection fails first. Raises if the
+        socket is gone."""
+        ws = self.app.sock
+        sock = ws.sock if ws is not None else None
+        if ws is None or not isinstance(sock, BufferedSocket):
+            raise websocket.WebSocketConnectionClosedException("connection is closed")
+        view = memoryview(frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT))
+        lock = ws.lock
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False  # another write holds the socket
+        handed = False
+        try:
+            sent = 0
+            while sent < len(view):
+                taken = sock.send_some(view[sent:], deadline - time.monotonic())
+                if not taken:
+                    break
+                sent += taken
+            if sent == len(view):
+                return True
+            if not sent:
+                return False  # the peer reads nothing: the frame stays with the caller
+            self._finish(sock, view[sent:], lock, on_lost)
+            handed = True
+            return True
+        finally:
+            if not handed:
+                lock.release()
+
+    def _finish(self, sock: BufferedSocket, rest: memoryview, lock: Any, on_lost: Callable[[], None]) -> None:
+        """Write ``rest`` on a thread of its own, then release ``lock`` (held since the
+        frame began). The rest waits for room as any write does: at most ``io_timeout``
+        without progress, then the connection is presumed dead and cut; a cut (`abort`,
+        `stop`) ends it within a `tick`."""
+
+        def finish() -> None:
+            lost = False
+            try:
+                stalled_at = time.monotonic()
+                view = rest
+                while len(view):
+                    if self._aborted.is_set():
+                        raise ConnectionAbortedError("connection cut")
+                    taken = sock.send_some(view, self.options.tick)
+                    now = time.monotonic()
+                    if taken:
+                        view, stalled_at = view[taken:], now
+                    elif now - stalled_at > self.options.io_timeout:
+                        raise TimeoutError(f"the peer took nothing for {self.options.io_timeout} s")
+            except Exception as exc:
+                log.info("%s: the rest of a frame was not written (%s); the connection is cut", self.thread.name, exc)
+                lost = True
+                self.abort()  # half a frame went out: nothing more may follow on this connection
+            finally:
+                lock.release()
+            if lost:
+                on_lost()
+
+        writer = threading.Thread(target=finish, name=f"{self.thread.name}-writer", daemon=True)
+        self.writers = [*(t for t in self.writers if t.is_alive()), writer]  # replaced, never changed in place
+        writer.start()
 
     def send_many(self, frames: Sequence[Tuple[Union[str, bytes], bool]]) -> None:
         """Write several frames in one system call (the send buffer's flush);
@@ -315,7 +390,14 @@ class Connection:
                         pass
             self._sock = None
 
+    def threads(self) -> List[threading.Thread]:
+        """The reader and the writers this connection started."""
+        return [t for t in (self.thread, *self.writers) if t.ident is not None]
+
     def join(self, timeout: Optional[float] = None) -> bool:
-        if self.thread.ident is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout)
-        return not self.thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.current_thread()
+        for thread in self.threads():
+            if thread is not me:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads())

@@ -2,8 +2,8 @@
 
 A batch holds items of a closed set of types (`Item`): received messages,
 stored messages replayed after a restart (`Stored`), signals to emit
-(`Emit`), the tick that gives up old gaps (`Expire`), and markers a thread
-waits on (`Barrier`). `Delivery.handle` runs a batch through the sequence
+(`Emit`), the tick that gives up old gaps (`Expire`), markers a thread
+waits on (`Barrier`), and the end of the stream at give-up (`END`). `Delivery.handle` runs a batch through the sequence
 tracker (duplicates out, held messages released in order), writes its new
 messages to the store in one transaction, then delivers item by item: to the
 subscribers of the type, to ``on_any`` subscribers, then to the pull buffer.
@@ -64,7 +64,17 @@ class Barrier:
         self.done = threading.Event()
 
 
-Item = Union[Message, Stored, Emit, Expire, Barrier]
+class End:
+    """No message will follow (the client gave up): close the pull buffer once every
+    message queued before this has reached it, so a puller gets them all first."""
+
+    __slots__ = ()
+
+
+END = End()
+
+
+Item = Union[Message, Stored, Emit, Expire, Barrier, End]
 
 
 class Delivery:
@@ -95,7 +105,7 @@ class Delivery:
         self.name = name
         self.dispatcher: Optional[Dispatcher] = None
         self._handlers: Dict[type, Callable[[Any, List[Message]], None]] = {
-            Stored: self._stored, Emit: self._emit, Barrier: self._barrier,
+            Stored: self._stored, Emit: self._emit, Barrier: self._barrier, End: self._end,
         }
         """What each item type but `Message` (the hot path, inline) does: the closed set."""
         self.dispatched = self.duplicates = self.gaps = self.lost = 0
@@ -123,6 +133,10 @@ class Delivery:
             except Exception as exc:  # a bug guard: one item's failure never costs the others
                 log.exception("%s: delivering %r failed", self.name, item)
                 self.reporter.report(exc, "delivery")
+        self._to_pull(pulled)
+
+    def _to_pull(self, pulled: List[Message]) -> None:
+        """Hand the batch's delivered messages to the pull buffer."""
         if pulled and self.pull.enabled:
             dropped = self.pull.extend(pulled)
             if dropped:
@@ -157,6 +171,11 @@ class Delivery:
     @staticmethod
     def _barrier(item: Barrier, pulled: List[Message]) -> None:
         item.done.set()
+
+    def _end(self, item: End, pulled: List[Message]) -> None:
+        self._to_pull(pulled)  # what came before the end goes in first
+        pulled.clear()
+        self.pull.close()
 
     # -- sequence tracking --------------------------------------------------------------------
     def _track(self, batch: List[Item]) -> List[Item]:

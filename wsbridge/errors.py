@@ -118,6 +118,8 @@ class CliError(WsbridgeError):
 
 class UsageError(WsbridgeError, RuntimeError):
     """A call that cannot work where it was made: the pull API from inside a
-    subscriber (it would wait for the very thread it runs on), or any method of
-    a client inherited through ``fork()`` (its threads and socket belong to the
+    subscriber (it would wait for the very thread it runs on), a filtered take
+    under ``pull_overflow="block"`` at a buffer full of messages it leaves (the
+    stream waits for room, so its message cannot come), or any method of a
+    client inherited through ``fork()`` (its threads and socket belong to the
     parent process: make a new client in the child)."""

@@ -4,6 +4,12 @@ The dispatcher adds each batch under one lock acquisition. Consumers take
 the oldest message, optionally filtered by type or predicate; a filtered take
 leaves non-matching messages in place for later calls, so ``wait_for("ack")``
 never eats a ``chat`` message that ``recv()`` would have returned.
+
+A take that waits is registered: the dispatcher offers it each new message
+before buffering it, so what a caller already waits for is handed over
+before the drop-oldest trim and before the block policy's bound applies.
+Everything here is guarded by the buffer's lock; the dispatcher thread is
+the only one that adds.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Collection, Deque, Iterable, Iterator, Optional
+from typing import Callable, Collection, Deque, Iterable, Iterator, List, Optional
 
-from .errors import ClientClosed
+from .errors import ClientClosed, UsageError
 from .message import Message
 
 log = logging.getLogger("wsbridge")
@@ -22,6 +28,24 @@ log = logging.getLogger("wsbridge")
 PULL_POLICIES = ("drop_oldest", "block")
 
 Predicate = Callable[[Message], bool]
+
+
+class _Take:
+    """A caller waiting in `PullBuffer.get`: what it wants, and what it was handed."""
+
+    __slots__ = ("types", "predicate", "message", "error")
+
+    def __init__(self, types: Optional[Collection[str]], predicate: Optional[Predicate]) -> None:
+        self.types = types
+        self.predicate = predicate
+        self.message: Optional[Message] = None
+        self.error: Optional[BaseException] = None
+
+    def wants(self, message: Message) -> bool:
+        return (self.types is None or message.type in self.types) and (self.predicate is None or self.predicate(message))
+
+    def __str__(self) -> str:
+        return f" of type {', '.join(sorted(self.types))}" if self.types else ""
 
 
 class PullBuffer:
@@ -34,6 +58,7 @@ class PullBuffer:
     (a message counts the size of the frame it came in). ``overflow="block"``:
     the dispatcher waits for a reader, which in turn makes the socket reader
     wait (TCP backpressure) — lossless, for programs that pull every message.
+    A take already waiting gets its message first, whatever the policy.
     """
 
     def __init__(self, maxsize: int = 10_000, overflow: str = "drop_oldest", max_bytes: int = 16 * 1024 * 1024) -> None:
@@ -46,6 +71,8 @@ class PullBuffer:
         self.overflow = overflow
         self._bytes = 0
         self._items: Deque[Message] = deque()
+        self._takes: List[_Take] = []
+        """Callers waiting, oldest first; none of them wants a buffered message."""
         self._cond = threading.Condition()
         self._closed = False
         self._unbounded = False
@@ -67,13 +94,21 @@ class PullBuffer:
         with self._cond:
             if self.overflow == "block":
                 for message in messages:
+                    if self._takes and self._hand(message):
+                        continue
                     size = len(message.raw) if message.raw is not None else 0
                     while self._full(size):
+                        self._starve()
                         self._cond.notify_all()
                         self._cond.wait(0.1)
-                    items.append(message)
-                    self._bytes += size
+                        if self._takes and self._hand(message):
+                            break
+                    else:
+                        items.append(message)
+                        self._bytes += size
             else:
+                if self._takes:
+                    messages = [message for message in messages if not self._hand(message)]
                 # Append the whole batch, then trim the oldest in one pass.
                 added = 0
                 for message in messages:
@@ -104,6 +139,35 @@ class PullBuffer:
                 )
         return dropped
 
+    def _hand(self, message: Message) -> bool:
+        """Give ``message`` to the oldest waiting take that wants it (lock held).
+        A predicate that raises fails its take, with that error."""
+        for take in list(self._takes):
+            try:
+                wanted = take.wants(message)
+            except Exception as exc:
+                take.error = exc
+                self._takes.remove(take)
+                continue
+            if wanted:
+                take.message = message
+                self._takes.remove(take)
+                return True
+        return False
+
+    def _starve(self) -> None:
+        """The block policy at a full buffer, with a message at the door that no
+        waiting take wants: the stream waits for room, so what these takes wait
+        for cannot arrive until someone takes what they leave. They fail at once
+        rather than wait forever (lock held)."""
+        for take in self._takes:
+            take.error = UsageError(
+                f"no message{take} can arrive: the pull buffer is full ({len(self._items)} messages) of messages "
+                "this take leaves, and pull_overflow='block' makes the stream wait for room. Take those first "
+                "(recv()), raise pull_buffer, or use pull_overflow='drop_oldest'"
+            )
+        self._takes.clear()
+
     def _full(self, incoming: int) -> bool:
         if self._unbounded or not self._items:
             return False
@@ -125,30 +189,42 @@ class PullBuffer:
     ) -> Message:
         """Take the oldest matching message, waiting up to ``timeout`` seconds.
 
-        Raises `TimeoutError` when none arrives in time and `ClientClosed`
-        when the client stopped and nothing matching is left.
+        Raises `TimeoutError` when none arrives in time, `ClientClosed`
+        when the client stopped and nothing matching is left, and `UsageError`
+        when a filtered take is starved by a full buffer under the block policy.
         """
         if not self.enabled:
             raise RuntimeError("the pull API is off (pull_buffer=0)")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._pulling = True
-            while True:
-                message = self._take(types, predicate)
-                if message is not None:
-                    if self.overflow == "block":
-                        self._cond.notify_all()
-                    return message
-                if self._closed:
-                    raise ClientClosed("client stopped; no more messages")
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        what = f" of type {', '.join(sorted(types))}" if types else ""
-                        raise TimeoutError(f"no message{what} within {timeout} s")
-                    self._cond.wait(remaining)
+            message = self._take(types, predicate)
+            if message is not None:
+                if self.overflow == "block":
+                    self._cond.notify_all()
+                return message
+            take = _Take(types, predicate)
+            self._takes.append(take)
+            if self.overflow == "block":
+                self._cond.notify_all()  # a dispatcher waiting for room offers it the message at the door
+            try:
+                while take.message is None and take.error is None:
+                    if self._closed:
+                        raise ClientClosed("client stopped; no more messages")
+                    if deadline is None:
+                        self._cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError(f"no message{take} within {timeout} s")
+                        self._cond.wait(remaining)
+            finally:
+                if take in self._takes:
+                    self._takes.remove(take)
+        if take.error is not None:
+            raise take.error
+        assert take.message is not None
+        return take.message
 
     def _take(self, types: Optional[Collection[str]], predicate: Optional[Predicate]) -> Optional[Message]:
         items = self._items

@@ -5,7 +5,11 @@ straight to the open connection when the buffer is empty, else buffers;
 the supervisor `flush`-es the buffer in order after every (re)connect and
 only then opens the connection for direct sends, so a new message never
 overtakes a buffered one. Everything here is guarded by ``cond``; the
-counters are written under it.
+counters are written under it. No socket write ever happens under ``cond``
+(a peer that does not read must not hold other senders): frames are kept
+whole by websocket-client's send lock. A send with a ``timeout`` that the
+socket does not take in time goes to the buffer, and the supervisor flushes
+it once the socket takes frames again.
 
 What cannot be encoded raises in `frame`, in the caller's thread, before
 anything is queued: a frame in the buffer can always be sent.
@@ -64,21 +68,23 @@ class Sender:
         codec: Codec,
         outbox: Outbox,
         *,
-        store: Optional[Store],
         resume: Optional[ResumeBuilder],
         closed: Callable[[], Optional[str]],
         report: Callable[..., None],
         emit_dropped: Callable[[int], None],
+        wake: Callable[[], None],
         outbox_timeout: Optional[float],
         name: str,
     ) -> None:
         self.codec = codec
         self.outbox = outbox
-        self.store = store
+        self.store: Optional[Store] = None
+        """Where queued frames are kept, once it is open (see `keep_in`)."""
         self.resume = resume
         self._closed = closed  # why nothing can be sent (None: it can)
         self._report = report
         self._emit_dropped = emit_dropped
+        self._wake = wake  # the supervisor: frames wait in the buffer while connected
         self._outbox_timeout = outbox_timeout
         self.name = name
         self.cond = threading.Condition()
@@ -88,6 +94,8 @@ class Sender:
         """The head of the buffer being flushed (kept until the socket took it)."""
         self.sending = 0
         """Threads inside a socket write right now (`stop` cuts rather than wait for them)."""
+        self.direct: Optional[Connection] = None
+        """The connection of the last direct send (its rest may still be being written)."""
         self.flushing: Optional[Connection] = None
         """The connection a flush is writing to (supervisor), for `close` to cut."""
         self.counts = Counts()
@@ -117,9 +125,10 @@ class Sender:
         return data, binary
 
     def send(self, obj: Sendable, timeout: Optional[float] = None) -> None:
-        """Send ``obj`` now or buffer it (see `Client.send`)."""
+        """Send ``obj`` now or buffer it (see `Client.send`); ``timeout`` bounds the
+        wait for room in the buffer and for the socket, together."""
         frame = self.frame(obj)
-        dropped = None
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             self._check_open()
             if self.outbox.full and self.outbox.overflow == "block":
@@ -127,16 +136,14 @@ class Sender:
             conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
             if conn is not None:
                 self.sending += 1
-                try:
-                    conn.send(*frame)
-                    self.counts.sent += 1
-                    return
-                except Exception as exc:
-                    log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
-                    self.live = None
-                    conn.abort()
-                finally:
-                    self.sending -= 1
+                self.direct = conn
+        if conn is not None and self._write(conn, frame, deadline):
+            return
+        dropped = None
+        with self.cond:
+            if conn is not None and self.live is conn:
+                self.live = None  # what comes next queues behind this frame, until the supervisor flushed it
+                self._wake()
             dropped = self._queue(frame)
             if dropped is not None:
                 self.counts.dropped += 1
@@ -144,6 +151,40 @@ class Sender:
         if dropped is not None:
             log.warning("%s: send buffer full; dropped the oldest unsent message (%d dropped so far)", self.name, total)
             self._emit_dropped(1)
+
+    def _write(self, conn: Connection, frame: OutFrame, deadline: Optional[float]) -> bool:
+        """A direct send, without the lock: True once the socket took the frame (or
+        part of it, the connection writing the rest); False when it is to be buffered
+        (the socket took nothing by ``deadline``, or the connection failed)."""
+        try:
+            if deadline is None:
+                conn.send(*frame)
+                taken = True
+            else:
+                taken = conn.send_within(*frame, deadline, on_lost=lambda: self._requeue(frame))
+        except Exception as exc:
+            log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
+            conn.abort()
+            taken = False
+        else:
+            if not taken:
+                log.debug("%s: the socket took nothing within the send's timeout; the frame waits in the send buffer",
+                          self.name)
+        with self.cond:
+            self.sending -= 1
+            if taken:
+                self.counts.sent += 1
+        return taken
+
+    def _requeue(self, frame: OutFrame) -> None:
+        """A frame the socket took only in part before its connection failed (the
+        connection's writer thread): first in the buffer again, sent whole on the
+        next connection (at least once)."""
+        with self.cond:
+            key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
+            self.outbox.restore([Queued(frame[0], frame[1], key)])
+            self.counts.queued += 1
+            self.cond.notify_all()
 
     def _check_open(self) -> None:
         why = self._closed()
@@ -192,10 +233,16 @@ class Sender:
         with self.cond:
             return [(q.data, q.binary) for q in self.outbox.items()]
 
-    def restore(self, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
-        """Frames kept in the store by an earlier run go first."""
+    def keep_in(self, store: Store, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
+        """The store is open (at start): the frames ``kept`` in it by an earlier run go
+        first; the frames queued before it opened are kept in it now, in order, and
+        every frame queued from now on."""
         with self.cond:
-            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept])
+            self.store = store
+            early = self.outbox.clear()
+            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept] + [
+                q._replace(key=self._keep(store.outbox_add, q.data, q.binary)) for q in early
+            ])
 
     def wait_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until the buffer is empty (every frame handed to
@@ -212,8 +259,8 @@ class Sender:
         """No more direct sends; wake senders waiting for room (they see the client closed).
         A socket write under way is cut first, so this never waits behind a peer that
         does not read."""
-        conn = self.live
-        if conn is not None and self.sending:
+        conn = self.direct
+        if conn is not None and (self.sending or any(t.is_alive() for t in conn.writers)):
             conn.abort()
         conn = self.flushing
         if conn is not None:
@@ -222,6 +269,12 @@ class Sender:
             self.live = None
             self.cond.notify_all()
 
+    def waiting(self, conn: Connection) -> bool:
+        """Do frames wait in the buffer while ``conn`` is open and flushed (a send's
+        timeout ran out)? The supervisor then flushes them."""
+        with self.cond:
+            return self.live is None and bool(self.outbox) and conn.is_open
+
     def drop_live(self, conn: Connection) -> None:
         with self.cond:
             if self.live is conn:
@@ -229,8 +282,10 @@ class Sender:
 
     # -- supervisor thread ------------------------------------------------------------
     def flush(self, conn: Connection, resume_from: Positions, stopping: threading.Event) -> bool:
-        """Send the buffer in order, then the resume request; open for direct
-        sends once both are out (so nothing new overtakes them).
+        """Send the buffer in order, then the resume request (if ``resume_from``
+        names streams); open for direct sends once both are out and nothing more
+        waits (so nothing new overtakes them). Also while connected, for frames a
+        send's timeout left in the buffer.
 
         Frames go out in batches (one system call for up to `FLUSH_BATCH`
         frames or `FLUSH_BATCH_BYTES`) and leave the buffer only once the
@@ -258,9 +313,7 @@ class Sender:
                 if unforgotten and (not batch or unforgotten >= FLUSH_FORGET_EVERY):
                     self._forget(sent_key, through=True)
                     unforgotten = 0
-                if not batch:
-                    if not self.send_resume(conn, resume_from):
-                        return False
+                if not batch and not resume_from:
                     if conn.is_open and not stopping.is_set():
                         self.live = conn
                         cond.notify_all()
@@ -273,6 +326,11 @@ class Sender:
                         del batch[n:]
                         break
                 self.inflight = batch
+            if not batch:  # then the resume request, without the lock; and what was queued meanwhile
+                positions, resume_from = resume_from, {}
+                if not self.send_resume(conn, positions):
+                    return False
+                continue
             try:
                 conn.send_many([(item.data, item.binary) for item in batch])
             except Exception as exc:
@@ -295,10 +353,10 @@ class Sender:
                 cond.notify_all()
 
     def send_resume(self, conn: Connection, positions: Positions) -> bool:
-        """Ask the server for what came after ``positions`` (if there are any).
-        Lock held (in line with the sends, never between two frames). A request
-        that cannot be built or encoded is reported and skipped: it must never
-        take the connection down."""
+        """Ask the server for what came after ``positions`` (if there are any),
+        from the supervisor thread, without the sender's lock (the send lock keeps
+        frames whole). A request that cannot be built or encoded is reported and
+        skipped: it must never take the connection down."""
         if self.resume is None or not positions:
             return True
         try:
@@ -315,7 +373,8 @@ class Sender:
             log.info("%s: resume request not sent (%s)", self.name, exc)
             conn.abort()
             return False
-        self.counts.resumes += 1
-        self.counts.sent += 1
+        with self.cond:
+            self.counts.resumes += 1
+            self.counts.sent += 1
         log.debug("%s: resume request sent for %d stream(s)", self.name, len(positions))
         return True

@@ -2,7 +2,8 @@
 
 It makes a `Connection` for every attempt, waits for it to open (within
 ``connect_timeout``), flushes the send buffer and only then says
-``connected``; it watches the heartbeat while the connection lives; when it
+``connected``; it watches the heartbeat while the connection lives (and
+flushes again when a send's timeout left frames in the buffer); when it
 ends, it asks the `ReconnectPolicy` whether and when to try again. Liveness
 deadlines pause while the reader is held back by wsbridge's own full dispatch
 queue (`Dispatcher.holding`): backpressure is not a dead peer.
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional
 import websocket
 
 from .connection import Connection, Hooks
-from .delivery import EXPIRE, Barrier, Delivery, Stored
+from .delivery import END, EXPIRE, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
 from .errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
 from .intake import Intake
@@ -66,7 +67,6 @@ class Supervisor:
         delivery: Delivery,
         intake: Intake,
         store: Optional[Store],
-        on_give_up: Callable[[], None],
         name: str,
     ) -> None:
         self.options = options
@@ -80,7 +80,6 @@ class Supervisor:
         self.delivery = delivery
         self.intake = intake
         self.store = store
-        self._on_give_up = on_give_up
         self.name = name
         self.conn: Optional[Connection] = None
         self.stopping = threading.Event()
@@ -212,10 +211,12 @@ class Supervisor:
                 if self.sender.flush(conn, resume_from, self.stopping) and self.lifecycle.set(State.CONNECTED):
                     self._emit(self.signals.connected, url=redact_url(o.url))
                 continue
+            if self.sender.waiting(conn):  # a send's timeout left frames in the buffer: out they go, in order
+                self.sender.flush(conn, {}, self.stopping)
+                continue
             if self.resume_wanted:
                 self.resume_wanted = False
-                with self.sender.cond:  # in line with the sends, never between two frames
-                    self.sender.send_resume(conn, self.delivery.positions)
+                self.sender.send_resume(conn, self.delivery.positions)
             if self.delivery.tracker.waiting and len(self.dispatcher) < self.dispatcher.maxsize:
                 self.dispatcher.put_control(EXPIRE)
             dead = self._dead(conn, now)
@@ -274,4 +275,5 @@ class Supervisor:
         self.gave_up_error = error
         self.lifecycle.set(State.GAVE_UP, cause or error)
         self._emit(self.signals.gave_up, error=error)
-        self._on_give_up()
+        # The pull buffer closes on the dispatcher thread, behind the messages still queued.
+        self.dispatcher.put_control(END)
