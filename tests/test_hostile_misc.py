@@ -9,7 +9,11 @@ import os
 
 import pytest
 
+import wsbridge
 from wsbridge import Message, SQLiteStore, StoreError
+from wsbridge.testing.raw import RawServer, frame
+
+from conftest import Collector
 
 
 def msg(seq, stream=None, mtype="t", payload=None):
@@ -73,3 +77,24 @@ def test_sqlite_follows_no_link_at_its_own_side_files_either(tmp_path, side):
     except StoreError:
         pass  # refused: as good as unharmed
     assert victim.read_bytes() == VICTIM
+
+
+# -- 7: a pipe message weighs its own bytes ------------------------------------------------------
+def test_each_message_of_a_pipe_frame_weighs_its_own_bytes(make_client):
+    """Issue 20, 7: one 38,890-byte frame of 5,000 messages counted 5,000 x 38,890 bytes against
+    the pull buffer (4,569 of 5,000 dropped with the default bounds) and the dispatch queue."""
+    parts = [b"px|%d|%d" % (len(str(i)), i) for i in range(5000)]
+    data = b"".join(parts)
+    with RawServer() as server:
+        # 1 MiB: the frame is 4% of it, the old weighing 185 times it (the reader waited for room)
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=1024 * 1024)
+        seen = Collector()
+        client.on_any(seen)
+        client.start()
+        server.wait_connection().sendall(frame(data))
+        seen.wait(5000, timeout=30)
+        got = [client.recv(timeout=5) for _ in range(5000)]
+        stats = client.stats
+    assert [m.payload for m in got] == [str(i) for i in range(5000)]
+    assert [m.raw for m in got] == parts  # each message's own bytes, which sum to the frame
+    assert (stats.pull_dropped, stats.backpressure_waits) == (0, 0)
