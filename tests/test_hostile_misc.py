@@ -5,7 +5,9 @@ test on raw sockets (`wsbridge.testing.raw`) on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from typing import Iterator
 
 import pytest
 
@@ -13,7 +15,7 @@ import wsbridge
 from wsbridge import Message, SQLiteStore, StoreError
 from wsbridge.testing.raw import RawServer, frame
 
-from conftest import Collector
+from conftest import Collector, wait_until
 
 
 def msg(seq, stream=None, mtype="t", payload=None):
@@ -98,3 +100,53 @@ def test_each_message_of_a_pipe_frame_weighs_its_own_bytes(make_client):
     assert [m.payload for m in got] == [str(i) for i in range(5000)]
     assert [m.raw for m in got] == parts  # each message's own bytes, which sum to the frame
     assert (stats.pull_dropped, stats.backpressure_waits) == (0, 0)
+
+
+# -- 8: RedisStreamStore keeps a late gap fill with one counter across streams -------------------
+@pytest.fixture
+def rs() -> Iterator["wsbridge.testing.redis.RedisServer"]:
+    pytest.importorskip("redis")
+    from wsbridge.testing.redis import RedisServer
+
+    with RedisServer(appendonly=False) as server:
+        yield server
+
+
+def test_a_late_gap_fill_with_one_counter_across_streams_reaches_the_redis_stream(rs, make_client, tmp_path):
+    """Issue 20, 8: with seq_scope="global" subscribers got 1, 2, 4, 5, 3; the Redis stream (what
+    every StreamConsumer reads) kept 1, 2, 4, 5; SQLiteStore kept all five."""
+    import redis
+
+    order = [(1, "a"), (2, "b"), (4, "a"), (5, "b"), (3, "a")]
+    stores = {"redis": wsbridge.RedisStreamStore(rs.url, feed="g"), "sqlite": SQLiteStore(str(tmp_path / "g.db"))}
+    delivered = {}
+    for name, store in stores.items():
+        with RawServer() as server:
+            client = make_client(server.url, store=store, seq_scope="global", gap_timeout=60, pull_buffer=0,
+                                 **wsbridge.conventions())
+            seen = Collector()
+            client.on_any(seen)
+            client.start()
+            conn = server.wait_connection()
+            for seq, stream in order[:4]:
+                conn.sendall(frame(json.dumps({"type": "t", "seq": seq, "stream": stream}).encode()))
+            seen.wait(4)
+            if name == "redis":  # the gap is open: a restart must resume after 2 (the last contiguous id), not 5
+                wait_until(lambda: stores["redis"].positions() == {None: 2}, 10, "position 2 stored")
+            conn.sendall(frame(json.dumps({"type": "t", "seq": 3, "stream": "a"}).encode()))
+            seen.wait(5)
+            assert client.stop(10)
+        delivered[name] = [m.seq for m in seen.items]
+    r = redis.Redis.from_url(rs.url)
+    try:
+        entries = r.xrange("wsbridge:g:messages")
+    finally:
+        r.close()
+    kept = [(int(fields[b"seq"]), fields[b"stream"].decode()) for _id, fields in entries]
+    assert delivered == {"redis": [1, 2, 4, 5, 3], "sqlite": [1, 2, 4, 5, 3]}
+    assert kept == order  # as subscribers saw them, as SQLite keeps them
+    assert [(m.seq, m.stream) for m in stores["sqlite"].history()] == order
+    with wsbridge.RedisStreamStore(rs.url, feed="g") as again:
+        assert again.positions() == {None: 5}
+        again.append([msg(4, "a"), msg(5, "b"), msg(6, "a")], {None: 6})  # a resume that resends: no twice
+        assert (again.appended, again.skipped) == (1, 2)
