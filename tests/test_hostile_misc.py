@@ -7,15 +7,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
 
 import wsbridge
 from wsbridge import Message, SQLiteStore, StoreError
-from wsbridge.testing.raw import RawServer, frame
+from wsbridge.testing.raw import TEXT, RawServer, frame, read_frame
 
 from conftest import Collector, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "wsbridge"]
 
 
 def msg(seq, stream=None, mtype="t", payload=None):
@@ -150,3 +155,36 @@ def test_a_late_gap_fill_with_one_counter_across_streams_reaches_the_redis_strea
         assert again.positions() == {None: 5}
         again.append([msg(4, "a"), msg(5, "b"), msg(6, "a")], {None: 6})  # a resume that resends: no twice
         assert (again.appended, again.skipped) == (1, 2)
+
+
+# -- 14: `wsbridge send` when the connection ends while it reads stdin -----------------------------
+def test_send_says_what_was_not_sent_when_the_connection_ends_while_it_reads_stdin():
+    """Issue 20, 14: a ClientClosed traceback ("wsbridge-cli is gave_up") instead of a sentence and exit 1."""
+    with RawServer() as server:
+        proc = subprocess.Popen([*CLI, "send", server.url], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            proc.stdin.write('{"type": "m", "n": 1}\n')
+            proc.stdin.flush()
+            conn = server.wait_connection(30)
+            assert read_frame(conn, 30) == (TEXT, b'{"type": "m", "n": 1}')
+            conn.close()  # the server goes away while the command waits for more lines
+            for n in range(2, 600):  # until the command sees that it cannot send (bounded: 600 x 0.05 s)
+                try:
+                    proc.stdin.write(f'{{"type": "m", "n": {n}}}\n')
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    break
+                try:
+                    proc.wait(0.05)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 1, err
+    assert "message(s) were not sent (the connection ended first; the rest of stdin was not read)" in err, err
