@@ -188,3 +188,51 @@ def test_send_says_what_was_not_sent_when_the_connection_ends_while_it_reads_std
     assert "Traceback" not in err, err
     assert proc.returncode == 1, err
     assert "message(s) were not sent (the connection ended first; the rest of stdin was not read)" in err, err
+
+
+# -- 15: `wsbridge listen` prints what it cannot encode escaped, and counts what it cannot print ---
+LONE = ['{"type": "t", "n": 1}', '{"type": "t", "s": "\\ud800 x"}', '{"type": "t", "n": 3}']  # valid JSON, all three
+
+
+def listen_to(frames, *args, stdout=subprocess.PIPE):
+    """``wsbridge listen`` against a raw server that sends ``frames`` once the command connected."""
+    with RawServer() as server:
+        proc = subprocess.Popen([*CLI, "listen", server.url, "--max", str(len(frames)), "--timeout", "30", *args],
+                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        try:
+            conn = server.wait_connection(30)
+            for text in frames:
+                conn.sendall(frame(text.encode()))
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("mode", [["--json-lines"], []], ids=["json-lines", "lines"])
+def test_listen_prints_a_lone_surrogate_escaped(mode, tmp_path):
+    """Issue 20, 15: ``"\\ud800"`` was a subscriber error, marked handled in the store, and the
+    summary said "received 3" before the exit message said "2 of 3 arrived"."""
+    code, out, err = listen_to(LONE, *mode, "--store", str(tmp_path / "feed.db"))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3 and "\\ud800 x" in lines[1], out
+    if mode:
+        assert [json.loads(line)["payload"] for line in lines][1] == {"type": "t", "s": "\ud800 x"}
+    assert "received 3," in err and "subscriber error" not in err, err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a file every write to fails)")
+def test_listen_counts_what_it_cannot_print_and_leaves_it_unhandled_in_the_store(tmp_path, free_port):
+    db = str(tmp_path / "feed.db")
+    with open("/dev/full", "w") as full:  # stdout on a full disk: nothing can be printed
+        code, _out, err = listen_to(LONE, "--json-lines", "--store", db, stdout=full)
+    assert code == 1, err
+    assert "not printed 1" in err and "stopped: message 1 could not be printed (OSError:" in err, err
+    assert "the next run with --store prints it" in err
+    again = subprocess.run([*CLI, "listen", f"ws://127.0.0.1:{free_port}/", "--store", db, "--max", "3",
+                            "--json-lines", "--timeout", "30"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["payload"] for line in again.stdout.splitlines()] == [json.loads(t) for t in LONE]
