@@ -17,7 +17,7 @@ import wsbridge
 from wsbridge import Message, SQLiteStore, StoreError
 from wsbridge.testing.raw import TEXT, RawServer, frame, read_frame
 
-from conftest import Collector, wait_until
+from conftest import Collector, unread, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "wsbridge"]
@@ -236,3 +236,38 @@ def test_listen_counts_what_it_cannot_print_and_leaves_it_unhandled_in_the_store
                             "--json-lines", "--timeout", "30"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["payload"] for line in again.stdout.splitlines()] == [json.loads(t) for t in LONE]
+
+
+# -- 17: how much a lost connection takes with it ----------------------------------------------------
+def test_the_readme_states_the_loss_window_with_the_flush_batch_the_code_uses():
+    """Issue 20, 17: within the contract, but the README did not say how large the window is."""
+    from wsbridge.sender import FLUSH_BATCH, FLUSH_BATCH_BYTES
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = readme.index("**What a lost connection takes with it.**")
+    paragraph = " ".join(readme[start:readme.index("\n\n", start)].split())
+    assert f"batches of up to {FLUSH_BATCH} frames or {FLUSH_BATCH_BYTES // 1024} KiB" in paragraph
+    assert "send buffer" in paragraph and "receive buffer" in paragraph and "Acknowledged sends" in paragraph
+
+
+def test_whole_flush_batches_the_socket_took_are_lost_with_the_connection(make_client, collector):
+    """What the README says, shown: frames the socket took count as sent and are not sent again
+    after a reconnect, though the server never read them."""
+    from wsbridge.sender import FLUSH_BATCH
+
+    count = 2 * FLUSH_BATCH + 1
+    with RawServer() as server:  # it reads the upgrade, never a frame
+        client = make_client(server.url)
+        for n in range(count):
+            client.send({"type": "m", "n": n})  # before start(): they wait in the send buffer
+        connected = collector()
+        client.signals.connected.connect(connected)
+        client.start()
+        connected.wait(1)  # `connected` comes after the flush
+        conn = server.wait_connection()
+        assert (client.stats.sent, client.stats.flushed, client.unsent()) == (count, count, [])
+        wait_until(lambda: unread(conn) > 0, 10, "the frames at the server")  # there, unread
+        conn.close()  # the server cuts: what it had not read is gone
+        connected.wait(2)  # reconnected, and flushed what the send buffer holds: nothing
+        server.wait_connections(2)
+        assert (client.stats.sent, client.stats.flushed, client.unsent()) == (count, count, [])
