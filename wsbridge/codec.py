@@ -174,7 +174,8 @@ class PipeCodec(Codec):
     length that does not match the frame is a `ProtocolError` naming what was
     declared and what was found, and the whole frame is rejected (the
     messages before the error cannot be trusted either). Payloads are `str`
-    in text frames and `bytes` in binary frames.
+    in text frames and `bytes` in binary frames; a message's ``raw`` is its
+    own ``TYPE|LENGTH|PAYLOAD`` bytes, not the whole frame.
     """
 
     name = "pipe"
@@ -253,7 +254,9 @@ class PipeCodec(Codec):
                         data,
                         start + exc.start,
                     ) from None
-            out.append(Message(mtype, payload, None, None, None, received_at, data))
+            # raw: this message's own bytes (the whole frame when it holds one message: the slice is the
+            # same object then), so each is weighed by its own size against the queues' byte bounds
+            out.append(Message(mtype, payload, None, None, None, received_at, data[pos:end]))
             pos = end
         return out
 

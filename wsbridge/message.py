@@ -12,8 +12,9 @@ class Message(NamedTuple):
     (a dict for JSON, text or bytes for the pipe and raw formats); ``seq``,
     ``id`` and ``stream`` drive duplicate and gap detection when the wire
     format carries them; ``received_at`` is ``time.time()`` at decoding;
-    ``raw`` is the frame data the message came from (shared by all messages
-    of one frame).
+    ``raw`` is the message's bytes as they came: its frame, or its own part
+    of the frame when one frame holds several messages (the pipe format).
+    The dispatch queue and the pull buffer weigh a message by ``len(raw)``.
 
     A ``NamedTuple`` rather than a dataclass because a receiver builds tens of
     thousands of these a second and tuple construction is the cheapest

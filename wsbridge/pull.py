@@ -55,7 +55,7 @@ class PullBuffer:
     discarded and counted in ``dropped``, so a program that only uses
     callbacks never stalls on a buffer nobody reads. The buffer is full at
     ``maxsize`` messages or ``max_bytes`` of frame data, whichever comes first
-    (a message counts the size of the frame it came in). ``overflow="block"``:
+    (a message counts its own bytes as they came, ``len(raw)``). ``overflow="block"``:
     the dispatcher waits for a reader, which in turn makes the socket reader
     wait (TCP backpressure) — lossless, for programs that pull every message.
     A take already waiting gets its message first, whatever the policy.

@@ -9,16 +9,25 @@ Keys, all under ``PREFIX:FEED:``:
     3 and 4 JSON), ``payload``, ``at`` (``received_at``); empty when unset
     (an empty stream name reads back as no stream). Trimmed with ``MAXLEN ~ maxlen`` when it is set.
 ``positions``
-    Hash: ``s:STREAM`` (``-`` for messages without a stream name) -> the
-    highest sequence id stored (what a resume continues after).
+    Hash: ``s:STREAM`` (``-`` for messages without a stream name, and for
+    every message with one counter across streams) -> the last contiguous
+    sequence id received, as the client tracks it (what a resume continues
+    after), as `SQLiteStore` keeps them.
 ``meta``
     Hash: ``last`` (the newest key) and ``handled`` (the handled mark).
 
 A batch is written by one server-side script (one round trip, atomic): it
 checks the lease when the store is fenced by one (see `Lease`), drops every
-message whose seq is not above the stored position of its stream (so a
+message whose seq is at or below the stored position that covers it (so a
 standby bridge that takes over, or a resume that resends, never appends
-twice), appends the rest and advances the positions and the marks.
+twice what came before that position), appends the rest, then stores the
+client's positions and the marks. The position that covers a message is
+its stream's, or with one counter across streams (``seq_scope="global"``),
+the one counter's: there a message may fill a gap after later ones were
+stored, and it is appended (arrival order, as subscribers saw it). The
+messages stored past an open gap are above the stored position: a process
+that resumes from it gets them again and appends them again, as it
+delivers them again (`SQLiteStore` does the same).
 
 Redis may go away. A batch that cannot be written waits in a bounded local
 buffer, and a thread of the store's writes the buffer, in order, once Redis
@@ -55,7 +64,9 @@ log = logging.getLogger("wsbridge")
 _APPEND = """
 -- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced)
 -- ARGV: token, maxlen ('' none), handled, lease ttl (ms), the batch: a MessagePack array
---       of rows {key, position key, stream ('' none), seq ('' none), type, id, kind, payload, at},
+--       {positions, rows}: positions {position key, seq, position key, seq, ...}, what the
+--       client tracks after the batch; rows {key, position key, stream ('' none), seq ('' none),
+--       type, id, kind, payload, at}, the position key naming the position that covers the row;
 --       every field a string (numbers as text, so no digit is lost to Lua's doubles)
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[4])
@@ -65,8 +76,9 @@ if ARGV[1] ~= '' then
     return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
   end
 end
-local rows = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {}
-local top, topstr = {}, {}  -- per position key: the highest seq, as a number and as it came
+local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}}
+local positions, rows = batch[1], batch[2]
+local stored = {}  -- per position key: the position stored before this batch (none: -inf)
 local appended, skipped = 0, 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
 local laststr = nil
@@ -74,10 +86,12 @@ for _, row in ipairs(rows) do
   local key, pkey, seq = tonumber(row[1]), row[2], row[4]
   local fresh = key > last
   if fresh and seq ~= '' then
-    local n = tonumber(seq)
-    local cur = top[pkey]
-    if cur == nil then cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '-1') end
-    if n <= cur then fresh = false else top[pkey] = n; topstr[pkey] = seq end
+    local cur = stored[pkey]
+    if cur == nil then
+      cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '') or -math.huge
+      stored[pkey] = cur
+    end
+    if tonumber(seq) <= cur then fresh = false end
   end
   if fresh then
     local fields = {'type', row[5], 'seq', seq, 'id', row[6], 'kind', row[7], 'payload', row[8], 'at', row[9]}
@@ -94,7 +108,7 @@ for _, row in ipairs(rows) do
   end
 end
 -- written as the strings that came in: Lua would print a number above 1e14 as 1e+14
-for pkey, seq in pairs(topstr) do redis.call('HSET', KEYS[2], pkey, seq) end
+for i = 1, #positions, 2 do redis.call('HSET', KEYS[2], positions[i], positions[i + 1]) end
 if laststr then redis.call('HSET', KEYS[3], 'last', laststr) end
 redis.call('HSET', KEYS[3], 'handled', ARGV[3])
 return {appended, skipped}
@@ -235,6 +249,9 @@ class RedisStreamStore(Store):
         self._handled = key  # written to Redis with the next batch, and on close
 
     def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+        """Append ``messages`` and store ``positions`` (see the module's docs). A message
+        is checked against the position that covers it: its stream's when ``positions``
+        has one, else the unnamed stream's (one counter across streams has only that)."""
         first = self._next_key
         rows: List[Tuple[Any, ...]] = []
         key = first
@@ -244,14 +261,16 @@ class RedisStreamStore(Store):
             else:
                 kind, payload = encode_payload(m.payload)
             mid = encode_id(m.id)
-            rows.append((str(key), stream_key(m.stream), m.stream or "", "" if m.seq is None else str(m.seq), m.type,
+            rows.append((str(key), stream_key(m.stream if m.stream in positions else None), m.stream or "",
+                         "" if m.seq is None else str(m.seq), m.type,
                          "" if mid is None else str(mid), str(kind), "" if payload is None else payload,
                          "" if m.received_at is None else repr(m.received_at)))
             key += 1
         self._next_key = key
+        tracked = [part for stream, seq in positions.items() for part in (stream_key(stream), str(seq))]
         # One MessagePack argument for the batch: redis-py packs each argument in Python
         # (13.8 us a message for nine of them, measured), msgpack the whole batch in C.
-        self._write(len(messages), msgpack.packb(rows, use_bin_type=False))  # raw, as Redis's cmsgpack reads
+        self._write(len(messages), msgpack.packb([tracked, rows], use_bin_type=False))  # raw, as Redis's cmsgpack reads
         return first
 
     def _write(self, count: int, batch: bytes) -> None:

@@ -17,6 +17,7 @@ import mmap
 import os
 import secrets
 import sqlite3
+import stat
 import struct
 import weakref
 from pathlib import Path
@@ -191,6 +192,28 @@ def check_store_path(path: str, *, must_exist: bool = False) -> None:
         raise StoreError(f"cannot open the store {path!r}: there is no folder {folder!r}")
 
 
+_SIDE_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+"""No symbolic link is followed, and opening a FIFO does not wait for a writer."""
+
+
+def open_side_file(path: str, flags: int, what: str) -> int:
+    """A side file of the store (its lock, a handled mark), opened only if it is a plain
+    file: a symbolic link planted at that name in a shared folder would have the store
+    write to (or create) whatever it points at, so it is refused (`StoreError`), as is a
+    FIFO or a device. Other failures raise the `OSError`."""
+    try:
+        fd = os.open(path, flags | _SIDE_FLAGS, 0o644)
+    except OSError:
+        if os.path.islink(path):
+            raise StoreError(f"refused the store's {what} {path!r}: it is a symbolic link, and the store follows "
+                             f"none (remove it; in a shared folder, someone else may have put it there)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"refused the store's {what} {path!r}: it is not a plain file")
+    return fd
+
+
 class SQLiteStore(Store):
     """Messages and positions in an SQLite database (stdlib ``sqlite3``).
 
@@ -202,7 +225,9 @@ class SQLiteStore(Store):
     memory-mapped side file (``<path>-handled``): a plain memory write per
     message that the kernel keeps even when the process is killed. It is
     also saved in the database with every batch, the fallback when the side
-    file is missing or belongs to another database.
+    file is missing or belongs to another database. The side files (that one,
+    ``<path>-lock`` and the readers' marks) are opened without following a
+    symbolic link and only if they are plain files (`open_side_file`).
 
     ``max_size`` caps the database file in bytes: past it a write fails as
     on a full disk (a `StoreError`; the client reports it and keeps
@@ -259,7 +284,7 @@ class SQLiteStore(Store):
         ``<path>-lock``, held until `close` (the kernel drops it when the process dies)."""
         path = self.path + "-lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_side_file(path, os.O_RDWR | os.O_CREAT, "lock")
         except OSError as exc:
             raise StoreError(f"cannot open the store's lock {path!r}: {exc}") from exc
         try:
@@ -319,8 +344,14 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
+        self._handled = int(handled)
+        try:
+            self._handled = max(self._handled, self._open_mark())
+        except BaseException:  # before the store counts as open: close() must not save a mark it never read
+            odb.close()
+            db.close()
+            raise
         self._db, self._odb = db, odb
-        self._handled = max(int(handled), self._open_mark())
 
     def _mark_path(self) -> str:
         if self.reader is None:
@@ -330,8 +361,11 @@ class SQLiteStore(Store):
     def _read_mark(self, path: str) -> int:
         """The key a side file records for this database (0: none, or another database's)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read(_MARK.size)
+            fd = open_side_file(path, os.O_RDONLY, "handled mark")
+            try:
+                data = os.read(fd, _MARK.size)
+            finally:
+                os.close(fd)
         except OSError:
             return 0
         if len(data) < _MARK.size:
@@ -343,7 +377,7 @@ class SQLiteStore(Store):
         """Map the side file; return the key it records (0 when it is new or stale)."""
         path = self._mark_path()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_side_file(path, os.O_RDWR | os.O_CREAT, "handled mark")
         except OSError as exc:
             raise StoreError(f"cannot open the store's handled mark {path!r}: {exc}") from exc
         try:

@@ -296,7 +296,7 @@ def message_json(msg: Message) -> str:
         record["payload_base64"] = base64.b64encode(msg.payload).decode("ascii")
     else:
         record["payload"] = msg.payload
-    return json.dumps(record, ensure_ascii=False, default=str)
+    return json.dumps(record, ensure_ascii=False, default=str).translate(_SURROGATES)
 
 
 def message_line(msg: Message) -> str:
@@ -315,14 +315,20 @@ def message_line(msg: Message) -> str:
     return printable(f"{stamp} {msg.type}{where} {body}")
 
 
+_SURROGATES = {c: f"\\u{c:04x}" for c in range(0xD800, 0xE000)}
+"""Lone surrogates (``"\\ud800"`` is valid JSON) as the JSON escape they came as: no
+encoding can write them, and the escape is valid JSON inside a JSON string too."""
+
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
 _CONTROLS.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+_CONTROLS.update(_SURROGATES)
 """C0, DEL and C1 controls, the Unicode line and paragraph separators, and the bidi
 embeddings, overrides and isolates: a feed must not move the cursor, recolour a
-terminal (ANSI escapes), break a line or reorder what a person reads."""
+terminal (ANSI escapes), break a line or reorder what a person reads. And lone
+surrogates, which could not be printed at all."""
 
 
 def printable(text: str) -> str:
-    """``text`` with control characters written as ``\\xNN`` / ``\\uNNNN`` (newlines
-    included: one message, one line)."""
+    """``text`` with control characters and lone surrogates written as ``\\xNN`` /
+    ``\\uNNNN`` (newlines included: one message, one line)."""
     return text.translate(_CONTROLS)

@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from ..errors import StoreError, StoreInUse
 from ..message import Message
 from ..redact import redact_url
+from ..store import SQLiteStore
 from .common import (
     EXIT_CONNECT,
     EXIT_FAILURE,
@@ -27,6 +28,7 @@ from .common import (
     message_line,
     positive_float,
     positive_int,
+    printable,
     summary,
     wait_done,
 )
@@ -85,26 +87,39 @@ def _pretty_writer() -> Optional[Any]:
     return lambda line: console.print(line, markup=False, emoji=False)
 
 
+class PrintedStore(SQLiteStore):
+    """The store of ``listen --store``: it marks handled only what was printed. Once a
+    message could not be (stdout closed or failing), the mark stays before it, so the
+    next run prints it and what came after it."""
+
+    stuck = False
+    """Set by the subscriber, read here: both on the dispatcher thread."""
+
+    def mark_handled(self, key: int) -> None:
+        if not self.stuck:
+            super().mark_handled(key)
+
+
 def run(args: argparse.Namespace) -> int:
     store = None
     if args.store:
-        from ..store import SQLiteStore
-
         check_store_path(args.store, must_exist=False)
         # Filtered, it moves a handled mark of its own: the messages it does not
         # print stay unhandled for a run that prints everything.
         reader = "type:" + json.dumps(sorted(set(args.types))) if args.types else None
-        store = SQLiteStore(args.store, reader=reader)
+        store = PrintedStore(args.store, reader=reader)
     client = make_client(args, retry=not args.no_retry, store=store, pull_buffer=0)
     lifecycle = Lifecycle(client)
     done = threading.Event()
     count = [0]
+    broken = [False]  # stdout failed: nothing more is printed (dispatcher thread)
+    unprinted: List[str] = []  # why a message could not be printed (dispatcher thread)
     out = sys.stdout
     render = message_json if args.json_lines else message_line
     write = _pretty_writer() if out.isatty() and not args.json_lines else None
 
     def show(msg: Message) -> None:
-        if args.max is not None and count[0] >= args.max:
+        if broken[0] or (args.max is not None and count[0] >= args.max):
             return
         try:
             if write is not None:
@@ -112,7 +127,13 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out.write(render(msg) + "\n")
                 out.flush()
-        except BrokenPipeError:  # `| head`: the reader is gone
+        except Exception as exc:  # stdout is gone (`| head`) or fails: stop here, leaving the rest unhandled
+            broken[0] = True
+            if store is not None:
+                store.stuck = True
+            if not isinstance(exc, BrokenPipeError):  # the reader of `| head` left on purpose
+                unprinted.append(f"{type(exc).__name__}: {exc}")
+            client.stop(timeout=0)
             done.set()
             return
         count[0] += 1
@@ -158,9 +179,13 @@ def run(args: argparse.Namespace) -> int:
     if opened and not lifecycle.ever_connected:
         lifecycle.connected(client, url=redact_url(client.url))
     if opened or reached:
-        lifecycle.say(summary(client))
+        lifecycle.say(summary(client) + (", not printed 1" if unprinted else ""))
     if interrupted:
         return EXIT_INTERRUPTED
+    if unprinted:
+        kept = "; the store keeps it and the next run with --store prints it" if store is not None else ""
+        raise CliError(f"stopped: message {count[0] + 1} could not be printed ({printable(unprinted[0])}){kept}",
+                       EXIT_FAILURE)
     if not reached and (not opened or (gave_up.is_set() and args.no_retry is False)):
         raise CliError(explain(client.last_error, client.url), EXIT_CONNECT)
     if args.max is not None and count[0] < args.max:

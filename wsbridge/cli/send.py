@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     texts: Iterable[str] = args.messages or _stdin_lines()
     client = make_client(args, retry=False, resume=False)
     sent = 0
+    ended = False  # the connection ended (the client gave up) while there was more to send
+    reply: Message = None  # type: ignore[assignment]
     try:
         client.start()
         wait_connected(client, args.timeout)
@@ -89,12 +91,15 @@ def run(args: argparse.Namespace) -> int:
                 _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
             except CliError as exc:
                 raise CliError(f"line {sent + 1}: {exc} ({sent} message(s) before it were sent)", exc.code) from None
-            client.send(text)
+            try:
+                client.send(text)
+            except ClientClosed:
+                ended = True
+                break
             sent += 1
-        if not sent:
+        if not sent and not ended:
             raise CliError("nothing to send: give MESSAGE arguments or lines on stdin", EXIT_USAGE)
-        reply: Message = None  # type: ignore[assignment]
-        if args.wait_for:
+        if args.wait_for and not ended:
             try:
                 reply = client.wait_for(args.wait_for, timeout=args.timeout)
             except (TimeoutError, ClientClosed):
@@ -103,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.stop(timeout=5)
         unsent = len(client.unsent())
-    if unsent:
-        raise CliError(f"{unsent} of {sent} message(s) were not sent (the connection ended first)", EXIT_FAILURE)
+    if unsent or ended:
+        total = len(args.messages) if args.messages else sent + int(ended)  # from stdin: the lines read
+        rest = "; the rest of stdin was not read" if ended and not args.messages else ""
+        raise CliError(f"{total - sent + unsent} of {total} message(s) were not sent (the connection ended first{rest})",
+                       EXIT_FAILURE)
     if reply is not None:
         print(message_json(reply), flush=True)
     return EXIT_OK
