@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 from receive import Stopwatch  # noqa: E402
 
 import wsbridge  # noqa: E402
-from wsbridge.redis_store import connect  # noqa: E402
+from wsbridge.redis.store import connect  # noqa: E402
 from wsbridge.testing.redis import RedisServer  # noqa: E402
 
 MESSAGE = b'{"type":"tick","seq":%d,"sym":"ACME","px":101.25,"qty":300,"side":"buy","venue":"X"}'

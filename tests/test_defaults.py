@@ -10,8 +10,8 @@ import socket
 import pytest
 
 import wsbridge
-from wsbridge.sequence import SequenceTracker
 from wsbridge.testing.raw import RawServer, frame
+from wsbridge.tracking.sequence import SequenceTracker
 
 from conftest import wait_until
 

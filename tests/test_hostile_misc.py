@@ -241,7 +241,7 @@ def test_listen_counts_what_it_cannot_print_and_leaves_it_unhandled_in_the_store
 # -- 17: how much a lost connection takes with it ----------------------------------------------------
 def test_the_readme_states_the_loss_window_with_the_flush_batch_the_code_uses():
     """Issue 20, 17: within the contract, but the README did not say how large the window is."""
-    from wsbridge.sender import FLUSH_BATCH, FLUSH_BATCH_BYTES
+    from wsbridge.runtime.sender import FLUSH_BATCH, FLUSH_BATCH_BYTES
 
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     start = readme.index("**What a lost connection takes with it.**")
@@ -253,7 +253,7 @@ def test_the_readme_states_the_loss_window_with_the_flush_batch_the_code_uses():
 def test_whole_flush_batches_the_socket_took_are_lost_with_the_connection(make_client, collector):
     """What the README says, shown: frames the socket took count as sent and are not sent again
     after a reconnect, though the server never read them."""
-    from wsbridge.sender import FLUSH_BATCH
+    from wsbridge.runtime.sender import FLUSH_BATCH
 
     count = 2 * FLUSH_BATCH + 1
     with RawServer() as server:  # it reads the upgrade, never a frame

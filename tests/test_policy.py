@@ -8,7 +8,7 @@ import pytest
 import websocket
 
 from wsbridge import Backoff, HandshakeError
-from wsbridge.policy import Decision, Ending, ReconnectPolicy
+from wsbridge.runtime.policy import Decision, Ending, ReconnectPolicy
 
 FAST = Backoff(initial=1.0, factor=2.0, max_delay=8.0, jitter=0.0, max_attempts=3, reset_after=10.0)
 CERT = ssl.SSLCertVerificationError(1, "certificate verify failed")

@@ -166,7 +166,7 @@ def test_a_send_before_start_is_kept_in_the_store_once_it_opens(make_client, fre
         wait_until(lambda: kept_frames(path) == [], what="the sent frames forgotten by the store")
 
 
-EXIT_DEADLINE = 2.0  # wsbridge.registry.EXIT_TIMEOUT
+EXIT_DEADLINE = 2.0  # wsbridge.runtime.registry.EXIT_TIMEOUT
 
 BUSY_AT_EXIT = """
 import threading

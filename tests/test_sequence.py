@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wsbridge import Message, SequenceTracker
-from wsbridge.sequence import Gap
+from wsbridge.tracking.sequence import Gap
 
 
 def m(seq=None, stream=None, id=None):

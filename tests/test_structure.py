@@ -1,5 +1,6 @@
-"""The package's shape, checked from its source with ``ast``: no import cycles, view
-models that do not import their renderers, and every exception class in errors.py."""
+"""The package's shape, checked from its source with ``ast``: its folders are layers that
+import only downwards, no import cycles, view models that do not import their renderers,
+and every exception class in errors.py."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_graph_sees_the_imports() -> None:
     assert "wsbridge.client" in graph["wsbridge"]  # from .client import Client (package __init__)
     assert "wsbridge.message" in graph["wsbridge.views.base"]  # from ..message import Message
     assert "wsbridge.views.base" in graph["wsbridge.views.jupyter"]  # a renderer imports its model
-    assert "wsbridge.redis_conn" in graph["wsbridge.cli.common"]  # an import inside a function
+    assert "wsbridge.redis.conn" in graph["wsbridge.cli.common"]  # an import inside a function
     assert "wsbridge.client" in graph["wsbridge.views.chat"]  # an import under TYPE_CHECKING
     cycle = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4}}
     assert strongly_connected(cycle) == [{"a", "b", "c"}]
@@ -151,6 +152,64 @@ def test_no_import_cycles() -> None:
         assert path is not None
         cycles.append(f"{sorted(component)}: {show(graph, path)}")
     assert not cycles, "modules of wsbridge import each other in a cycle:\n" + "\n".join(cycles)
+
+
+LAYERS: List[Tuple[str, ...]] = [
+    ("wsbridge.errors", "wsbridge.message", "wsbridge.redact"),  # the shared vocabulary
+    ("wsbridge.codecs",),                                          # pure wire formats
+    ("wsbridge.wire", "wsbridge.tracking"),                       # bytes and sockets; what is kept and counted
+    ("wsbridge.runtime",),                                         # the threads and their hand-offs
+    ("wsbridge.client", "wsbridge.presets"),                       # the facade
+    ("wsbridge", "wsbridge.redis", "wsbridge.views"),              # the package's names; built on the facade
+    ("wsbridge.testing",),                                         # servers for tests and the demo
+    ("wsbridge.demo",),
+    ("wsbridge.cli",),
+    ("wsbridge.__main__",),
+]
+"""Layers from the bottom up, each a tuple of folders or modules. A module imports only from
+its own folder (or module) and from lower layers: never upwards, and never sideways into
+another folder of its layer (the wire and tracking know nothing of each other)."""
+
+
+def home(name: str) -> Tuple[int, str]:
+    """The layer and the folder (or top-level module) that ``name`` belongs to: the longest
+    entry of `LAYERS` that is ``name`` or a package above it."""
+    found = [(len(entry), rank, entry) for rank, layer in enumerate(LAYERS) for entry in layer
+             if name == entry or name.startswith(entry + ".")]
+    assert found, f"{name} is in no layer of tests/test_structure.py's LAYERS: give it one"
+    _, rank, entry = max(found)
+    return rank, entry
+
+
+def layering_violations(graph: Dict[str, Dict[str, int]]) -> List[str]:
+    found = []
+    for name in sorted(graph):
+        rank, folder = home(name)
+        for target, line in sorted(graph[name].items()):
+            target_rank, target_folder = home(target)
+            if target_rank > rank or (target_rank == rank and target_folder != folder):
+                found.append(f"{name} (line {line}) imports {target}: {folder} may not import from {target_folder}")
+    return found
+
+
+def test_folders_are_layers() -> None:
+    assert not layering_violations(import_graph()), (
+        "an import runs upwards or sideways between the package's layers:\n" + "\n".join(layering_violations(import_graph())))
+
+
+def test_layering_check_sees_violations() -> None:
+    """The check fails on an upward and a sideways import (so the test above can fail), and
+    every folder the issue names is where it belongs."""
+    upward = {"wsbridge.wire.reader": {"wsbridge.runtime.supervisor": 3}, "wsbridge.runtime.supervisor": {}}
+    sideways = {"wsbridge.tracking.store": {"wsbridge.wire.dial": 7}, "wsbridge.wire.dial": {}}
+    assert layering_violations(upward) == [
+        "wsbridge.wire.reader (line 3) imports wsbridge.runtime.supervisor: wsbridge.wire may not import from wsbridge.runtime"]
+    assert len(layering_violations(sideways)) == 1
+    assert layering_violations({"wsbridge.client": {"wsbridge.runtime.pull": 1, "wsbridge.codecs.json": 2}}) == []
+    for folder in ("wire", "runtime", "tracking", "codecs", "redis", "views", "cli", "testing"):
+        assert is_package(f"wsbridge.{folder}"), folder
+    assert {"wsbridge.wire.frames", "wsbridge.runtime.supervisor", "wsbridge.tracking.store",
+            "wsbridge.codecs.pipe", "wsbridge.redis.bridge"} <= set(MODULES)
 
 
 def test_view_models_do_not_import_renderers() -> None:
@@ -214,13 +273,15 @@ def test_exception_check_sees_exceptions(source: str) -> None:
 
 
 def test_old_homes_of_the_exceptions_still_work() -> None:
-    from wsbridge import errors, redis_store, store
+    from wsbridge import errors
     from wsbridge.cli import common
+    from wsbridge.redis import store as redis_store
+    from wsbridge.tracking import store
     from wsbridge.views import document
 
     assert store.StoreError is errors.StoreError is wsbridge.StoreError
     assert redis_store.LeaseLost is errors.LeaseLost is wsbridge.LeaseLost
     assert document.PatchError is errors.PatchError
     assert common.CliError is errors.CliError and errors.CliError("x").code == common.EXIT_FAILURE
-    for name in ("REDIS_ERRORS", "connect", "feed_key", "load_redis"):  # moved to redis_conn, still here
-        assert getattr(redis_store, name) is getattr(importlib.import_module("wsbridge.redis_conn"), name)
+    for name in ("REDIS_ERRORS", "connect", "feed_key", "load_redis"):  # live in redis.conn, still importable here
+        assert getattr(redis_store, name) is getattr(importlib.import_module("wsbridge.redis.conn"), name)

@@ -221,12 +221,12 @@ def test_no_repr_shows_a_secret(make_client, tmp_path):
 
 def test_no_repr_of_the_redis_wing_or_the_command_line_shows_a_secret():
     pytest.importorskip("redis")
-    from wsbridge.bridge import Bridge
     from wsbridge.cli import Arguments, build_parser
-    from wsbridge.consumer import StreamConsumer
-    from wsbridge.lease import Lease
-    from wsbridge.redis_conn import connect
-    from wsbridge.redis_store import RedisStreamStore
+    from wsbridge.redis.bridge import Bridge
+    from wsbridge.redis.conn import connect
+    from wsbridge.redis.consumer import StreamConsumer
+    from wsbridge.redis.lease import Lease
+    from wsbridge.redis.store import RedisStreamStore
 
     redis_url = f"redis://user:{SECRETS[2]}@127.0.0.1:1/0?password={SECRETS[3]}"
     ws_url = f"ws://user:{SECRETS[2]}@127.0.0.1:1/feed?token={SECRETS[3]}"

@@ -408,9 +408,9 @@ def test_the_start_of_an_encoded_surrogate_fails_at_once(make_client, collector,
 def test_many_empty_fragments_cost_no_memory():
     import tracemalloc
 
-    from wsbridge.frames import BINARY as BIN
-    from wsbridge.frames import CONTINUATION as CONT
-    from wsbridge.frames import Reassembler
+    from wsbridge.wire.frames import BINARY as BIN
+    from wsbridge.wire.frames import CONTINUATION as CONT
+    from wsbridge.wire.frames import Reassembler
 
     assembler = Reassembler(1 << 20)
     tracemalloc.start()

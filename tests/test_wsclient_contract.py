@@ -1,5 +1,5 @@
 """What wsbridge relies on in websocket-client beyond its documented API
-(`wsbridge.wsclient.CONTRACT`) still holds in the installed release: a release
+(`wsbridge.wire.wsclient.CONTRACT`) still holds in the installed release: a release
 that changes any of it fails here, by name, not somewhere in a connection."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import websocket
 
 from wsbridge.testing.raw import RawServer
-from wsbridge.wsclient import CONTRACT, App
+from wsbridge.wire.wsclient import CONTRACT, App
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "wsbridge"
 

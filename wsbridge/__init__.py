@@ -10,9 +10,8 @@
 
 import logging as _logging
 
-from .backoff import NO_RETRY, Backoff
 from .client import Client
-from .codec import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
+from .codecs import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
 from .errors import (
     ClientClosed,
     ConnectError,
@@ -28,13 +27,14 @@ from .errors import (
     WsbridgeError,
 )
 from .message import Message
-from .outbox import Outbox
 from .presets import conventions
-from .registry import live as clients
-from .registry import stop_all
-from .sequence import Gap, SequenceTracker
-from .stats import Stats
-from .store import SQLiteStore, Store
+from .runtime.backoff import NO_RETRY, Backoff
+from .runtime.registry import live as clients
+from .runtime.registry import stop_all
+from .runtime.stats import Stats
+from .tracking.outbox import Outbox
+from .tracking.sequence import Gap, SequenceTracker
+from .tracking.store import SQLiteStore, Store
 
 __version__ = "0.1.0"
 
@@ -42,10 +42,10 @@ __version__ = "0.1.0"
 _logging.getLogger("wsbridge").addHandler(_logging.NullHandler())
 
 _REDIS = {
-    "RedisStreamStore": "redis_store",
-    "StreamConsumer": "consumer",
-    "Lease": "lease",
-    "Bridge": "bridge",
+    "RedisStreamStore": "redis.store",
+    "StreamConsumer": "redis.consumer",
+    "Lease": "redis.lease",
+    "Bridge": "redis.bridge",
 }
 
 

@@ -4,7 +4,7 @@ Each part has one job and one owning thread:
 
 * `Supervisor` (its own thread): connections, one after another; the
   lifecycle state; the retry decisions of a `ReconnectPolicy`;
-* the reader (one per connection, `Connection` and `wsbridge.buffered`):
+* the reader (one per connection, `Connection` and `wsbridge.wire.buffered`):
   frames, then `Intake` decodes and queues them;
 * `Dispatcher` (its own thread) and `Delivery`: each batch tracked, stored,
   delivered to subscribers and to the pull buffer, in order;
@@ -27,27 +27,27 @@ import threading
 import time
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from . import registry
-from .backoff import Backoff
-from .codec import DEFAULT_MAX_LENGTH, Codec, JsonCodec
-from .delivery import Delivery, Emit
-from .dispatch import Dispatcher
+from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
-from .intake import Intake
-from .options import ConnectOptions
-from .outbox import Outbox
-from .policy import ReconnectPolicy
-from .pull import PullBuffer, Pulling
 from .redact import redact_url
-from .reporting import Reporter
-from .resume import default_resume_request
-from .sender import OutFrame, ResumeBuilder, Sendable, Sender
-from .sequence import Positions, SequenceTracker
-from .signals import Signals, Subscribable, deliver
-from .state import Lifecycle, State
-from .stats import Stats
-from .store import Store
-from .supervisor import Supervisor, describe
+from .runtime import registry
+from .runtime.backoff import Backoff
+from .runtime.delivery import Delivery, Emit
+from .runtime.dispatch import Dispatcher
+from .runtime.intake import Intake
+from .runtime.policy import ReconnectPolicy
+from .runtime.pull import PullBuffer, Pulling
+from .runtime.reporting import Reporter
+from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender
+from .runtime.signals import Signals, Subscribable, deliver
+from .runtime.state import Lifecycle, State
+from .runtime.stats import Stats
+from .runtime.supervisor import Supervisor, describe
+from .tracking.outbox import Outbox
+from .tracking.resume import default_resume_request
+from .tracking.sequence import Positions, SequenceTracker
+from .tracking.store import Store
+from .wire.options import ConnectOptions
 
 log = logging.getLogger("wsbridge")
 

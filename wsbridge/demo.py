@@ -15,10 +15,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .backoff import Backoff
 from .client import Client
 from .message import Message
 from .presets import conventions
+from .runtime.backoff import Backoff
 
 CHAT = [
     ("alice", "hello, is the feed live?"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .codec import JsonCodec
+from .codecs import JsonCodec
 
 
 def conventions(**overrides: Any) -> Dict[str, Any]:

@@ -8,9 +8,9 @@ import sys
 import threading
 from typing import Any
 
-from ..backoff import Backoff
-from ..codec import codec_by_name
+from ..codecs import codec_by_name
 from ..redact import redact_url
+from ..runtime.backoff import Backoff
 from .common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -65,7 +65,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     require_redis()
-    from ..bridge import Bridge
+    from ..redis.bridge import Bridge
 
     if args.maxlen is not None and args.maxlen < 1 or args.buffer < 0 or args.lease_ttl <= 0:
         raise CliError("--maxlen >= 1, --buffer >= 0 and --lease-ttl > 0 are required", EXIT_USAGE)

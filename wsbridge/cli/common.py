@@ -17,14 +17,14 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 
 import websocket
 
-from ..backoff import NO_RETRY, Backoff
 from ..client import Client
-from ..codec import CODECS, JsonCodec, codec_by_name
+from ..codecs import CODECS, JsonCodec, codec_by_name
 from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
 from ..message import Message
-from ..options import check_headers
 from ..redact import redact_url
-from ..store import check_store_path as check_path
+from ..runtime.backoff import NO_RETRY, Backoff
+from ..tracking.store import check_store_path as check_path
+from ..wire.options import check_headers
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -197,7 +197,7 @@ def wait_done(done: threading.Event, timeout: Optional[float]) -> None:
 
 def require_redis() -> None:
     """`CliError` unless the ``redis`` extra is installed."""
-    from ..redis_conn import load_redis
+    from ..redis.conn import load_redis
 
     try:
         load_redis()

@@ -67,7 +67,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     require_redis()
-    from ..consumer import StreamConsumer
+    from ..redis.consumer import StreamConsumer
 
     if args.max is not None and args.max < 1 or args.claim_idle < 0:
         raise CliError("--max >= 1 and --claim-idle >= 0 are required", EXIT_USAGE)

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Optional
 
 from ..errors import StoreError
-from ..store import SQLiteStore, Store
+from ..tracking.store import SQLiteStore, Store
 from .common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -73,7 +73,7 @@ def parse_time(text: Optional[str]) -> Optional[float]:
 def open_store(args: argparse.Namespace) -> Store:
     if args.file.startswith(("redis://", "rediss://", "unix://")):
         require_redis()
-        from ..redis_store import RedisStreamStore
+        from ..redis.store import RedisStreamStore
 
         return RedisStreamStore(args.file, feed=args.feed, prefix=args.prefix)
     check_store_path(args.file, must_exist=True)

@@ -57,7 +57,7 @@ def _check(text: str, codec: str) -> None:
         except ValueError as exc:
             raise CliError(f"not valid JSON ({exc}): {text[:80]!r}", EXIT_USAGE) from None
     elif codec == "pipe":
-        from ..codec import PipeCodec
+        from ..codecs import PipeCodec
         from ..errors import ProtocolError
 
         try:

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, List, Optional
 
-from ..codec import CODECS, codec_by_name
+from ..codecs import CODECS, codec_by_name
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, non_negative_int, port_number, positive_float
 
 DESCRIPTION = """\

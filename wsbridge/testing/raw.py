@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, List, Optional, Tuple
 
-from ..handshake import accept_value
+from ..wire.handshake import accept_value
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
 CONTINUATION = 0

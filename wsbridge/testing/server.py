@@ -13,10 +13,10 @@ from typing import Any, Callable, Collection, Dict, Iterable, List, NamedTuple, 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ..codec import Codec, JsonCodec
+from ..codecs import Codec, JsonCodec
 from ..errors import ProtocolError
 from ..message import Message
-from ..resume import parse_resume_request
+from ..tracking.resume import parse_resume_request
 
 log = logging.getLogger("wsbridge.testing")
 
@@ -73,7 +73,7 @@ class Server:
     and ``stream`` when given), keeps them, and streams them to every
     client: from the first one (``feed_from="start"``) or from those
     published after it connected (``"now"``). A client's resume request (the
-    default shape of `wsbridge.resume`) moves it to just after the positions
+    default shape of `wsbridge.tracking.resume`) moves it to just after the positions
     it names. Faults for the client's dedup and gap handling: ``resend``
     earlier messages again on every resume (duplicates), ``skip`` the
     sequence ids given the first time they are sent to a client (gaps that

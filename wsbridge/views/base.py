@@ -19,8 +19,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, List, Optional, Protocol, Tuple
 
-from .. import registry
 from ..message import Message
+from ..runtime import registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..client import Client

@@ -18,14 +18,14 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Union
 
+from ..errors import StoreError
+from ..message import Message
+from ..tracking.sequence import Outcome, Positions, SequenceTracker
+from ..tracking.store import Store
 from .dispatch import Dispatcher
-from .errors import StoreError
-from .message import Message
 from .pull import PullBuffer
 from .reporting import Reporter
-from .sequence import Outcome, Positions, SequenceTracker
 from .signals import Signals, deliver
-from .store import Store
 
 log = logging.getLogger("wsbridge")
 

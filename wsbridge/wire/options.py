@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from .redact import MASK, redact_headers, redact_url
+from ..redact import MASK, redact_headers, redact_url
 
 
 @dataclass(frozen=True, repr=False)

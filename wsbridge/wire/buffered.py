@@ -1,10 +1,10 @@
-"""A socket with a read buffer, under wsbridge's frame reader (`wsbridge.reader`).
+"""A socket with a read buffer, under wsbridge's frame reader (`wsbridge.wire.reader`).
 
 websocket-client's own reader makes at least two ``recv`` calls per frame (the
 2-byte header, then the payload, 16 KiB at a time) after one ``select``.
 `BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB
 and serves frames from memory; large payloads are read straight into their
-final buffer (``recv_into``). During the upgrade it shows `wsbridge.handshake`
+final buffer (``recv_into``). During the upgrade it shows `wsbridge.wire.handshake`
 the request and the bounded response head before websocket-client reads it.
 Only the connection's reader thread reads from it.
 """
@@ -17,7 +17,7 @@ import socket
 import ssl
 from typing import Any, Callable, Optional, Union
 
-from .codec import DEFAULT_MAX_LENGTH
+from ..codecs import DEFAULT_MAX_LENGTH
 from .handshake import Handshake
 
 CHUNK = 256 * 1024

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from blinker import ANY, Signal
 
-from .message import Message
+from ..message import Message
 
 MessageHandler = Callable[[Message], Any]
 

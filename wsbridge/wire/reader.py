@@ -10,7 +10,7 @@ rest (the handshake, sending, pings, the callbacks and teardown).
 fast path cuts a complete, unfragmented, unmasked text or binary frame lying
 whole in the buffer out in a few operations (text checked as UTF-8); every
 other frame (control frames, fragments, anything unusual, a frame still
-arriving) goes through `ReadLoop.read_frame` and the rules of `wsbridge.frames`.
+arriving) goes through `ReadLoop.read_frame` and the rules of `wsbridge.wire.frames`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Union
 
 from websocket import WebSocketException
 
+from ..errors import WireError
 from .buffered import BufferedSocket
-from .errors import WireError
 from .frames import CLOSE, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, close_payload, parse_close
 from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket_send
 
@@ -42,7 +42,7 @@ class ReadLoop:
 
     Every frame is read here, never by websocket-client's parser: whole plain
     data frames lying in the buffer by the fast path (`take_data_frames`), any
-    other frame by `read_frame`, which applies RFC 6455 (`wsbridge.frames`):
+    other frame by `read_frame`, which applies RFC 6455 (`wsbridge.wire.frames`):
     fragments are reassembled, pings answered, the close handshake completed,
     and a violation fails the connection with its close code (`fail`).
     Between reads it waits on the socket for at most ``ping_timeout``

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any, List, Mapping, Optional, Union
 
-from .codec import Codec, JsonCodec, PipeCodec
-from .message import Message
+from ..codecs import Codec, JsonCodec, PipeCodec
+from ..message import Message
 from .sequence import Positions
 
 RESUME_TYPE = "resume"

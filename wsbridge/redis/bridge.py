@@ -20,12 +20,12 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from .client import Client
-from .errors import LeaseLost, StoreError
+from ..client import Client
+from ..errors import LeaseLost, StoreError
+from ..redact import redact_url
+from .conn import feed_key
 from .lease import Lease
-from .redact import redact_url
-from .redis_conn import feed_key
-from .redis_store import RedisStreamStore
+from .store import RedisStreamStore
 
 log = logging.getLogger("wsbridge")
 

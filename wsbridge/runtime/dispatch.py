@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional
 
-from .message import Message
+from ..message import Message
 
 log = logging.getLogger("wsbridge")
 

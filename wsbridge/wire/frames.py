@@ -5,7 +5,7 @@ What a client must check in what the server sends: the frame header
 order and size of fragments (`Reassembler`). Every violation raises
 `WireError` with the close code the RFC gives for it (1002 protocol error,
 1007 invalid data, 1009 too big) and the offending bytes; the read loop
-(`wsbridge.buffered`) sends that close code and ends the connection.
+(`wsbridge.wire.buffered`) sends that close code and ends the connection.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 from typing import Any, Callable, Optional, Tuple
 
-from .errors import MessageTooLarge, WireError
+from ..errors import MessageTooLarge, WireError
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 

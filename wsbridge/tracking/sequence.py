@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Dict, List, NamedTuple, Optional
 
-from .message import Message
+from ..message import Message
 
 Positions = Dict[Optional[str], int]
 """Stream name (None: the unnamed stream) -> last contiguous sequence id."""

@@ -20,8 +20,8 @@ import time
 from collections import deque
 from typing import Callable, Collection, Deque, Iterable, Iterator, List, Optional
 
-from .errors import ClientClosed, UsageError
-from .message import Message
+from ..errors import ClientClosed, UsageError
+from ..message import Message
 
 log = logging.getLogger("wsbridge")
 

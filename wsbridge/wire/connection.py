@@ -5,11 +5,11 @@ from one socket to the next. websocket-client's own reconnect loop stays off
 (it sleeps a fixed time and never reports the drop); so does its UTF-8 check
 (pure Python without ``wsaccel``; the reader checks text itself).
 
-The socket is dialled here (`wsbridge.dial`: bounded by ``connect_timeout``,
+The socket is dialled here (`wsbridge.wire.dial`: bounded by ``connect_timeout``,
 abortable in every phase, through the environment's proxy if any) and handed
 to websocket-client wrapped in a `BufferedSocket`, which checks the upgrade
-(`wsbridge.handshake`). Every frame is read by our `ReadLoop`
-(`wsbridge.reader`), never by websocket-client's parser.
+(`wsbridge.wire.handshake`). Every frame is read by our `ReadLoop`
+(`wsbridge.wire.reader`), never by websocket-client's parser.
 
 Frames are written by the sending threads, whole, under websocket-client's
 send lock; a frame that a send with a timeout left half written is finished

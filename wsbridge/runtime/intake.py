@@ -2,7 +2,7 @@
 
 `Intake.on_frame` runs on the reader thread of the connection of the moment
 for every whole message the wire delivered (checked already: size, UTF-8;
-see `wsbridge.frames`). It decodes with the codec and queues the messages
+see `wsbridge.wire.frames`). It decodes with the codec and queues the messages
 for the dispatcher, which blocks here while the dispatch queue is full (TCP
 backpressure). A frame the codec refuses is reported and the stream goes on.
 The counters are written by the reader thread only (one connection at a time).
@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .codec import Codec
+from ..codecs import Codec
+from ..errors import ProtocolError
 from .dispatch import Dispatcher
-from .errors import ProtocolError
 
 
 class Intake:

@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, cast
 
-from .errors import LeaseLost
-from .redis_conn import REDIS_ERRORS, connect, load_redis
+from ..errors import LeaseLost
+from .conn import REDIS_ERRORS, connect, load_redis
 
 log = logging.getLogger("wsbridge")
 

@@ -22,18 +22,18 @@ from typing import Any, Callable, Optional
 
 import websocket
 
-from .connection import Connection, Hooks
+from ..errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
+from ..redact import redact_url
+from ..tracking.store import Store
+from ..wire.connection import Connection, Hooks
+from ..wire.options import ConnectOptions
 from .delivery import END, EXPIRE, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
-from .errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
 from .intake import Intake
-from .options import ConnectOptions
 from .policy import Ending, ReconnectPolicy
-from .redact import redact_url
 from .sender import Sender
 from .signals import Signals
 from .state import Lifecycle, State
-from .store import Store
 
 log = logging.getLogger("wsbridge")
 

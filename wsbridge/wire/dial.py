@@ -17,7 +17,7 @@ A proxy from the environment (``http_proxy`` for ws://, ``https_proxy`` for
 wss://, minus ``no_proxy``: websocket-client's reading of them) is dialled
 here too, and the tunnel opened with HTTP CONNECT, under the same deadline
 and abort. So websocket-client never dials, and wsbridge's upgrade checks
-(`wsbridge.handshake`) apply to every connection, proxied or not.
+(`wsbridge.wire.handshake`) apply to every connection, proxied or not.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Optional
 
 import websocket
 
-from .errors import HandshakeError
+from ..errors import HandshakeError
 from .handshake import HttpHead, parse_status
 from .wsclient import get_proxy_info, parse_url, ssl_socket  # TLS wrapping, so sslopt means what websocket-client documents
 

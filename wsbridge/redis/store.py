@@ -45,15 +45,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Optional, Sequence, Tuple, cast
 
-from .backoff import Backoff
-from .errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, importable from here as before
+from ..errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, importable from here as before
+from ..message import Message
+from ..redact import redact_url
+from ..runtime.backoff import Backoff
+from ..tracking.sequence import Positions
+from ..tracking.store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stream_key
+from .conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
+from .conn import load_redis as load_redis  # re-exported: this module was its home
 from .lease import Lease
-from .message import Message
-from .redact import redact_url
-from .redis_conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
-from .redis_conn import load_redis as load_redis  # re-exported: this module was its home
-from .sequence import Positions
-from .store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stream_key
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis

@@ -22,13 +22,13 @@ import threading
 import time
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from .codec import Codec
-from .connection import Connection
-from .errors import ClientClosed, OutboxFull, StoreError, WsbridgeError
-from .message import Message
-from .outbox import Outbox
-from .sequence import Positions
-from .store import Store
+from ..codecs import Codec
+from ..errors import ClientClosed, OutboxFull, StoreError, WsbridgeError
+from ..message import Message
+from ..tracking.outbox import Outbox
+from ..tracking.sequence import Positions
+from ..tracking.store import Store
+from ..wire.connection import Connection
 
 log = logging.getLogger("wsbridge")
 

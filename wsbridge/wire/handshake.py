@@ -28,8 +28,8 @@ import hashlib
 import re
 from typing import Dict, List, Optional, Tuple, Union
 
-from .errors import HandshakeError, preview
-from .redact import redact_url
+from ..errors import HandshakeError, preview
+from ..redact import redact_url
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Generic, List, Optional, TypeVar
 
-from .errors import OutboxFull
+from ..errors import OutboxFull
 
 T = TypeVar("T")
 

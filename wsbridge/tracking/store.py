@@ -23,8 +23,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
-from .message import Message
+from ..errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
+from ..message import Message
 from .sequence import Positions
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Tuple, Type
 
-from .errors import StoreError
+from ..errors import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis

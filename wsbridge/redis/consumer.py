@@ -18,12 +18,12 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple, cast
 
-from .backoff import Backoff
-from .message import Message
-from .redact import redact_url
-from .redis_store import REDIS_ERRORS, connect, entry_message, feed_key
-from .reporting import Reporter
-from .signals import Signals, Subscribable, deliver
+from ..message import Message
+from ..redact import redact_url
+from ..runtime.backoff import Backoff
+from ..runtime.reporting import Reporter
+from ..runtime.signals import Signals, Subscribable, deliver
+from .store import REDIS_ERRORS, connect, entry_message, feed_key
 
 log = logging.getLogger("wsbridge")
 

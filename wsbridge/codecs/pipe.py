@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .errors import ProtocolError, preview
-from .message import Message
+from ..errors import ProtocolError, preview
+from ..message import Message
 
 Frame = Tuple[Union[str, bytes], bool]
 """What `Codec.encode` returns: the frame data and whether it is a binary frame."""

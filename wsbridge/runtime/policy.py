@@ -13,8 +13,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import HandshakeError
 from .backoff import Backoff
-from .errors import HandshakeError
 
 FATAL_HTTP_STATUSES = frozenset({400, 401, 403, 404, 405, 426})
 """Handshake refusals that retrying will not fix."""
