@@ -209,7 +209,7 @@ def test_layering_check_sees_violations() -> None:
     for folder in ("wire", "runtime", "tracking", "codecs", "redis", "views", "cli", "testing"):
         assert is_package(f"wsbridge.{folder}"), folder
     assert {"wsbridge.wire.frames", "wsbridge.runtime.supervisor", "wsbridge.tracking.store",
-            "wsbridge.codecs.pipe", "wsbridge.redis.bridge"} <= set(MODULES)
+            "wsbridge.codecs.json", "wsbridge.redis.bridge"} <= set(MODULES)
 
 
 def test_view_models_do_not_import_renderers() -> None:
