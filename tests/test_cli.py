@@ -426,7 +426,7 @@ def test_ca_file_that_is_missing_or_with_ws_is_a_usage_error(tmp_path):
 
 def test_an_invalid_url_is_shown_with_secrets_masked():
     result = run("listen", "ws://user:hunter2@[::1/feed?token=abc#access_token=xyz")
-    assert result.returncode == 2 and "ws://user:***@[::1/feed?***" in result.stderr, result.stderr
+    assert result.returncode == 2 and "ws://user:***@[::1/feed?token=***" in result.stderr, result.stderr
     assert "hunter2" not in result.stderr and "abc" not in result.stderr and "xyz" not in result.stderr
 
 

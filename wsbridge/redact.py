@@ -3,26 +3,48 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
 _SECRET_KEY = re.compile(r"token|key|secret|pass|pwd|auth|sig|session|cred|code|jwt|bearer", re.I)
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the password of its user info and secret-looking query values masked."""
+    """``url`` with the password of its user info and every query value masked (the
+    keys stay; a bare item, ``?TOKEN``, is masked whole), and the values of ``;name=value``
+    parameters in its path. Query values are all masked because no list of names
+    catches every credential (``t``, ``ticket``, ``otp``, ``hmac``, ...)."""
     try:
         parts = urlsplit(url)
-    except ValueError:  # not a URL urllib can split ("ws://[::1/"): show it, what may be secret masked
-        head, sep, _query = url.split("#", 1)[0].partition("?")  # the fragment goes, as urlunsplit drops it below
-        scheme, slashes, rest = head.partition("//")
-        netloc, slash, path = rest.partition("/")
-        return scheme + slashes + _mask_userinfo(netloc) + slash + path + (sep + MASK if sep else "")
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if _SECRET_KEY.search(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), parts.path, query, ""))
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:  # not a URL urllib can split ("ws://[::1/", "ws://u:pa/ss@h/"): the suspect part masked
+        return _redact_unsplittable(url)
+    return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), _mask_params(parts.path), _mask_query(parts.query), ""))
+
+
+def _redact_unsplittable(url: str) -> str:
+    head, slashes, rest = url.partition("//")
+    at = rest.rfind("@")
+    if at >= 0:  # a password holding '/', '?' or '#' hides where the user info ends: mask up to the last '@'
+        userinfo, rest = rest[:at], rest[at + 1:]
+        netloc_prefix = f"{userinfo.split(':', 1)[0]}:{MASK}@" if ":" in userinfo else f"{MASK}@"
+    else:
+        netloc_prefix = ""
+    base, sep, query = rest.split("#", 1)[0].partition("?")  # the fragment goes, as urlunsplit drops it
+    netloc, slash, path = base.partition("/")
+    host = netloc_prefix + (netloc.split("@")[-1] if at < 0 else netloc)
+    return head + slashes + host + slash + _mask_params(path) + (sep + _mask_query(query) if sep else "")
+
+
+def _mask_query(query: str) -> str:
+    items = [item for item in re.split(r"[&;]", query) if item]
+    return "&".join(f"{item.partition('=')[0]}={MASK}" if "=" in item else MASK for item in items)
+
+
+def _mask_params(path: str) -> str:
+    """``/feed;token=abc/x`` -> ``/feed;token=***/x`` (RFC 3986 path parameters)."""
+    return re.sub(r"(;[^/;=]*=)[^/;]*", lambda m: m.group(1) + MASK, path)
 
 
 def _mask_userinfo(netloc: str) -> str:
@@ -31,6 +53,33 @@ def _mask_userinfo(netloc: str) -> str:
         return netloc
     userinfo, _, host = netloc.rpartition("@")
     return f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+
+
+def redact_protocol(protocol: str) -> str:
+    """A subprotocol as logs and errors show it: one that looks like a credential
+    (Kubernetes' ``base64url.bearer.authorization.k8s.io.<token>``, or any name with
+    ``token``, ``key``, ``auth`` ... in it) keeps only what comes before its last dot."""
+    if _SECRET_KEY.search(protocol):
+        head, dot, _ = protocol.rpartition(".")
+        return f"{head}{dot}{MASK}" if dot and not _SECRET_KEY.search(_) else MASK
+    return protocol
+
+
+def without_traceback(error: Optional[BaseException]) -> Optional[BaseException]:
+    """``error`` (and the errors it was raised from) without their tracebacks: an error
+    that outlives its connection (``last_error``, the cause of a give-up) must not keep
+    the frames of the upgrade alive, whose local variables hold the request's headers
+    (tools such as Sentry or rich show the locals of a traceback)."""
+    seen = set()
+    current = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None and id(linked) not in seen:
+                without_traceback(linked)
+        current = None
+    return error
 
 
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token"})

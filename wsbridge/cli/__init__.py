@@ -36,12 +36,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 class Arguments(argparse.Namespace):
     """The parsed command line. Its ``repr`` masks what may be secret (a URL's
-    password and tokens, every ``--header`` value): tracebacks that show local
-    variables print it."""
+    password and tokens, every ``--header`` value, the messages ``send`` was given,
+    which may log in): tracebacks that show local variables print it."""
 
     def __repr__(self) -> str:
         shown = {
             name: [f"{h.partition(':')[0]}: {MASK}" if ":" in h else MASK for h in value] if name == "header"
+            else f"<{len(value)} message(s)>" if name == "messages" and isinstance(value, list)
             else redact_url(value) if isinstance(value, str) and "://" in value else value
             for name, value in vars(self).items() if name != "func"
         }

@@ -27,6 +27,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, U
 
 import websocket
 
+from ..redact import without_traceback
 from .buffered import BufferedSocket, frame_complete
 from .dial import open_socket
 from .frames import close_payload
@@ -149,6 +150,9 @@ class Connection:
             ):
                 # One message for every phase that ran out of time (TCP, TLS, upgrade).
                 self.error = TimeoutError(f"connection not open within {self.options.connect_timeout} s ({self.error})")
+            if self.error is not None:  # it outlives the connection: not the frames, whose locals hold the headers
+                log.debug("%s: the connection's error", self.thread.name, exc_info=self.error)
+                without_traceback(self.error)
             self._release()
             self.ended.set()
             try:

@@ -29,7 +29,7 @@ import re
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import HandshakeError, preview
-from ..redact import redact_url
+from ..redact import redact_protocol, redact_url
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -174,11 +174,12 @@ class Handshake(HttpHead):
         offered = _tokens(request.get("sec-websocket-protocol", []))
         if len(chosen) > 1 or (chosen and chosen[0] not in offered):
             raise HandshakeError(
-                f"the server chose subprotocol {', '.join(chosen)!r}, but the client offered "
-                + (", ".join(repr(p) for p in offered) or "none")
+                f"the server chose subprotocol {', '.join(redact_protocol(p) for p in chosen)[:80]!r}, but the "
+                "client offered " + (", ".join(repr(redact_protocol(p)) for p in offered) or "none")
             )
         if offered and not chosen:  # websocket-client would refuse it too, less clearly
-            raise HandshakeError(f"the server chose none of the subprotocols offered ({', '.join(repr(p) for p in offered)})")
+            raise HandshakeError("the server chose none of the subprotocols offered "
+                                 f"({', '.join(repr(redact_protocol(p)) for p in offered)})")
         extensions = _tokens(fields.get("sec-websocket-extensions", []))
         if extensions:  # none is implemented, so none can be in use
             raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {extensions!r}")

@@ -6,9 +6,9 @@ import os
 import ssl
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-from ..redact import MASK, redact_headers, redact_url
+from ..redact import MASK, redact_headers, redact_protocol, redact_url
 
 
 @dataclass(frozen=True, repr=False)
@@ -40,9 +40,11 @@ class ConnectOptions:
 
     def __repr__(self) -> str:
         """The URL's password and secret-looking query values, every header value
-        (any header may carry a credential) and secret-looking ``sslopt`` values masked."""
+        (any header may carry a credential), secret-looking ``sslopt`` values and
+        subprotocols (`redact_protocol`) masked."""
         shown = dict(vars(self), url=redact_url(self.url), headers=dict.fromkeys(self.headers, MASK),
-                     sslopt=redact_headers(self.sslopt) if self.sslopt else self.sslopt)
+                     sslopt=redact_headers(self.sslopt) if self.sslopt else self.sslopt,
+                     subprotocols=[redact_protocol(p) for p in self.subprotocols] if self.subprotocols else self.subprotocols)
         return f"ConnectOptions({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     def __post_init__(self) -> None:
@@ -50,7 +52,11 @@ class ConnectOptions:
                       self.connect_timeout, self.close_timeout)
         check_tls_files(self.sslopt)
         check_headers(self.headers)
+        check_subprotocols(self.subprotocols)
 
+
+_URL_SAFE = "/?#[]@!$&'()*+,;=%:~"
+"""What `quote` leaves as it is when it shows the ASCII form of a path and query."""
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 """What a header name is made of (RFC 9110 §5.1: a token)."""
@@ -71,12 +77,34 @@ def check_headers(headers: Dict[str, str]) -> None:
                 f"header name {text[:bad]!r}...: {text[bad]!r} at position {bad} is not allowed in a name "
                 "(letters, digits and !#$%&'*+-.^_`|~ only)"
             )
+        if isinstance(value, (bytes, bytearray)):  # it would go out as "b'...'"
+            raise ValueError(f"the value of header {name!r} is bytes: give it as str")
         bad = next((i for i, c in enumerate(str(value)) if (c < " " and c != "\t") or c == "\x7f"), None)
         if bad is not None:
             raise ValueError(
                 f"the value of header {name!r} holds {str(value)[bad]!r} at position {bad}: control characters are "
                 "refused (a CR or LF would end the header line and start another)"
             )
+
+
+def check_subprotocols(subprotocols: Optional[List[str]]) -> None:
+    """`ValueError` for a subprotocol that is not a token (RFC 6455 §4.1: each is a
+    token, RFC 9110 §5.6.2), or is offered twice: a comma, space, CR or LF would change
+    the ``Sec-WebSocket-Protocol`` header or inject others. The message names the
+    subprotocol's place in the list, never its text (it may carry a token)."""
+    if subprotocols is None:
+        return
+    if isinstance(subprotocols, (str, bytes)):
+        raise ValueError("subprotocols is a list of names, not one string")
+    for i, protocol in enumerate(subprotocols):
+        if not isinstance(protocol, str) or not protocol:
+            raise ValueError(f"subprotocols[{i}] must be a non-empty string")
+        bad = next((j for j, c in enumerate(protocol) if c not in _TCHAR), None)
+        if bad is not None:
+            raise ValueError(f"subprotocols[{i}] holds {protocol[bad]!r} at position {bad}: a subprotocol is a token "
+                             "(letters, digits and !#$%&'*+-.^_`|~ only)")
+    if len(set(subprotocols)) != len(subprotocols):
+        raise ValueError("a subprotocol is offered twice")
 
 
 TLS_FILES = ("ca_certs", "certfile", "keyfile", "ca_cert_path")
@@ -115,8 +143,21 @@ def check_options(
         raise ValueError(f"a WebSocket URL starts with ws:// or wss://, not {redact_url(url)!r}")
     if any(c.isspace() for c in url):
         raise ValueError(f"a URL has no spaces: {redact_url(url)!r} (encode them as %20)")
+    bad = next((i for i, c in enumerate(url) if c < " " or c == "\x7f"), None)
+    if bad is not None:  # they would reach the request line, Host and a proxy's CONNECT as they are
+        raise ValueError(f"the URL holds the control character {url[bad]!r} at position {bad} (percent-encode it)")
+    if not (parts.path + parts.query).isascii():  # the request line is ASCII (RFC 9112 §3.2)
+        raise ValueError(f"the URL's path or query is not ASCII: percent-encode it "
+                         f"({quote(parts.path + ('?' + parts.query if parts.query else ''), safe=_URL_SAFE)!r})")
     if not parts.hostname:
         raise ValueError(f"the URL names no host: {redact_url(url)!r}")
+    if not parts.hostname.isascii():  # it would go out as raw UTF-8 in Host and CONNECT
+        try:
+            ascii_form = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_form = None
+        raise ValueError(f"the URL's host {parts.hostname!r} is not ASCII: give its IDNA form"
+                         + (f" ({ascii_form!r})" if ascii_form else ""))
     try:
         port = parts.port  # urlsplit checks the port only when asked
     except ValueError:

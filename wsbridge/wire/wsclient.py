@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 import websocket
-from websocket import ABNF, WebSocketApp
+from websocket import ABNF, WebSocketApp, _handshake
 from websocket._http import _ssl_socket as ssl_socket  # TLS wrapping with websocket-client's sslopt meaning
 from websocket._socket import send as socket_send  # the stock dispatcher's send
 from websocket._url import get_proxy_info, parse_url
@@ -46,6 +46,35 @@ class _QuietForWsbridge(logging.Filter):
 
 
 logging.getLogger("websocket").addFilter(_QuietForWsbridge())
+
+
+class _NoJarForWsbridge:
+    """websocket-client keeps one cookie jar for the whole process
+    (``websocket._handshake.CookieJar``): every ``Set-Cookie`` of a 101 answer goes in,
+    keyed by the cookie's ``Domain`` alone, and goes out again in every later upgrade
+    to a matching host, whatever its port, scheme or ``Secure`` flag, whichever client
+    (and credentials) makes it, and with no check that the server could set that
+    domain. For the connections wsbridge runs (their reader threads), the jar is
+    neither read nor written: a cookie goes only where the user's ``headers`` send
+    it. Other users of websocket-client in the process keep its behaviour."""
+
+    def __init__(self, jar: Any) -> None:
+        self.jar = jar
+
+    def add(self, set_cookie: Optional[str]) -> None:
+        if not getattr(_thread, "wsbridge_reader", False):
+            self.jar.add(set_cookie)
+
+    def set(self, set_cookie: str) -> None:
+        if not getattr(_thread, "wsbridge_reader", False):
+            self.jar.set(set_cookie)
+
+    def get(self, host: str) -> str:
+        return "" if getattr(_thread, "wsbridge_reader", False) else self.jar.get(host)
+
+
+if not isinstance(_handshake.CookieJar, _NoJarForWsbridge):
+    _handshake.CookieJar = _NoJarForWsbridge(_handshake.CookieJar)  # type: ignore[assignment]
 
 
 def mark_reader_thread() -> None:
@@ -153,6 +182,10 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: parse_url("wss://h:1/p") == ("h", 1, "/p", True)),
     ("websocket._url.get_proxy_info(hostname, is_secure) -> (host, port, auth)",
      lambda: len(get_proxy_info("127.0.0.1", False)) == 3),
+    ("websocket._handshake.CookieJar: read by the upgrade request (get(host)) and filled by every 101 (add)",
+     lambda: "CookieJar.get(host)" in inspect.getsource(_handshake._get_handshake_headers)
+     and "CookieJar.add(" in inspect.getsource(_handshake.handshake_response)
+     and isinstance(_handshake.CookieJar, _NoJarForWsbridge)),
     ("websocket._socket.send(sock, data)",
      lambda: _params(socket_send) == ["sock", "data"]),
     ("ABNF.create_frame(data, opcode) and ABNF.format()",
