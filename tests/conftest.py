@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import queue
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -108,6 +111,53 @@ class Lines:
             out.append(line)
         self.seen.extend(out)
         return out
+
+
+class PProxy:
+    """pproxy (PyPI; not ours) in a child process on 127.0.0.1, on a port it picks:
+    ``scheme`` is ``http``, ``socks5`` or ``http+ssl`` (with ``ssl_files``: certificate
+    and key), ``auth`` a ``user:password`` it requires (asked again on every
+    connection: ``--auth 0``). `target` is where it next said it connected to."""
+
+    def __init__(self, scheme: str, auth: Optional[str] = None, ssl_files: Optional[List[str]] = None) -> None:
+        listen = f"{scheme}://127.0.0.1:0" + (f"#{auth}" if auth else "")
+        command = [sys.executable, "-u", "-m", "pproxy", "-l", listen, "-v", "--auth", "0"]
+        if ssl_files:
+            command += ["--ssl", ",".join(ssl_files)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = Lines(self.process.stdout)
+        try:
+            serving = self.lines.next("Serving on", timeout=30)
+            found = re.search(r"127\.0\.0\.1:(\d+) ", serving)
+            assert found, serving
+            self.port = int(found.group(1))
+        except BaseException:
+            self.close()
+            raise
+
+    def url(self, scheme: str, auth: str = "") -> str:
+        return f"{scheme}://{auth + '@' if auth else ''}127.0.0.1:{self.port}"
+
+    def target(self, timeout: float = 10.0) -> str:
+        """The ``host:port`` of the next connection pproxy reports relaying."""
+        return self.lines.next(" -> ", timeout).rsplit(" -> ", 1)[1].strip()
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.lines.rest(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def __enter__(self) -> "PProxy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:

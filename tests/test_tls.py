@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any, Dict
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 import wsbridge
 from wsbridge.testing import ConnectProxy, Server
+
+from conftest import PProxy
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +86,90 @@ def test_timed_sends_over_tls_arrive_whole(tls_server, ca, make_client, tmp_path
     for text in ("small", big, "last"):
         client.send(text, timeout=10)
     assert [m.data for m in tls_server.wait_received(3)] == ["small", big, "last"]
+
+
+# -- issue 22, point 5: wss:// through proxies, an https:// proxy, client certificates ----------------------
+
+
+@pytest.fixture
+def ca_file(ca, tmp_path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5", "socks5h"])
+def test_wss_through_a_proxy_is_verified_end_to_end(tls_server, ca_file, make_client, scheme):
+    with PProxy("socks5" if scheme.startswith("socks") else "http", auth="u:pw") as proxy:
+        client = make_client(tls_server.url, sslopt={"ca_certs": ca_file}, proxy=proxy.url(scheme, "u:pw"))
+        client.start().wait_connected(timeout=10)
+        assert proxy.target() == f"127.0.0.1:{tls_server.port}"
+        tls_server.send({"type": "secret", "n": 1})
+        assert client.wait_for("secret", timeout=10).payload["n"] == 1
+
+
+def test_an_https_proxy_is_spoken_to_over_tls_and_its_certificate_verified(ca, ca_file, make_client, tmp_path):
+    files = [str(tmp_path / "proxy.pem"), str(tmp_path / "proxy.key")]
+    proxy_cert = ca.issue_cert("127.0.0.1")
+    proxy_cert.cert_chain_pems[0].write_to_path(files[0])
+    proxy_cert.private_key_pem.write_to_path(files[1])
+    with PProxy("http+ssl", auth="u:pw", ssl_files=files) as proxy, Server(echo=True) as server:
+        client = make_client(server.url, sslopt={"ca_certs": ca_file}, proxy=proxy.url("https", "u:pw"))
+        client.start().wait_connected(timeout=10)
+        assert proxy.target() == f"127.0.0.1:{server.port}"
+        client.send({"type": "back", "n": 2})
+        assert client.wait_for("back", timeout=10).payload["n"] == 2
+        client.stop()
+        stranger = make_client(server.url, proxy=proxy.url("https", "u:pw"))  # the system's CAs do not know it
+        stranger.start()
+        with pytest.raises(wsbridge.ConnectError, match="TLS certificate verification failed"):
+            stranger.wait_connected(timeout=10)
+        assert stranger.stats.connect_attempts == 1
+
+
+def test_wss_through_an_https_proxy_is_refused_clearly(tls_server):
+    with pytest.raises(ValueError, match=r"TLS inside TLS\) is not supported"):
+        wsbridge.Client(tls_server.url, proxy="https://127.0.0.1:3128")
+
+
+@pytest.fixture
+def client_cert_server(ca):
+    """A wss:// server that requires a certificate the test CA issued."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    with Server(ssl=context, echo=True) as srv:
+        yield srv
+
+
+def client_cert_files(ca: trustme.CA, folder: Any, name: str = "client") -> Dict[str, str]:
+    cert = ca.issue_cert(f"{name}@example.org")
+    files = {"certfile": str(folder / f"{name}.pem"), "keyfile": str(folder / f"{name}.key")}
+    cert.cert_chain_pems[0].write_to_path(files["certfile"])
+    cert.private_key_pem.write_to_path(files["keyfile"])
+    return files
+
+
+def test_a_client_certificate_from_sslopt_is_presented(client_cert_server, ca, ca_file, make_client, tmp_path):
+    client = make_client(client_cert_server.url, sslopt={"ca_certs": ca_file, **client_cert_files(ca, tmp_path)})
+    client.start().wait_connected(timeout=10)
+    client.send({"type": "back"})
+    assert client.wait_for("back", timeout=10).payload == {"type": "back"}
+    refused = make_client(client_cert_server.url, sslopt={"ca_certs": ca_file}, backoff=wsbridge.NO_RETRY)
+    refused.start()
+    with pytest.raises(wsbridge.ConnectError):
+        refused.wait_connected(timeout=10)
+    assert refused.stats.connects == 0 and client_cert_server.connections_total == 1  # without one: not let in
+
+
+def test_a_client_certificate_that_does_not_load_with_its_key_is_refused_at_construction(ca, tmp_path):
+    mine, other = client_cert_files(ca, tmp_path, "mine"), client_cert_files(ca, tmp_path, "other")
+    with pytest.raises(ValueError, match=r"sslopt\['certfile'\]: .* does not load as a PEM client certificate"):
+        wsbridge.Client("wss://127.0.0.1:9/", sslopt={"certfile": mine["certfile"], "keyfile": other["keyfile"]})
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(ca.issue_cert("x@example.org").private_key_pem.bytes(), None)
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"k3y-pass")))
+    with pytest.raises(ValueError, match=r"an encrypted key needs sslopt\['password'\]"):  # OpenSSL does not prompt
+        wsbridge.Client("wss://127.0.0.1:9/", sslopt={"certfile": mine["certfile"], "keyfile": str(encrypted)})

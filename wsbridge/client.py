@@ -25,11 +25,10 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
-from .redact import redact_url
 from .runtime import registry
 from .runtime.backoff import Backoff
 from .runtime.delivery import Delivery, Emit
@@ -47,7 +46,8 @@ from .tracking.outbox import Outbox
 from .tracking.resume import default_resume_request
 from .tracking.sequence import Positions, SequenceTracker
 from .tracking.store import Store
-from .wire.options import ConnectOptions
+from .wire.options import ConnectOptions, Cookie, Headers, Subprotocols, Url
+from .wire.proxies import split_no_proxy
 
 log = logging.getLogger("wsbridge")
 
@@ -75,7 +75,10 @@ class Client(Subscribable, Pulling):
     (``"raise"``, ``"drop_oldest"``, ``"block"``), ``outbox_timeout``;
     ``ping_interval``, ``ping_timeout`` (0: no pings), ``idle_timeout``,
     ``connect_timeout``, ``close_timeout``; ``headers``, ``sslopt``,
-    ``subprotocols``; ``pull_buffer``, ``pull_buffer_bytes``, ``pull_overflow``;
+    ``subprotocols``, ``cookie`` (``url``, ``headers``, ``subprotocols`` and
+    ``cookie`` may be callables, called before each attempt: fresh credentials),
+    ``origin``, ``host``, ``suppress_origin``, ``proxy``, ``no_proxy``;
+    ``pull_buffer``, ``pull_buffer_bytes``, ``pull_overflow``;
     ``dispatch_queue``, ``dispatch_queue_bytes`` (bounds of the queue between
     the reader and the subscribers: when full the reader stops reading, so TCP
     pushes back on the server); ``store``; ``resume`` (False by default: nothing
@@ -89,7 +92,7 @@ class Client(Subscribable, Pulling):
 
     def __init__(
         self,
-        url: str,
+        url: Url,
         *,
         codec: Optional[Codec] = None,
         backoff: Optional[Backoff] = None,
@@ -101,9 +104,16 @@ class Client(Subscribable, Pulling):
         idle_timeout: Optional[float] = None,
         connect_timeout: float = 10.0,
         close_timeout: float = 1.0,
-        headers: Optional[Mapping[str, str]] = None,
+        headers: Optional[Headers] = None,
         sslopt: Optional[Dict[str, Any]] = None,
-        subprotocols: Optional[List[str]] = None,
+        subprotocols: Subprotocols = None,
+        # What the upgrade request carries, and the way to the server (issue 22, points 1 and 5):
+        cookie: Cookie = None,
+        origin: Optional[str] = None,
+        host: Optional[str] = None,
+        suppress_origin: bool = False,
+        proxy: Optional[str] = None,
+        no_proxy: Optional[Union[str, Sequence[str]]] = None,
         pull_buffer: int = 10_000,
         pull_buffer_bytes: int = 16 * 1024 * 1024,
         pull_overflow: str = "drop_oldest",
@@ -119,10 +129,12 @@ class Client(Subscribable, Pulling):
         name: Optional[str] = None,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
-            _lower_scheme(url), dict(headers or {}), sslopt, subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
+            url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
+            subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
             idle_timeout, connect_timeout, close_timeout, max_message_size,
+            cookie=cookie, origin=origin, host=host, suppress_origin=suppress_origin, proxy=proxy,
+            no_proxy=split_no_proxy(no_proxy),
         )
-        self.url = self.options.url
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
         self._named = name is not None
@@ -158,6 +170,15 @@ class Client(Subscribable, Pulling):
         )
 
     # -- options, for code that read them as attributes ------------------------------------
+    @property
+    def url(self) -> str:
+        """The URL: as given, or for a callable ``url`` the one the current (or last)
+        attempt dialled ("" before the first)."""
+        if not callable(self.options.url):
+            return self.options.url
+        conn = self._supervisor.conn
+        return (conn.url if conn is not None else None) or ""
+
     backoff = property(lambda self: self.policy.backoff)
     retry_fatal = property(lambda self: self.policy.retry_fatal)
     ping_interval = property(lambda self: self.options.ping_interval)
@@ -169,7 +190,7 @@ class Client(Subscribable, Pulling):
 
     # -- lifecycle ------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"<wsbridge.Client {self.name} {redact_url(self.url)} {self.state}>"
+        return f"<wsbridge.Client {self.name} {self.options.shown_url} {self.state}>"
 
     def __enter__(self) -> "Client":
         return self.start()
@@ -368,8 +389,9 @@ class Client(Subscribable, Pulling):
         """Every thread this client started (for tests and diagnostics)."""
         threads = [self._supervisor.thread, self._dispatcher.thread]
         conn = self._supervisor.conn
-        if conn is not None:
-            threads.extend(conn.threads())
+        for held in dict.fromkeys((conn, *self._supervisor.stragglers)):
+            if held is not None:
+                threads.extend(held.threads())
         return [t for t in threads if t.ident is not None]
 
     def _check_pull(self, what: str) -> None:

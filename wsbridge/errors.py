@@ -81,13 +81,33 @@ class ConnectError(WsbridgeError, ConnectionError):
 class HandshakeError(ConnectError):
     """The server's answer to the WebSocket upgrade breaks RFC 6455 §4 (a wrong
     ``Sec-WebSocket-Accept``, a subprotocol or extension the client never asked
-    for, header lines over the limits) or redirects elsewhere. Unless ``fatal`` is
-    false (a temporary redirect: retried with backoff), retrying cannot help, so the
-    client gives up (unless ``retry_fatal``)."""
+    for, header lines over the limits), redirects elsewhere, or refuses it
+    (`UpgradeRefused`); or a proxy's handshake failed. Unless ``fatal`` is false (a
+    temporary redirect, a refusal the policy judges by its status: retried with
+    backoff), retrying cannot help, so the client gives up (unless ``retry_fatal``)."""
 
     def __init__(self, message: str, fatal: bool = True) -> None:
         super().__init__(message)
         self.fatal = fatal
+
+
+class UpgradeRefused(HandshakeError):
+    """The server answered the upgrade with an HTTP status other than 101 (``proxy``
+    true: the HTTP proxy answered CONNECT with one other than 2xx).
+
+    ``status`` is the HTTP status, ``reason`` its reason phrase, ``retry_after`` the
+    seconds the answer's ``Retry-After`` asked to wait (None: none, or unreadable).
+    Whether it is retried is the retry policy's call, by ``status`` (a server's 401
+    gives up by default; a 503 is retried); a redirect, and a proxy's 407 (its
+    credentials are wrong), are ``fatal``."""
+
+    def __init__(self, message: str, status: int, reason: str = "", retry_after: Optional[float] = None,
+                 proxy: bool = False, fatal: bool = False) -> None:
+        super().__init__(message, fatal)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+        self.proxy = proxy
 
 
 class StoreError(WsbridgeError):

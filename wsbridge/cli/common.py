@@ -19,11 +19,18 @@ import websocket
 
 from ..client import Client
 from ..codecs import CODECS, JsonCodec, codec_by_name
-from ..errors import CliError, ConnectError, StoreError, preview  # CliError: defined in errors.py, importable here as before
+from ..errors import (  # CliError: defined in errors.py, importable here as before
+    CliError,
+    ConnectError,
+    StoreError,
+    UpgradeRefused,
+    preview,
+)
 from ..message import Message
 from ..redact import redact_url
 from ..runtime.backoff import NO_RETRY, Backoff
 from ..tracking.store import check_store_path as check_path
+from ..wire.handshake import REDIRECTS
 from ..wire.options import check_headers
 
 EXIT_OK = 0
@@ -160,12 +167,13 @@ def explain(error: Optional[BaseException], url: str) -> str:
         root = root.__cause__
     if root is None:
         return f"could not connect to {where}"
-    if isinstance(root, websocket.WebSocketBadStatusException) and 200 <= root.status_code < 300:
-        return f"{where} is not a WebSocket server: it answered the upgrade with HTTP {root.status_code}"
-    if isinstance(root, websocket.WebSocketBadStatusException):
+    refused = root if isinstance(root, UpgradeRefused) and not root.proxy and root.status not in REDIRECTS else None
+    if refused is not None and 200 <= refused.status < 300:
+        return f"{where} is not a WebSocket server: it answered the upgrade with HTTP {refused.status}"
+    if refused is not None:
         hint = {401: " (check the credentials: --header 'Authorization: ...')", 403: " (access denied)",
-                404: " (check the URL's path)"}.get(root.status_code, "")
-        return f"{where} refused the WebSocket handshake with HTTP {root.status_code}{hint}"
+                404: " (check the URL's path)"}.get(refused.status, "")
+        return f"{where} refused the WebSocket handshake with HTTP {refused.status}{hint}"
     if isinstance(root, ssl.SSLCertVerificationError):
         return (f"TLS certificate verification failed for {where}: {root.verify_message or root}; "
                 f"if the server uses a private CA, pass it with --ca-file")

@@ -34,6 +34,10 @@ class Ending:
     close_reason: Optional[str] = None
     http_status: Optional[int] = None
     """The HTTP status of a refused upgrade."""
+    retry_after: Optional[float] = None
+    """Seconds the server asked to wait (Retry-After of a refused upgrade)."""
+    fresh_credentials: bool = False
+    """The attempt used credentials obtained for it (a callable headers/url/cookie/subprotocols)."""
     open_for: Optional[float] = None
     """Seconds the connection was open (None: it never opened)."""
 

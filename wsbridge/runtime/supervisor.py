@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
-import websocket
-
-from ..errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
+from ..errors import ConnectError, MessageTooLarge, StoreError, UpgradeRefused, WireError, WsbridgeError, preview
 from ..redact import redact_url
 from ..tracking.store import Store
 from ..wire.connection import Connection, Hooks
@@ -46,8 +44,6 @@ def describe(error: Optional[BaseException]) -> str:
     """One line about an error, for logs and messages."""
     if error is None:
         return "none"
-    if isinstance(error, websocket.WebSocketBadStatusException):
-        return f"handshake refused with HTTP {error.status_code}"
     text = str(error).split("\n", 1)[0]
     return f"{type(error).__name__}: {preview(text, 200)}" if text else type(error).__name__
 
@@ -82,6 +78,9 @@ class Supervisor:
         self.store = store
         self.name = name
         self.conn: Optional[Connection] = None
+        self.stragglers: List[Connection] = []
+        """Earlier attempts whose reader is still held by a callable option (user code
+        that did not return): not waited for, but their threads are the client's. Replaced, never changed in place."""
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.stop_deadline = float("inf")
@@ -111,7 +110,11 @@ class Supervisor:
                 resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
                 conn.start()
                 self._watch(conn, resume_from)
-                if not conn.join(self.options.close_timeout + 5.0):
+                self.stragglers = [c for c in self.stragglers if c.thread.is_alive()]
+                if conn.calling is not None:  # user code holds the reader: it ends when that returns
+                    log.warning("%s: %s has not returned; going on without waiting for it", self.name, conn.calling)
+                    self.stragglers = [*self.stragglers, conn]
+                elif not conn.join(self.options.close_timeout + 5.0):
                     log.warning("%s: the reader of the last connection did not end", self.name)
                 ending = self._ended(conn)
                 if self.stopping.is_set():
@@ -198,7 +201,9 @@ class Supervisor:
             if not conn.opened.is_set():
                 remaining = started + o.connect_timeout - now
                 if remaining <= 0:
-                    conn.error = TimeoutError(f"connection not open within {o.connect_timeout} s")
+                    calling = conn.calling
+                    held = f" ({calling} had not returned)" if calling else ""
+                    conn.error = TimeoutError(f"connection not open within {o.connect_timeout} s{held}")
                     conn.abort()
                     break
                 wake.wait(min(remaining, tick))
@@ -209,7 +214,7 @@ class Supervisor:
                 # Positions as they were before this connection: what it
                 # delivered itself (the server may start sending at once) needs no resume.
                 if self.sender.flush(conn, resume_from, self.stopping) and self.lifecycle.set(State.CONNECTED):
-                    self._emit(self.signals.connected, url=redact_url(o.url))
+                    self._emit(self.signals.connected, url=redact_url(conn.url or ""))
                 continue
             if self.sender.waiting(conn):  # a send's timeout left frames in the buffer: out they go, in order
                 self.sender.flush(conn, {}, self.stopping)
@@ -225,8 +230,9 @@ class Supervisor:
                 conn.abort()
                 break
             wake.wait(tick)
-        # Bounded: the socket is shut down, the reader's recv returns at once.
-        conn.ended.wait(o.close_timeout + 5.0)
+        # Bounded: the socket is shut down, the reader's recv returns at once (unless user code holds it).
+        if conn.calling is None:
+            conn.ended.wait(o.close_timeout + 5.0)
 
     def _dead(self, conn: Connection, now: float) -> Optional[str]:
         """Why the peer is presumed dead, or None. While wsbridge's own full queue
@@ -246,12 +252,14 @@ class Supervisor:
         """Count and announce the end of ``conn``; what the policy needs to know."""
         self.sender.drop_live(conn)
         error = conn.error
-        status = error.status_code if isinstance(error, websocket.WebSocketBadStatusException) else None
+        refused = error if isinstance(error, UpgradeRefused) else None
+        status = refused.status if refused and not refused.proxy else None  # a proxy's is not the server's
+        retry_after = refused.retry_after if refused else None
         if conn.opened_at is None:
             if conn.error is not None:
                 log.info("%s: connection attempt failed: %s", self.name, describe(conn.error))
             self.lifecycle.last_error = conn.error
-            return Ending(conn.error, http_status=status)
+            return Ending(conn.error, http_status=status, retry_after=retry_after, fresh_credentials=conn.fresh_credentials)
         self.disconnects += 1
         if conn.error is not None and not conn.closing:
             self.lifecycle.last_error = conn.error
@@ -266,7 +274,8 @@ class Supervisor:
         self._emit(
             self.signals.disconnected, code=conn.close_code, reason=conn.close_reason, error=None if conn.closing else conn.error
         )
-        return Ending(conn.error, conn.close_code, conn.close_reason, status, time.monotonic() - conn.opened_at)
+        return Ending(conn.error, conn.close_code, conn.close_reason, status, retry_after=retry_after,
+                      fresh_credentials=conn.fresh_credentials, open_for=time.monotonic() - conn.opened_at)
 
     def _give_up(self, error: BaseException, level: int = logging.ERROR, cause: Optional[BaseException] = None) -> None:
         """Stop for good; ``cause``, the connection's own error, stays `last_error`."""

@@ -5,8 +5,10 @@ from one socket to the next. websocket-client's own reconnect loop stays off
 (it sleeps a fixed time and never reports the drop); so does its UTF-8 check
 (pure Python without ``wsaccel``; the reader checks text itself).
 
-The socket is dialled here (`wsbridge.wire.dial`: bounded by ``connect_timeout``,
-abortable in every phase, through the environment's proxy if any) and handed
+Each attempt first obtains what it sends (`ConnectOptions.attempt`: the callable
+options called, on the reader thread). The socket is then dialled here
+(`wsbridge.wire.dial`: bounded by ``connect_timeout``, abortable in every phase,
+through the proxy if any) and handed
 to websocket-client wrapped in a `BufferedSocket`, which checks the upgrade
 (`wsbridge.wire.handshake`). Every frame is read by our `ReadLoop`
 (`wsbridge.wire.reader`), never by websocket-client's parser.
@@ -87,20 +89,19 @@ class Connection:
     """A single WebSocket connection, run by one named reader thread."""
 
     def __init__(self, options: ConnectOptions, hooks: Hooks, name: str = "wsbridge-reader") -> None:
-        self.url = options.url
+        self.url: Optional[str] = None
+        """The URL this attempt dials (set by the reader thread before it dials)."""
         self.options = options
         self.hooks = hooks
         self._sock_lock = threading.Lock()
         self._sock: Optional[socket.socket] = None  # the socket being dialled, from its birth
         self._aborted = threading.Event()
         self._raw: Optional[BufferedSocket] = None  # the socket upgraded and read: the reader thread's
-        self.app = app = App(
-            options.url,
-            header=[f"{k}: {v}" for k, v in options.headers.items()],
+        self.app = app = App(  # url, header, cookie, subprotocols: set for the attempt in _run
+            "",
             on_open=self._handle_open,
             on_error=self._handle_error,
             on_close=self._handle_close,
-            subprotocols=options.subprotocols,
         )
         app.make_reader = self._make_reader
         self.reader: Optional[ReadLoop] = None  # made by websocket-client's run_forever, on the reader thread
@@ -115,6 +116,12 @@ class Connection:
         self.close_reason: Optional[str] = None
         self.error: Optional[BaseException] = None
         self.closing = False
+        self.calling: Optional[str] = None
+        """Which callable option the reader thread is in (None: none). Written by the
+        reader thread; read by the supervisor, which does not wait for a reader held
+        by user code."""
+        self.fresh_credentials = False
+        """This attempt obtained credentials for itself (see `Attempt.fresh`)."""
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.writers: List[threading.Thread] = []
         """Threads finishing a frame a timed send left half written (see `send_within`);
@@ -128,15 +135,22 @@ class Connection:
         mark_reader_thread()
         try:
             deadline = time.monotonic() + self.options.connect_timeout
-            sock = open_socket(self.url, self.options.sslopt, deadline, self._adopt, self._aborted)
+            attempt = self.options.attempt(deadline, self._note)
+            self.url, self.fresh_credentials = attempt.url, attempt.fresh
+            sock = open_socket(attempt.url, self.options.sslopt, deadline, self._adopt, self._aborted, attempt.proxy)
             self._raw = BufferedSocket(sock, self.options.max_message_size, self.handshake)
             prepare_socket(self.app, self._raw)
-            self.app.run_forever(
+            app = self.app
+            app.url, app.header, app.cookie, app.subprotocols = attempt.url, attempt.header, attempt.cookie, attempt.subprotocols
+            app.run_forever(
                 sslopt=self.options.sslopt,
                 ping_interval=self.options.ping_interval,
                 ping_timeout=None,  # the supervisor judges pongs (it knows when backpressure, not the peer, is why)
                 skip_utf8_validation=True,
                 reconnect=0,
+                host=attempt.host,
+                origin=attempt.origin,
+                suppress_origin=attempt.suppress_origin,
             )
         except BaseException as exc:  # run_forever re-raises KeyboardInterrupt/SystemExit
             if self.error is None:
@@ -168,6 +182,9 @@ class Connection:
             self.hooks.before_fail,
         )
         return self.reader
+
+    def _note(self, calling: Optional[str]) -> None:
+        self.calling = calling
 
     def _adopt(self, sock: socket.socket) -> None:
         """Make a socket being dialled reachable by `abort` (or refuse it)."""

@@ -13,16 +13,16 @@ TLS is websocket-client's own wrapping (same ``sslopt`` keys, same
 verification defaults), with the handshake run here so the deadline and
 ``adopt`` cover it too.
 
-A proxy from the environment (``http_proxy`` for ws://, ``https_proxy`` for
-wss://, minus ``no_proxy``: websocket-client's reading of them) is dialled
-here too, and the tunnel opened with HTTP CONNECT, under the same deadline
-and abort. So websocket-client never dials, and wsbridge's upgrade checks
-(`wsbridge.wire.handshake`) apply to every connection, proxied or not.
+Through a proxy (`wsbridge.wire.proxies`: the client's ``proxy``, else the
+environment's, minus ``no_proxy``) the proxy is dialled here too, TLS set up
+with it for an ``https://`` proxy, and the tunnel opened (HTTP CONNECT or
+SOCKS5) under the same deadline and abort. So websocket-client never dials,
+and wsbridge's upgrade checks (`wsbridge.wire.handshake`) and fast read path
+apply to every connection, proxied or not.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import select
@@ -33,20 +33,24 @@ from typing import Any, Callable, Dict, Optional
 
 import websocket
 
-from ..errors import HandshakeError
-from .handshake import HttpHead, parse_status
-from .wsclient import get_proxy_info, parse_url, ssl_socket  # TLS wrapping, so sslopt means what websocket-client documents
+from .proxies import ProxyURL, host_port, remaining, tunnel
+from .wsclient import parse_url, ssl_socket  # TLS wrapping, so sslopt means what websocket-client documents
 
 Adopt = Callable[[socket.socket], None]
 
 _TRY_NEXT = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
 
+PROXY_TLS_KEYS = ("ca_certs", "ca_cert_path", "cert_reqs", "check_hostname")
+"""The ``sslopt`` keys that also verify an ``https://`` proxy's certificate (the
+client certificate and the server's name are the server's alone)."""
+
 
 def open_socket(
-    url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt, aborted: threading.Event
+    url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt, aborted: threading.Event,
+    proxy: Optional[ProxyURL],
 ) -> socket.socket:
     """A connected (and, for ``wss://``, TLS-established) socket to ``url``'s host,
-    through the environment's proxy if it names one for that host.
+    through ``proxy`` if given (see `wsbridge.wire.proxies.choose_proxy`).
 
     Each address the name resolves to is tried in turn, as websocket-client
     does; every step is bounded by ``deadline`` (a `time.monotonic` value),
@@ -58,32 +62,26 @@ def open_socket(
     came before the connect started is seen through ``aborted``.
     """
     hostname, port, _, secure = parse_url(url)
-    where = _host_port(hostname, port)
-    proxy_host, proxy_port, proxy_auth = get_proxy_info(hostname, secure)
-    if proxy_host:
-        proxy_port = int(proxy_port or 80)  # websocket-client's default for a proxy URL without a port
-        sock = _tcp(proxy_host, proxy_port, deadline, adopt, aborted)
-    else:
-        sock = _tcp(hostname, port, deadline, adopt, aborted)
+    where = host_port(hostname, port)
+    sock = _tcp(proxy.host, proxy.port, deadline, adopt, aborted) if proxy else _tcp(hostname, port, deadline, adopt, aborted)
     try:
-        if proxy_host:
-            _tunnel(sock, where, proxy_auth, deadline, aborted, f"the proxy at {_host_port(proxy_host, proxy_port)}")
+        if proxy:
+            if proxy.scheme == "https":
+                tls = {key: sslopt[key] for key in PROXY_TLS_KEYS if sslopt and key in sslopt}
+                sock = _tls(sock, tls, proxy.host, deadline, adopt, f"the proxy at {host_port(proxy.host, proxy.port)}")
+            tunnel(sock, proxy, hostname, port, deadline, aborted)
         if secure:
             sock = _tls(sock, sslopt or {}, hostname, deadline, adopt, where)
-        sock.settimeout(_remaining(deadline, f"WebSocket upgrade with {where}"))
+        sock.settimeout(remaining(deadline, f"WebSocket upgrade with {where}"))
         return sock
     except BaseException:
         sock.close()
         raise
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _tcp(host: str, port: int, deadline: float, adopt: Adopt, aborted: threading.Event) -> socket.socket:
     """A TCP connection to ``host``, trying each address it resolves to."""
-    where = _host_port(host, port)
+    where = host_port(host, port)
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(f"{where}: name resolved to no address")
@@ -106,41 +104,6 @@ def _tcp(host: str, port: int, deadline: float, adopt: Adopt, aborted: threading
             raise
     assert last is not None
     raise last
-
-
-def _tunnel(sock: socket.socket, where: str, auth: Any, deadline: float, aborted: threading.Event, proxy: str) -> None:
-    """Open an HTTP CONNECT tunnel to ``where`` through the proxy ``sock`` is
-    connected to, as websocket-client would (Basic credentials from the proxy's
-    URL), within ``deadline``. Any 2xx answer opens it (RFC 9110 §9.3.6); it is
-    read whole and strictly, and nothing may follow it (the server has not yet
-    been sent a byte, so it cannot have answered)."""
-    request = f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\n"
-    if auth and auth[0]:
-        credentials = auth[0] + (f":{auth[1]}" if auth[1] else "")
-        request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
-    what = f"{proxy}'s answer to CONNECT"
-    head = HttpHead(what)
-    data = bytearray()
-    try:
-        sock.settimeout(_remaining(deadline, f"CONNECT through {proxy}"))
-        sock.sendall((request + "\r\n").encode())
-        end = -1
-        while end < 0:
-            sock.settimeout(_remaining(deadline, f"CONNECT through {proxy}"))
-            chunk = sock.recv(16384)
-            if not chunk:
-                if aborted.is_set():
-                    raise ConnectionAbortedError("connection attempt aborted")
-                raise ConnectionError(f"{proxy} closed the connection without answering CONNECT {where}")
-            data += chunk
-            end = head.head_end(data)
-    except socket.timeout:
-        raise TimeoutError(f"{proxy} did not answer CONNECT {where} in time") from None
-    status = parse_status(bytes(data[: data.find(b"\n")]).rstrip(b"\r").decode("latin-1"), what)
-    if not 200 <= status < 300:
-        raise HandshakeError(f"{proxy} refused CONNECT {where} (HTTP {status})", fatal=False)
-    if end < len(data):
-        raise HandshakeError(f"{proxy} sent {len(data) - end} bytes after its answer to CONNECT, before the server could speak")
 
 
 def _connect(sock: socket.socket, address: Any, deadline: float, aborted: threading.Event, where: str) -> None:
@@ -168,7 +131,7 @@ def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: f
     tls = ssl_socket(sock, {**sslopt, "do_handshake_on_connect": False}, hostname)
     try:
         adopt(tls)
-        tls.settimeout(_remaining(deadline, f"TLS handshake with {where}"))
+        tls.settimeout(remaining(deadline, f"TLS handshake with {where}"))
         try:
             tls.do_handshake()
         except socket.timeout:
@@ -178,9 +141,3 @@ def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: f
         raise
     return tls
 
-
-def _remaining(deadline: float, step: str) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(f"{step}: connect timeout reached")
-    return left

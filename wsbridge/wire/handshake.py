@@ -15,10 +15,12 @@ reads the status with ``int()``, which also takes ``+302``, ``3_02`` or
 ``٣٠٢``: any line the two could read differently is refused, so the status
 websocket-client acts on is always the one checked here.
 
-Redirects are refused: a 3xx answer raises `HandshakeError` naming the target
+Redirects are refused: a 3xx answer raises `UpgradeRefused` naming the target
 (with any secret in it redacted), so no header is ever sent to another origin
 and the client never counts a connection it does not have. Point the client at
-the new URL to follow it.
+the new URL to follow it. Any other status but 101 is `UpgradeRefused` too, with
+the status, its reason phrase and ``Retry-After``: websocket-client never reads
+a refused answer.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Dict, List, Optional, Tuple, Union
 
-from ..errors import HandshakeError, preview
+from ..errors import HandshakeError, UpgradeRefused, preview
 from ..redact import redact_protocol, redact_url
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -45,7 +50,7 @@ PERMANENT_REDIRECTS = frozenset({301, 308})
 backoff, never followed): the server may be between deployments."""
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
-_STATUS_LINE = re.compile(r"HTTP/[0-9]\.[0-9] ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_STATUS_LINE = re.compile(r"HTTP/[0-9]\.[0-9] ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 """RFC 9112 §4 (the head is decoded as latin-1; ``[0-9]``, unlike ``\\d``, is ASCII only).
 The space before an empty reason may be missing: websocket-client strips it anyway."""
 _FOLD = re.compile(rb"\r?\n[ \t]+")
@@ -56,7 +61,7 @@ def accept_value(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def _fields(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
+def parse_head(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
     """The first line and the header fields (lower-case names, every value kept)
     of an HTTP head. Lines may end in CRLF or a bare LF (RFC 7230 §3.5); a folded
     line (obs-fold) continues the value before it, joined by a space (§3.2.4)."""
@@ -77,13 +82,40 @@ def _fields(head: bytes) -> Tuple[str, Dict[str, List[str]]]:
     return lines[0].decode("latin-1"), fields
 
 
-def parse_status(line: str, what: str) -> int:
-    """The status code of an HTTP response's status line (``what``: whose, for the
-    error); `HandshakeError` for anything but the strict form of RFC 9112 §4."""
+def parse_status(line: str, what: str) -> Tuple[int, str]:
+    """The status code and reason phrase of an HTTP response's status line (``what``:
+    whose, for the error; the reason shown in printable ASCII, at most 80 characters);
+    `HandshakeError` for anything but the strict form of RFC 9112 §4."""
     found = _STATUS_LINE.fullmatch(line)
     if found is None:
         raise HandshakeError(f"{what} has a malformed status line: {preview(line, 80)}")
-    return int(found.group(1))
+    reason = "".join(c if " " <= c <= "~" else "?" for c in (found.group(2) or "").strip()[:80])  # printable: it is logged
+    return int(found.group(1)), reason
+
+
+def retry_after(fields: Dict[str, List[str]]) -> Optional[float]:
+    """The seconds a ``Retry-After`` field asks to wait (RFC 9110 §10.2.3: delta-seconds
+    or an HTTP-date, a date past counting as 0); None when absent or unreadable."""
+    value = fields.get("retry-after", [""])[0].strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP-date is GMT all the same
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def refusal(status: int, reason: str, fields: Dict[str, List[str]], what: str, proxy: bool = False) -> UpgradeRefused:
+    """`UpgradeRefused` for a ``status`` answer (``what`` says who refused what), with
+    its ``Retry-After``. A proxy's 407 is fatal: its credentials are wrong or missing."""
+    wait = retry_after(fields)
+    phrase = f": {reason}" if reason else ""
+    later = f"; it asks to retry after {wait:g} s" if wait is not None else ""
+    return UpgradeRefused(f"{what} (HTTP {status}){phrase}{later}", status, reason, wait, proxy=proxy,
+                          fatal=proxy and status == 407)
 
 
 def _tokens(values: List[str]) -> List[str]:
@@ -144,24 +176,22 @@ class Handshake(HttpHead):
         """Check a whole response head against the request (RFC 6455 §4.1);
         return it with folded lines unfolded (websocket-client refuses obs-fold).
 
-        A status line that is not strictly RFC 9112's is refused. A non-101
-        status other than a redirect is left to websocket-client, which
-        reports it with its status code (the same number: see `parse_status`)."""
+        A status line that is not strictly RFC 9112's is refused; any status but
+        101 is `UpgradeRefused` (websocket-client never reads such an answer)."""
         head = _FOLD.sub(b" ", head)
-        status_line, fields = _fields(head)
-        status = parse_status(status_line, self.what)
+        status_line, fields = parse_head(head)
+        status, reason = parse_status(status_line, self.what)
         if status in REDIRECTS:
             target = fields.get("location", [""])[0]
             where = repr(redact_url(target)) if target else "nowhere (no Location header)"
-            raise HandshakeError(
+            raise UpgradeRefused(
                 f"the server redirected the upgrade (HTTP {status}) to {where}; "
                 "wsbridge does not follow redirects: connect to that URL instead",
-                fatal=status in PERMANENT_REDIRECTS,
+                status, reason, fatal=status in PERMANENT_REDIRECTS,
             )
         if status != 101:
-            self.head = head
-            return head
-        _, request = _fields(self.request)
+            raise refusal(status, reason, fields, "handshake refused")
+        _, request = parse_head(self.request)
         key = request.get("sec-websocket-key", [""])[0].encode("latin-1")
         accept = fields.get("sec-websocket-accept", [])
         if len(set(accept)) != 1 or accept[0].encode("latin-1") != accept_value(key):

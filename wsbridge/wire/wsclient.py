@@ -180,8 +180,14 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: _params(ssl_socket)[:3] == ["sock", "user_sslopt", "hostname"]),
     ("websocket._url.parse_url -> (host, port, resource, secure)",
      lambda: parse_url("wss://h:1/p") == ("h", 1, "/p", True)),
-    ("websocket._url.get_proxy_info(hostname, is_secure) -> (host, port, auth)",
-     lambda: len(get_proxy_info("127.0.0.1", False)) == 3),
+    ("websocket._url.get_proxy_info(hostname, is_secure, proxy_host, proxy_port, proxy_auth, no_proxy): None first "
+     "for a host no_proxy names (wsbridge.wire.proxies reads no_proxy through it)",
+     lambda: _params(get_proxy_info)[:6] == ["hostname", "is_secure", "proxy_host", "proxy_port", "proxy_auth", "no_proxy"]
+     and get_proxy_info("h.example", False, "p", 1, None, [".example"])[0] is None
+     and get_proxy_info("h.example", False, "p", 1, None, ["other"])[0] == "p"),
+    ("WebSocketApp.run_forever reads self.url, self.header, self.cookie and self.subprotocols when it connects "
+     "(wsbridge.wire.connection sets them for each attempt)",
+     lambda: all(f"self.{a}" in _RUN_FOREVER for a in ("url", "header", "cookie", "subprotocols"))),
     ("websocket._handshake.CookieJar: read by the upgrade request (get(host)) and filled by every 101 (add)",
      lambda: "CookieJar.get(host)" in inspect.getsource(_handshake._get_handshake_headers)
      and "CookieJar.add(" in inspect.getsource(_handshake.handshake_response)
