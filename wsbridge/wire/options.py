@@ -288,7 +288,7 @@ def check_subprotocols(subprotocols: Any) -> None:
     if subprotocols is None:
         return
     if isinstance(subprotocols, (str, bytes)):
-        raise ValueError("subprotocols is a list of names, not one string")
+        raise ValueError("subprotocols are a list of names, not one string")
     for i, protocol in enumerate(subprotocols):
         if not isinstance(protocol, str) or not protocol:
             raise ValueError(f"subprotocols[{i}] must be a non-empty string")
