@@ -15,6 +15,7 @@ from .codecs import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
 from .errors import (
     ClientClosed,
     ConnectError,
+    ConnectHookError,
     HandshakeError,
     LeaseLost,
     MessageTooLarge,
@@ -31,7 +32,9 @@ from .presets import conventions
 from .runtime.backoff import NO_RETRY, Backoff
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
+from .runtime.session import Session
 from .runtime.stats import Stats
+from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
 from .tracking.sequence import Gap, SequenceTracker
 from .tracking.store import SQLiteStore, Store
@@ -73,6 +76,7 @@ __all__ = [
     "conventions",
     "stop_all",
     "ConnectError",
+    "ConnectHookError",
     "JsonCodec",
     "Message",
     "HandshakeError",
@@ -85,10 +89,12 @@ __all__ = [
     "RawCodec",
     "SQLiteStore",
     "SequenceTracker",
+    "Session",
     "Stats",
     "Store",
     "StoreError",
     "StoreInUse",
+    "Subscription",
     "Gap",
     "UsageError",
     "WireError",
