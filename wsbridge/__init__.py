@@ -15,6 +15,7 @@ from .codecs import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
 from .errors import (
     ClientClosed,
     ConnectError,
+    ConnectHookError,
     HandshakeError,
     LeaseLost,
     MessageTooLarge,
@@ -32,7 +33,9 @@ from .presets import conventions
 from .runtime.backoff import NO_RETRY, Backoff
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
+from .runtime.session import Session
 from .runtime.stats import Stats
+from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
 from .tracking.sequence import Gap, SequenceTracker
 from .tracking.store import SQLiteStore, Store
@@ -74,6 +77,7 @@ __all__ = [
     "conventions",
     "stop_all",
     "ConnectError",
+    "ConnectHookError",
     "JsonCodec",
     "Message",
     "HandshakeError",
@@ -86,10 +90,12 @@ __all__ = [
     "RawCodec",
     "SQLiteStore",
     "SequenceTracker",
+    "Session",
     "Stats",
     "Store",
     "StoreError",
     "StoreInUse",
+    "Subscription",
     "Gap",
     "UpgradeRefused",
     "UsageError",

@@ -13,19 +13,20 @@ Each part has one job and one owning thread:
 
 Lifecycle and error signals go to the dispatcher as control items that never
 wait, in line with the messages around them. The order of lifecycle signals:
-``connecting``, ``connected`` (socket open and send buffer flushed),
+``connecting``, ``connected`` (socket open, handshake done, send buffer flushed),
 ``disconnected``, ``reconnecting``, ``connecting``, ... and at the end
 ``gave_up`` and/or ``stopped`` (the last signal of all).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
@@ -38,9 +39,11 @@ from .runtime.policy import ReconnectPolicy
 from .runtime.pull import PullBuffer, Pulling
 from .runtime.reporting import Reporter
 from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender
+from .runtime.session import ConnectHook
 from .runtime.signals import Signals, Subscribable, deliver
 from .runtime.state import Lifecycle, State
 from .runtime.stats import Stats
+from .runtime.subscriptions import Match, Subscription
 from .runtime.supervisor import Supervisor, describe
 from .tracking.outbox import Outbox
 from .tracking.resume import default_resume_request
@@ -87,7 +90,9 @@ class Client(Subscribable, Pulling):
     (``"stream"``: a counter per stream; ``"global"``: one across streams, and a
     gap holds nothing back); `wsbridge.conventions` sets codec and resume for
     servers that speak wsbridge's conventions;
-    ``max_message_size`` (default 16 MiB); ``name``.
+    ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
+    ``fn(session)`` run on every connect before anything else is sent: see
+    `on_connect`), ``connect_hook_timeout`` (default 10 s).
     """
 
     def __init__(
@@ -127,6 +132,8 @@ class Client(Subscribable, Pulling):
         seq_scope: str = "stream",
         max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
+        on_connect: Optional[ConnectHook] = None,
+        connect_hook_timeout: float = 10.0,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
             url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
@@ -168,6 +175,13 @@ class Client(Subscribable, Pulling):
             report=self._reporter.report, sender=self._sender, dispatcher=self._dispatcher, delivery=self._delivery,
             intake=self._intake, store=store, name=self.name,
         )
+        # The handshake of every connection: the connect hooks, then the recorded subscriptions.
+        if on_connect is not None and not callable(on_connect):
+            raise ValueError(f"on_connect is a function of the session, not {type(on_connect).__name__}")
+        if not connect_hook_timeout > 0:
+            raise ValueError(f"connect_hook_timeout is > 0 seconds, not {connect_hook_timeout!r}")
+        self._supervisor.handshake.hooks = (on_connect,) if on_connect is not None else ()
+        self._supervisor.handshake.timeout = connect_hook_timeout
 
     # -- options, for code that read them as attributes ------------------------------------
     @property
@@ -205,7 +219,7 @@ class Client(Subscribable, Pulling):
 
     @property
     def connected(self) -> bool:
-        """True while the socket is open and the send buffer flushed."""
+        """True while the socket is open, the handshake done and the send buffer flushed."""
         return self._lifecycle.state is State.CONNECTED
 
     @property
@@ -287,13 +301,14 @@ class Client(Subscribable, Pulling):
             log.info("%s: %d unsent message(s) from an earlier run wait in the send buffer", self.name, len(kept))
 
     def wait_connected(self, timeout: Optional[float] = None) -> "Client":
-        """Block until connected (socket open, send buffer flushed).
+        """Block until connected (socket open, handshake done, send buffer flushed).
 
         Raises `TimeoutError` (naming the last connection error) when that
         takes longer than ``timeout`` s, `ConnectError` when the client gave
         up, `ClientClosed` when it was stopped.
         """
         self._check_process()
+        self._check_not_hook("wait_connected")
         try:
             state = self._lifecycle.wait_for(lambda s: s is State.CONNECTED, timeout)
         except TimeoutError:
@@ -314,8 +329,8 @@ class Client(Subscribable, Pulling):
         Returns within ``timeout`` seconds (plus a few milliseconds), from any
         thread, in any state; True when every thread ended by then. What was
         received and not delivered by then is not delivered (with a store, the
-        next run delivers it). Called from a subscriber, the stop completes
-        once that subscriber returns. Messages still in the send buffer are
+        next run delivers it). Called from a subscriber (or a connect hook),
+        the stop completes once it returns. Messages still in the send buffer are
         kept (see `unsent`) and logged.
         """
         if os.getpid() != self._pid:
@@ -341,11 +356,13 @@ class Client(Subscribable, Pulling):
         (the dispatcher delivers what it can meanwhile); True when all did."""
         supervisor, dispatcher = self._supervisor, self._dispatcher
         me = threading.current_thread()
+        hook = me is supervisor.thread  # a connect hook stops its client: the threads end once it returns
         if before is not State.NEW:
-            if supervisor.thread.is_alive() and supervisor.thread is not me:
+            if supervisor.thread.is_alive() and not hook:
                 supervisor.thread.join(max(0.0, deadline - time.monotonic()))
             self._pull.unblock()
-            dispatcher.stop(max(0.0, deadline - time.monotonic()))  # its last act: `stopped`, see _dispatcher_exit
+            # Its last act: `stopped`, see _dispatcher_exit (after the supervisor ended: not awaited from a hook).
+            dispatcher.stop(max(0.0, deadline - time.monotonic()), join=not hook)
         else:
             self._close_store()
         self._pull.close()
@@ -354,7 +371,7 @@ class Client(Subscribable, Pulling):
         if left and before is not State.STOPPED:
             kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
-        alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
+        alive = [] if hook else [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
         return not alive
@@ -423,6 +440,99 @@ class Client(Subscribable, Pulling):
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""
         self._check_process()
         return self._sender.unsent()
+
+    # -- the connect handshake ---------------------------------------------------------------
+    def on_connect(self, fn: ConnectHook) -> ConnectHook:
+        """Run ``fn(session)`` on every connect, before anything else is sent (use as
+        a decorator; returns ``fn``). Hooks run in the order given (the constructor's
+        ``on_connect`` first), on the supervisor thread, never behind the subscribers:
+        ``session.send(obj)`` sends on that connection only, ``session.wait_for(type
+        or predicate, timeout)`` waits for a reply received on it (which subscribers
+        still get as usual), ``session.positions`` are the last sequence positions.
+        Then come the recorded subscriptions (`subscribe`), the send buffer, the
+        resume request, and only then ``connected``. A hook that raises or runs out
+        of ``connect_hook_timeout`` fails the attempt: reported on ``error``
+        (context ``"handshake"``, a `ConnectHookError`), the connection closed,
+        retried by the backoff. ``client.send`` from a hook queues for after the
+        handshake; ``client.stop()`` from a hook stops once it returns. A hook
+        added while connected runs from the next connect."""
+        self._check_process()
+        if not callable(fn):
+            raise ValueError(f"a connect hook is a function of the session, not {type(fn).__name__}")
+        handshake = self._supervisor.handshake
+        handshake.hooks = (*handshake.hooks, fn)
+        return fn
+
+    def subscribe(
+        self, message: Union[Sendable, Callable[[Positions], Optional[Sendable]]], *, ack: Optional[Match] = None,
+        timeout: Optional[float] = None,
+    ) -> Subscription:
+        """Record a subscription: ``message`` is sent now if connected (in order with
+        other sends) and again in the handshake of every later connection, after the
+        connect hooks and before the send buffer; once per connection, never twice.
+        ``message`` may be a callable of the positions (the last sequence id per
+        stream) that returns the message (None: nothing this time), so that it
+        carries its own resume offset. ``ack``: a message type or a predicate that
+        the handshake waits for after sending it, up to ``timeout`` seconds (default
+        ``connect_hook_timeout``); none in time fails the attempt like a failing
+        hook. (Sent while connected, its ack reaches the subscribers as any message
+        does.) Returns the handle for `unsubscribe`. Thread-safe, also from a
+        subscriber or a hook. What cannot be encoded raises `ValueError` here."""
+        self._check_process()
+        sub = Subscription(message, self._sender.frame, ack, timeout)
+        self._sender.subscribe(sub, self._delivery.positions)
+        return sub
+
+    def unsubscribe(self, subscription: Union[Subscription, Sendable], unsubscribe_message: Optional[Sendable] = None) -> bool:
+        """Forget a subscription (its handle, or the message it was made with): no
+        later connection sends it. ``unsubscribe_message``, if given, is sent now on the
+        connection the subscription went out on, if that one is still open (never on
+        another). Returns False when no such subscription was recorded."""
+        self._check_process()
+        sub = subscription if isinstance(subscription, Subscription) else next(
+            (s for s in self._sender.subscriptions if s.message == subscription), None)
+        return sub is not None and self._sender.unsubscribe(sub, unsubscribe_message)
+
+    @property
+    def subscriptions(self) -> List[Subscription]:
+        """The recorded subscriptions, in the order they are sent."""
+        return list(self._sender.subscriptions)
+
+    def reconnect(self, url: Optional[Url] = None, *, wait: Optional[float] = None) -> None:
+        """Close the connection cleanly (code 1000) and connect again at once: no
+        backoff, not counted as a failure; the subscriptions, positions and send
+        buffer are kept. ``url`` (a str, or a callable as the constructor takes)
+        switches the URL for this and every later attempt (checked as the
+        constructor checks it: `ValueError`). Returns at once from
+        any thread, a subscriber's included; with ``wait``, blocks up to that many
+        seconds until the new connection is made (as `wait_connected`). Before
+        `start`, it only switches the URL."""
+        self._check_process()
+        options = None
+        if url is not None:
+            options = dataclasses.replace(self.options, url=url if callable(url) else _lower_scheme(url))
+        if self._lifecycle.state.final:
+            raise ClientClosed(f"{self.name} is {self.state}; make a new Client")
+        if options is not None:
+            self.options = options
+        if self._lifecycle.state is State.NEW:
+            self._supervisor.options = self.options
+            return
+        if wait is not None:
+            self._check_not_hook("reconnect(wait=...)")
+        number = self._supervisor.reconnect(options)
+        if wait is not None:
+            supervisor = self._supervisor
+            try:
+                state = self._lifecycle.wait_for(lambda s: s is State.CONNECTED and supervisor.served >= number, wait)
+            except TimeoutError:
+                raise TimeoutError(f"{self.name} not connected again within {wait} s") from None
+            if state is not State.CONNECTED:
+                self.wait_connected(0)  # raises why: gave up, or stopped
+
+    def _check_not_hook(self, what: str) -> None:
+        if threading.current_thread() is self._supervisor.thread:
+            raise UsageError(f"{what} was called from a connect hook: the connection is made once the hook returns")
 
     def _closed_why(self) -> Optional[str]:
         state = self._lifecycle.state

@@ -78,6 +78,13 @@ class ConnectError(WsbridgeError, ConnectionError):
     """The client could not connect, and its retry policy says not to try again."""
 
 
+class ConnectHookError(ConnectError):
+    """The handshake of a new connection failed: a connect hook raised or ran out of
+    ``connect_hook_timeout``, or a recorded subscription got no ack in time. The
+    attempt fails (the connection is closed; the retry policy decides what next);
+    the hook's own exception is the ``__cause__``."""
+
+
 class HandshakeError(ConnectError):
     """The server's answer to the WebSocket upgrade breaks RFC 6455 §4 (a wrong
     ``Sec-WebSocket-Accept``, a subprotocol or extension the client never asked

@@ -206,18 +206,19 @@ class Dispatcher:
         queue = self._queue
         return [queue.popleft() for _ in range(len(queue))]
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float, join: bool = True) -> bool:
         """Deliver what is queued within ``timeout``, then end the thread: past
         the timeout, data still queued is dropped (counted) and the rest (the
         lifecycle signals) delivered. Returns whether the thread ended in time.
 
-        From the dispatcher thread itself (a subscriber stopping its client) it
-        only sets the deadline: the thread ends once the subscriber returns."""
+        From the dispatcher thread itself (a subscriber stopping its client), or
+        with ``join=False``, it only sets the deadline: the thread ends once the
+        subscriber (or what it waits for) returns."""
         self.cut_at = time.monotonic() + timeout
         self._closing = True
         self._wake.set()
         self._space.set()
-        if self._thread is threading.current_thread() or self._thread.ident is None:
+        if not join or self._thread is threading.current_thread() or self._thread.ident is None:
             return self._thread.ident is None
         self._thread.join(timeout)
         if self._thread.is_alive():

@@ -2,12 +2,18 @@
 
 `Sender` owns everything on the way out. ``send`` (any thread) writes
 straight to the open connection when the buffer is empty, else buffers;
-the supervisor `flush`-es the buffer in order after every (re)connect and
-only then opens the connection for direct sends, so a new message never
-overtakes a buffered one. Everything here is guarded by ``cond``; the
-counters are written under it. No socket write ever happens under ``cond``
-(a peer that does not read must not hold other senders): frames are kept
-whole by websocket-client's send lock. A send with a ``timeout`` that the
+the supervisor `flush`-es the buffer in order after every (re)connect (once
+the handshake, `wsbridge.runtime.session`, is done) and only then opens the
+connection for direct sends, so a new message never overtakes a buffered one.
+The recorded subscriptions live here too (`subscribe`): the handshake sends
+them on every connection; one recorded after it went out on the connection
+of the moment is sent like any other frame, in order, but for that connection
+only (a frame `Queued.bound` to it, never kept in the store), so a
+subscription goes out once per connection, never twice.
+
+Everything here is guarded by ``cond``; the counters are written under it.
+No socket write ever happens under ``cond`` (a peer that does not read must
+not hold other senders): frames are kept whole by websocket-client's send lock. A send with a ``timeout`` that the
 socket does not take in time goes to the buffer, and the supervisor flushes
 it once the socket takes frames again.
 
@@ -29,6 +35,7 @@ from ..tracking.outbox import Outbox
 from ..tracking.sequence import Positions
 from ..tracking.store import Store
 from ..wire.connection import Connection
+from .subscriptions import Subscription
 
 log = logging.getLogger("wsbridge")
 
@@ -51,6 +58,10 @@ class Queued(NamedTuple):
     data: Union[str, bytes]
     binary: bool
     key: Optional[int] = None
+    bound: Union[None, Subscription, Connection] = None
+    """A frame for one connection only (never kept in the store): a subscription's, sent
+    on the connection whose handshake went before it unless sent there already or ended,
+    or an unsubscribe, sent on the given connection if it is still the one."""
 
 
 class Counts:
@@ -97,7 +108,15 @@ class Sender:
         self.direct: Optional[Connection] = None
         """The connection of the last direct send (its rest may still be being written)."""
         self.flushing: Optional[Connection] = None
-        """The connection a flush is writing to (supervisor), for `close` to cut."""
+        """The connection a flush (or the handshake before it) is writing to (supervisor),
+        for `close` to cut."""
+        self.flusher: Optional[threading.Thread] = None
+        """The thread that empties the buffer (the supervisor's, set by it): a send from it
+        (a connect hook's) never waits for room."""
+        self.subscriptions: List[Subscription] = []
+        """Recorded, in order; replaced, never changed in place."""
+        self.subscribed_on: Optional[Connection] = None
+        """The connection whose handshake sent the subscriptions (supervisor)."""
         self.counts = Counts()
 
     # -- any thread -----------------------------------------------------------------
@@ -127,14 +146,26 @@ class Sender:
     def send(self, obj: Sendable, timeout: Optional[float] = None) -> None:
         """Send ``obj`` now or buffer it (see `Client.send`); ``timeout`` bounds the
         wait for room in the buffer and for the socket, together."""
-        frame = self.frame(obj)
+        self._send(self.frame(obj), timeout)
+
+    def _send(self, frame: OutFrame, timeout: Optional[float], bound: Union[None, Subscription, Connection] = None) -> None:
+        """Send ``frame`` now or buffer it; one ``bound`` to a connection (see `Queued`)
+        only while it is wanted there, and whatever the buffer's bound."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             self._check_open()
-            if self.outbox.full and self.outbox.overflow == "block":
+            if bound is not None:
+                if not self._wanted(bound, self.subscribed_on if isinstance(bound, Subscription) else bound):
+                    return
+            elif self.outbox.full and self.outbox.overflow == "block":
+                if threading.current_thread() is self.flusher:
+                    raise OutboxFull(f"send buffer full ({self.outbox.maxsize} messages) and a connect hook cannot wait "
+                                     "for room: its own thread empties the buffer once the hook returns")
                 self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
             conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
             if conn is not None:
+                if isinstance(bound, Subscription):
+                    bound.sent_on = conn
                 self.sending += 1
                 self.direct = conn
         if conn is not None and self._write(conn, frame, deadline):
@@ -144,7 +175,7 @@ class Sender:
             if conn is not None and self.live is conn:
                 self.live = None  # what comes next queues behind this frame, until the supervisor flushed it
                 self._wake()
-            dropped = self._queue(frame)
+            dropped = self._queue(frame, bound)
             if dropped is not None:
                 self.counts.dropped += 1
                 total = self.counts.dropped
@@ -191,9 +222,13 @@ class Sender:
         if why:
             raise ClientClosed(f"{self.name} is {why}; nothing can be sent")
 
-    def _queue(self, frame: OutFrame) -> Optional[Queued]:
-        """Append to the buffer (and keep it in the store); return what the
-        overflow policy dropped. Lock held."""
+    def _queue(self, frame: OutFrame, bound: Union[None, Subscription, Connection] = None) -> Optional[Queued]:
+        """Append to the buffer (and keep it in the store, unless ``bound``); return what
+        the overflow policy dropped. Lock held."""
+        if bound is not None:
+            self.outbox.put(Queued(frame[0], frame[1], None, bound), force=True)
+            self.counts.queued += 1
+            return None
         key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
         try:
             dropped = self.outbox.put(Queued(frame[0], frame[1], key), keep=len(self.inflight))
@@ -230,8 +265,71 @@ class Sender:
             self._check_open()
 
     def unsent(self) -> List[OutFrame]:
+        """What the user's sends left in the buffer (not the subscriptions' frames: the
+        records are this client's)."""
         with self.cond:
-            return [(q.data, q.binary) for q in self.outbox.items()]
+            return [(q.data, q.binary) for q in self.outbox.items() if q.bound is None]
+
+    # -- recorded subscriptions (any thread) --------------------------------------------
+    def subscribe(self, sub: Subscription, positions: Positions) -> None:
+        """Record ``sub``. Once the handshake of the connection of the moment sent the
+        others, it is sent now, in order with other sends; else the next handshake sends it."""
+        with self.cond:
+            self._check_open()
+            self.subscriptions = [*self.subscriptions, sub]
+            now = self._wanted(sub, self.subscribed_on)
+        if now:
+            try:
+                frame = sub.frame(positions, self.frame)
+            except BaseException:  # the caller's callable failed: nothing is recorded
+                self.unsubscribe(sub, None)
+                raise
+            if frame is not None:
+                self._send(frame, None, sub)
+
+    def unsubscribe(self, sub: Subscription, message: Optional[Sendable]) -> bool:
+        """Forget ``sub`` (False: it was not recorded); send ``message`` (if any) on the
+        connection it went out on, if that is still the connection of the moment."""
+        frame = self.frame(message) if message is not None else None  # raises before anything changes
+        with self.cond:
+            if not sub.active:
+                return False
+            sub.active = False
+            self.subscriptions = [s for s in self.subscriptions if s is not sub]
+            on = sub.sent_on
+        if frame is not None and on is not None:
+            self._send(frame, None, on)
+        return True
+
+    def _wanted(self, bound: Union[Subscription, Connection], conn: Optional[Connection]) -> bool:
+        """Is a frame ``bound`` to one connection still to go out on ``conn``? (Lock held.)"""
+        if conn is None or not conn.is_open:
+            return False
+        if isinstance(bound, Subscription):
+            return bound.active and bound.sent_on is not conn
+        return bound is conn
+
+    # -- the handshake (supervisor thread) -----------------------------------------------
+    def subscriptions_for(self, conn: Connection) -> List[Subscription]:
+        """The subscriptions to send in ``conn``'s handshake, in order; one recorded from
+        now on goes out on ``conn`` as a frame of its own (see `subscribe`)."""
+        with self.cond:
+            self.subscribed_on = conn
+            return self.subscriptions
+
+    def claim(self, sub: Subscription, conn: Connection) -> bool:
+        """Is ``sub`` still to go out on ``conn``? Then it counts as sent there."""
+        with self.cond:
+            return self._take(sub, conn)
+
+    def send_on(self, conn: Connection, frame: OutFrame, deadline: float) -> None:
+        """Write ``frame`` on ``conn`` now, for that connection only: `TimeoutError`
+        when the socket took nothing by ``deadline`` (`time.monotonic`); raises if
+        the connection is gone."""
+        if not conn.send_within(*frame, deadline, on_lost=lambda: None):
+            raise TimeoutError("the socket took nothing in the time left")
+        with self.cond:
+            self.counts.sent += 1
 
     def keep_in(self, store: Store, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
         """The store is open (at start): the frames ``kept`` in it by an earlier run go
@@ -326,13 +424,15 @@ class Sender:
                         del batch[n:]
                         break
                 self.inflight = batch
+                frames = [(item.data, item.binary) for item in batch if item.bound is None or self._take(item.bound, conn)]
             if not batch:  # then the resume request, without the lock; and what was queued meanwhile
                 positions, resume_from = resume_from, {}
                 if not self.send_resume(conn, positions):
                     return False
                 continue
             try:
-                conn.send_many([(item.data, item.binary) for item in batch])
+                if frames:
+                    conn.send_many(frames)
             except Exception as exc:
                 with cond:
                     self.inflight = []
@@ -348,9 +448,18 @@ class Sender:
                     if item.key is not None:
                         sent_key = item.key
                         unforgotten += 1
-                self.counts.flushed += len(batch)
-                self.counts.sent += len(batch)
+                self.counts.flushed += len(frames)
+                self.counts.sent += len(frames)
                 cond.notify_all()
+
+    def _take(self, bound: Union[Subscription, Connection], conn: Connection) -> bool:
+        """Does a frame ``bound`` to one connection go out in this flush on ``conn``? A
+        subscription's then counts as sent there. (Lock held.)"""
+        if not self._wanted(bound, conn):
+            return False
+        if isinstance(bound, Subscription):
+            bound.sent_on = conn
+        return True
 
     def send_resume(self, conn: Connection, positions: Positions) -> bool:
         """Ask the server for what came after ``positions`` (if there are any),

@@ -99,7 +99,8 @@ class Signals:
 
     =============  ==========================================================
     connecting     a connection attempt starts (``attempt``)
-    connected      the socket is open and the send buffer flushed
+    connected      the socket is open, the handshake done (connect hooks,
+                   subscriptions) and the send buffer flushed
     disconnected   the connection ended (``code``, ``reason``, ``error``)
     reconnecting   a retry is scheduled (``attempt``, ``delay``)
     gave_up        the client will not reconnect (``error``)

@@ -2,8 +2,8 @@
 
 The states and their order (each arrow is one signal, see `Signals`)::
 
-    NEW --start()--> CONNECTING --socket open, send buffer flushed--> CONNECTED
-    CONNECTED --connection ended--> BACKOFF --delay--> CONNECTING ...
+    NEW --start()--> CONNECTING --socket open, handshake done, send buffer flushed--> CONNECTED
+    CONNECTED --connection ended (or reconnect())--> BACKOFF --delay (none after reconnect())--> CONNECTING ...
     any --retry policy says no--> GAVE_UP
     any --stop()--> STOPPED
 

@@ -1,10 +1,12 @@
 """The supervisor thread: one connection after another, for the life of a client.
 
 It makes a `Connection` for every attempt, waits for it to open (within
-``connect_timeout``), flushes the send buffer and only then says
-``connected``; it watches the heartbeat while the connection lives (and
+``connect_timeout``), runs the handshake (the connect hooks and the recorded
+subscriptions, `wsbridge.runtime.session`), flushes the send buffer and only
+then says ``connected``; it watches the heartbeat while the connection lives (and
 flushes again when a send's timeout left frames in the buffer); when it
-ends, it asks the `ReconnectPolicy` whether and when to try again. Liveness
+ends, it asks the `ReconnectPolicy` whether and when to try again (unless
+`reconnect` asked for a new connection at once). Liveness
 deadlines pause while the reader is held back by wsbridge's own full dispatch
 queue (`Dispatcher.holding`): backpressure is not a dead peer.
 
@@ -18,9 +20,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
-from ..errors import ConnectError, MessageTooLarge, StoreError, UpgradeRefused, WireError, WsbridgeError, preview
+from ..errors import (
+    ConnectError,
+    ConnectHookError,
+    MessageTooLarge,
+    StoreError,
+    UpgradeRefused,
+    WireError,
+    WsbridgeError,
+    preview,
+)
 from ..redact import redact_url
 from ..tracking.store import Store
 from ..wire.connection import Connection, Hooks
@@ -28,8 +39,9 @@ from ..wire.options import ConnectOptions
 from .delivery import END, EXPIRE, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
 from .intake import Intake
-from .policy import Ending, ReconnectPolicy
+from .policy import Decision, Ending, ReconnectPolicy
 from .sender import Sender
+from .session import Handshake, Inbox
 from .signals import Signals
 from .state import Lifecycle, State
 
@@ -90,11 +102,39 @@ class Supervisor:
         self.gave_up_error: Optional[BaseException] = None
         self.connects = self.attempts = self.disconnects = self.wire_errors = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
+        self.handshake = Handshake(sender, self.stopping, lambda: self.delivery.positions)
+        sender.flusher = self.thread
+        self.inbox: Optional[Inbox] = None
+        """The handshake inbox of the connection of the moment (`reconnect` ends it)."""
+        self._requests = threading.Lock()
+        self.requested = 0
+        """`reconnect` calls so far (under ``_requests``)."""
+        self.served = 0
+        """The value of ``requested`` as the connection of the moment was made: it
+        serves every `reconnect` call up to there."""
 
     def want_resume(self) -> None:
         """A gap opened (dispatcher thread): send a resume request soon."""
         self.resume_wanted = True
         self.wakeup.set()
+
+    def reconnect(self, options: Optional[ConnectOptions] = None) -> int:
+        """Close the connection of the moment (1000) and connect again at once, with
+        ``options`` from now on if given (any thread; never waits). Returns the
+        request's number: the connection made for it has `served` it."""
+        if options is not None:
+            self.options = options  # replaced whole; the next attempt dials with it
+        with self._requests:
+            self.requested += 1
+            number = self.requested
+        inbox = self.inbox
+        if inbox is not None:
+            inbox.end("reconnect() was called")
+        self.wakeup.set()
+        return number
+
+    def _reconnecting(self) -> bool:
+        return self.requested > self.served
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -103,13 +143,14 @@ class Supervisor:
             if self.replay_pending:
                 self._replay_stored()
             while not self.stopping.is_set():
-                conn = self._new_connection()
+                conn, inbox = self._new_connection()
+                self.served = self.requested  # after the new inbox: a later request ends its handshake
                 self.conn = conn
                 self.lifecycle.set(State.CONNECTING)
                 self._emit(self.signals.connecting, attempt=failures)
                 resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
                 conn.start()
-                self._watch(conn, resume_from)
+                self._watch(conn, resume_from, inbox)
                 self.stragglers = [c for c in self.stragglers if c.thread.is_alive()]
                 if conn.calling is not None:  # user code holds the reader: it ends when that returns
                     log.warning("%s: %s has not returned; going on without waiting for it", self.name, conn.calling)
@@ -119,7 +160,8 @@ class Supervisor:
                 ending = self._ended(conn)
                 if self.stopping.is_set():
                     break
-                decision = self.policy.decide(ending, failures)
+                # reconnect() asked for a new connection: not a failure, and no wait.
+                decision = Decision(failures) if self._reconnecting() else self.policy.decide(ending, failures)
                 failures = decision.failures
                 if decision.give_up:
                     if decision.fatal:
@@ -133,21 +175,36 @@ class Supervisor:
                 self.lifecycle.set(State.BACKOFF)
                 log.info("%s: reconnecting in %.2f s (attempt %d)", self.name, decision.delay, failures)
                 self._emit(self.signals.reconnecting, attempt=failures, delay=decision.delay)
-                if self.stopping.wait(decision.delay):
+                if self._pause(decision.delay):
                     break
         except Exception:
             log.exception("%s: supervisor failed", self.name)
             self._give_up(WsbridgeError("supervisor failed; see the log"))
 
-    def _new_connection(self) -> Connection:
+    def _pause(self, delay: float) -> bool:
+        """Wait out the backoff ``delay``, cut short by `reconnect`; True once stopping."""
+        deadline = time.monotonic() + delay
+        while not self.stopping.is_set() and not self._reconnecting():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.wakeup.wait(remaining)
+            self.wakeup.clear()
+        return self.stopping.is_set()
+
+    def _new_connection(self) -> Tuple[Connection, Inbox]:
         self.attempts += 1
-        hooks = Hooks(self.intake.on_frame, self._on_open, self._on_end, self.dispatcher.wake, self._settle)
-        return Connection(self.options, hooks, name=f"{self.name}-reader-{self.attempts}")
+        inbox = self.inbox = Inbox()
+        self.intake.watch(inbox.add)  # until the handshake ends: the hook's replies, as they come
+        hooks = Hooks(self.intake.on_frame, self._on_open, lambda conn: self._on_end(conn, inbox), self.dispatcher.wake,
+                      self._settle)
+        return Connection(self.options, hooks, name=f"{self.name}-reader-{self.attempts}"), inbox
 
     def _on_open(self, conn: Connection) -> None:  # reader thread
         self.wakeup.set()
 
-    def _on_end(self, conn: Connection) -> None:  # reader thread
+    def _on_end(self, conn: Connection, inbox: Inbox) -> None:  # reader thread
+        inbox.end("the connection ended")
         self.sender.drop_live(conn)
         self.dispatcher.wake()
         self.wakeup.set()
@@ -185,8 +242,9 @@ class Supervisor:
             log.info("%s: delivering %d stored message(s) that were not handled before", self.name, count)
 
     # -- one connection ------------------------------------------------------------------------
-    def _watch(self, conn: Connection, resume_from: Any) -> None:
-        """Run one connection until it ends: connect timeout, flush, heartbeat, stop."""
+    def _watch(self, conn: Connection, resume_from: Any, inbox: Inbox) -> None:
+        """Run one connection until it ends: connect timeout, handshake, flush, heartbeat,
+        stop, reconnect."""
         o = self.options
         started = time.monotonic()
         flushed = False
@@ -197,6 +255,10 @@ class Supervisor:
             now = time.monotonic()
             if self.stopping.is_set():
                 conn.close(1000, "", max(0.0, min(o.close_timeout, self.stop_deadline - now)))
+                break
+            if self._reconnecting():
+                log.info("%s: closing the connection to connect again (reconnect() was called)", self.name)
+                conn.close(1000, "", o.close_timeout)
                 break
             if not conn.opened.is_set():
                 remaining = started + o.connect_timeout - now
@@ -211,6 +273,10 @@ class Supervisor:
             if not flushed:
                 flushed = True
                 self.connects += 1
+                if not self._handshake(conn, inbox):
+                    if isinstance(conn.error, ConnectHookError):
+                        break  # reported; the connection is closed
+                    continue  # stop() or reconnect() cut it short: the loop closes the connection
                 # Positions as they were before this connection: what it
                 # delivered itself (the server may start sending at once) needs no resume.
                 if self.sender.flush(conn, resume_from, self.stopping) and self.lifecycle.set(State.CONNECTED):
@@ -233,6 +299,26 @@ class Supervisor:
         # Bounded: the socket is shut down, the reader's recv returns at once (unless user code holds it).
         if conn.calling is None:
             conn.ended.wait(o.close_timeout + 5.0)
+
+    def _handshake(self, conn: Connection, inbox: Inbox) -> bool:
+        """Run the handshake on ``conn``; True when it is ready for the flush. A failure
+        is reported and the connection closed, with `ConnectHookError` as its error;
+        `stop` (which cuts the connection) and `reconnect` cut it short quietly."""
+        self.sender.flushing = conn  # stop() cuts it: a hook waiting for a reply sees the connection end
+        try:
+            self.handshake.run(conn, inbox)
+            return True
+        except ConnectHookError as error:
+            if self.stopping.is_set() or self._reconnecting():
+                return False
+            conn.error = self.lifecycle.last_error = error
+            self._report(error, "handshake")
+            conn.close(1000, "", self.options.close_timeout)
+            return False
+        finally:
+            self.sender.flushing = None
+            self.intake.watch(None)
+            inbox.close()
 
     def _dead(self, conn: Connection, now: float) -> Optional[str]:
         """Why the peer is presumed dead, or None. While wsbridge's own full queue
@@ -261,21 +347,22 @@ class Supervisor:
             self.lifecycle.last_error = conn.error
             return Ending(conn.error, http_status=status, retry_after=retry_after, fresh_credentials=conn.fresh_credentials)
         self.disconnects += 1
-        if conn.error is not None and not conn.closing:
-            self.lifecycle.last_error = conn.error
+        failed = isinstance(conn.error, ConnectHookError)  # the handshake failed: an attempt that did not work
+        error = conn.error if failed or not conn.closing else None  # closing: we ended it, in order
+        if error is not None:
+            self.lifecycle.last_error = error
         if isinstance(conn.error, WireError):  # the server broke RFC 6455: say how, with its bytes
             self.wire_errors += 1
             context = "limit" if isinstance(conn.error, MessageTooLarge) else "protocol"
             self._report(conn.error, context, frame=conn.error.frame)
         log.info(
             "%s: disconnected (code=%s reason=%r error=%s)", self.name, conn.close_code, conn.close_reason,
-            describe(conn.error) if conn.error and not conn.closing else None,
+            describe(error) if error else None,
         )
-        self._emit(
-            self.signals.disconnected, code=conn.close_code, reason=conn.close_reason, error=None if conn.closing else conn.error
-        )
+        self._emit(self.signals.disconnected, code=conn.close_code, reason=conn.close_reason, error=error)
+        open_for = None if failed else time.monotonic() - conn.opened_at
         return Ending(conn.error, conn.close_code, conn.close_reason, status, retry_after=retry_after,
-                      fresh_credentials=conn.fresh_credentials, open_for=time.monotonic() - conn.opened_at)
+                      fresh_credentials=conn.fresh_credentials, open_for=open_for)
 
     def _give_up(self, error: BaseException, level: int = logging.ERROR, cause: Optional[BaseException] = None) -> None:
         """Stop for good; ``cause``, the connection's own error, stays `last_error`."""

@@ -43,15 +43,17 @@ class Outbox(Generic[T]):
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
 
-    def put(self, item: T, keep: int = 0) -> Optional[T]:
+    def put(self, item: T, keep: int = 0, force: bool = False) -> Optional[T]:
         """Append ``item``; return the item dropped to make room, if any.
 
         ``keep``: that many of the oldest items are being written to the
         socket right now, so ``drop_oldest`` drops the oldest one after them.
+        ``force``: append whatever the bound (a control frame, such as a
+        subscription's: few, and never the user's data).
         """
         dropped = None
         items = self._items
-        if len(items) >= self.maxsize:
+        if len(items) >= self.maxsize and not force:
             if self.overflow != "drop_oldest" or len(items) <= keep:
                 raise OutboxFull(f"send buffer full ({self.maxsize} messages waiting)")
             dropped = items[keep]
