@@ -260,6 +260,10 @@ class Client(Subscribable, Pulling):
         )
         self._delivery.positions = dict(positions)
         self._supervisor.replay_pending = True
+        # What a stop kept behind open gaps: held again (ahead of the positions) while a
+        # resume asks for the gaps. Those at or below a position were delivered since.
+        self._supervisor.held = [m for m in store.held_messages()
+                                 if m.seq is not None and m.stream in positions and m.seq > positions[m.stream]]
         kept = store.outbox_items()
         self._sender.keep_in(store, kept)  # with the frames sent before start, kept from now on
         if kept:
@@ -349,6 +353,7 @@ class Client(Subscribable, Pulling):
         late = self._dispatcher.drain()
         if late:
             self._delivery.handle(late)
+        self._delivery.finish()  # what open gaps hold: kept in the store, or delivered
         undelivered = self._delivery.abandoned  # final now: this thread counted them
         if undelivered:
             kept = " (kept in the store: the next client with it delivers them)" if self.store is not None else ""

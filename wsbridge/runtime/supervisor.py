@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import websocket
 
 from ..errors import ConnectError, MessageTooLarge, StoreError, WireError, WsbridgeError, preview
+from ..message import Message
 from ..redact import redact_url
 from ..tracking.store import Store
 from ..wire.connection import Connection, Hooks
@@ -88,6 +89,9 @@ class Supervisor:
         """`time.monotonic` by which `stop` wants the connection closed."""
         self.resume_wanted = False
         self.replay_pending = False
+        self.held: List[Message] = []
+        """Messages an earlier run kept behind open gaps (`Store.keep_held`): offered
+        again after the stored ones (set before the thread starts)."""
         self.gave_up_error: Optional[BaseException] = None
         self.connects = self.attempts = self.disconnects = self.wire_errors = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
@@ -177,9 +181,15 @@ class Supervisor:
                 count += 1
         except StoreError as exc:
             self._report(exc, "store")
+        held, self.held = self.held, []
+        for message in held:  # the tracker holds them again, and a resume asks for the gap
+            self.dispatcher.put(message, weight(message))
         self.dispatcher.wake()
         if count:
             log.info("%s: delivering %d stored message(s) that were not handled before", self.name, count)
+        if held:
+            log.info("%s: %d message(s) an earlier run kept behind a gap are held again until it is filled",
+                     self.name, len(held))
 
     # -- one connection ------------------------------------------------------------------------
     def _watch(self, conn: Connection, resume_from: Any) -> None:

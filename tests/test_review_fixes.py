@@ -1,0 +1,126 @@
+"""Issue 20's hostile review, the runtime, store and command-line half: messages held
+behind a gap at give-up and at stop(), the store's files, sends before a start that
+never comes, careless timeouts, what a tiny message weighs, a refused upgrade with a
+body that never comes, and `wsbridge send` with bytes that are not UTF-8. Servers are
+built for each test on raw sockets (`wsbridge.testing.raw`) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List
+
+import pytest
+
+import wsbridge
+from wsbridge import SQLiteStore
+from wsbridge.testing.raw import CLOSE, TEXT, RawServer, frame, read_frame
+
+from conftest import Collector, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = [sys.executable, "-m", "wsbridge"]
+CLOSE_1000 = frame(b"\x03\xe8", CLOSE)
+
+
+def numbered(*seqs: int) -> bytes:
+    """JSON frames ``{"type": "t", "seq": N}``, one per N."""
+    return b"".join(frame(json.dumps({"type": "t", "seq": n}).encode()) for n in seqs)
+
+
+def sequenced(**kwargs):
+    return {"codec": wsbridge.JsonCodec(seq_field="seq"), **kwargs}
+
+
+def pull_all(client: wsbridge.Client) -> List[int]:
+    """What the pull API hands out until it says the client ended (bounded)."""
+    seqs = []
+    for _ in range(100):
+        try:
+            seqs.append(client.recv(timeout=10).seq)
+        except wsbridge.ClientClosed:
+            return seqs
+    raise AssertionError(f"the pull API did not end: {seqs}")
+
+
+def gap_news(client: wsbridge.Client) -> Collector:
+    news = Collector()
+    client.signals.gap.connect(lambda sender, **kw: news((kw["first"], kw["last"], kw["status"])))
+    return news
+
+
+# -- 5: what a gap holds when the stream ends ------------------------------------------------------
+@pytest.mark.parametrize("stored", [False, True], ids=["no-store", "sqlite"])
+def test_messages_held_behind_a_gap_reach_subscribers_the_pull_api_and_the_store_at_give_up(make_client, tmp_path, stored):
+    """Issue 20 review, 5: seq 1, 2, 4, 5 then close 1000 under NO_RETRY: subscribers and recv()
+    got [1, 2], then ClientClosed; no "lost" signal, lost=0; the store kept [1, 2]."""
+    store = SQLiteStore(str(tmp_path / "feed.db")) if stored else None
+    with RawServer() as server:
+        client = make_client(server.url, **sequenced(backoff=wsbridge.NO_RETRY, store=store))
+        seen = Collector()
+        client.on_any(seen)
+        news = gap_news(client)
+        client.start()
+        server.wait_connection().sendall(numbered(1, 2, 4, 5) + CLOSE_1000)
+        assert pull_all(client) == [1, 2, 4, 5]
+        assert client.state == "gave_up"
+        assert [m.seq for m in seen.items] == [1, 2, 4, 5]
+        assert news.items == [(3, 3, "open"), (3, 3, "lost")]
+        stats = client.stats
+        assert (stats.lost, stats.held, stats.dispatched) == (1, 0, 4)
+        assert client.stop(10)
+    if stored:
+        assert [m.seq for m in store.history()] == [1, 2, 4, 5]
+
+
+def test_stop_in_the_middle_of_a_gap_delivers_what_it_held_without_a_store(make_client):
+    """Issue 20 review, 5: stop() while a gap was open: [1, 2] delivered, 4 and 5 gone, nothing said."""
+    with RawServer() as server:
+        client = make_client(server.url, **sequenced())
+        seen = Collector()
+        client.on_any(seen)
+        news = gap_news(client)
+        client.start()
+        server.wait_connection().sendall(numbered(1, 2, 4, 5))
+        wait_until(lambda: client.stats.held == 2, 10, "4 and 5 held behind the gap")
+        assert client.stop(10)
+        assert [m.seq for m in seen.items] == [1, 2, 4, 5]
+        assert pull_all(client) == [1, 2, 4, 5]
+        assert news.items == [(3, 3, "open"), (3, 3, "lost")] and client.stats.lost == 1
+
+
+@pytest.mark.parametrize("answer,gap_timeout,delivered,lost", [
+    ((3, 4, 5, 6), 30.0, [3, 4, 5, 6], 0),  # a server that resends from the position: once each, in order
+    ((6,), 0.5, [4, 5, 6], 1),  # one that cannot: what the first run held still arrives
+], ids=["server-resends", "server-cannot-resend"])
+def test_stop_in_the_middle_of_a_gap_keeps_what_it_held_in_the_store_for_the_next_run(
+        make_client, tmp_path, answer, gap_timeout, delivered, lost):
+    """Issue 20 review, 5: with a store, the messages held at stop() were neither stored nor kept,
+    so the next run had them only if the server could send them again."""
+    path = str(tmp_path / "feed.db")
+    with RawServer() as server:
+        first = make_client(server.url, **sequenced(store=SQLiteStore(path), resume=True))
+        seen = Collector()
+        first.on_any(seen)
+        news = gap_news(first)
+        first.start()
+        server.wait_connection().sendall(numbered(1, 2, 4, 5))
+        wait_until(lambda: first.stats.held == 2, 10, "4 and 5 held behind the gap")
+        assert first.stop(10)
+    # Not lost: the next run with the store can still ask for the gap.
+    assert [m.seq for m in seen.items] == [1, 2] and (3, 3, "lost") not in news.items and first.stats.lost == 0
+    with RawServer() as server:
+        second = make_client(server.url, **sequenced(store=SQLiteStore(path), resume=True, gap_timeout=gap_timeout))
+        again = Collector()
+        second.on_any(again)
+        second.start()
+        conn = server.wait_connection()
+        opcode, request = read_frame(conn)
+        assert (opcode, json.loads(request)) == (TEXT, {"type": "resume", "positions": [{"stream": None, "seq": 2}]})
+        conn.sendall(numbered(*answer))
+        again.wait(len(delivered))
+        assert second.stop(10)
+    assert [m.seq for m in again.items] == delivered
+    assert second.stats.lost == lost
+    assert [m.seq for m in SQLiteStore(path).history()] == [1, 2] + delivered
