@@ -6,6 +6,7 @@ built for each test on raw sockets (`wsbridge.testing.raw`) on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import List
 import pytest
 
 import wsbridge
-from wsbridge import SQLiteStore
+from wsbridge import SQLiteStore, StoreError
 from wsbridge.testing.raw import CLOSE, TEXT, RawServer, frame, read_frame
 
 from conftest import Collector, wait_until
@@ -124,3 +125,55 @@ def test_stop_in_the_middle_of_a_gap_keeps_what_it_held_in_the_store_for_the_nex
     assert [m.seq for m in again.items] == delivered
     assert second.stats.lost == lost
     assert [m.seq for m in SQLiteStore(path).history()] == [1, 2] + delivered
+
+
+# -- 6: the store's files ----------------------------------------------------------------------
+VICTIM = b"the first bytes of someone else's file, which the store must never write"
+
+
+@pytest.mark.parametrize("side,reader", [("-handled", None), ("-lock", None), ("-handled-", "type:t")])
+def test_a_hard_link_planted_at_a_side_file_is_refused_and_its_target_untouched(tmp_path, side, reader):
+    """Issue 20 review, 6: a hard link at ``feed.db-handled`` had the target's first 16 bytes
+    overwritten (O_NOFOLLOW and S_ISREG cannot tell a hard link from the file)."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path):
+        pass
+    name = path + side + (hashlib.sha256(reader.encode()).hexdigest()[:16] if reader else "")
+    if os.path.exists(name):
+        os.remove(name)
+    victim = tmp_path / "victim"
+    victim.write_bytes(VICTIM)
+    os.link(victim, name)
+    with pytest.raises(StoreError, match="has 2 names"):
+        SQLiteStore(path, reader=reader).open()
+    assert victim.read_bytes() == VICTIM
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_side_file_of_another_user_is_refused(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path):
+        pass
+    os.chown(path + "-handled", 4242, -1)
+    with pytest.raises(StoreError, match="belongs to another user"):
+        SQLiteStore(path).open()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277])
+def test_the_store_creates_its_files_private_whatever_the_umask(tmp_path, umask):
+    """Issue 20 review, 6: the database, its journal and the side files were made 0644 (umask 022):
+    messages and queued sends readable by every user of the machine."""
+    path = str(tmp_path / "feed.db")
+    before = os.umask(umask)
+    try:
+        with SQLiteStore(path) as store, SQLiteStore(path + "2", reader="r") as other:
+            store.append([wsbridge.Message("t", {"secret": 1}, 1)], {None: 1})
+            store.outbox_add('{"type": "auth"}', False)
+            other.append([wsbridge.Message("t", None, 1)], {None: 1})
+            modes = {name: oct(os.stat(tmp_path / name).st_mode & 0o777) for name in os.listdir(tmp_path)}
+    finally:
+        os.umask(before)
+    names = {"feed.db", "feed.db-wal", "feed.db-shm", "feed.db-lock", "feed.db-handled", "feed.db2", "feed.db2-lock",
+             "feed.db2-handled-" + hashlib.sha256(b"r").hexdigest()[:16]}
+    assert names <= set(modes), modes
+    assert {modes[name] for name in names} == {"0o600"}, modes

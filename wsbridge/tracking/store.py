@@ -220,21 +220,53 @@ _SIDE_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 """No symbolic link is followed, and opening a FIFO does not wait for a writer."""
 
 
+FILE_MODE = 0o600
+"""The mode of every file the store creates: messages and queued sends are private data."""
+
+
+def create_private(path: str, flags: int) -> Optional[int]:
+    """Create ``path`` (``O_EXCL``, following no link) with mode `FILE_MODE`, whatever
+    the umask; its descriptor, or None if something is there already."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | _SIDE_FLAGS, FILE_MODE)
+    except FileExistsError:
+        return None
+    try:
+        os.fchmod(fd, FILE_MODE)  # a umask such as 0o277 took the owner's bits away
+    except OSError:
+        pass  # a file system without modes: what the umask left is never wider than FILE_MODE
+    return fd
+
+
+def _euid(default: int) -> int:
+    """The effective user id (``default`` where the system has none)."""
+    return os.geteuid() if hasattr(os, "geteuid") else default
+
+
 def open_side_file(path: str, flags: int, what: str) -> int:
     """A side file of the store (its lock, a handled mark), opened only if it is a plain
-    file: a symbolic link planted at that name in a shared folder would have the store
-    write to (or create) whatever it points at, so it is refused (`StoreError`), as is a
-    FIFO or a device. Other failures raise the `OSError`."""
+    file of this user's with no other name: a symbolic link planted at that name in a
+    shared folder would have the store write to (or create) whatever it points at, and
+    a hard link is the same file under two names, so each is refused (`StoreError`), as
+    is a FIFO, a device or a file of another user's. With ``O_CREAT`` a new file gets
+    mode `FILE_MODE`. Other failures raise the `OSError`."""
     try:
-        fd = os.open(path, flags | _SIDE_FLAGS, 0o644)
+        fd = create_private(path, flags & ~os.O_CREAT) if flags & os.O_CREAT else None
+        if fd is None:
+            fd = os.open(path, flags & ~os.O_CREAT | _SIDE_FLAGS)
     except OSError:
         if os.path.islink(path):
             raise StoreError(f"refused the store's {what} {path!r}: it is a symbolic link, and the store follows "
                              f"none (remove it; in a shared folder, someone else may have put it there)") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    why = ("it is not a plain file" if not stat.S_ISREG(info.st_mode)
+           else f"it has {info.st_nlink} names (a hard link to another file?)" if info.st_nlink != 1
+           else f"it belongs to another user (uid {info.st_uid})" if info.st_uid != _euid(info.st_uid) else None)
+    if why is not None:
         os.close(fd)
-        raise StoreError(f"refused the store's {what} {path!r}: it is not a plain file")
+        raise StoreError(f"refused the store's {what} {path!r}: {why}; remove it (in a shared folder, someone else "
+                         "may have put it there)")
     return fd
 
 
@@ -331,6 +363,9 @@ class SQLiteStore(Store):
             os.close(fd)  # releases the lock
 
     def _open_db(self) -> None:
+        fd = create_private(self.path, os.O_RDWR)  # a new database: private (SQLite gives -wal and -shm its mode)
+        if fd is not None:
+            os.close(fd)
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
