@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from typing import List
@@ -177,3 +178,30 @@ def test_the_store_creates_its_files_private_whatever_the_umask(tmp_path, umask)
              "feed.db2-handled-" + hashlib.sha256(b"r").hexdigest()[:16]}
     assert names <= set(modes), modes
     assert {modes[name] for name in names} == {"0o600"}, modes
+
+
+# -- 8: a send before a start that never comes ------------------------------------------------------
+def test_a_send_before_a_start_that_never_comes_is_kept_in_the_store_for_the_next_client(make_client, tmp_path, caplog):
+    """Issue 20 review, 8: the log said "kept in the store: the next client with it sends them",
+    but nothing was stored, and the next client sent nothing."""
+    path = str(tmp_path / "feed.db")
+    with RawServer() as server:
+        early = make_client(server.url, store=SQLiteStore(path))
+        early.send({"type": "order", "n": 1})
+        with caplog.at_level(logging.WARNING, logger="wsbridge"):
+            assert early.stop(5)
+        assert "1 message(s) not sent" in caplog.text and "kept in the store" in caplog.text
+        later = make_client(server.url, store=SQLiteStore(path))
+        later.start()
+        assert read_frame(server.wait_connection()) == (TEXT, b'{"type":"order","n":1}')
+
+
+def test_a_send_before_a_start_that_never_comes_says_when_the_store_cannot_keep_it(make_client, tmp_path, caplog):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path):  # another writer holds it
+        early = make_client("ws://127.0.0.1:9/", store=SQLiteStore(path))
+        early.send("x")
+        with caplog.at_level(logging.WARNING, logger="wsbridge"):
+            assert early.stop(5)
+    assert "not kept in the store, which could not be opened" in caplog.text and "in use" in caplog.text
+    assert early.unsent() == [("x", False)]

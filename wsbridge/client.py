@@ -329,18 +329,35 @@ class Client(Subscribable, Pulling):
                 supervisor.thread.join(max(0.0, deadline - time.monotonic()))
             self._pull.unblock()
             dispatcher.stop(max(0.0, deadline - time.monotonic()))  # its last act: `stopped`, see _dispatcher_exit
+            kept = ""
         else:
+            kept = self._keep_unsent()
             self._close_store()
         self._pull.close()
         registry.discard(self)
         left = len(self._sender.outbox)
         if left and before is not State.STOPPED:
-            kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
+            if not kept and self.store is not None and self._sender.all_kept():
+                kept = " (kept in the store: the next client with it sends them)"
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
         alive = [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
         return not alive
+
+    def _keep_unsent(self) -> str:
+        """Never started: the frames sent meanwhile go to the store (opened for them, and
+        closed), where the next client with it sends them. Says how that went, for the log."""
+        if self.store is None or not len(self._sender.outbox):
+            return ""
+        try:
+            self.store.open()
+        except Exception as exc:  # in use by another client, or not a store
+            return f" (not kept in the store, which could not be opened: {exc})"
+        self._sender.keep_in(self.store, [])
+        if self._sender.all_kept():
+            return " (kept in the store: the next client with it sends them)"
+        return f" (not all kept in {self.store!r}: see the error reported)"
 
     def _dispatcher_exit(self) -> None:
         """The dispatcher thread's last act: once the supervisor ended (bounded),
