@@ -205,3 +205,45 @@ def test_a_send_before_a_start_that_never_comes_says_when_the_store_cannot_keep_
             assert early.stop(5)
     assert "not kept in the store, which could not be opened" in caplog.text and "in use" in caplog.text
     assert early.unsent() == [("x", False)]
+
+
+# -- 11a: timeouts a careless caller passes ------------------------------------------------------------
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10])
+def test_a_send_with_an_endless_timeout_goes_out_on_the_same_connection(make_client, timeout):
+    """Issue 20 review, 11a: Lock.acquire raised OverflowError, taken for a failed send: a
+    healthy connection was cut and made again."""
+    with RawServer() as server:
+        client = make_client(server.url)
+        client.start()
+        client.wait_connected(10)
+        client.send("x", timeout=timeout)
+        assert read_frame(server.wait_connection()) == (TEXT, b"x")
+        stats = client.stats
+        assert (stats.connects, stats.disconnects, stats.sent) == (1, 0, 1)
+
+
+def test_every_public_timeout_takes_inf_and_refuses_nan_and_negative_numbers(make_client):
+    with RawServer() as server:
+        client = make_client(server.url)
+        client.start()
+        assert client.wait_connected(float("inf")) is client
+        conn = server.wait_connection()
+        calls = {
+            "send": lambda t: client.send("x", timeout=t),
+            "recv": lambda t: client.recv(timeout=t),
+            "wait_for": lambda t: client.wait_for("t", timeout=t),
+            "messages": lambda t: next(client.messages(timeout=t)),
+            "wait_connected": lambda t: client.wait_connected(t),
+            "stop": lambda t: client.stop(t),
+            "stop_all": lambda t: wsbridge.stop_all(t),
+        }
+        for call in calls.values():
+            for bad in (float("nan"), -1.0):
+                with pytest.raises(ValueError, match="timeout is a number of seconds >= 0"):
+                    call(bad)
+        for name in ("recv", "wait_for", "messages"):
+            conn.sendall(frame(b'{"type": "t"}'))
+            assert calls[name](float("inf")).type == "t", name
+        calls["send"](float("inf"))
+        assert read_frame(conn) == (TEXT, b"x")
+        assert client.stop(float("inf")) and client.state == "stopped"

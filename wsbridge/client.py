@@ -40,7 +40,7 @@ from .runtime.pull import PullBuffer, Pulling
 from .runtime.reporting import Reporter
 from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender
 from .runtime.signals import Signals, Subscribable, deliver
-from .runtime.state import Lifecycle, State
+from .runtime.state import WAIT_MAX, Lifecycle, State, timeout_arg
 from .runtime.stats import Stats
 from .runtime.supervisor import Supervisor, describe
 from .tracking.outbox import Outbox
@@ -148,7 +148,8 @@ class Client(Subscribable, Pulling):
         self._sender = Sender(
             self.codec, Outbox(outbox_size, outbox_overflow), resume=builder, closed=self._closed_why,
             report=self._reporter.report, emit_dropped=lambda n: self._emit(self.signals.dropped, what="outbox", count=n),
-            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=outbox_timeout, name=self.name,
+            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=timeout_arg(outbox_timeout, "outbox_timeout"),
+            name=self.name,
         )
         self._intake = Intake(self.codec, self._dispatcher, self._reporter.report)
         self._supervisor = Supervisor(
@@ -277,6 +278,7 @@ class Client(Subscribable, Pulling):
         up, `ClientClosed` when it was stopped.
         """
         self._check_process()
+        timeout = timeout_arg(timeout)
         try:
             state = self._lifecycle.wait_for(lambda s: s is State.CONNECTED, timeout)
         except TimeoutError:
@@ -291,19 +293,25 @@ class Client(Subscribable, Pulling):
             raise ClientClosed(f"{self.name} is stopped")
         return self
 
-    def stop(self, timeout: float = 5.0) -> bool:
+    def stop(self, timeout: Optional[float] = 5.0) -> bool:
         """Close the connection, deliver what was received, join every thread.
 
-        Returns within ``timeout`` seconds (plus a few milliseconds), from any
-        thread, in any state; True when every thread ended by then. What was
-        received and not delivered by then is not delivered (with a store, the
-        next run delivers it). Called from a subscriber, the stop completes
-        once that subscriber returns. Messages still in the send buffer are
-        kept (see `unsent`) and logged.
+        Returns within ``timeout`` seconds (plus a few milliseconds; None or
+        ``inf``: once every thread ended), from any thread, in any state; True
+        when every thread ended by then. What was received and not delivered by
+        then is not delivered (with a store, the next run delivers it).
+
+        Messages held behind an open gap are delivered, the gap declared lost;
+        with a store that keeps them (`SQLiteStore`) they are kept for the next
+        run instead, which asks for the gap again.
+
+        Called from a subscriber, the stop completes once that subscriber returns.
+        Messages still in the send buffer are kept (see `unsent`) and logged.
         """
+        limit = timeout_arg(timeout)
         if os.getpid() != self._pid:
             return True  # inherited through fork(): nothing here belongs to this process
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (WAIT_MAX if limit is None else limit)
         return self._await_stop(self._ask_stop(deadline), deadline)
 
     def _ask_stop(self, deadline: float) -> State:
@@ -414,10 +422,12 @@ class Client(Subscribable, Pulling):
         and nothing is queued. ``timeout`` bounds the whole call: the wait for
         room (``outbox_overflow="block"``), for another sender's write and for
         the socket; a frame the socket did not begin to take by then waits in
-        the send buffer (a stuck write never holds other senders).
+        the send buffer (a stuck write never holds other senders). None or
+        ``inf``: no limit of the caller's (the connection's write timeout applies);
+        negative or NaN: `ValueError`.
         """
         self._check_process()
-        self._sender.send(obj, timeout)
+        self._sender.send(obj, timeout_arg(timeout))
 
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""

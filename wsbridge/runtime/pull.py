@@ -22,6 +22,7 @@ from typing import Callable, Collection, Deque, Iterable, Iterator, List, Option
 
 from ..errors import ClientClosed, UsageError
 from ..message import Message
+from .state import timeout_arg
 
 log = logging.getLogger("wsbridge")
 
@@ -262,13 +263,14 @@ class Pulling:
         raise NotImplementedError
 
     def recv(self, timeout: Optional[float] = None) -> Message:
-        """The next message, waiting up to ``timeout`` s (`TimeoutError`).
+        """The next message, waiting up to ``timeout`` s (`TimeoutError`; None or
+        ``inf``: no limit; negative or NaN: `ValueError`).
 
         Raises `ClientClosed` once the client has stopped (or gave up) and
         every buffered message was taken; `UsageError` from a subscriber.
         """
         self._check_pull("recv")
-        return self._pull.get(timeout)
+        return self._pull.get(timeout_arg(timeout))
 
     def messages(self, types: Optional[Collection[str]] = None, timeout: Optional[float] = None) -> Iterator[Message]:
         """Iterate over messages (of ``types`` only, if given).
@@ -279,6 +281,7 @@ class Pulling:
         """
         self._check_pull("messages")
         wanted = frozenset(types) if types is not None else None
+        timeout = timeout_arg(timeout)
 
         def iterate() -> Iterator[Message]:
             while True:
@@ -296,5 +299,5 @@ class Pulling:
         """The first buffered or future message of type ``mtype`` (matching
         ``predicate``), leaving other messages buffered."""
         self._check_pull("wait_for")
-        return self._pull.get(timeout, frozenset((mtype,)), predicate)
+        return self._pull.get(timeout_arg(timeout), frozenset((mtype,)), predicate)
 
