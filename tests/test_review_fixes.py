@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import tracemalloc
 from typing import List
 
 import pytest
@@ -247,3 +249,77 @@ def test_every_public_timeout_takes_inf_and_refuses_nan_and_negative_numbers(mak
         calls["send"](float("inf"))
         assert read_frame(conn) == (TEXT, b"x")
         assert client.stop(float("inf")) and client.state == "stopped"
+
+
+# -- 11b: what a message weighs against the byte bounds ----------------------------------------------
+def test_the_record_overhead_covers_what_decoding_a_tiny_message_allocates():
+    """Issue 20 review, 11b: one 4 MiB frame of 5-byte pipe messages took 142 MB, 36 times its
+    size, while the byte bounds counted 5 bytes a message."""
+    from wsbridge.message import OVERHEAD, weight
+
+    data = b"a|1|x" * 20_000
+    codec = wsbridge.PipeCodec()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        messages = codec.decode(data, False, 1.0)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(messages) == 20_000
+    assert taken / len(messages) <= weight(messages[0]) == OVERHEAD + 5
+
+
+def tiny_frame(count: int) -> bytes:
+    return frame(b"a|1|x" * count)
+
+
+def test_a_small_dispatch_queue_bytes_holds_the_reader_back_for_a_frame_of_tiny_messages(make_client):
+    bound = 64 * 1024  # 5,000 messages of 5 bytes: 25 KB as they came, 1.3 MB in memory
+    with RawServer() as server:
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=bound, pull_buffer=0)
+        release = threading.Event()
+        seen = Collector()
+
+        def slow(message: wsbridge.Message) -> None:
+            release.wait(30)
+            seen(message)
+
+        client.on_any(slow)
+        client.start()
+        server.wait_connection().sendall(tiny_frame(5000))
+        try:
+            wait_until(lambda: client.stats.backpressure_waits >= 1, 10, "the reader waiting for room")
+            from wsbridge.message import OVERHEAD
+
+            assert client.stats.dispatch_bytes <= bound + OVERHEAD + 5
+        finally:
+            release.set()
+        seen.wait(5000, timeout=60)
+
+
+def test_a_small_pull_buffer_bytes_keeps_what_fits_of_a_frame_of_tiny_messages(make_client):
+    bound = 64 * 1024
+    with RawServer() as server:
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), pull_buffer_bytes=bound)
+        seen = Collector()
+        client.on_any(seen)
+        client.start()
+        server.wait_connection().sendall(tiny_frame(5000))
+        seen.wait(5000, timeout=60)
+        stats = client.stats
+        assert stats.pull_dropped > 0, "25 KB as they came, but 1.3 MB in memory: over the bound"
+        from wsbridge.message import OVERHEAD
+
+        kept = bound // (OVERHEAD + 5)
+        assert (stats.pull_buffered, stats.pull_dropped) == (kept, 5000 - kept)
+
+
+def test_the_default_bounds_take_5000_tiny_pipe_messages_of_one_frame_without_dropping(make_client):
+    with RawServer() as server:
+        client = make_client(server.url, codec=wsbridge.PipeCodec())
+        client.start()
+        server.wait_connection().sendall(tiny_frame(5000))
+        got = [client.recv(timeout=10) for _ in range(5000)]
+        stats = client.stats
+    assert len(got) == 5000 and (stats.pull_dropped, stats.backpressure_waits) == (0, 0)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from ..codecs import Codec
 from ..errors import ProtocolError
+from ..message import OVERHEAD
 from .dispatch import Dispatcher
 
 
@@ -44,5 +45,5 @@ class Intake:
         put = self._dispatcher.put
         for message in messages:
             raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
-            put(message, len(raw) if raw is not None else 0)
+            put(message, OVERHEAD if raw is None else OVERHEAD + len(raw))
         self.received += len(messages)

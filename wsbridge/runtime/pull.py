@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable, Collection, Deque, Iterable, Iterator, List, Optional
 
 from ..errors import ClientClosed, UsageError
-from ..message import Message
+from ..message import OVERHEAD, Message, weight
 from .state import timeout_arg
 
 log = logging.getLogger("wsbridge")
@@ -55,10 +55,10 @@ class PullBuffer:
     ``overflow="drop_oldest"`` (default): when full, the oldest message is
     discarded and counted in ``dropped``, so a program that only uses
     callbacks never stalls on a buffer nobody reads. The buffer is full at
-    ``maxsize`` messages or ``max_bytes`` of frame data, whichever comes first
-    (a message counts its own bytes as they came, ``len(raw)``). ``overflow="block"``:
-    the dispatcher waits for a reader, which in turn makes the socket reader
-    wait (TCP backpressure) — lossless, for programs that pull every message.
+    ``maxsize`` messages or ``max_bytes``, whichever comes first (a message
+    weighs its own bytes as they came and the record's overhead, `message.weight`).
+    ``overflow="block"``: the dispatcher waits for a reader, which in turn makes the
+    socket reader wait (TCP backpressure) — lossless, for programs that pull every message.
     A take already waiting gets its message first, whatever the policy.
     """
 
@@ -97,7 +97,7 @@ class PullBuffer:
                 for message in messages:
                     if self._takes and self._hand(message):
                         continue
-                    size = len(message.raw) if message.raw is not None else 0
+                    size = weight(message)
                     while self._full(size):
                         self._starve()
                         self._cond.notify_all()
@@ -114,17 +114,14 @@ class PullBuffer:
                 added = 0
                 for message in messages:
                     raw = message.raw
-                    if raw is not None:
-                        added += len(raw)
+                    added += OVERHEAD if raw is None else OVERHEAD + len(raw)
                     items.append(message)
                 self._bytes += added
                 if not self._unbounded:
                     maxsize, max_bytes = self.maxsize, self.max_bytes
                     popleft = items.popleft
                     while len(items) > 1 and (len(items) > maxsize or self._bytes > max_bytes):
-                        raw = popleft().raw
-                        if raw is not None:
-                            self._bytes -= len(raw)
+                        self._bytes -= weight(popleft())
                         dropped += 1
             self._cond.notify_all()
         if dropped:
@@ -178,8 +175,7 @@ class PullBuffer:
         items = self._items
         message = items[index]
         del items[index]
-        if message.raw is not None:
-            self._bytes -= len(message.raw)
+        self._bytes -= weight(message)
         return message
 
     def get(
