@@ -323,3 +323,20 @@ def test_the_default_bounds_take_5000_tiny_pipe_messages_of_one_frame_without_dr
         got = [client.recv(timeout=10) for _ in range(5000)]
         stats = client.stats
     assert len(got) == 5000 and (stats.pull_dropped, stats.backpressure_waits) == (0, 0)
+
+
+# -- 11c: a refused upgrade whose body never comes ---------------------------------------------------
+@pytest.mark.parametrize("length", [b"999999999999999", b"1_0", b"+5", b"100"])
+def test_a_refused_upgrade_is_decided_from_its_head_whatever_its_content_length(make_client, length):
+    """Issue 20 review, 11c: a 401 whose Content-Length promised more than was sent became a
+    TimeoutError (retried) instead of the fatal "HTTP 401"."""
+    def refuse(request: bytes) -> bytes:
+        return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: " + length + b"\r\n\r\nabc"
+
+    with RawServer(refuse, keep_refused=True) as server:
+        client = make_client(server.url, connect_timeout=5, backoff=wsbridge.Backoff(initial=0.05, max_attempts=1))
+        client.start()
+        with pytest.raises(wsbridge.ConnectError, match="HTTP 401"):
+            client.wait_connected(30)
+        assert client.last_error.status_code == 401
+        assert server.accepted == 1  # fatal: not retried

@@ -18,7 +18,8 @@ websocket-client acts on is always the one checked here.
 Redirects are refused: a 3xx answer raises `HandshakeError` naming the target
 (with any secret in it redacted), so no header is ever sent to another origin
 and the client never counts a connection it does not have. Point the client at
-the new URL to follow it.
+the new URL to follow it. Every other refusal is decided from the head too, never
+by waiting for a body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import base64
 import hashlib
 import re
 from typing import Dict, List, Optional, Tuple, Union
+
+import websocket
 
 from ..errors import HandshakeError, preview
 from ..redact import redact_url
@@ -144,9 +147,11 @@ class Handshake(HttpHead):
         """Check a whole response head against the request (RFC 6455 §4.1);
         return it with folded lines unfolded (websocket-client refuses obs-fold).
 
-        A status line that is not strictly RFC 9112's is refused. A non-101
-        status other than a redirect is left to websocket-client, which
-        reports it with its status code (the same number: see `parse_status`)."""
+        A status line that is not strictly RFC 9112's is refused. Any other status
+        but 101 raises websocket-client's own `WebSocketBadStatusException` here,
+        decided from the head alone: websocket-client would first wait for a body
+        as long as the ``Content-Length`` says, which a server may never send
+        (a 401 then ended as a timeout, and was retried)."""
         head = _FOLD.sub(b" ", head)
         status_line, fields = _fields(head)
         status = parse_status(status_line, self.what)
@@ -159,8 +164,11 @@ class Handshake(HttpHead):
                 fatal=status in PERMANENT_REDIRECTS,
             )
         if status != 101:
-            self.head = head
-            return head
+            reason = status_line.split(" ", 2)[2] if status_line.count(" ") >= 2 else ""
+            raise websocket.WebSocketBadStatusException(
+                f"Handshake status {status} {reason}".rstrip(), status, reason,
+                {name: ", ".join(values) for name, values in fields.items()},
+            )
         _, request = _fields(self.request)
         key = request.get("sec-websocket-key", [""])[0].encode("latin-1")
         accept = fields.get("sec-websocket-accept", [])
