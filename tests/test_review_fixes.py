@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -340,3 +341,71 @@ def test_a_refused_upgrade_is_decided_from_its_head_whatever_its_content_length(
             client.wait_connected(30)
         assert client.last_error.status_code == 401
         assert server.accepted == 1  # fatal: not retried
+
+
+# -- 7: `wsbridge send` with bytes that are not UTF-8, and a stdout that fails --------------------------
+def run_send(url: str, *args: str, stdin: bytes = b"", locale: str = "C.UTF-8", stdout=subprocess.PIPE):
+    env = {**os.environ, "LC_ALL": locale, "LANG": locale}
+    env.pop("PYTHONUTF8", None)
+    return subprocess.run([*CLI, "send", url, *args], cwd=ROOT, input=stdin, stdout=stdout, stderr=subprocess.PIPE,
+                          env=env, timeout=60)
+
+
+def frames_until_close(conn) -> List[bytes]:
+    """The text frames a client sent before its close frame."""
+    texts = []
+    for _ in range(100):
+        opcode, payload = read_frame(conn, 30)
+        if opcode == CLOSE:
+            return texts
+        texts.append(payload)
+    raise AssertionError("no close frame")
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_send_refuses_a_stdin_line_that_is_not_utf8_and_says_what_was_sent_before_it(locale):
+    """Issue 20 review, 7: a ValueError traceback, exit 1, and the next line silently not sent."""
+    with RawServer() as server:
+        result = run_send(server.url, stdin=b'{"a": 1}\n\n{"b": "\xff"}\n{"c": 3}\n', locale=locale)
+        sent = frames_until_close(server.wait_connection())
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    assert result.returncode == 2, err
+    assert ("stdin line 3: not valid UTF-8 (byte 0xff at character 8)" in err
+            and "1 message(s) before it were sent; the rest of stdin was not read" in err), err
+    assert sent == [b'{"a": 1}']
+
+
+def test_send_refuses_a_message_argument_that_is_not_utf8_before_connecting(free_port):
+    result = run_send(f"ws://127.0.0.1:{free_port}/", b"a\xffb".decode("utf-8", "surrogateescape"), "--codec", "raw")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert "MESSAGE 1: not valid UTF-8 (byte 0xff at character 2)" in err and "nothing was sent" in err, err
+
+
+def test_send_says_how_many_messages_it_wrote_to_the_socket():
+    """Also checked by the review: a server that closes with 1000 after reading 3 of 8 lines
+    leaves exit 0 (the README's loss window); the summary says "written", not "delivered"."""
+    with RawServer() as server:
+        result = run_send(server.url, '{"type": "a"}', '{"type": "b"}')
+        assert frames_until_close(server.wait_connection()) == [b'{"type": "a"}', b'{"type": "b"}']
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().strip().splitlines()[-1] == "wsbridge: 2 message(s) written to the socket"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a file every write to fails)")
+def test_send_wait_for_into_a_full_stdout_says_so_in_one_line():
+    """Issue 20 review, 7: ``send --wait-for pong > /dev/full`` ended in an OSError traceback."""
+    with RawServer() as server, open("/dev/full", "wb") as full:
+        proc = subprocess.Popen([*CLI, "send", server.url, '{"type": "ping"}', "--wait-for", "pong"], cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE)
+        try:
+            server.wait_connection(30).sendall(frame(b'{"type": "pong"}'))
+            _out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "the 'pong' reply came but could not be printed (OSError: [Errno 28]" in text, text
