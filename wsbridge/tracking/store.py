@@ -233,8 +233,8 @@ def create_private(path: str, flags: int) -> Optional[int]:
         return None
     try:
         os.fchmod(fd, FILE_MODE)  # a umask such as 0o277 took the owner's bits away
-    except OSError:
-        pass  # a file system without modes: what the umask left is never wider than FILE_MODE
+    except (OSError, AttributeError):
+        pass  # no modes here (a file system, or a system without fchmod): never wider than FILE_MODE anyway
     return fd
 
 
