@@ -93,8 +93,9 @@ def test_each_message_of_a_pipe_frame_weighs_its_own_bytes(make_client):
     parts = [b"px|%d|%d" % (len(str(i)), i) for i in range(5000)]
     data = b"".join(parts)
     with RawServer() as server:
-        # 1 MiB: the frame is 4% of it, the old weighing 185 times it (the reader waited for room)
-        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=1024 * 1024)
+        # 4 MiB: the 5,000 messages weigh 1.3 MB with their records' overhead (`message.OVERHEAD`),
+        # the old weighing 46 times the bound (the reader waited for room)
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=4 * 1024 * 1024)
         seen = Collector()
         client.on_any(seen)
         client.start()

@@ -470,3 +470,29 @@ def test_a_bridge_keeps_its_lease_and_loses_nothing_across_a_redis_restart(rs, r
     assert holder == bridge.lease.token.encode()  # taken again by the same bridge, which never stood by
     assert bridge.terms == 1 and not any("lost the lease" in e for e in events.items)
     assert no_wsbridge_threads()
+
+
+def test_messages_held_behind_a_gap_reach_the_redis_stream_at_give_up(rs, r):
+    """Issue 20 review, 5: seq 1, 3, 4 on one stream, then close 1000 under NO_RETRY: the
+    stream kept [1], the held 3 and 4 neither appended nor delivered."""
+    from wsbridge.testing.raw import CLOSE, RawServer, frame
+
+    with RawServer() as server:
+        client = wsbridge.Client(server.url, store=RedisStreamStore(rs.url, feed="held"), backoff=wsbridge.NO_RETRY,
+                                 pull_buffer=0, **wsbridge.conventions())
+        got = Collector()
+        client.on_any(got)
+        gave_up = Collector()
+        client.signals.gave_up.connect(gave_up)
+        client.start()
+        try:
+            server.wait_connection().sendall(b"".join(
+                frame(json.dumps({"type": "t", "seq": n, "stream": "a"}).encode()) for n in (1, 3, 4)
+            ) + frame(b"\x03\xe8", CLOSE))
+            gave_up.wait()
+            got.wait(3)
+        finally:
+            assert client.stop(10)
+    assert [m.seq for m in got.items] == [1, 3, 4]
+    assert stream_seqs(r, "held") == [1, 3, 4]
+    assert client.stats.lost == 1

@@ -89,3 +89,29 @@ def test_unsequenced_messages_dedup_by_id_within_a_window():
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError):
         SequenceTracker(max_held=0)
+
+
+def test_at_the_end_of_the_stream_every_open_gap_is_lost_and_what_it_held_released_in_order():
+    t = SequenceTracker({"a": 1, "b": 1})
+    for n, stream in ((3, "a"), (4, "a"), (7, "a"), (3, "b")):
+        t.offer(m(n, stream), 0)
+    assert seqs(t.held_messages()) == [3, 4, 7, 3]
+    outcomes = t.finish(1.0)
+    assert [(o.lost, seqs(o.ready)) for o in outcomes] == [
+        (Gap("a", 2, 2), [3, 4]), (Gap("a", 5, 6), [7]), (Gap("b", 2, 2), [3])]
+    assert t.held == 0 and t.positions() == {"a": 7, "b": 3} and not t.waiting
+
+
+def test_held_messages_kept_elsewhere_leave_the_positions_before_their_gaps():
+    t = SequenceTracker({None: 1})
+    t.offer(m(3), 0)
+    t.forget_held()
+    assert (t.held, t.held_messages(), t.positions(), t.finish(1.0)) == (0, [], {None: 1}, [])
+
+
+def test_with_one_counter_across_streams_the_end_loses_every_missing_id():
+    t = SequenceTracker(global_seq=True)
+    for n in (1, 3, 4, 7):
+        t.offer(m(n), 0)
+    assert [o.lost for o in t.finish(1.0)] == [Gap(None, 2, 2), Gap(None, 5, 6)]
+    assert not t.waiting

@@ -41,7 +41,7 @@ from .runtime.reporting import Reporter
 from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender
 from .runtime.session import ConnectHook
 from .runtime.signals import Signals, Subscribable, deliver
-from .runtime.state import Lifecycle, State
+from .runtime.state import WAIT_MAX, Lifecycle, State, timeout_arg
 from .runtime.stats import Stats
 from .runtime.subscriptions import Match, Subscription
 from .runtime.supervisor import Supervisor, describe
@@ -167,7 +167,8 @@ class Client(Subscribable, Pulling):
         self._sender = Sender(
             self.codec, Outbox(outbox_size, outbox_overflow), resume=builder, closed=self._closed_why,
             report=self._reporter.report, emit_dropped=lambda n: self._emit(self.signals.dropped, what="outbox", count=n),
-            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=outbox_timeout, name=self.name,
+            wake=lambda: self._supervisor.wakeup.set(), outbox_timeout=timeout_arg(outbox_timeout, "outbox_timeout"),
+            name=self.name,
         )
         self._intake = Intake(self.codec, self._dispatcher, self._reporter.report)
         self._supervisor = Supervisor(
@@ -295,6 +296,10 @@ class Client(Subscribable, Pulling):
         )
         self._delivery.positions = dict(positions)
         self._supervisor.replay_pending = True
+        # What a stop kept behind open gaps: held again (ahead of the positions) while a
+        # resume asks for the gaps. Those at or below a position were delivered since.
+        self._supervisor.held = [m for m in store.held_messages()
+                                 if m.seq is not None and m.stream in positions and m.seq > positions[m.stream]]
         kept = store.outbox_items()
         self._sender.keep_in(store, kept)  # with the frames sent before start, kept from now on
         if kept:
@@ -309,6 +314,7 @@ class Client(Subscribable, Pulling):
         """
         self._check_process()
         self._check_not_hook("wait_connected")
+        timeout = timeout_arg(timeout)
         try:
             state = self._lifecycle.wait_for(lambda s: s is State.CONNECTED, timeout)
         except TimeoutError:
@@ -323,19 +329,25 @@ class Client(Subscribable, Pulling):
             raise ClientClosed(f"{self.name} is stopped")
         return self
 
-    def stop(self, timeout: float = 5.0) -> bool:
+    def stop(self, timeout: Optional[float] = 5.0) -> bool:
         """Close the connection, deliver what was received, join every thread.
 
-        Returns within ``timeout`` seconds (plus a few milliseconds), from any
-        thread, in any state; True when every thread ended by then. What was
-        received and not delivered by then is not delivered (with a store, the
-        next run delivers it). Called from a subscriber (or a connect hook),
-        the stop completes once it returns. Messages still in the send buffer are
-        kept (see `unsent`) and logged.
+        Returns within ``timeout`` seconds (plus a few milliseconds; None or
+        ``inf``: once every thread ended), from any thread, in any state; True
+        when every thread ended by then. What was received and not delivered by
+        then is not delivered (with a store, the next run delivers it).
+
+        Messages held behind an open gap are delivered, the gap declared lost;
+        with a store that keeps them (`SQLiteStore`) they are kept for the next
+        run instead, which asks for the gap again.
+
+        Called from a subscriber (or a connect hook), the stop completes once it returns.
+        Messages still in the send buffer are kept (see `unsent`) and logged.
         """
+        limit = timeout_arg(timeout)
         if os.getpid() != self._pid:
             return True  # inherited through fork(): nothing here belongs to this process
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (WAIT_MAX if limit is None else limit)
         return self._await_stop(self._ask_stop(deadline), deadline)
 
     def _ask_stop(self, deadline: float) -> State:
@@ -363,18 +375,35 @@ class Client(Subscribable, Pulling):
             self._pull.unblock()
             # Its last act: `stopped`, see _dispatcher_exit (after the supervisor ended: not awaited from a hook).
             dispatcher.stop(max(0.0, deadline - time.monotonic()), join=not hook)
+            kept = ""
         else:
+            kept = self._keep_unsent()
             self._close_store()
         self._pull.close()
         registry.discard(self)
         left = len(self._sender.outbox)
         if left and before is not State.STOPPED:
-            kept = " (kept in the store: the next client with it sends them)" if self.store is not None else ""
+            if not kept and self.store is not None and self._sender.all_kept():
+                kept = " (kept in the store: the next client with it sends them)"
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
         alive = [] if hook else [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
         return not alive
+
+    def _keep_unsent(self) -> str:
+        """Never started: the frames sent meanwhile go to the store (opened for them, and
+        closed), where the next client with it sends them. Says how that went, for the log."""
+        if self.store is None or not len(self._sender.outbox):
+            return ""
+        try:
+            self.store.open()
+        except Exception as exc:  # in use by another client, or not a store
+            return f" (not kept in the store, which could not be opened: {exc})"
+        self._sender.keep_in(self.store, [])
+        if self._sender.all_kept():
+            return " (kept in the store: the next client with it sends them)"
+        return f" (not all kept in {self.store!r}: see the error reported)"
 
     def _dispatcher_exit(self) -> None:
         """The dispatcher thread's last act: once the supervisor ended (bounded),
@@ -387,6 +416,7 @@ class Client(Subscribable, Pulling):
         late = self._dispatcher.drain()
         if late:
             self._delivery.handle(late)
+        self._delivery.finish()  # what open gaps hold: kept in the store, or delivered
         undelivered = self._delivery.abandoned  # final now: this thread counted them
         if undelivered:
             kept = " (kept in the store: the next client with it delivers them)" if self.store is not None else ""
@@ -431,10 +461,12 @@ class Client(Subscribable, Pulling):
         and nothing is queued. ``timeout`` bounds the whole call: the wait for
         room (``outbox_overflow="block"``), for another sender's write and for
         the socket; a frame the socket did not begin to take by then waits in
-        the send buffer (a stuck write never holds other senders).
+        the send buffer (a stuck write never holds other senders). None or
+        ``inf``: no limit of the caller's (the connection's write timeout applies);
+        negative or NaN: `ValueError`.
         """
         self._check_process()
-        self._sender.send(obj, timeout)
+        self._sender.send(obj, timeout_arg(timeout))
 
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""

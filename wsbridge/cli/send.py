@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Tuple
 
 from ..errors import ClientClosed
 from ..message import Message
@@ -18,6 +18,7 @@ from .common import (
     make_client,
     message_json,
     positive_float,
+    printable,
     wait_connected,
 )
 
@@ -51,6 +52,14 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
 
 
 def _check(text: str, codec: str) -> None:
+    """`CliError` (exit 2) for a message the codec would refuse, or that is not text
+    (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
+        raise CliError(f"not valid UTF-8 ({what} at character {exc.start + 1}): {text[:80]!r}", EXIT_USAGE) from None
     if codec in ("json", "wsbridge"):
         try:
             json.loads(text)
@@ -66,19 +75,23 @@ def _check(text: str, codec: str) -> None:
             raise CliError(f"not a valid pipe message: {exc}", EXIT_USAGE) from None
 
 
-def _stdin_lines() -> Iterator[str]:
-    """Lines of stdin as they arrive (not all of it first: `tail -f log | wsbridge send URL` sends as it goes)."""
+def _stdin_lines() -> Iterator[Tuple[str, str]]:
+    """Lines of stdin as they arrive (not all of it first: `tail -f log | wsbridge send URL`
+    sends as it goes), each with where it is, for errors: ``("stdin line 3", text)``."""
     if sys.stdin.isatty():
         print("wsbridge send: reading messages from stdin, one per line; Ctrl-D ends", file=sys.stderr, flush=True)
-    for line in iter(sys.stdin.readline, ""):
+    for number, line in enumerate(iter(sys.stdin.readline, ""), 1):
         if line.strip():
-            yield line.rstrip("\r\n")
+            yield f"stdin line {number}", line.rstrip("\r\n")
 
 
 def run(args: argparse.Namespace) -> int:
-    for text in args.messages:
-        _check(text, args.codec)  # arguments: all checked before anything is sent
-    texts: Iterable[str] = args.messages or _stdin_lines()
+    for number, text in enumerate(args.messages, 1):
+        try:
+            _check(text, args.codec)  # arguments: all checked before anything is sent
+        except CliError as exc:
+            raise CliError(f"MESSAGE {number}: {exc} (nothing was sent)", exc.code) from None
+    texts: Iterable[Tuple[str, str]] = [("", text) for text in args.messages] or _stdin_lines()
     client = make_client(args, retry=False, resume=False)
     sent = 0
     ended = False  # the connection ended (the client gave up) while there was more to send
@@ -86,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         client.start()
         wait_connected(client, args.timeout)
-        for text in texts:
+        for where, text in texts:
             try:
                 _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
             except CliError as exc:
-                raise CliError(f"line {sent + 1}: {exc} ({sent} message(s) before it were sent)", exc.code) from None
+                raise CliError(f"{where}: {exc} ({sent} message(s) before it were sent; the rest of stdin was not "
+                               "read)", exc.code) from None
             try:
                 client.send(text)
             except ClientClosed:
@@ -108,11 +122,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.stop(timeout=5)
         unsent = len(client.unsent())
+    written = sent - unsent  # what the socket took: whether the server read it, WebSocket does not say
     if unsent or ended:
         total = len(args.messages) if args.messages else sent + int(ended)  # from stdin: the lines read
         rest = "; the rest of stdin was not read" if ended and not args.messages else ""
-        raise CliError(f"{total - sent + unsent} of {total} message(s) were not sent (the connection ended first{rest})",
-                       EXIT_FAILURE)
+        raise CliError(f"{total - sent + unsent} of {total} message(s) were not sent (the connection ended first{rest}); "
+                       f"{written} written to the socket", EXIT_FAILURE)
     if reply is not None:
-        print(message_json(reply), flush=True)
+        try:
+            print(message_json(reply), flush=True)
+        except OSError as exc:  # stdout is gone or full: say so, as listen does
+            raise CliError(f"the {args.wait_for!r} reply came but could not be printed ({type(exc).__name__}: "
+                           f"{printable(str(exc))})", EXIT_FAILURE) from None
+    print(f"wsbridge: {written} message(s) written to the socket", file=sys.stderr, flush=True)
     return EXIT_OK

@@ -3,12 +3,13 @@
 A batch holds items of a closed set of types (`Item`): received messages,
 stored messages replayed after a restart (`Stored`), signals to emit
 (`Emit`), the tick that gives up old gaps (`Expire`), markers a thread
-waits on (`Barrier`), and the end of the stream at give-up (`END`). `Delivery.handle` runs a batch through the sequence
-tracker (duplicates out, held messages released in order), writes its new
-messages to the store in one transaction, then delivers item by item: to the
-subscribers of the type, to ``on_any`` subscribers, then to the pull buffer.
-Every item is delivered in isolation: a failure is reported and delivery
-goes on with the next item. Everything here belongs to the dispatcher thread.
+waits on (`Barrier`), and the end of the stream (`END`: at give-up, and at
+`stop` unless the store keeps what gaps hold, see `Delivery.finish`).
+`Delivery.handle` runs a batch through the sequence tracker (duplicates out,
+held messages released in order), writes its new messages to the store in one
+transaction, then delivers item by item: to the subscribers of the type, to
+``on_any`` subscribers, then to the pull buffer. Every item is delivered in
+isolation: a failure is reported and delivery goes on with the next item. Everything here belongs to the dispatcher thread.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class Barrier:
 
 
 class End:
-    """No message will follow (the client gave up): close the pull buffer once every
-    message queued before this has reached it, so a puller gets them all first."""
+    """No message will follow (the client gave up, or stops): the open gaps are lost
+    and what they held is stored and delivered, in order; then the pull buffer closes,
+    once every message queued before has reached it, so a puller gets them all first."""
 
     __slots__ = ()
 
@@ -177,6 +179,31 @@ class Delivery:
         pulled.clear()
         self.pull.close()
 
+    def finish(self) -> None:
+        """The end of the stream at `stop` (the dispatcher's last batch). A store that
+        keeps held messages (`Store.keeps_held`) is given those held behind open gaps:
+        the gaps are not declared lost and the stored positions stay before them, so
+        the next run with the store asks the server for the gaps again and delivers
+        the held messages once they are filled (or given up): nothing is lost, nothing
+        repeated. Declaring them lost here would move the stored position past them,
+        and a restarted process could no longer ask for what the server still has.
+        Without such a store (or if keeping them fails), the gaps are lost as at
+        give-up (`END`): the held messages are stored and delivered, within `stop`'s time."""
+        store = self.store
+        if store is not None and store.keeps_held:
+            held = self.tracker.held_messages()
+            try:
+                store.keep_held(held)
+            except Exception as exc:
+                self._store_failed(exc, len(held))
+            else:
+                self.tracker.forget_held()
+                if held:
+                    log.info("%s: %d message(s) held behind a gap are kept in the store: the next run with it asks "
+                             "for the gap again, then delivers them", self.name, len(held))
+                return
+        self.handle([END])
+
     # -- sequence tracking --------------------------------------------------------------------
     def _track(self, batch: List[Item]) -> List[Item]:
         """Run the batch through the sequence tracker: duplicates out, held
@@ -193,6 +220,10 @@ class Delivery:
             elif item is EXPIRE:
                 for outcome in tracker.expire(now):
                     self._tracked(outcome, out, None)
+            elif item is END:
+                for outcome in tracker.finish(now):
+                    self._tracked(outcome, out, None)
+                out.append(item)
             else:
                 out.append(item)
         positions = tracker.positions()
@@ -243,11 +274,14 @@ class Delivery:
         try:
             first = self.store.append(messages, self.positions, self._raw_is_payload)  # type: ignore[union-attr]
         except Exception as exc:
-            self.store_errors += 1
-            error = exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}")
-            log.error("%s: %s; delivering %d message(s) without storing them", self.name, error, len(messages))
-            deliver(self.signals.error, self.owner, self.reporter.listener_failed,
-                    error=error, context="store", count=len(messages))
+            self._store_failed(exc, len(messages))
             return None
         self.stored += len(messages)
         return iter(range(first, first + len(messages)))
+
+    def _store_failed(self, exc: Exception, count: int) -> None:
+        """A store write failed: count it, log it, say it on ``error``; delivery goes on."""
+        self.store_errors += 1
+        error = exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}")
+        log.error("%s: %s; delivering %d message(s) without storing them", self.name, error, count)
+        deliver(self.signals.error, self.owner, self.reporter.listener_failed, error=error, context="store", count=count)

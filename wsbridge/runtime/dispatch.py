@@ -23,7 +23,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, List, Optional
 
-from ..message import Message
+from ..message import OVERHEAD, Message
+from ..message import weight as message_weight
 
 log = logging.getLogger("wsbridge")
 
@@ -32,13 +33,13 @@ WAKE_EVERY = 256
 
 
 def weight(item: Any) -> int:
-    """The bytes an item counts for against the byte bound: a message's frame data,
-    or the ``size`` an item declares (a report that carries a frame)."""
+    """The bytes an item counts for against the byte bound: a message's (its frame data
+    and the record's overhead, `message.weight`), or the ``size`` an item declares (a
+    report that carries a frame)."""
     message = item if item.__class__ is Message else getattr(item, "message", None)
     if message is None:
         return getattr(item, "size", 0)
-    raw = message.raw
-    return len(raw) if raw is not None else 0
+    return message_weight(message)
 
 
 def _weigh(batch: List[Any]) -> int:
@@ -47,8 +48,7 @@ def _weigh(batch: List[Any]) -> int:
     for item in batch:
         if item.__class__ is Message:
             raw = item.raw
-            if raw is not None:
-                total += len(raw)
+            total += OVERHEAD if raw is None else OVERHEAD + len(raw)
         else:
             total += weight(item)
     return total

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from ..codecs import Codec
 from ..errors import ProtocolError
-from ..message import Message
+from ..message import OVERHEAD, Message
 from .dispatch import Dispatcher
 
 
@@ -66,5 +66,5 @@ class Intake:
         put = self.put
         for message in messages:
             raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
-            put(message, len(raw) if raw is not None else 0)
+            put(message, OVERHEAD if raw is None else OVERHEAD + len(raw))
         self.received += len(messages)

@@ -21,7 +21,8 @@ from collections import deque
 from typing import Callable, Collection, Deque, Iterable, Iterator, List, Optional
 
 from ..errors import ClientClosed, UsageError
-from ..message import Message
+from ..message import OVERHEAD, Message, weight
+from .state import timeout_arg
 
 log = logging.getLogger("wsbridge")
 
@@ -54,10 +55,10 @@ class PullBuffer:
     ``overflow="drop_oldest"`` (default): when full, the oldest message is
     discarded and counted in ``dropped``, so a program that only uses
     callbacks never stalls on a buffer nobody reads. The buffer is full at
-    ``maxsize`` messages or ``max_bytes`` of frame data, whichever comes first
-    (a message counts its own bytes as they came, ``len(raw)``). ``overflow="block"``:
-    the dispatcher waits for a reader, which in turn makes the socket reader
-    wait (TCP backpressure) — lossless, for programs that pull every message.
+    ``maxsize`` messages or ``max_bytes``, whichever comes first (a message
+    weighs its own bytes as they came and the record's overhead, `message.weight`).
+    ``overflow="block"``: the dispatcher waits for a reader, which in turn makes the
+    socket reader wait (TCP backpressure) — lossless, for programs that pull every message.
     A take already waiting gets its message first, whatever the policy.
     """
 
@@ -96,7 +97,7 @@ class PullBuffer:
                 for message in messages:
                     if self._takes and self._hand(message):
                         continue
-                    size = len(message.raw) if message.raw is not None else 0
+                    size = weight(message)
                     while self._full(size):
                         self._starve()
                         self._cond.notify_all()
@@ -113,17 +114,14 @@ class PullBuffer:
                 added = 0
                 for message in messages:
                     raw = message.raw
-                    if raw is not None:
-                        added += len(raw)
+                    added += OVERHEAD if raw is None else OVERHEAD + len(raw)
                     items.append(message)
                 self._bytes += added
                 if not self._unbounded:
                     maxsize, max_bytes = self.maxsize, self.max_bytes
                     popleft = items.popleft
                     while len(items) > 1 and (len(items) > maxsize or self._bytes > max_bytes):
-                        raw = popleft().raw
-                        if raw is not None:
-                            self._bytes -= len(raw)
+                        self._bytes -= weight(popleft())
                         dropped += 1
             self._cond.notify_all()
         if dropped:
@@ -177,8 +175,7 @@ class PullBuffer:
         items = self._items
         message = items[index]
         del items[index]
-        if message.raw is not None:
-            self._bytes -= len(message.raw)
+        self._bytes -= weight(message)
         return message
 
     def get(
@@ -262,13 +259,14 @@ class Pulling:
         raise NotImplementedError
 
     def recv(self, timeout: Optional[float] = None) -> Message:
-        """The next message, waiting up to ``timeout`` s (`TimeoutError`).
+        """The next message, waiting up to ``timeout`` s (`TimeoutError`; None or
+        ``inf``: no limit; negative or NaN: `ValueError`).
 
         Raises `ClientClosed` once the client has stopped (or gave up) and
         every buffered message was taken; `UsageError` from a subscriber.
         """
         self._check_pull("recv")
-        return self._pull.get(timeout)
+        return self._pull.get(timeout_arg(timeout))
 
     def messages(self, types: Optional[Collection[str]] = None, timeout: Optional[float] = None) -> Iterator[Message]:
         """Iterate over messages (of ``types`` only, if given).
@@ -279,6 +277,7 @@ class Pulling:
         """
         self._check_pull("messages")
         wanted = frozenset(types) if types is not None else None
+        timeout = timeout_arg(timeout)
 
         def iterate() -> Iterator[Message]:
             while True:
@@ -296,5 +295,5 @@ class Pulling:
         """The first buffered or future message of type ``mtype`` (matching
         ``predicate``), leaving other messages buffered."""
         self._check_pull("wait_for")
-        return self._pull.get(timeout, frozenset((mtype,)), predicate)
+        return self._pull.get(timeout_arg(timeout), frozenset((mtype,)), predicate)
 

@@ -12,7 +12,9 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
+
+from .state import WAIT_MAX, timeout_arg
 
 log = logging.getLogger("wsbridge")
 
@@ -82,11 +84,12 @@ def namesakes(client: Any) -> List[Any]:
         return [c for c in list(_named.get(client.name, ())) if c is not client and c._pid == pid]
 
 
-def stop_all(timeout: float = 5.0) -> bool:
-    """Stop every live client of this process, all within one ``timeout``: each is asked
-    to stop first, then waited for, so they end side by side (a busy client does not
-    take the others' time). True if every thread ended."""
-    deadline = time.monotonic() + timeout
+def stop_all(timeout: Optional[float] = 5.0) -> bool:
+    """Stop every live client of this process, all within one ``timeout`` (None or
+    ``inf``: no limit): each is asked to stop first, then waited for, so they end side
+    by side (a busy client does not take the others' time). True if every thread ended."""
+    limit = timeout_arg(timeout)
+    deadline = time.monotonic() + (WAIT_MAX if limit is None else limit)
     asked = [(c, c._ask_stop(deadline)) for c in live()]
     return all([c._await_stop(before, deadline) for c, before in asked])
 

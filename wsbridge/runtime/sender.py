@@ -342,6 +342,11 @@ class Sender:
                 q._replace(key=self._keep(store.outbox_add, q.data, q.binary)) for q in early
             ])
 
+    def all_kept(self) -> bool:
+        """Is every frame in the buffer kept in the store too?"""
+        with self.cond:
+            return all(q.key is not None for q in self.outbox.items())
+
     def wait_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until the buffer is empty (every frame handed to
         a socket); the lock too is waited for no longer (a write may hold it)."""

@@ -18,6 +18,21 @@ import threading
 import time
 from typing import Callable, Optional
 
+WAIT_MAX = threading.TIMEOUT_MAX / 2
+"""Timeouts at or above this (``inf`` included) mean no limit: lock and condition
+waits refuse more than `threading.TIMEOUT_MAX` (half of it leaves room for the
+arithmetic of deadlines). About 146 years on Linux, 24 days on Windows."""
+
+
+def timeout_arg(value: Optional[float], name: str = "timeout") -> Optional[float]:
+    """A caller's timeout, checked: None (or at least `WAIT_MAX`, ``inf`` too) is None,
+    no limit; NaN or a negative number is a `ValueError` that says so."""
+    if value is None:
+        return None
+    if value != value or value < 0:
+        raise ValueError(f"{name} is a number of seconds >= 0 (or None: no limit), not {value!r}")
+    return None if value >= WAIT_MAX else value
+
 
 class State(str, enum.Enum):
     """A client's state. A `str` too, so ``client.state == "connected"`` holds."""

@@ -32,6 +32,7 @@ from ..errors import (
     WsbridgeError,
     preview,
 )
+from ..message import Message
 from ..redact import redact_url
 from ..tracking.store import Store
 from ..wire.connection import Connection, Hooks
@@ -99,6 +100,9 @@ class Supervisor:
         """`time.monotonic` by which `stop` wants the connection closed."""
         self.resume_wanted = False
         self.replay_pending = False
+        self.held: List[Message] = []
+        """Messages an earlier run kept behind open gaps (`Store.keep_held`): offered
+        again after the stored ones (set before the thread starts)."""
         self.gave_up_error: Optional[BaseException] = None
         self.connects = self.attempts = self.disconnects = self.wire_errors = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
@@ -237,9 +241,15 @@ class Supervisor:
                 count += 1
         except StoreError as exc:
             self._report(exc, "store")
+        held, self.held = self.held, []
+        for message in held:  # the tracker holds them again, and a resume asks for the gap
+            self.dispatcher.put(message, weight(message))
         self.dispatcher.wake()
         if count:
             log.info("%s: delivering %d stored message(s) that were not handled before", self.name, count)
+        if held:
+            log.info("%s: %d message(s) an earlier run kept behind a gap are held again until it is filled",
+                     self.name, len(held))
 
     # -- one connection ------------------------------------------------------------------------
     def _watch(self, conn: Connection, resume_from: Any, inbox: Inbox) -> None:

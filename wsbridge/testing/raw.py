@@ -118,11 +118,13 @@ class RawServer:
 
     ``respond(request)`` may answer the upgrade instead (any bytes: a redirect,
     a wrong accept key, a header that never ends); the connection is kept
-    only if it returns a 101. Every request is kept in ``requests``, and
+    only if it returns a 101, or with ``keep_refused`` (a server that promises a
+    body it never sends). Every request is kept in ``requests``, and
     ``accepted`` counts the TCP connections, with a request or without."""
 
-    def __init__(self, respond: Optional[Callable[[bytes], bytes]] = None) -> None:
+    def __init__(self, respond: Optional[Callable[[bytes], bytes]] = None, *, keep_refused: bool = False) -> None:
         self._respond = respond or accept_response
+        self._keep_refused = keep_refused
         self.requests: List[bytes] = []
         self.accepted = 0
         self._listener = socket.socket()
@@ -156,7 +158,7 @@ class RawServer:
             except OSError:
                 conn.close()
                 continue
-            if not answer.startswith(b"HTTP/1.1 101"):
+            if not answer.startswith(b"HTTP/1.1 101") and not self._keep_refused:
                 conn.close()
                 continue
             with self._cond:

@@ -6,7 +6,8 @@ is a duplicate; the next one is delivered at once; one further ahead opens a
 gap and is held back, so subscribers see every stream in order. A gap closes
 when the missing messages arrive (the client asks the server to resend them
 with a resume request) or, after ``gap_timeout`` seconds or ``max_held``
-waiting messages, is declared lost and the held messages are released.
+waiting messages, or when the stream ends for good (`SequenceTracker.finish`),
+is declared lost and the held messages are released.
 
 The first message of a stream with no known position starts it (so
 positions from a store or an earlier connection matter: a message older
@@ -167,6 +168,31 @@ class SequenceTracker:
             if stream.held and now - stream.gap_since >= self.gap_timeout:
                 out.append(self._give_up(name, stream, now))
         return out
+
+    def finish(self, now: float) -> List[Outcome]:
+        """The stream ended for good (the client gave up or stops): every open gap is
+        lost, as if its ``gap_timeout`` had passed, and what it held is released in
+        order (a gap behind another is given up in turn)."""
+        out: List[Outcome] = []
+        g = self._global
+        if g is not None and g.missing:
+            out.extend(Outcome([], lost=gap) for gap in _ranges(sorted(g.missing)))
+            g.missing.clear()
+        for name, stream in self._streams.items():
+            while stream.held:
+                out.append(self._give_up(name, stream, now))
+        return out
+
+    def held_messages(self) -> List[Message]:
+        """The messages held back behind open gaps, stream by stream, in order."""
+        return [s.held[seq] for s in self._streams.values() for seq in sorted(s.held)]
+
+    def forget_held(self) -> None:
+        """Drop the held messages (they were kept elsewhere: a store hands them to the
+        next run); the positions stay before the gaps, so a resume asks for them again."""
+        for stream in self._streams.values():
+            stream.held.clear()
+        self.held = 0
 
     # -- internals -----------------------------------------------------------
     def _release_contiguous(self, stream: _Stream, ready: List[Message]) -> None:

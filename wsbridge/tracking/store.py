@@ -32,9 +32,9 @@ class Store:
     """What the client needs of a store; `SQLiteStore` is the bundled one.
 
     Keys are increasing integers the store assigns, one per message, in
-    arrival order. The client calls `open` on start, then `append` and
-    `mark_handled` from its dispatcher thread only; `history` may be called
-    from any thread.
+    arrival order. The client calls `open` (and `held_messages`) on start,
+    then `append`, `mark_handled` and, as it stops, `keep_held` from its
+    dispatcher thread only; `history` may be called from any thread.
     """
 
     def open(self) -> None:
@@ -88,6 +88,20 @@ class Store:
         """`history` one message at a time (for large stores)."""
         raise NotImplementedError
 
+    # Messages held back behind open gaps when the client stops (see `Delivery.finish`).
+    keeps_held = False
+    """True when the store implements `keep_held` and `held_messages`."""
+
+    def keep_held(self, messages: Sequence[Message]) -> None:
+        """Keep ``messages``, held behind open gaps as the client stops, in place of
+        those kept before (one transaction): the next run holds them again while it
+        asks the server for the gaps. The stored positions do not move."""
+        raise NotImplementedError
+
+    def held_messages(self) -> List[Message]:
+        """The messages `keep_held` kept, in order (they stay kept until the next call)."""
+        return []
+
     # The send buffer, kept so queued sends survive a restart. A store that
     # does not keep it returns None from `outbox_add` and nothing else is called.
     def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
@@ -127,6 +141,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     data NOT NULL,
     binary INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held (
+    key INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    stream TEXT,
+    seq INTEGER,
+    id,
+    kind INTEGER NOT NULL,
+    payload,
+    received_at REAL
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -196,21 +220,53 @@ _SIDE_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 """No symbolic link is followed, and opening a FIFO does not wait for a writer."""
 
 
+FILE_MODE = 0o600
+"""The mode of every file the store creates: messages and queued sends are private data."""
+
+
+def create_private(path: str, flags: int) -> Optional[int]:
+    """Create ``path`` (``O_EXCL``, following no link) with mode `FILE_MODE`, whatever
+    the umask; its descriptor, or None if something is there already."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | _SIDE_FLAGS, FILE_MODE)
+    except FileExistsError:
+        return None
+    try:
+        os.fchmod(fd, FILE_MODE)  # a umask such as 0o277 took the owner's bits away
+    except (OSError, AttributeError):
+        pass  # no modes here (a file system, or a system without fchmod): never wider than FILE_MODE anyway
+    return fd
+
+
+def _euid(default: int) -> int:
+    """The effective user id (``default`` where the system has none)."""
+    return os.geteuid() if hasattr(os, "geteuid") else default
+
+
 def open_side_file(path: str, flags: int, what: str) -> int:
     """A side file of the store (its lock, a handled mark), opened only if it is a plain
-    file: a symbolic link planted at that name in a shared folder would have the store
-    write to (or create) whatever it points at, so it is refused (`StoreError`), as is a
-    FIFO or a device. Other failures raise the `OSError`."""
+    file of this user's with no other name: a symbolic link planted at that name in a
+    shared folder would have the store write to (or create) whatever it points at, and
+    a hard link is the same file under two names, so each is refused (`StoreError`), as
+    is a FIFO, a device or a file of another user's. With ``O_CREAT`` a new file gets
+    mode `FILE_MODE`. Other failures raise the `OSError`."""
     try:
-        fd = os.open(path, flags | _SIDE_FLAGS, 0o644)
+        fd = create_private(path, flags & ~os.O_CREAT) if flags & os.O_CREAT else None
+        if fd is None:
+            fd = os.open(path, flags & ~os.O_CREAT | _SIDE_FLAGS)
     except OSError:
         if os.path.islink(path):
             raise StoreError(f"refused the store's {what} {path!r}: it is a symbolic link, and the store follows "
                              f"none (remove it; in a shared folder, someone else may have put it there)") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    why = ("it is not a plain file" if not stat.S_ISREG(info.st_mode)
+           else f"it has {info.st_nlink} names (a hard link to another file?)" if info.st_nlink != 1
+           else f"it belongs to another user (uid {info.st_uid})" if info.st_uid != _euid(info.st_uid) else None)
+    if why is not None:
         os.close(fd)
-        raise StoreError(f"refused the store's {what} {path!r}: it is not a plain file")
+        raise StoreError(f"refused the store's {what} {path!r}: {why}; remove it (in a shared folder, someone else "
+                         "may have put it there)")
     return fd
 
 
@@ -307,6 +363,9 @@ class SQLiteStore(Store):
             os.close(fd)  # releases the lock
 
     def _open_db(self) -> None:
+        fd = create_private(self.path, os.O_RDWR)  # a new database: private (SQLite gives -wal and -shm its mode)
+        if fd is not None:
+            os.close(fd)
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
@@ -449,15 +508,8 @@ class SQLiteStore(Store):
     def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
         db = self._conn()
         first = self._next_key
-        rows = []
-        key = first
-        for m in messages:
-            if raw_is_payload and m.raw.__class__ is bytes:
-                kind, payload = JSON_FRAME, m.raw
-            else:
-                kind, payload = encode_payload(m.payload)
-            rows.append((key, m.type, m.stream, m.seq, encode_id(m.id), kind, payload, m.received_at))
-            key += 1
+        rows = _rows(messages, first, raw_is_payload)
+        key = first + len(rows)
         try:
             db.execute("BEGIN")
             try:
@@ -482,6 +534,30 @@ class SQLiteStore(Store):
         mark = self._mark
         if mark is not None:
             _MARK.pack_into(mark, 0, self._token, key)
+
+    keeps_held = True
+
+    def keep_held(self, messages: Sequence[Message]) -> None:
+        db = self._conn()
+        try:
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM held")
+                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, False))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot keep {len(messages)} held message(s) in {self.path!r}: {exc}") from exc
+
+    def held_messages(self) -> List[Message]:
+        try:
+            rows = self._conn().execute("SELECT " + _COLUMNS + " FROM held ORDER BY key").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the held messages from {self.path!r}: {exc}") from exc
+        return [self._message(row) for row in rows]
 
     # -- the send buffer --------------------------------------------------------------
     def _outbox_db(self) -> sqlite3.Connection:
@@ -554,6 +630,18 @@ class SQLiteStore(Store):
     def _message(row: Sequence[Any]) -> Message:
         mtype, stream, seq, mid, kind, payload, received_at = row
         return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, None)
+
+
+def _rows(messages: Sequence[Message], first: int, raw_is_payload: bool) -> List[Tuple[Any, ...]]:
+    """The rows of ``messages`` for the messages (or held) table, keys from ``first``."""
+    rows = []
+    for key, m in enumerate(messages, first):
+        if raw_is_payload and m.raw.__class__ is bytes:
+            kind, payload = JSON_FRAME, m.raw
+        else:
+            kind, payload = encode_payload(m.payload)
+        rows.append((key, m.type, m.stream, m.seq, encode_id(m.id), kind, payload, m.received_at))
+    return rows
 
 
 _locked: "weakref.WeakSet[SQLiteStore]" = weakref.WeakSet()

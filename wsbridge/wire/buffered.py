@@ -27,6 +27,10 @@ PIECE = 16 * 1024
 """Most bytes `BufferedSocket.send_some` hands a TLS socket at once (TLS writes a
 record whole, waiting for room within the socket's own timeout)."""
 
+POLL_MAX = 2**31 - 1
+"""The longest wait ``poll`` takes, in milliseconds (a C int: about 24.8 days)."""
+
+
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
@@ -226,17 +230,18 @@ class BufferedSocket:
         return self.wait_writable(0.0)
 
     def wait_writable(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the socket to take bytes (False: it did not,
-        or it is closed)."""
+        """Wait up to ``timeout`` s (at most `POLL_MAX` ms) for the socket to take bytes
+        (False: it did not, or it is closed)."""
         try:
             fd = self.sock.fileno()
             if fd < 0:
                 return False
+            ms = max(0, int(min(timeout, POLL_MAX / 1000) * 1000 + 0.999))
             if hasattr(select, "poll"):  # no FD_SETSIZE limit
                 poller = select.poll()
                 poller.register(fd, select.POLLOUT)
-                return bool(poller.poll(max(0, int(timeout * 1000 + 0.999))))
-            return bool(select.select((), (self.sock,), (), max(0.0, timeout))[1])
+                return bool(poller.poll(ms))
+            return bool(select.select((), (self.sock,), (), ms / 1000)[1])
         except (OSError, ValueError):
             return False
 
