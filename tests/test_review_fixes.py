@@ -339,7 +339,7 @@ def test_a_refused_upgrade_is_decided_from_its_head_whatever_its_content_length(
         client.start()
         with pytest.raises(wsbridge.ConnectError, match="HTTP 401"):
             client.wait_connected(30)
-        assert client.last_error.status_code == 401
+        assert isinstance(client.last_error, wsbridge.UpgradeRefused) and client.last_error.status == 401
         assert server.accepted == 1  # fatal: not retried
 
 
