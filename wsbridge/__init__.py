@@ -29,6 +29,7 @@ from .errors import (
 from .message import Message
 from .presets import conventions
 from .runtime.backoff import NO_RETRY, Backoff
+from .runtime.policy import Decision, Ending, ReconnectPolicy
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
 from .runtime.stats import Stats
@@ -73,6 +74,8 @@ __all__ = [
     "conventions",
     "stop_all",
     "ConnectError",
+    "Decision",
+    "Ending",
     "JsonCodec",
     "Message",
     "HandshakeError",
@@ -83,6 +86,7 @@ __all__ = [
     "PipeCodec",
     "ProtocolError",
     "RawCodec",
+    "ReconnectPolicy",
     "SQLiteStore",
     "SequenceTracker",
     "Stats",

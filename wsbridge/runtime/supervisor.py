@@ -99,7 +99,7 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        failures = 0
+        failures = auth_failures = 0  # carried from one decision of the policy to the next
         try:
             if self.replay_pending:
                 self._replay_stored()
@@ -109,15 +109,16 @@ class Supervisor:
                 self.lifecycle.set(State.CONNECTING)
                 self._emit(self.signals.connecting, attempt=failures)
                 resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
+                received = self.intake.received  # messages before this connection (its reader adds to it)
                 conn.start()
                 self._watch(conn, resume_from)
                 if not conn.join(self.options.close_timeout + 5.0):
                     log.warning("%s: the reader of the last connection did not end", self.name)
-                ending = self._ended(conn)
+                ending = self._ended(conn, self.intake.received - received)
                 if self.stopping.is_set():
                     break
-                decision = self.policy.decide(ending, failures)
-                failures = decision.failures
+                decision = self.policy.decide(ending, failures, auth_failures=auth_failures)
+                failures, auth_failures = decision.failures, decision.auth_failures
                 if decision.give_up:
                     if decision.fatal:
                         self._give_up(ConnectError(decision.give_up), cause=conn.error)
@@ -242,8 +243,9 @@ class Supervisor:
             return f"no frame for {o.idle_timeout} s: peer presumed dead"
         return None
 
-    def _ended(self, conn: Connection) -> Ending:
-        """Count and announce the end of ``conn``; what the policy needs to know."""
+    def _ended(self, conn: Connection, delivered: int) -> Ending:
+        """Count and announce the end of ``conn``, which ``delivered`` messages; what
+        the policy needs to know."""
         self.sender.drop_live(conn)
         error = conn.error
         status = error.status_code if isinstance(error, websocket.WebSocketBadStatusException) else None
@@ -266,7 +268,8 @@ class Supervisor:
         self._emit(
             self.signals.disconnected, code=conn.close_code, reason=conn.close_reason, error=None if conn.closing else conn.error
         )
-        return Ending(conn.error, conn.close_code, conn.close_reason, status, time.monotonic() - conn.opened_at)
+        return Ending(conn.error, conn.close_code, conn.close_reason, http_status=status,
+                      open_for=time.monotonic() - conn.opened_at, delivered=delivered)
 
     def _give_up(self, error: BaseException, level: int = logging.ERROR, cause: Optional[BaseException] = None) -> None:
         """Stop for good; ``cause``, the connection's own error, stays `last_error`."""

@@ -1,0 +1,167 @@
+"""Feeds shaped like real services, served by the ``websockets`` library on 127.0.0.1 (not
+wsbridge's own test server): servers that restart while they deliver, and retry rules
+of the user's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from typing import Any, Callable, Iterator, List
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Server, serve
+
+import wsbridge
+from wsbridge import Backoff, ReconnectPolicy
+from wsbridge.runtime.policy import FATAL_CLOSE_CODES
+
+
+@contextlib.contextmanager
+def websockets_server(handler: Callable[[Any], None], port: int = 0, close_code: int = 1001,
+                      **kwargs: Any) -> Iterator[Server]:
+    """A ``websockets`` server in a thread; on exit it closes every connection with
+    ``close_code`` (1012: a service restart) and stops listening."""
+    with serve(handler, "127.0.0.1", port, **kwargs) as server:
+        thread = threading.Thread(target=server.serve_forever, name="test-websockets-server", daemon=True)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown(code=close_code)
+            thread.join(10)
+
+
+def url_of(server: Server) -> str:
+    return f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+
+
+def until_closed(ws: Any) -> None:
+    """Hold a connection until the client or the server's shutdown closes it."""
+    with contextlib.suppress(ConnectionClosed):
+        for _ in ws:
+            pass
+
+
+def timeline(client: wsbridge.Client, collector: Any, *names: str) -> Any:
+    """The named lifecycle signals of ``client``, in the order they came, as ``(name, kwargs)``."""
+    events = collector()
+    for name in names:
+        getattr(client.signals, name).connect(lambda sender, name=name, **kw: events((name, kw)))
+    return events
+
+
+def after_each_disconnect(events: List[Any]) -> List[dict]:
+    """The ``reconnecting`` that followed each ``disconnected``."""
+    pairs = zip(events, events[1:], strict=False)
+    return [kw for (first, _), (name, kw) in pairs if first == "disconnected" and name == "reconnecting"]
+
+
+# -- the retry policy ---------------------------------------------------------------------------
+def test_a_server_that_restarts_as_it_delivers_is_retried_after_initial_each_time(make_client, collector):
+    """The issue's case: every connection delivers, then the server restarts (close 1012),
+    sooner than ``reset_after``. Each reconnect waits ``initial``; before, the waits
+    doubled with every restart (0.5, 0.5, 1.6, 3.0, 5.6, 10.1 s)."""
+
+    def handler(ws: Any) -> None:
+        for n in range(3):
+            ws.send(json.dumps({"type": "tick", "n": n}))
+        until_closed(ws)
+
+    ticks = collector()
+    backoff = Backoff(initial=0.05, factor=2.0, max_delay=5.0, jitter=0)  # reset_after: 10 s
+    with websockets_server(handler, close_code=1012) as server:
+        port = server.socket.getsockname()[1]
+        client = make_client(url_of(server), backoff=backoff)
+        client.on("tick", ticks)
+        events = timeline(client, collector, "disconnected", "reconnecting")
+        client.start()
+        ticks.wait(3)
+    for restart in range(1, 5):  # the same port, every time
+        with websockets_server(handler, port, close_code=1012):
+            ticks.wait(3 * (restart + 1))  # signals travel in line with messages: the last reconnect's are in
+    retries = after_each_disconnect(events.items)
+    assert len(retries) >= 4, events.items
+    assert [(r["attempt"], r["delay"]) for r in retries] == [(1, 0.05)] * len(retries)
+    assert client.stats.connects == 5
+
+
+def test_connections_that_deliver_nothing_still_back_off(make_client, collector):
+    """``reset_after`` keeps its meaning for a server that accepts and closes at once."""
+
+    def handler(ws: Any) -> None:
+        ws.close(1012, "restarting")
+
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), backoff=Backoff(initial=0.01, factor=2.0, max_delay=0.04, jitter=0))
+        events = timeline(client, collector, "disconnected", "reconnecting")
+        client.start()
+        events.wait(8)
+        client.stop()
+    retries = after_each_disconnect(events.items)
+    assert [(r["attempt"], r["delay"]) for r in retries[:4]] == [(1, 0.01), (2, 0.02), (3, 0.04), (4, 0.04)]
+
+
+def test_retry_statuses_retries_a_404_of_a_server_between_deployments(make_client):
+    refusals = iter(range(2))
+    requests: List[str] = []
+
+    def process_request(connection: Any, request: Any) -> Any:
+        requests.append(request.path)
+        if next(refusals, None) is not None:
+            return connection.respond(404, "not deployed yet\n")
+        return None
+
+    with websockets_server(until_closed, process_request=process_request) as server:
+        policy = ReconnectPolicy(Backoff(initial=0.01, jitter=0), retry_statuses={404})
+        client = make_client(url_of(server), policy=policy)
+        client.start().wait_connected(timeout=10)
+        assert len(requests) == 3 and client.stats.connect_attempts == 3
+        client.stop()
+
+
+def test_fatal_close_codes_end_the_client_on_a_code_of_the_application(make_client, collector):
+    connections = []
+
+    def handler(ws: Any) -> None:
+        connections.append(ws)
+        ws.close(4001, "banned")
+
+    with websockets_server(handler) as server:
+        policy = ReconnectPolicy(Backoff(initial=0.01, jitter=0), fatal_close_codes=FATAL_CLOSE_CODES | {4001})
+        client = make_client(url_of(server), policy=policy)
+        gave_up = collector()
+        client.signals.gave_up.connect(gave_up)
+        client.start()
+        error = gave_up.wait(1)[0]["error"]
+        assert isinstance(error, wsbridge.ConnectError) and "code 4001 (banned)" in str(error)
+        assert client.state == "gave_up" and len(connections) == 1
+
+
+def test_a_subclass_of_the_policy_takes_the_delay_from_the_close_reason(make_client, collector):
+    """A service that closes with its own code and says in the reason when to come back."""
+
+    class ServerSaysWhen(ReconnectPolicy):
+        def decide(self, ending: wsbridge.Ending, failures: int, rand: Any = None, **counts: int) -> wsbridge.Decision:
+            decision = super().decide(ending, failures, rand, **counts)
+            if ending.close_code == 4290 and not decision.give_up:
+                return wsbridge.Decision(decision.failures, delay=float(ending.close_reason or 0))
+            return decision
+
+    connections = []
+
+    def handler(ws: Any) -> None:
+        connections.append(ws)
+        if len(connections) == 1:
+            ws.close(4290, "0.125")
+        else:
+            ws.send(json.dumps({"type": "welcome"}))
+            until_closed(ws)
+
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), policy=ServerSaysWhen(Backoff(initial=5.0, jitter=0)))
+        events = timeline(client, collector, "disconnected", "reconnecting")
+        client.start()
+        assert client.wait_for("welcome", timeout=10)
+        assert after_each_disconnect(events.items)[0] == {"attempt": 1, "delay": 0.125}
+        client.stop()
