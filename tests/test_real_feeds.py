@@ -1,6 +1,7 @@
 """Feeds shaped like real services, served by the ``websockets`` library on 127.0.0.1 (not
-wsbridge's own test server): servers that restart while they deliver, and retry rules
-of the user's."""
+wsbridge's own test server): servers that restart while they deliver, retry rules of
+the user's, and message types that are not a top-level ``"type"`` string (Phoenix
+channels' arrays, Discord's numeric ``op``, a JSON-RPC channel in a nested field)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, serve
 
 import wsbridge
-from wsbridge import Backoff, ReconnectPolicy
+from wsbridge import Backoff, JsonCodec, Message, ReconnectPolicy
 from wsbridge.runtime.policy import FATAL_CLOSE_CODES
 
 
@@ -165,3 +166,101 @@ def test_a_subclass_of_the_policy_takes_the_delay_from_the_close_reason(make_cli
         assert client.wait_for("welcome", timeout=10)
         assert after_each_disconnect(events.items)[0] == {"attempt": 1, "delay": 0.125}
         client.stop()
+
+
+# -- message types of real feeds -------------------------------------------------------------------
+def phoenix_event(frame: Any) -> Any:
+    """Phoenix channels (v2 serializer): ``[join_ref, ref, topic, event, payload]``."""
+    return frame[3]
+
+
+def test_a_phoenix_channel_typed_by_a_function_of_its_arrays(make_client, collector):
+    def handler(ws: Any) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in ws:
+                join_ref, ref, topic, event, payload = json.loads(frame)
+                if event == "phx_join":
+                    ws.send(json.dumps([join_ref, ref, topic, "phx_reply", {"status": "ok", "response": {}}]))
+                    ws.send(json.dumps([join_ref, None, topic, "new_msg", {"body": "hello " + payload["user"]}]))
+                elif event == "heartbeat":
+                    ws.send(json.dumps([None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}}]))
+
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), codec=JsonCodec(phoenix_event))
+        replies, messages, errors = collector(), collector(), collector()
+        client.on("phx_reply", replies)
+        client.on("new_msg", messages)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        client.send(Message("phx_join", ["1", "1", "room:lobby", "phx_join", {"user": "ann"}]))
+        client.send(["2", "2", "phoenix", "heartbeat", {}])  # a list goes out as given too
+        [msg] = messages.wait(1)
+        assert msg.payload == ["1", None, "room:lobby", "new_msg", {"body": "hello ann"}]
+        assert [(m.payload[1], m.payload[2], m.payload[4]["status"]) for m in replies.wait(2)] == [
+            ("1", "room:lobby", "ok"), ("2", "phoenix", "ok")]
+        assert not errors.items and client.stats.protocol_errors == 0
+
+
+def test_a_discord_style_gateway_typed_by_its_numeric_op(make_client, collector):
+    """Hello (op 10), identify (op 2), dispatches (op 0, numbered by ``s``), heartbeat ack (op 11)."""
+
+    def handler(ws: Any) -> None:
+        ws.send(json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}}))
+        with contextlib.suppress(ConnectionClosed):
+            for frame in ws:
+                request = json.loads(frame)
+                if request["op"] == 2:
+                    ws.send(json.dumps({"op": 0, "t": "READY", "s": 1, "d": {"session_id": "s1"}}))
+                    ws.send(json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"content": "hi"}}))
+                    ws.send(json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"content": "hi"}}))  # again
+                elif request["op"] == 1:
+                    ws.send(json.dumps({"op": 11}))
+
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), codec=JsonCodec("op", seq_field="s"))
+        dispatches, acks = collector(), collector()
+
+        @client.on("10")
+        def identify(msg: Message) -> None:
+            client.send({"op": 2, "d": {"token": "t", "intents": 513}})
+            client.send({"op": 1, "d": None})
+
+        client.on("0", dispatches)
+        client.on("11", acks)
+        client.start()
+        got = dispatches.wait(2)
+        assert [(m.type, m.seq, m.payload["t"]) for m in got] == [("0", 1, "READY"), ("0", 2, "MESSAGE_CREATE")]
+        assert acks.wait(1)[0].type == "11"
+        assert client.stats.duplicates == 1 and client.stats.protocol_errors == 0
+
+
+def test_a_json_rpc_feed_typed_and_numbered_by_nested_fields(make_client, collector):
+    """A subscription feed (JSON-RPC 2.0 notifications) whose channel and sequence number
+    are inside ``params``; the replies to requests have no channel (``default_type``)."""
+
+    def handler(ws: Any) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in ws:
+                request = json.loads(frame)
+                channels = request["params"]["channels"]
+                ws.send(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": channels}))
+                for seq in (1, 2, 2, 3):  # 2 twice: dropped as a duplicate by the nested seq
+                    for channel in channels:
+                        ws.send(json.dumps({"jsonrpc": "2.0", "method": "subscription",
+                                            "params": {"channel": channel, "data": {"seq": seq, "px": 100 + seq}}}))
+
+    codec = JsonCodec("params.channel", seq_field="params.data.seq", stream_field="params.channel", default_type="response")
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), codec=codec)
+        trades, book, responses = collector(), collector(), collector()
+        client.on("trades.BTC", trades)
+        client.on("book.BTC", book)
+        client.on("response", responses)
+        client.start().wait_connected(timeout=10)
+        client.send({"jsonrpc": "2.0", "id": 7, "method": "public/subscribe", "params": {"channels": ["trades.BTC", "book.BTC"]}})
+        assert responses.wait(1)[0].payload["result"] == ["trades.BTC", "book.BTC"]
+        assert [(m.seq, m.stream, m.payload["params"]["data"]["px"]) for m in trades.wait(3)] == [
+            (1, "trades.BTC", 101), (2, "trades.BTC", 102), (3, "trades.BTC", 103)]
+        assert [m.seq for m in book.wait(3)] == [1, 2, 3]
+        assert client.positions == {"trades.BTC": 3, "book.BTC": 3}
+        assert client.stats.duplicates == 2 and client.stats.protocol_errors == 0
