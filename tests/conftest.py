@@ -218,7 +218,8 @@ def make_client() -> Iterator[Callable[..., wsbridge.Client]]:
     clients: List[wsbridge.Client] = []
 
     def make(url: str, **kwargs: Any) -> wsbridge.Client:
-        kwargs.setdefault("backoff", wsbridge.Backoff(initial=0.05, max_delay=0.2, jitter=0))
+        if "policy" not in kwargs:  # a policy holds its own backoff
+            kwargs.setdefault("backoff", wsbridge.Backoff(initial=0.05, max_delay=0.2, jitter=0))
         client = wsbridge.Client(url, **kwargs)
         clients.append(client)
         return client

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from wsbridge import JsonCodec, Message, PipeCodec, ProtocolError, RawCodec
 
-CODECS = [JsonCodec.conventions(), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
+CODECS = [JsonCodec.conventions(), JsonCodec("d.t", seq_field="m.seq", stream_field="m.s", id_field="i"),
+          JsonCodec(lambda value: value[0], seq_field="s"), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
 settings.register_profile("wsbridge", max_examples=300, deadline=None)
 settings.load_profile("wsbridge")
 
@@ -67,6 +68,17 @@ def test_json_round_trip(mtype, body, seq):
     [back] = codec.decode(data.encode("utf-8"), binary, 1.0)
     assert back.type == mtype and back.seq == seq
     assert {k: v for k, v in back.payload.items() if k not in ("type", "seq")} == json.loads(json.dumps(body))
+
+
+@given(types, st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("d", "m")), json_values, max_size=5),
+       st.dictionaries(st.text(max_size=8), json_values, max_size=3), st.one_of(st.none(), st.integers()))
+def test_json_round_trip_through_nested_fields(mtype, body, inner, seq):
+    codec = JsonCodec("d.t", seq_field="m.seq")
+    data, binary = codec.encode(Message(mtype, {**body, "d": inner}, seq))
+    [back] = codec.decode(data.encode("utf-8"), binary, 1.0)
+    assert back.type == mtype and back.seq == seq
+    inner.pop("t", None)  # replaced by the type
+    assert {k: v for k, v in back.payload["d"].items() if k != "t"} == json.loads(json.dumps(inner))
 
 
 @given(st.lists(st.tuples(types, st.text(max_size=40)), min_size=1, max_size=6))

@@ -16,7 +16,7 @@ def bad_json_frames(rng: random.Random):
     yield (b'{"type": "x", "bad": "\xff\xfe"}', True)
     yield "[1, 2, 3]"  # JSON, not an object
     yield '{"no_type": 1}'
-    yield '{"type": 5}'
+    yield '{"type": 5.5}'  # neither a string nor an integer (an integer is a type: "5")
     yield '{"type": "t", "seq": "one"}'
     yield "{" * 50_000  # deep and unfinished
     yield "[" * 100_000 + "]" * 100_000  # deep nesting

@@ -31,6 +31,7 @@ from .errors import (
 from .message import Message
 from .presets import conventions
 from .runtime.backoff import NO_RETRY, Backoff
+from .runtime.policy import Decision, Ending, ReconnectPolicy
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
 from .runtime.session import Session
@@ -78,6 +79,8 @@ __all__ = [
     "stop_all",
     "ConnectError",
     "ConnectHookError",
+    "Decision",
+    "Ending",
     "JsonCodec",
     "Message",
     "HandshakeError",
@@ -88,6 +91,7 @@ __all__ = [
     "PipeCodec",
     "ProtocolError",
     "RawCodec",
+    "ReconnectPolicy",
     "SQLiteStore",
     "SequenceTracker",
     "Session",

@@ -74,7 +74,8 @@ class Client(Subscribable, Pulling):
 
     Parameters (keyword-only after ``url``); the README documents each:
     ``codec`` (default `JsonCodec`), ``backoff`` (`Backoff`; ``NO_RETRY``
-    connects once), ``retry_fatal``; ``outbox_size``, ``outbox_overflow``
+    connects once), ``retry_fatal``, or ``policy`` (a `ReconnectPolicy`: the
+    retry rules, backoff included, as one object); ``outbox_size``, ``outbox_overflow``
     (``"raise"``, ``"drop_oldest"``, ``"block"``), ``outbox_timeout``;
     ``ping_interval``, ``ping_timeout`` (0: no pings), ``idle_timeout``,
     ``connect_timeout``, ``close_timeout``; ``headers``, ``sslopt``,
@@ -125,6 +126,7 @@ class Client(Subscribable, Pulling):
         dispatch_queue: int = 100_000,
         dispatch_queue_bytes: int = 256 * 1024 * 1024,
         retry_fatal: bool = False,
+        policy: Optional[ReconnectPolicy] = None,  # the retry rules whole (then no backoff, retry_fatal)
         store: Optional[Store] = None,
         resume: Union[bool, ResumeBuilder] = False,
         gap_timeout: float = 5.0,
@@ -151,7 +153,7 @@ class Client(Subscribable, Pulling):
         self._pid = os.getpid()
         self._lifecycle = Lifecycle()
         self._store_closed = False
-        self.policy = ReconnectPolicy(backoff if backoff is not None else Backoff(), retry_fatal)
+        self.policy = _policy(policy, backoff, retry_fatal)
         self._reporter = Reporter(self, self.signals, self._emit, self.name, emit_data=self._emit_data)
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._delivery = Delivery(
@@ -631,6 +633,17 @@ def _global_scope(seq_scope: str) -> bool:
     if seq_scope not in ("stream", "global"):
         raise ValueError(f"seq_scope is 'stream' (a counter per stream) or 'global' (one for all), not {seq_scope!r}")
     return seq_scope == "global"
+
+
+def _policy(policy: Optional[ReconnectPolicy], backoff: Optional[Backoff], retry_fatal: bool) -> ReconnectPolicy:
+    """The client's `ReconnectPolicy`: ``policy``, or the default rules with ``backoff`` and ``retry_fatal``."""
+    if policy is None:
+        return ReconnectPolicy(backoff if backoff is not None else Backoff(), retry_fatal)
+    if not isinstance(policy, ReconnectPolicy):
+        raise ValueError(f"policy is a wsbridge.ReconnectPolicy, not {type(policy).__name__}")
+    if backoff is not None or retry_fatal:
+        raise ValueError("pass backoff and retry_fatal to the ReconnectPolicy given as policy, not to Client")
+    return policy
 
 
 def _lower_scheme(url: str) -> str:

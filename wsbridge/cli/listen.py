@@ -69,7 +69,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--no-retry", action="store_true", help="connect once; exit 3 if that fails (default: keep retrying)")
     parser.add_argument("--type-field", metavar="NAME",
-        help="JSON: the field that holds the message type (default: type)")
+        help="JSON: the field that holds the message type, or a dotted path to it: data.type (default: type)")
     parser.add_argument("--default-type", metavar="T",
         help="JSON: the type of objects without that field (default: such an object is a decode error)")
     add_connection_options(parser)

@@ -1,26 +1,94 @@
-"""`JsonCodec`: one JSON object per frame, typed by a field."""
+"""`JsonCodec`: one JSON value per frame, typed by a field, a nested field or a function."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import ProtocolError, preview
 from ..message import Message
 from .base import Codec, Frame, decode_text
 
+TypeField = Union[str, Callable[[Any], Any]]
+"""What names a message's type: a field, a dotted path to a nested field, or a
+function of the decoded payload."""
+
+Path = Tuple[str, ...]
+
+
+def _path(option: str, field: Any) -> Path:
+    """``"data.type"`` as ``("data", "type")``; a ValueError for what is not a field name or path."""
+    if not isinstance(field, str):
+        raise ValueError(f"JsonCodec {option} is a field name or a dotted path, not {field!r}")
+    parts = tuple(field.split("."))
+    if len(parts) > 1 and not all(parts):
+        raise ValueError(f"JsonCodec {option}={field!r}: a dotted path with an empty part")
+    return parts
+
+
+def _getter(path: Path) -> Callable[[Any], Any]:
+    """The value at ``path`` in a decoded JSON value; None where a step is missing or not an object."""
+    if len(path) == 1:
+        key = path[0]
+        return lambda obj: obj.get(key) if type(obj) is dict else None
+
+    def get(obj: Any) -> Any:
+        for step in path:
+            if type(obj) is not dict:
+                return None
+            obj = obj.get(step)
+        return obj
+
+    return get
+
+
+def _put(body: Dict[str, Any], path: Path, value: Any, replace: bool = True) -> None:
+    """Set ``value`` at ``path`` in ``body``, creating the objects on the way and copying
+    those there already (the caller's stay as they were); ``replace=False`` keeps a value
+    already there."""
+    node = body
+    for step in path[:-1]:
+        child = node.get(step)
+        if child is None:
+            child = {}
+        elif isinstance(child, Mapping):
+            child = dict(child)
+        else:
+            raise TypeError(f"JsonCodec cannot set {'.'.join(path)!r}: {step!r} holds a {type(child).__name__}")
+        node[step] = child
+        node = child
+    if replace:
+        node[path[-1]] = value
+    else:
+        node.setdefault(path[-1], value)
+
 
 class JsonCodec(Codec):
-    """One JSON object per frame; ``type_field`` names the message type.
+    """One JSON value per frame; ``type_field`` says where the message type is.
 
-    ``seq_field``, ``id_field`` and ``stream_field`` name the fields that carry
-    a message's sequence id (an integer), its id and its stream; each is off
-    (None) unless named, because a field the user did not name must never make
-    the client drop a message as a duplicate. `conventions` names all three as
-    wsbridge's own servers use them. The payload is the whole object.
-    ``default_type`` types objects that lack the type field; without it such
-    an object is a `ProtocolError`. ``loads``/``dumps`` may be swapped for a
-    faster JSON library with the same contract (e.g. ``orjson.loads``).
+    ``type_field`` is a field name (``"type"``), a dotted path to a nested field
+    (``"data.type"``, ``"params.channel"``), or a function of the decoded payload
+    that returns the type. A type that is an integer is used as its decimal text
+    (``{"op": 5}`` is of type ``"5"``). With a name or a path, a frame must hold a
+    JSON object; with a function, any JSON value (a Phoenix channels array
+    ``[join_ref, ref, topic, event, payload]`` with ``type_field=lambda a: a[3]``).
+    A function that raises or finds no type makes the frame a `ProtocolError`.
+
+    ``seq_field``, ``id_field`` and ``stream_field`` name the fields (or dotted
+    paths) that carry a message's sequence id (an integer), its id and its
+    stream; each is off (None) unless named, because a field the user did not
+    name must never make the client drop a message as a duplicate.
+    `conventions` names all three as wsbridge's own servers use them. The
+    payload is the whole decoded value. ``default_type`` types messages without
+    a type; without it such a message is a `ProtocolError`. ``loads``/``dumps``
+    may be swapped for a faster JSON library with the same contract (e.g.
+    ``orjson.loads``).
+
+    `encode` sends a dict (or, with a function, a list) as given; a `Message`
+    becomes its payload with the type written at ``type_field`` (nested objects
+    created for a dotted path) and ``seq``/``id``/``stream`` where named. With a
+    function, the codec cannot know where the type goes: a `Message` is sent as
+    its payload alone, which must say its type itself.
     """
 
     name = "json"
@@ -28,7 +96,7 @@ class JsonCodec(Codec):
 
     def __init__(
         self,
-        type_field: str = "type",
+        type_field: TypeField = "type",
         *,
         seq_field: Optional[str] = None,
         id_field: Optional[str] = None,
@@ -44,6 +112,15 @@ class JsonCodec(Codec):
         self.default_type = default_type
         self._loads = loads
         self._dumps = dumps or (lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+        # Decided once, here: plain names take `decode`'s inline path, as cheap as ever;
+        # paths and functions go through the getters of `_decode_any`.
+        self._type_path: Optional[Path] = None if callable(type_field) else _path("type_field", type_field)
+        paths = {option: _path(option, field) if field is not None else None
+                 for option, field in (("seq_field", seq_field), ("id_field", id_field), ("stream_field", stream_field))}
+        self._seq_path, self._id_path, self._stream_path = paths["seq_field"], paths["id_field"], paths["stream_field"]
+        self._plain = self._type_path is not None and all(p is None or len(p) == 1 for p in (self._type_path, *paths.values()))
+        self._type_of: Callable[[Any], Any] = type_field if callable(type_field) else _getter(self._type_path)  # type: ignore[arg-type]
+        self._seq_of, self._id_of, self._stream_of = (_getter(p) if p is not None else None for p in paths.values())
 
     @classmethod
     def conventions(cls, **kwargs: Any) -> "JsonCodec":
@@ -64,13 +141,13 @@ class JsonCodec(Codec):
             raise ProtocolError("JSON nested too deeply", data) from None
         except ValueError as exc:
             raise ProtocolError(f"not valid JSON ({exc})", data) from None
+        if not self._plain:
+            return self._decode_any(obj, data, received_at)
         if type(obj) is not dict:
-            raise ProtocolError(f"JSON frame must be an object, found {type(obj).__name__}", data)
+            raise self._not_an_object(obj, data)
         mtype = obj.get(self.type_field, self.default_type)
         if type(mtype) is not str:
-            if mtype is None:
-                raise ProtocolError(f"JSON object has no {self.type_field!r} field", data)
-            raise ProtocolError(f"{self.type_field!r} must be a string, found {type(mtype).__name__}", data)
+            mtype = self._type_text(mtype, data)
         seq = stream = mid = None
         if self.seq_field is not None:
             seq = obj.get(self.seq_field)
@@ -84,19 +161,77 @@ class JsonCodec(Codec):
             mid = obj.get(self.id_field)
         return [Message(mtype, obj, seq, mid, stream, received_at, data)]
 
+    def _decode_any(self, obj: Any, data: bytes, received_at: Optional[float]) -> List[Message]:
+        """`decode` past the parse when a field is a dotted path or the type a function."""
+        if self._type_path is not None:
+            if type(obj) is not dict:
+                raise self._not_an_object(obj, data)
+            mtype = self._type_of(obj)
+        else:
+            try:
+                mtype = self._type_of(obj)
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {str(exc)[:100]}"
+                raise ProtocolError(f"type_field {self._type_name} failed: {why}", data) from None
+        if mtype is None:
+            mtype = self.default_type
+        if type(mtype) is not str:
+            mtype = self._type_text(mtype, data)
+        seq = stream = mid = None
+        if self._seq_of is not None:
+            seq = self._seq_of(obj)
+            if seq is not None and type(seq) is not int:
+                raise ProtocolError(f"{self.seq_field!r} must be an integer, found {preview(repr(seq), 20)}", data)
+        if self._stream_of is not None:
+            stream = self._stream_of(obj)
+            if stream is not None and type(stream) is not str:
+                stream = str(stream)
+        if self._id_of is not None:
+            mid = self._id_of(obj)
+        return [Message(mtype, obj, seq, mid, stream, received_at, data)]
+
+    @property
+    def _type_name(self) -> str:
+        field = self.type_field
+        return repr(field) if isinstance(field, str) else getattr(field, "__qualname__", repr(field))
+
+    def _type_text(self, mtype: Any, data: bytes) -> str:
+        """A type that is not a string: an integer as its text, else a `ProtocolError`."""
+        if type(mtype) is int:
+            return str(mtype)
+        if mtype is None:
+            if self._type_path is None:
+                raise ProtocolError(f"type_field {self._type_name} found no type", data)
+            raise ProtocolError(f"JSON object has no {self._type_name} field", data)
+        raise ProtocolError(f"{self._type_name} must be a string or an integer, found {type(mtype).__name__}", data)
+
+    @staticmethod
+    def _not_an_object(obj: Any, data: bytes) -> ProtocolError:
+        hint = " (for arrays, pass a function of the payload as type_field)" if type(obj) is list else ""
+        return ProtocolError(f"JSON frame must be an object, found {type(obj).__name__}{hint}", data)
+
+    def typed(self, mtype: str, body: Mapping[str, Any]) -> Dict[str, Any]:
+        """A copy of ``body`` with ``mtype`` at ``type_field`` (a dotted path creates the
+        objects on its way). With a function as ``type_field`` the codec cannot know
+        where the type goes: it is put under ``"type"``."""
+        out = dict(body)
+        _put(out, self._type_path or ("type",), mtype)
+        return out
+
     def encode(self, obj: Union[Message, Mapping[str, Any]]) -> Frame:
+        if self._type_path is None:  # typed by a function: sent as given
+            value: Any = obj.payload if isinstance(obj, Message) else obj
+            if not isinstance(obj, Message) and not isinstance(obj, (Mapping, list, tuple)):
+                raise TypeError(f"JsonCodec sends dicts, lists or Messages, not {type(obj).__name__}")
+            return self._dumps(value), False
         if isinstance(obj, Message):
-            body: Dict[str, Any]
-            if isinstance(obj.payload, Mapping):
-                body = dict(obj.payload)
-            else:
-                body = {"payload": obj.payload}
-            body[self.type_field] = obj.type
-            named = ((self.seq_field or "seq", obj.seq), (self.id_field or "id", obj.id),
-                     (self.stream_field or "stream", obj.stream))
-            for field, value in named:
+            payload = obj.payload
+            body = self.typed(obj.type, payload if isinstance(payload, Mapping) else {"payload": payload})
+            named = ((self._seq_path or ("seq",), obj.seq), (self._id_path or ("id",), obj.id),
+                     (self._stream_path or ("stream",), obj.stream))
+            for path, value in named:
                 if value is not None:
-                    body.setdefault(field, value)
+                    _put(body, path, value, replace=False)
             obj = body
         if not isinstance(obj, Mapping):
             raise TypeError(f"JsonCodec sends dicts or Messages, not {type(obj).__name__}")

@@ -22,7 +22,8 @@ class Backoff:
     the upper half), so clients cut off together do not return together.
     ``max_attempts`` consecutive failed retries make the client give up
     (None: never). A connection that stays up ``reset_after`` seconds resets
-    the count, so one drop after a day of service starts again at ``initial``.
+    the count, so one drop after a day of service starts again at ``initial``
+    (so does a shorter one that delivered a message: `ReconnectPolicy.healthy`).
     """
 
     initial: float = 0.5

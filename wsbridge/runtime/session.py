@@ -173,10 +173,13 @@ class Handshake:
         self.timeout = 10.0
         """``connect_hook_timeout``: the hooks' time, and a subscription's unless it names one."""
 
-    def run(self, conn: Connection, inbox: Inbox) -> None:
+    def run(self, conn: Connection, inbox: Inbox) -> bool:
         """The hooks, in order, then the recorded subscriptions, on ``conn``. Raises
-        `ConnectHookError` (its cause: the hook's exception) when one failed."""
+        `ConnectHookError` (its cause: the hook's exception) when one failed. True when
+        the server passed something: a hook, or a subscription's ack (the retry policy
+        then counts the connection as healthy)."""
         session = Session(conn, inbox, self.sender, self.stopping, self.positions, time.monotonic() + self.timeout)
+        passed = bool(self.hooks)
         for hook in self.hooks:
             try:
                 hook(session)
@@ -195,5 +198,7 @@ class Handshake:
                 session._send(frame)
                 if sub.ack is not None:
                     session.wait_for(sub.ack)
+                    passed = True
             except Exception as exc:
                 raise ConnectHookError(f"{sub!r} failed: {_why(exc)}") from exc
+        return passed

@@ -116,6 +116,9 @@ class Supervisor:
         self.served = 0
         """The value of ``requested`` as the connection of the moment was made: it
         serves every `reconnect` call up to there."""
+        self.handshake_passed: Optional[Connection] = None
+        """The last connection whose handshake the server passed (a hook, an acked
+        subscription): the policy counts it healthy. Supervisor thread."""
 
     def want_resume(self) -> None:
         """A gap opened (dispatcher thread): send a resume request soon."""
@@ -142,7 +145,7 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------------
     def _run(self) -> None:
-        failures = 0
+        failures = auth_failures = 0  # carried from one decision of the policy to the next
         try:
             if self.replay_pending:
                 self._replay_stored()
@@ -153,6 +156,7 @@ class Supervisor:
                 self.lifecycle.set(State.CONNECTING)
                 self._emit(self.signals.connecting, attempt=failures)
                 resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
+                received = self.intake.received  # messages before this connection (its reader adds to it)
                 conn.start()
                 self._watch(conn, resume_from, inbox)
                 self.stragglers = [c for c in self.stragglers if c.thread.is_alive()]
@@ -161,12 +165,15 @@ class Supervisor:
                     self.stragglers = [*self.stragglers, conn]
                 elif not conn.join(self.options.close_timeout + 5.0):
                     log.warning("%s: the reader of the last connection did not end", self.name)
-                ending = self._ended(conn)
+                ending = self._ended(conn, self.intake.received - received)
                 if self.stopping.is_set():
                     break
                 # reconnect() asked for a new connection: not a failure, and no wait.
-                decision = Decision(failures) if self._reconnecting() else self.policy.decide(ending, failures)
-                failures = decision.failures
+                if self._reconnecting():
+                    decision = Decision(failures, auth_failures=auth_failures)
+                else:
+                    decision = self.policy.decide(ending, failures, auth_failures=auth_failures)
+                failures, auth_failures = decision.failures, decision.auth_failures
                 if decision.give_up:
                     if decision.fatal:
                         self._give_up(ConnectError(decision.give_up), cause=conn.error)
@@ -316,7 +323,7 @@ class Supervisor:
         `stop` (which cuts the connection) and `reconnect` cut it short quietly."""
         self.sender.flushing = conn  # stop() cuts it: a hook waiting for a reply sees the connection end
         try:
-            self.handshake.run(conn, inbox)
+            self.handshake_passed = conn if self.handshake.run(conn, inbox) else None
             return True
         except ConnectHookError as error:
             if self.stopping.is_set() or self._reconnecting():
@@ -344,8 +351,9 @@ class Supervisor:
             return f"no frame for {o.idle_timeout} s: peer presumed dead"
         return None
 
-    def _ended(self, conn: Connection) -> Ending:
-        """Count and announce the end of ``conn``; what the policy needs to know."""
+    def _ended(self, conn: Connection, delivered: int) -> Ending:
+        """Count and announce the end of ``conn``, which ``delivered`` messages; what
+        the policy needs to know."""
         self.sender.drop_live(conn)
         error = conn.error
         refused = error if isinstance(error, UpgradeRefused) else None
@@ -372,7 +380,8 @@ class Supervisor:
         self._emit(self.signals.disconnected, code=conn.close_code, reason=conn.close_reason, error=error)
         open_for = None if failed else time.monotonic() - conn.opened_at
         return Ending(conn.error, conn.close_code, conn.close_reason, status, retry_after=retry_after,
-                      fresh_credentials=conn.fresh_credentials, open_for=open_for)
+                      fresh_credentials=conn.fresh_credentials, open_for=open_for, delivered=delivered,
+                      handshake_done=self.handshake_passed is conn)
 
     def _give_up(self, error: BaseException, level: int = logging.ERROR, cause: Optional[BaseException] = None) -> None:
         """Stop for good; ``cause``, the connection's own error, stays `last_error`."""

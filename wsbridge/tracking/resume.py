@@ -33,7 +33,7 @@ def default_resume_request(codec: Codec, positions: Positions) -> Union[str, Map
     if isinstance(codec, JsonCodec):
         # Encoded here, ASCII only: a stream name the server sent may hold anything
         # JSON can (a lone surrogate, say), and must come back to it as it came.
-        return json.dumps({codec.type_field: RESUME_TYPE, "positions": entries}, separators=(",", ":"))
+        return json.dumps(codec.typed(RESUME_TYPE, {"positions": entries}), separators=(",", ":"))
     if isinstance(codec, PipeCodec):
         return Message(RESUME_TYPE, json.dumps(entries, separators=(",", ":")))
     return json.dumps({"type": RESUME_TYPE, "positions": entries}, separators=(",", ":"))
