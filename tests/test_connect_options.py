@@ -104,9 +104,9 @@ def endings(monkeypatch) -> List[Ending]:
     seen: List[Ending] = []
     decide = ReconnectPolicy.decide
 
-    def spy(self: ReconnectPolicy, ending: Ending, failures: int, rand: Optional[float] = None) -> Any:
+    def spy(self: ReconnectPolicy, ending: Ending, failures: int, rand: Optional[float] = None, **counts: Any) -> Any:
         seen.append(ending)
-        return decide(self, ending, failures, rand)
+        return decide(self, ending, failures, rand, **counts)
 
     monkeypatch.setattr(ReconnectPolicy, "decide", spy)
     return seen
