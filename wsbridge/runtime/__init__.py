@@ -1,7 +1,8 @@
 """The runtime: the threads of a client and their hand-offs.
 
 The supervisor thread (`supervisor`, deciding with the pure `policy` and `backoff`)
-runs one connection after another and owns the lifecycle `state`; the reader thread's
+runs one connection after another, runs each one's handshake (`session`: the connect
+hooks, then the recorded `subscriptions`) and owns the lifecycle `state`; the reader thread's
 half (`intake`) decodes frames and queues them to the dispatcher thread (`dispatch`),
 which tracks, stores and delivers each batch (`delivery`) to the subscribers
 (`signals`) and the pull buffer (`pull`); `sender` owns the send buffer's lock and the
