@@ -22,7 +22,7 @@ import pytest
 
 import wsbridge
 from wsbridge import RawCodec
-from wsbridge.testing.raw import BINARY, CLOSE, TEXT, RawServer, frame, read_close, read_frame
+from wsbridge.testing.raw import BINARY, CLOSE, TEXT, RawServer, frame, read_close, read_frame, read_frame_head
 
 from conftest import Lines, unread, wait_until
 
@@ -205,31 +205,8 @@ def test_interpreter_exit_stops_busy_clients_within_one_shared_deadline():
 
 
 def read_big_frame(conn: socket.socket, timeout: float = HOLD) -> Tuple[int, int, bytes]:
-    """One (large) frame the client sent: ``(opcode, length, its first 16 bytes unmasked)``;
-    the rest is read and dropped (unmasking megabytes in Python would take seconds)."""
-    conn.settimeout(timeout)
-
-    def exact(n: int) -> bytes:
-        data = bytearray()
-        while len(data) < n:
-            chunk = conn.recv(min(n - len(data), 1 << 20))
-            if not chunk:
-                raise ConnectionError("the client closed the TCP connection")
-            data += chunk
-        return bytes(data)
-
-    first, second = exact(2)
-    n = second & 0x7F
-    if n == 126:
-        n = int.from_bytes(exact(2), "big")
-    elif n == 127:
-        n = int.from_bytes(exact(8), "big")
-    key = exact(4)
-    head = exact(min(n, 16))
-    left = n - len(head)
-    while left:
-        left -= len(exact(min(left, 1 << 20)))
-    return first & 0x0F, n, bytes(b ^ key[i % 4] for i, b in enumerate(head))
+    """One (large) frame the client sent: ``(opcode, length, its first 16 bytes unmasked)``."""
+    return read_frame_head(conn, 16, timeout)
 
 
 class Call:

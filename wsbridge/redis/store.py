@@ -212,13 +212,6 @@ class RedisStreamStore(Store):
         self._redis = None
         client.close()
 
-    def __enter__(self) -> "RedisStreamStore":
-        self.open()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def _client(self) -> "redis.Redis":
         if self._redis is None:
             raise StoreError(f"{self!r} is not open")

@@ -81,16 +81,24 @@ def accept_handshake(conn: socket.socket) -> Optional[str]:
 def read_frame(conn: socket.socket, timeout: float = 10.0) -> Tuple[int, bytes]:
     """One frame the client sent: ``(opcode, unmasked payload)``; raises
     `ConnectionError` if the client closed TCP first."""
+    opcode, _, payload = read_frame_head(conn, None, timeout)
+    return opcode, payload
+
+
+def read_frame_head(conn: socket.socket, keep: Optional[int] = None, timeout: float = 10.0) -> Tuple[int, int, bytes]:
+    """One frame the client sent: ``(opcode, payload length, the first ``keep`` bytes of
+    the payload unmasked)`` (None: all of it); the rest is read and dropped (unmasking
+    megabytes in Python takes seconds). `ConnectionError` if the client closed TCP first."""
     conn.settimeout(timeout)
 
     def exact(n: int) -> bytes:
-        data = b""
+        data = bytearray()
         while len(data) < n:
-            chunk = conn.recv(n - len(data))
+            chunk = conn.recv(min(n - len(data), 1 << 20))
             if not chunk:
                 raise ConnectionError("the client closed the TCP connection")
             data += chunk
-        return data
+        return bytes(data)
 
     first, second = exact(2)
     n = second & 0x7F
@@ -99,8 +107,11 @@ def read_frame(conn: socket.socket, timeout: float = 10.0) -> Tuple[int, bytes]:
     elif n == 127:
         n = int.from_bytes(exact(8), "big")
     key = exact(4) if second & 0x80 else b"\0\0\0\0"
-    payload = bytes(b ^ key[i % 4] for i, b in enumerate(exact(n)))
-    return first & 0x0F, payload
+    head = exact(n if keep is None else min(n, keep))
+    left = n - len(head)
+    while left:
+        left -= len(exact(min(left, 1 << 20)))
+    return first & 0x0F, n, bytes(b ^ key[i % 4] for i, b in enumerate(head))
 
 
 def read_close(conn: socket.socket, timeout: float = 10.0) -> Optional[int]:

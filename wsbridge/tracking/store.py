@@ -21,11 +21,13 @@ import stat
 import struct
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ..errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
 from ..message import Message
 from .sequence import Positions
+
+S = TypeVar("S", bound="Store")
 
 
 class Store:
@@ -42,6 +44,13 @@ class Store:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def __enter__(self: "S") -> "S":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def positions(self) -> Positions:
         """Last contiguous sequence id stored per stream."""
@@ -471,13 +480,6 @@ class SQLiteStore(Store):
         if fd is not None:
             os.close(fd)
         self._unlock_writer()
-
-    def __enter__(self) -> "SQLiteStore":
-        self.open()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
