@@ -10,6 +10,7 @@ channel in order. The server's protocol is checked first with a client that is n
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional
@@ -82,6 +83,8 @@ def test_the_exchange_refuses_a_missing_or_expired_token_and_hands_out_fresh_one
         assert refused.response.status_code == 401
         assert refused.response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
     assert exchange.tokens_accepted == [token] and exchange.tokens_refused == 3
+    with pytest.raises(ValueError, match="token_ttl"):
+        ExchangeServer(token_ttl=0)
 
 
 def test_the_exchange_acks_subscriptions_numbers_each_channel_and_resumes_in_its_own_shape():
@@ -122,11 +125,12 @@ def test_the_exchange_acks_subscriptions_numbers_each_channel_and_resumes_in_its
 @pytest.mark.parametrize("joins, proxy", [("subscribe", None), ("hook", "socks5"), ("subscribe", "http")],
                          ids=["recorded-subscriptions", "connect-hook-through-pproxy-socks5", "through-pproxy-http"])
 def test_through_repeated_cuts_and_expired_tokens_nothing_is_lost_or_repeated_and_each_channel_stays_in_order(
-        joins, proxy, make_client, collector):
+        joins, proxy, make_client, collector, caplog):
     """Every round: updates on both channels, every token expires, then a cut (TCP, a
     close frame, or a restart with updates published while the server is down). Each
-    reconnect gets in with a token of its own, subscribes before anything else, then asks
-    for each channel from where it was, in the server's shape."""
+    reconnect gets in with a token of its own (never logged), subscribes before anything
+    else, then asks for each channel from where it was, in the server's shape."""
+    caplog.set_level(logging.DEBUG)
     with ExchangeServer() as exchange, (PProxy(proxy) if proxy else nullcontext()) as pproxy:
         options: Dict[str, Any] = dict(
             codec=JsonCodec(type_field="op", seq_field="seq", stream_field="channel"), resume=resume,
@@ -181,6 +185,8 @@ def test_through_repeated_cuts_and_expired_tokens_nothing_is_lost_or_repeated_an
     for connection in range(2, rounds + 2):
         assert ops(exchange, connection)[:3] == [*subscribes, "resume"], connection
     assert len(exchange.resume_requests) >= rounds
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("wsbridge") or r.name == "websocket")
+    assert logged and not [token for token in accepted if token in logged]
 
 
 def test_a_token_given_once_expires_and_the_reconnect_is_refused_with_401(make_client, collector):

@@ -134,6 +134,19 @@ def test_sample_exchange_feed_loses_nothing_through_expiring_tokens_a_proxy_and_
     assert "cut 1 (drop)" in out and "cut 2 (restart)" in out
 
 
+def test_sample_graphql_subscription_is_restored_after_the_server_restarts():
+    """Against strawberry-graphql under uvicorn (not ours): connection_init with the token
+    and its ack on both connections, then the subscription, sent again by the handshake."""
+    result = run("samples/graphql_subscription.py", timeout=90)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("connection_init sent, connection_ack received: {'welcome': True}") == 2, out
+    assert "subprotocol: graphql-transport-ws" in out
+    assert "subscription 1, ticks: [1, 2, 3, 4, 5]" in out and "subscription 2, ticks: [1, 2, 3, 4, 5]" in out, out
+    assert "disconnected, close code 1012" in out  # uvicorn's "service restart"
+    assert "2 connections; the subscription restored by the handshake" in out
+
+
 def test_demo_runs_through_chaos_and_loses_nothing():
     result = run("-m", "wsbridge", "demo", "--burst", "3000", "--seconds", "3", timeout=120)
     assert result.returncode == 0, result.stderr
