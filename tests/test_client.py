@@ -201,6 +201,8 @@ def test_wait_for_and_messages_leave_other_types_buffered(server, make_client):
     assert client.recv(timeout=10).payload == {"type": "ack", "id": 7}
     with pytest.raises(TimeoutError, match="of type ack"):
         client.wait_for("ack", timeout=0.05)
+    with pytest.raises(ValueError, match="a message type"):  # at once, not after the timeout
+        client.wait_for(lambda m: m.type == "ack", timeout=30)
 
 
 def test_pull_api_ends_when_the_client_stops(server, make_client):

@@ -113,6 +113,40 @@ def test_sample_redis_failover():
     assert "all 6000 handled: True" in out
 
 
+# Without pproxy (the import refused), the sample puts wsbridge.testing's CONNECT proxy in the path.
+WITHOUT_PPROXY = ("import runpy, sys; sys.modules['pproxy'] = None; sys.argv[0] = sys.argv.pop(1); "
+                  "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+@pytest.mark.parametrize("command, proxy", [(["samples/exchange_feed.py", "--seconds", "8"], "pproxy"),
+                                            (["-c", WITHOUT_PPROXY, "samples/exchange_feed.py", "--seconds", "5"],
+                                             "wsbridge.testing.ConnectProxy")], ids=["pproxy", "own-proxy"])
+def test_sample_exchange_feed_loses_nothing_through_expiring_tokens_a_proxy_and_cuts(command, proxy):
+    result = run(*command, timeout=90)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for channel in ("ticker.BTC", "ticker.ETH"):
+        assert re.search(rf"^{re.escape(channel)}: (\d+) updates published, \1 received, each once and in order: True$",
+                         out, re.M), out
+    tally = re.search(r"^(\d+) cuts, (\d+) connections through (.+), a token of its own each: True, refused: 0$", out, re.M)
+    assert tally and int(tally.group(1)) >= 3 and int(tally.group(2)) >= 2 and tally.group(3) == proxy, out
+    assert re.search(r"^duplicates dropped \d+, lost 0$", out, re.M), out
+    assert "cut 1 (drop)" in out and "cut 2 (restart)" in out
+
+
+def test_sample_graphql_subscription_is_restored_after_the_server_restarts():
+    """Against strawberry-graphql under uvicorn (not ours): connection_init with the token
+    and its ack on both connections, then the subscription, sent again by the handshake."""
+    result = run("samples/graphql_subscription.py", timeout=90)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("connection_init sent, connection_ack received: {'welcome': True}") == 2, out
+    assert "subprotocol: graphql-transport-ws" in out
+    assert "subscription 1, ticks: [1, 2, 3, 4, 5]" in out and "subscription 2, ticks: [1, 2, 3, 4, 5]" in out, out
+    assert "disconnected, close code 1012" in out  # uvicorn's "service restart"
+    assert "2 connections; the subscription restored by the handshake" in out
+
+
 def test_demo_runs_through_chaos_and_loses_nothing():
     result = run("-m", "wsbridge", "demo", "--burst", "3000", "--seconds", "3", timeout=120)
     assert result.returncode == 0, result.stderr

@@ -295,5 +295,8 @@ class Pulling:
         """The first buffered or future message of type ``mtype`` (matching
         ``predicate``), leaving other messages buffered."""
         self._check_pull("wait_for")
+        if not isinstance(mtype, str):  # else it would wait out its timeout for a type no message has
+            raise ValueError(f"wait_for takes a message type (a str) first, then a predicate, not a "
+                             f"{type(mtype).__name__}: wait_for('update', lambda m: ...)")
         return self._pull.get(timeout_arg(timeout), frozenset((mtype,)), predicate)
 

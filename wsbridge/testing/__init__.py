@@ -9,14 +9,19 @@ close frames with chosen codes; ``ConnectProxy`` is an HTTP CONNECT proxy
 (for ``http_proxy``). ``RawServer`` writes arbitrary bytes.
 ``Blackhole`` is a port whose TCP handshake is never answered (a host that
 is down). ``DocumentServer`` holds one JSON document that clients patch.
+``ExchangeServer`` is a market-data feed as exchanges run them: a bearer token
+that expires, subscriptions with acks, sequence numbers per channel and a
+resume request of its own shape.
 Needs the ``server`` extra.
 """
 
 from .blackhole import Blackhole
 from .chaos import ChaosReport, run_chaos
+from .exchange import ExchangeServer
 from .proxy import ConnectProxy, Proxy
 from .raw import RawServer
 from .rooms import DocumentServer
 from .server import Received, Server
 
-__all__ = ["Blackhole", "ChaosReport", "ConnectProxy", "DocumentServer", "run_chaos", "Proxy", "RawServer", "Received", "Server"]
+__all__ = ["Blackhole", "ChaosReport", "ConnectProxy", "DocumentServer", "ExchangeServer", "run_chaos", "Proxy", "RawServer",
+           "Received", "Server"]

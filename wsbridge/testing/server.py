@@ -226,6 +226,7 @@ class Server:
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
             self._peers.pop(ws, None)
+            self.on_disconnect(ws)
             with self._cond:
                 self._clients.discard(ws)
                 self._cond.notify_all()
@@ -234,6 +235,9 @@ class Server:
         """Greet a new client: send the script. Subclasses add their own greeting."""
         for item in self.script:
             await self._send_item(ws, item)
+
+    def on_disconnect(self, ws: ServerConnection) -> None:
+        """A connection is over (on the server's loop): subclasses let go of its state."""
 
     async def on_frame(self, ws: ServerConnection, data: Union[str, bytes]) -> None:
         """Handle one received frame: record, resume the feed, echo or broadcast."""
