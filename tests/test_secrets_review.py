@@ -176,7 +176,7 @@ def test_a_host_that_is_not_ascii_is_refused_with_its_idna_form():
 
 
 def test_a_path_or_query_that_is_not_ascii_is_refused_with_its_encoded_form():
-    with pytest.raises(ValueError, match=r"/caf%C3%A9\?q=%C3%A9"):
+    with pytest.raises(ValueError, match=r"/caf%C3%A9\?q=\*\*\*"):  # the query value masked, as every one
         wsbridge.Client("ws://127.0.0.1:9/café?q=é")
 
 
@@ -191,3 +191,93 @@ def test_the_command_lines_arguments_do_not_show_the_messages_send_was_given():
 
     args = build_parser().parse_args(["send", "ws://127.0.0.1:9/", "{\"token\": \"SEKRIT\"}"], namespace=Arguments())
     assert "SEKRIT" not in repr(args) and "<1 message(s)>" in repr(args)
+
+
+# -- the second review: redaction the first fixes missed, no_proxy, proxy credentials --------------
+
+
+@pytest.mark.parametrize("protocols, secret", [
+    (["token", "0f1e2d3c4b5a69788796a5b4c3d2e1f0a1b2c3d4"], "0f1e2d3c4b5a"),  # Deepgram's form
+    (["access_token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"], "eyJhbGci"),
+    (["chat", "A" * 40], "AAAAAAAA"),  # long enough to be a key itself
+])
+def test_a_key_offered_as_a_subprotocol_after_its_name_is_masked_everywhere(make_client, caplog, protocols, secret):
+    caplog.set_level("DEBUG")
+    with RawServer(respond=lambda request: accept_response(request)) as server:  # chooses none
+        client = make_client(server.url, subprotocols=protocols, backoff=wsbridge.NO_RETRY)
+        client.start()
+        with pytest.raises(wsbridge.ConnectError) as raised:
+            client.wait_connected(timeout=10)
+    for text in (str(raised.value), str(client.last_error), repr(client.options), caplog.text):
+        assert secret not in text, text[:400]
+    assert redact.redact_protocols(["graphql-transport-ws", "chat"]) == ["graphql-transport-ws", "chat"]
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("ws://APIKEY-VALUE:@h:1/", "APIKEY-VALUE"),
+    ("http://APIKEY-VALUE:@proxy:8011", "APIKEY-VALUE"),
+    ("http://user:8080/Se-cret@127.0.0.1:3128", "Se-cret"),
+    ("ws://user:2024/Se-cret@h/", "Se-cret"),
+])
+def test_redact_url_masks_a_key_in_the_user_part_and_a_password_urllib_reads_as_a_port(url, secret):
+    assert secret not in redact.redact_url(url), redact.redact_url(url)
+
+
+def test_a_proxy_given_a_key_as_its_user_shows_it_nowhere():
+    client = wsbridge.Client("ws://127.0.0.1:9/", proxy="http://APIKEY-VALUE:@127.0.0.1:8011")
+    assert "APIKEY-VALUE" not in repr(client.options) and "APIKEY-VALUE" not in repr(client.options.proxy_url)
+
+
+def test_a_signed_url_that_is_not_ascii_is_refused_without_showing_its_signature():
+    with pytest.raises(ValueError) as raised:
+        wsbridge.Client("ws://127.0.0.1:9/feed?sig=SIGNATURE-VALUE&room=café")
+    assert "SIGNATURE-VALUE" not in str(raised.value) and "percent-encode" in str(raised.value)
+
+
+@pytest.mark.parametrize("host, no_proxy, bypassed", [
+    ("localhost", [".host"], False),
+    ("evilinternal.example", [".internal.example"], False),
+    ("api.internal.example", [".internal.example"], True),
+    ("internal.example", [".internal.example"], True),
+    ("internal.example", ["internal.example"], True),
+    ("a.internal.example", ["internal.example"], True),
+    ("Example.COM", ["example.com:8080"], True),
+    ("10.1.2.3", ["10.0.0.0/8"], True),
+    ("11.1.2.3", ["10.0.0.0/8"], False),
+    ("::1", ["[::1]:80"], True),
+    ("anything", ["*"], True),
+    ("anything", [], False),
+])
+def test_no_proxy_names_a_host_at_a_label_boundary(host, no_proxy, bypassed):
+    from wsbridge.wire.proxies import bypasses
+
+    assert bypasses(host, no_proxy) is bypassed
+
+
+def test_an_empty_no_proxy_option_does_not_fall_back_to_the_environment(monkeypatch):
+    from wsbridge.wire.proxies import bypasses
+
+    monkeypatch.setenv("no_proxy", "example.com")
+    assert bypasses("example.com", None) and not bypasses("example.com", ())
+
+
+def test_a_proxy_user_without_a_password_sends_rfc_7617_basic_credentials(make_client):
+    """``user:`` (user-id, colon, empty password), never ``user`` alone."""
+    import base64
+
+    from wsbridge.testing import ConnectProxy
+
+    with RawServer() as server, ConnectProxy() as proxy:
+        client = make_client(server.url, proxy=f"http://KEY@127.0.0.1:{proxy.port}", backoff=wsbridge.NO_RETRY)
+        client.start().wait_connected(timeout=10)
+        [connect] = proxy.requests
+    assert f"Proxy-Authorization: Basic {base64.b64encode(b'KEY:').decode()}".encode() in connect
+
+
+def test_an_environment_proxy_that_cannot_work_gives_up_at_once(make_client, monkeypatch):
+    monkeypatch.setenv("http_proxy", "socks4://127.0.0.1:1080")
+    client = make_client("ws://127.0.0.1:9/", backoff=wsbridge.Backoff(initial=0.01))
+    client.start()
+    with pytest.raises(wsbridge.ConnectError, match="socks5"):
+        client.wait_connected(timeout=10)
+    assert client.state == "gave_up"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import List, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
@@ -20,6 +20,10 @@ def redact_url(url: str) -> str:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:  # not a URL urllib can split ("ws://[::1/", "ws://u:pa/ss@h/"): the suspect part masked
         return _redact_unsplittable(url)
+    if "@" not in parts.netloc and ":" in parts.netloc and "@" in parts.path:
+        # "user:8080/Secret@host": urllib reads a password of digits, then '/', as a port
+        # and a path. Read so, the URL could not work: mask up to the '@' to be safe.
+        return _redact_unsplittable(url)
     return urlunsplit((parts.scheme, _mask_userinfo(parts.netloc), _mask_params(parts.path), _mask_query(parts.query), ""))
 
 
@@ -28,7 +32,7 @@ def _redact_unsplittable(url: str) -> str:
     at = rest.rfind("@")
     if at >= 0:  # a password holding '/', '?' or '#' hides where the user info ends: mask up to the last '@'
         userinfo, rest = rest[:at], rest[at + 1:]
-        netloc_prefix = f"{userinfo.split(':', 1)[0]}:{MASK}@" if ":" in userinfo else f"{MASK}@"
+        netloc_prefix = _shown_userinfo(userinfo) + "@"
     else:
         netloc_prefix = ""
     base, sep, query = rest.split("#", 1)[0].partition("?")  # the fragment goes, as urlunsplit drops it
@@ -48,11 +52,17 @@ def _mask_params(path: str) -> str:
 
 
 def _mask_userinfo(netloc: str) -> str:
-    """``user:password@host`` -> ``user:***@host``; a user alone may be a token: ``***@host``."""
+    """``user:password@host`` -> ``user:***@host``; a user alone may be a token
+    (``TOKEN@host``, ``APIKEY:@host``, as some services spell an API key): ``***@host``."""
     if "@" not in netloc:
         return netloc
     userinfo, _, host = netloc.rpartition("@")
-    return f"{userinfo.split(':', 1)[0]}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    return f"{_shown_userinfo(userinfo)}@{host}"
+
+
+def _shown_userinfo(userinfo: str) -> str:
+    user, colon, password = userinfo.partition(":")
+    return f"{user}:{MASK}" if colon and password else MASK
 
 
 def redact_protocol(protocol: str) -> str:
@@ -63,6 +73,20 @@ def redact_protocol(protocol: str) -> str:
         head, dot, _ = protocol.rpartition(".")
         return f"{head}{dot}{MASK}" if dot and not _SECRET_KEY.search(_) else MASK
     return protocol
+
+
+def redact_protocols(protocols: Sequence[str]) -> List[str]:
+    """Offered subprotocols as logs and errors show them: each through `redact_protocol`,
+    and masked whole when it follows a credential's name (``["token", KEY]``,
+    ``["access_token", JWT]``, as some services take a key) or is long enough to be a
+    key itself (32 characters or more)."""
+    shown: List[str] = []
+    after_name = False
+    for protocol in protocols:
+        named = bool(_SECRET_KEY.search(protocol))
+        shown.append(MASK if after_name or (len(protocol) >= 32 and not named) else redact_protocol(protocol))
+        after_name = named
+    return shown
 
 
 def without_traceback(error: Optional[BaseException]) -> Optional[BaseException]:

@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import HandshakeError, UpgradeRefused, preview
-from ..redact import redact_protocol, redact_url
+from ..redact import redact_protocols, redact_url
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -202,14 +202,13 @@ class Handshake(HttpHead):
             raise HandshakeError(f"the upgrade response has no 'Connection: Upgrade' (got {fields.get('connection')!r})")
         chosen = _tokens(fields.get("sec-websocket-protocol", []))
         offered = _tokens(request.get("sec-websocket-protocol", []))
-        if len(chosen) > 1 or (chosen and chosen[0] not in offered):
-            raise HandshakeError(
-                f"the server chose subprotocol {', '.join(redact_protocol(p) for p in chosen)[:80]!r}, but the "
-                "client offered " + (", ".join(repr(redact_protocol(p)) for p in offered) or "none")
-            )
-        if offered and not chosen:  # websocket-client would refuse it too, less clearly
-            raise HandshakeError("the server chose none of the subprotocols offered "
-                                 f"({', '.join(repr(redact_protocol(p)) for p in offered)})")
+        if len(chosen) > 1 or (chosen and chosen[0] not in offered) or (offered and not chosen):
+            shown = dict(zip(offered, redact_protocols(offered), strict=True))
+            offers = ", ".join(repr(shown[p]) for p in offered) or "none"
+            if not chosen:  # websocket-client would refuse it too, less clearly
+                raise HandshakeError(f"the server chose none of the subprotocols offered ({offers})")
+            picked = ", ".join(shown.get(p) or redact_protocols([p])[0] for p in chosen)
+            raise HandshakeError(f"the server chose subprotocol {picked[:80]!r}, but the client offered {offers}")
         extensions = _tokens(fields.get("sec-websocket-extensions", []))
         if extensions:  # none is implemented, so none can be in use
             raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {extensions!r}")

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import quote, urlsplit
 
-from ..errors import ConnectError
-from ..redact import MASK, redact_headers, redact_protocol, redact_url
+from ..errors import ConnectError, HandshakeError
+from ..redact import MASK, redact_headers, redact_protocols, redact_url
 from .proxies import ProxyURL, check_no_proxy, choose_proxy, parse_proxy
 from .wsclient import parse_url
 
@@ -99,7 +99,7 @@ class ConnectOptions:
             headers=CALLABLE if callable(self.headers) else dict.fromkeys(self.headers, MASK),
             sslopt=redact_headers(self.sslopt) if self.sslopt else self.sslopt,
             subprotocols=CALLABLE if callable(self.subprotocols)
-            else [redact_protocol(p) for p in self.subprotocols] if self.subprotocols else self.subprotocols,
+            else redact_protocols(self.subprotocols) if self.subprotocols else self.subprotocols,
             cookie=CALLABLE if callable(self.cookie) else (MASK if self.cookie else self.cookie),
             proxy=redact_url(self.proxy) if self.proxy else self.proxy,
         )
@@ -158,8 +158,8 @@ class ConnectOptions:
             proxy = choose_proxy(hostname, secure, self.proxy_url, self.no_proxy)
             if secure and proxy is not None and proxy.scheme == "https":
                 raise ValueError(TLS_IN_TLS)
-        except ValueError as exc:
-            raise ConnectError(str(exc)) from None
+        except ValueError as exc:  # the environment's proxy cannot work: retrying cannot help
+            raise HandshakeError(str(exc), fatal=True) from None
         return Attempt(url, lines, subprotocols, "; ".join(cookies) or None, origin, host, suppress_origin, proxy, self.fresh)
 
 
@@ -349,8 +349,8 @@ def check_url(url: str) -> None:
     if bad is not None:  # they would reach the request line, Host and a proxy's CONNECT as they are
         raise ValueError(f"the URL holds the control character {url[bad]!r} at position {bad} (percent-encode it)")
     if not (parts.path + parts.query).isascii():  # the request line is ASCII (RFC 9112 §3.2)
-        raise ValueError(f"the URL's path or query is not ASCII: percent-encode it "
-                         f"({quote(parts.path + ('?' + parts.query if parts.query else ''), safe=_URL_SAFE)!r})")
+        encoded = parts._replace(path=quote(parts.path, safe=_URL_SAFE), query=quote(parts.query, safe=_URL_SAFE))
+        raise ValueError(f"the URL's path or query is not ASCII: percent-encode it ({redact_url(encoded.geturl())!r})")
     if not parts.hostname:
         raise ValueError(f"the URL names no host: {redact_url(url)!r}")
     if not parts.hostname.isascii():  # it would go out as raw UTF-8 in Host and CONNECT

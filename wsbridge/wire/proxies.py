@@ -3,7 +3,7 @@
 `choose_proxy` picks the proxy for a server: the client's ``proxy`` option, else
 the environment's (``http_proxy`` for ws://, ``https_proxy`` for wss://, as
 websocket-client reads them), unless ``no_proxy`` (the option, else the
-environment's, matched as websocket-client matches it) names the host. `tunnel`
+environment's; `bypasses`) names the host. `tunnel`
 opens the way to the server through it: HTTP CONNECT (``http://``, and
 ``https://``, the same spoken over TLS to the proxy, which `wsbridge.wire.dial`
 sets up) with Basic credentials, or SOCKS5 (RFC 1928) with a username and
@@ -29,7 +29,6 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConnectError, HandshakeError
 from ..redact import redact_url
 from .handshake import HttpHead, parse_head, parse_status, refusal
-from .wsclient import get_proxy_info
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
 """The proxy schemes wsbridge speaks, and the port of each when the URL names none
@@ -60,7 +59,8 @@ class ProxyURL:
         return f"{self.scheme}://{host_port(self.host, self.port)}"
 
     def __repr__(self) -> str:
-        user = f"{self.username}:***@" if self.password is not None else ("***@" if self.username else "")
+        # A user with no password may be a key itself (``APIKEY:@proxy``): masked too.
+        user = f"{self.username}:***@" if self.password else ("***@" if self.username else "")
         return f"ProxyURL('{self.scheme}://{user}{host_port(self.host, self.port)}')"
 
 
@@ -117,13 +117,49 @@ def choose_proxy(hostname: str, secure: bool, proxy: Optional[ProxyURL], no_prox
     """The proxy to reach ``hostname`` through (None: go direct): ``proxy``, else the
     environment's; none when ``no_proxy`` (None: the environment's) names the host.
     `ValueError` for an environment variable that is not a proxy URL."""
-    if get_proxy_info(hostname, secure, "proxy", 1, None, list(no_proxy) if no_proxy else None)[0] is None:
-        return None  # websocket-client's reading of no_proxy: names, .domains, addresses, networks, *
+    if bypasses(hostname, no_proxy):
+        return None
     if proxy is not None:
         return proxy
     name = "https_proxy" if secure else "http_proxy"
     value = os.environ.get(name, os.environ.get(name.upper(), "")).replace(" ", "")
     return parse_proxy(value, f"the environment's {name}") if value else None
+
+
+def bypasses(hostname: str, no_proxy: Optional[Sequence[str]]) -> bool:
+    """Does ``no_proxy`` (None: the environment's ``no_proxy``; an empty one: nothing)
+    name ``hostname``? ``*`` names every host; an address, a network (``10.0.0.0/8``)
+    the addresses in it; a name (``example.com`` or ``.example.com``) that host and
+    the hosts under it, at a label boundary (``.internal.example`` does not name
+    ``evilinternal.example``, and ``.host`` not ``localhost``). A ``:port`` on an entry
+    is ignored, as curl does."""
+    if no_proxy is None:
+        env = os.environ.get("no_proxy", os.environ.get("NO_PROXY", ""))
+        no_proxy = [entry.strip() for entry in env.split(",") if entry.strip()]
+    host = hostname.lower().rstrip(".").strip("[]")
+    try:
+        address: Optional[Union[ipaddress.IPv4Address, ipaddress.IPv6Address]] = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy:
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        if entry.startswith("[") and "]" in entry:  # [::1]:8080
+            entry = entry[1:entry.index("]")]
+        elif entry.count(":") == 1:  # name:port
+            entry = entry.partition(":")[0]
+        if address is not None:
+            try:
+                if address in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        name = entry.lstrip(".").rstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 def host_port(host: str, port: int) -> str:
@@ -190,7 +226,7 @@ def _connect(talk: _Exchange, proxy: ProxyURL, where: str) -> None:
     true; a 407 is fatal: the credentials are wrong or missing)."""
     request = f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\n"
     if proxy.username:
-        credentials = proxy.username + (f":{proxy.password}" if proxy.password else "")
+        credentials = f"{proxy.username}:{proxy.password or ''}"  # RFC 7617: user-id ":" password, always
         request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
     step = f"CONNECT {where}"
     talk.send((request + "\r\n").encode(), step)

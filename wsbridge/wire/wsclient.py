@@ -23,10 +23,10 @@ import websocket
 from websocket import ABNF, WebSocketApp, _handshake
 from websocket._http import _ssl_socket as ssl_socket  # TLS wrapping with websocket-client's sslopt meaning
 from websocket._socket import send as socket_send  # the stock dispatcher's send
-from websocket._url import get_proxy_info, parse_url
+from websocket._url import parse_url
 
 __all__ = [
-    "ABNF", "App", "CONTRACT", "get_proxy_info", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
+    "ABNF", "App", "CONTRACT", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
     "close_frame_sent", "frame_bytes", "ping_times", "pong_received", "stop_running",
 ]
 
@@ -180,11 +180,6 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: _params(ssl_socket)[:3] == ["sock", "user_sslopt", "hostname"]),
     ("websocket._url.parse_url -> (host, port, resource, secure)",
      lambda: parse_url("wss://h:1/p") == ("h", 1, "/p", True)),
-    ("websocket._url.get_proxy_info(hostname, is_secure, proxy_host, proxy_port, proxy_auth, no_proxy): None first "
-     "for a host no_proxy names (wsbridge.wire.proxies reads no_proxy through it)",
-     lambda: _params(get_proxy_info)[:6] == ["hostname", "is_secure", "proxy_host", "proxy_port", "proxy_auth", "no_proxy"]
-     and get_proxy_info("h.example", False, "p", 1, None, [".example"])[0] is None
-     and get_proxy_info("h.example", False, "p", 1, None, ["other"])[0] == "p"),
     ("WebSocketApp.run_forever reads self.url, self.header, self.cookie and self.subprotocols when it connects "
      "(wsbridge.wire.connection sets them for each attempt)",
      lambda: all(f"self.{a}" in _RUN_FOREVER for a in ("url", "header", "cookie", "subprotocols"))),
