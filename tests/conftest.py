@@ -9,9 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import Request, ServerConnection, serve
 
 import wsbridge
 from wsbridge.testing import Server
@@ -158,6 +160,101 @@ class PProxy:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class Feed:
+    """A `websockets` sync server on 127.0.0.1 (the library's, not ours) that keeps every
+    upgrade request (`requests`), answers it with ``answer(connection, request)`` (None:
+    accept), keeps every frame received as ``(connection number, data)`` (`received`;
+    connections are numbered from 1 as they open), and echoes it to its connection.
+    `send` sends to every open connection; `drop` closes them (1012). Other keyword
+    arguments go to `websockets.sync.server.serve` (``ssl``, ``subprotocols``,
+    ``origins``, ...)."""
+
+    def __init__(self, answer: Optional[Callable[[ServerConnection, Request], Any]] = None, **kwargs: Any) -> None:
+        self.requests: List[Request] = []
+        self.received: List[Tuple[int, Union[str, bytes]]] = []
+        self.opened = 0
+        self._answer = answer
+        self._conns: set = set()
+        self._cond = threading.Condition()
+        self._server = serve(self._handler, "127.0.0.1", 0, process_request=self._process, **kwargs)
+        self.port = self._server.socket.getsockname()[1]
+        self.scheme = "wss" if kwargs.get("ssl") else "ws"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="test-feed", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}/feed"
+
+    def _process(self, connection: ServerConnection, request: Request) -> Any:
+        with self._cond:
+            self.requests.append(request)
+            self._cond.notify_all()
+        return self._answer(connection, request) if self._answer else None
+
+    def _handler(self, ws: ServerConnection) -> None:
+        with self._cond:
+            self.opened += 1
+            number = self.opened
+            self._conns.add(ws)
+            self._cond.notify_all()
+        try:
+            for message in ws:
+                with self._cond:
+                    self.received.append((number, message))
+                    self._cond.notify_all()
+                ws.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._cond:
+                self._conns.discard(ws)
+                self._cond.notify_all()
+
+    def wait_opened(self, n: int, timeout: float = 10.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.opened >= n, timeout), f"{n} connection(s) did not open: {self.opened}"
+
+    def wait_requests(self, n: int, timeout: float = 10.0) -> List[Request]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.requests) >= n, timeout), f"{len(self.requests)} of {n} requests"
+            return list(self.requests)
+
+    def wait_received(self, n: int, timeout: float = 10.0) -> List[Tuple[int, Union[str, bytes]]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.received) >= n, timeout), \
+                f"{len(self.received)} of {n} frames: {self.received}"
+            return list(self.received)
+
+    def on(self, connection: int) -> List[Union[str, bytes]]:
+        """What connection number ``connection`` sent, in order."""
+        with self._cond:
+            return [data for number, data in self.received if number == connection]
+
+    def send(self, *messages: Union[str, bytes]) -> None:
+        """Send ``messages`` to every open connection (waits until one is open)."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._conns, 10), "no connection is open"
+            conns = list(self._conns)
+        for ws in conns:
+            for message in messages:
+                ws.send(message)
+
+    def drop(self) -> None:
+        with self._cond:
+            conns = list(self._conns)
+        for ws in conns:
+            ws.close(1012, "service restart")
+
+    def __enter__(self) -> "Feed":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.drop()
+        self._server.shutdown()
+        self._thread.join(10)
 
 
 def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:

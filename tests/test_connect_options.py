@@ -19,8 +19,7 @@ from http import HTTPStatus
 from typing import Any, Callable, List, Optional
 
 import pytest
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import Request, ServerConnection, serve
+from websockets.sync.server import Request, ServerConnection
 
 import wsbridge
 from wsbridge.runtime.policy import Ending, ReconnectPolicy
@@ -28,74 +27,9 @@ from wsbridge.testing import RawServer, Server
 from wsbridge.testing.raw import accept_response
 from wsbridge.wire.buffered import BufferedSocket
 
-from conftest import PProxy, wait_until
+from conftest import Feed, PProxy, wait_until
 
 FAST = wsbridge.Backoff(initial=0.05, max_delay=0.2, jitter=0)
-
-
-class Feed:
-    """A `websockets` sync server on 127.0.0.1 that keeps every upgrade request
-    (`requests`), answers it with ``answer(connection, request)`` (None: accept), and
-    echoes what each connection sends. `drop` closes every open connection (1012)."""
-
-    def __init__(self, answer: Optional[Callable[[ServerConnection, Request], Any]] = None, **kwargs: Any) -> None:
-        self.requests: List[Request] = []
-        self.opened = 0
-        self._answer = answer
-        self._conns: set = set()
-        self._cond = threading.Condition()
-        self._server = serve(self._handler, "127.0.0.1", 0, process_request=self._process, **kwargs)
-        self.port = self._server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="test-feed", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/feed"
-
-    def _process(self, connection: ServerConnection, request: Request) -> Any:
-        with self._cond:
-            self.requests.append(request)
-            self._cond.notify_all()
-        return self._answer(connection, request) if self._answer else None
-
-    def _handler(self, ws: ServerConnection) -> None:
-        with self._cond:
-            self.opened += 1
-            self._conns.add(ws)
-            self._cond.notify_all()
-        try:
-            for message in ws:
-                ws.send(message)
-        except ConnectionClosed:
-            pass
-        finally:
-            with self._cond:
-                self._conns.discard(ws)
-                self._cond.notify_all()
-
-    def wait_opened(self, n: int, timeout: float = 10.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.opened >= n, timeout), f"{n} connection(s) did not open: {self.opened}"
-
-    def wait_requests(self, n: int, timeout: float = 10.0) -> List[Request]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.requests) >= n, timeout), f"{len(self.requests)} of {n} requests"
-            return list(self.requests)
-
-    def drop(self) -> None:
-        with self._cond:
-            conns = list(self._conns)
-        for ws in conns:
-            ws.close(1012, "service restart")
-
-    def __enter__(self) -> "Feed":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.drop()
-        self._server.shutdown()
-        self._thread.join(10)
 
 
 @pytest.fixture

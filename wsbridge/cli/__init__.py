@@ -1,4 +1,4 @@
-"""The ``wsbridge`` command: listen, send, serve, history, demo."""
+"""The ``wsbridge`` command: listen, connect, send, serve, history, bridge, consume, demo."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from ..redact import MASK, redact_url
-from . import bridge, consume, history, listen, send, serve
-from .common import EXIT_CODES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, positive_float, positive_int
+from ..redact import MASK, redact_protocol, redact_url
+from . import bridge, connect, consume, history, listen, send, serve
+from .common import (
+    EXIT_CODES,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    IntermixedParser,
+    positive_float,
+    positive_int,
+)
 
 __all__ = ["main", "build_parser", "Arguments", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -36,13 +46,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 class Arguments(argparse.Namespace):
     """The parsed command line. Its ``repr`` masks what may be secret (a URL's
-    password and tokens, every ``--header`` value, the messages ``send`` was given,
-    which may log in): tracebacks that show local variables print it."""
+    password and tokens, every ``--header`` value, the messages ``send`` was given
+    and ``--send-on-connect``'s, which may log in, subprotocols that look like
+    credentials): tracebacks that show local variables print it."""
 
     def __repr__(self) -> str:
         shown = {
             name: [f"{h.partition(':')[0]}: {MASK}" if ":" in h else MASK for h in value] if name == "header"
-            else f"<{len(value)} message(s)>" if name == "messages" and isinstance(value, list)
+            else f"<{len(value)} message(s)>" if name in ("messages", "send_on_connect") and isinstance(value, list)
+            else [redact_protocol(p) for p in value] if name == "subprotocol" and isinstance(value, list)
             else redact_url(value) if isinstance(value, str) and "://" in value else value
             for name, value in vars(self).items() if name != "func"
         }
@@ -54,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"wsbridge {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (listen, send, serve, history, bridge, consume):
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
+    for module in (listen, connect, send, serve, history, bridge, consume):
         module.add_parser(sub, EXIT_CODES)
     demo = sub.add_parser(
         "demo",

@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any
 
-from ..codecs import codec_by_name
+from ..client import Client
 from ..redact import redact_url
 from ..runtime.backoff import Backoff
 from .common import (
@@ -18,7 +18,9 @@ from .common import (
     EXIT_USAGE,
     CliError,
     add_connection_options,
-    parse_headers,
+    add_handshake_options,
+    cli_words,
+    client_options,
     positive_float,
     positive_int,
     require_redis,
@@ -40,6 +42,8 @@ EPILOG = """\
 examples:
   wsbridge bridge wss://feed.example.org/v1 --redis redis://10.0.0.5:6379/0 --feed trades
   wsbridge bridge ws://127.0.0.1:8765/ --redis redis://127.0.0.1:6379/0 --maxlen 1000000
+  wsbridge bridge wss://stream.example.com/ws --redis redis://127.0.0.1:6379/0 --feed trades \\
+      --send-on-connect '{"op": "subscribe", "channel": "trades"}' --bearer-env FEED_TOKEN
 
 """
 
@@ -58,6 +62,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
                         help="messages kept locally while Redis is unreachable (default: 100000)")
     parser.add_argument("--lease-ttl", type=positive_float, default=5.0, metavar="S",
                         help="seconds before a standby takes over from a dead bridge (default: 5)")
+    add_handshake_options(parser)
     add_connection_options(parser)
     parser.set_defaults(func=run)
     return parser
@@ -75,14 +80,13 @@ def run(args: argparse.Namespace) -> int:
         with lock:
             print(f"wsbridge: bridge {args.feed}: {text}", file=sys.stderr, flush=True)
 
-    sslopt = {"ca_certs": args.ca_file} if args.ca_file else None
+    options = dict(client_options(args), backoff=Backoff(), resume=args.codec == "wsbridge")
     try:
+        Client(args.url, **options)  # checks every option now, as the bridge's clients will (never started)
         bridge = Bridge(args.url, args.redis, feed=args.feed, prefix=args.prefix, maxlen=args.maxlen,
-                        buffer_size=args.buffer, lease_ttl=args.lease_ttl, on_event=say,
-                        codec=codec_by_name(args.codec), headers=parse_headers(args.header), sslopt=sslopt,
-                        connect_timeout=args.connect_timeout, backoff=Backoff(), resume=args.codec == "wsbridge")
+                        buffer_size=args.buffer, lease_ttl=args.lease_ttl, on_event=say, **options)
     except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise CliError(cli_words(str(exc)), EXIT_USAGE) from None
     signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
     interrupted = False
     worker = threading.Thread(target=bridge.run, name="wsbridge-bridge", daemon=True)

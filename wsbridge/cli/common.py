@@ -13,22 +13,24 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 import websocket
 
 from ..client import Client
-from ..codecs import CODECS, JsonCodec, codec_by_name
+from ..codecs import CODECS, JsonCodec, PipeCodec, codec_by_name
 from ..errors import (  # CliError: defined in errors.py, importable here as before
     CliError,
     ConnectError,
+    ProtocolError,
     StoreError,
     UpgradeRefused,
     preview,
 )
 from ..message import Message
-from ..redact import redact_url
+from ..redact import redact_protocol, redact_url
 from ..runtime.backoff import NO_RETRY, Backoff
+from ..runtime.session import Session
 from ..tracking.store import check_store_path as check_path
 from ..wire.handshake import REDIRECTS
 from ..wire.options import check_headers
@@ -70,6 +72,23 @@ non_negative_int = _number(int, 0, True)
 positive_float = _number(float, 0, False)
 non_negative_float = _number(float, 0, True)
 port_number = _number(int, 0, True, 65535)
+ping_seconds = _number(float, 0, True, 3600)  # inf would be no pings: 0 says so
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its options anywhere among the positional
+    arguments (``send URL --timeout 3 MSG``), as `parse_intermixed_args` does."""
+
+    _inside = False  # parse_known_intermixed_args calls parse_known_args itself
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -79,23 +98,129 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                             "stream fields: dedup and resume; for `wsbridge serve`)")
     group.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                        help="HTTP header for the handshake, repeatable (values are never logged)")
+    group.add_argument("--header-env", action="append", default=[], metavar="NAME=VAR",
+                       help="HTTP header whose value is read from the environment variable VAR, so that a secret is "
+                            "never typed on the command line; repeatable, e.g. --header-env 'X-Api-Key=FEED_KEY'")
+    group.add_argument("--bearer-env", metavar="VAR",
+                       help="send 'Authorization: Bearer $VAR' (the token read from the environment variable VAR), "
+                            "e.g. --bearer-env FEED_TOKEN")
+    group.add_argument("--origin", metavar="ORIGIN",
+                       help="the Origin header, for servers that check it, e.g. --origin https://app.example.org")
+    group.add_argument("--subprotocol", action="append", default=[], metavar="NAME",
+                       help="offer subprotocol NAME (Sec-WebSocket-Protocol), repeatable, in order of preference, "
+                            "e.g. --subprotocol graphql-transport-ws")
+    group.add_argument("--proxy", metavar="URL",
+                       help="connect through this proxy: http://[user:pass@]host:port (HTTP CONNECT), https://..., "
+                            "socks5:// or socks5h://, e.g. --proxy socks5h://127.0.0.1:1080 (default: the "
+                            "environment's http_proxy / https_proxy)")
     group.add_argument("--ca-file", metavar="FILE",
                        help="PEM file of CA certificates to trust for wss:// (a private CA); "
                             "certificates and host names are always verified")
+    group.add_argument("--cert", metavar="FILE",
+                       help="wss://: a client certificate to present (PEM; with its key, unless the file holds it), "
+                            "e.g. --cert me.pem --key me.key")
+    group.add_argument("--key", metavar="FILE", help="the private key of --cert (PEM, not encrypted)")
     group.add_argument("--connect-timeout", type=positive_float, default=10.0, metavar="S",
                        help="seconds for one connection attempt: TCP, TLS and the upgrade (default: 10)")
+    group.add_argument("--ping-interval", type=ping_seconds, default=20.0, metavar="S",
+                       help="send a ping every S seconds; a pong must come within S/2 (at most 10 s) or the "
+                            "connection counts as dead and is made again; 0: no pings (default: 20), "
+                            "e.g. --ping-interval 5")
 
 
-def parse_headers(values: List[str]) -> Dict[str, str]:
-    """The ``--header`` values as a dict, checked as the library checks them (so that
-    a command that makes its client later, ``bridge``, refuses them up front too)."""
-    headers: Dict[str, str] = {}
+def add_codec_options(parser: argparse.ArgumentParser, *, tracking: bool) -> None:
+    """``--type-field`` and ``--default-type``; with ``tracking``, the fields that turn
+    on dedup and sequence tracking too."""
+    group = parser.add_argument_group("message fields (JSON)")
+    group.add_argument("--type-field", metavar="NAME",
+                       help="the field that holds the message type, or a dotted path to it (default: type), "
+                            "e.g. --type-field event or --type-field data.type")
+    group.add_argument("--default-type", metavar="T",
+                       help="the type of objects without that field (default: such an object is a decode error)")
+    if not tracking:
+        return
+    group.add_argument("--seq-field", metavar="NAME",
+                       help="the field that holds the sequence number (an integer, per stream): messages are then "
+                            "put in order, duplicates dropped and gaps counted, e.g. --seq-field seq")
+    group.add_argument("--id-field", metavar="NAME",
+                       help="the field that holds a message id: a message whose id was seen is dropped as a "
+                            "duplicate, e.g. --id-field id")
+    group.add_argument("--stream-field", metavar="NAME",
+                       help="the field that names the stream (channel, symbol) that --seq-field counts in, "
+                            "e.g. --stream-field channel")
+
+
+def add_handshake_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("on every connect")
+    group.add_argument("--send-on-connect", action="append", default=[], metavar="MSG",
+                       help="send MSG first on every connection (a login, a subscribe), before anything else; "
+                            "repeatable, sent in order; checked against --codec before connecting, e.g. "
+                            "--send-on-connect '{\"op\": \"subscribe\", \"channel\": \"trades\"}'")
+
+
+def check_message(text: str, codec: str) -> None:
+    """`CliError` (exit 2) for a message the codec would refuse, or that is not text
+    (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = ord(text[exc.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
+        raise CliError(f"not valid UTF-8 ({what} at character {exc.start + 1}): {text[:80]!r}", EXIT_USAGE) from None
+    if codec in ("json", "wsbridge"):
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"not valid JSON ({exc}): {text[:80]!r}", EXIT_USAGE) from None
+    elif codec == "pipe":
+        try:
+            PipeCodec().decode(text.encode("utf-8"), False)
+        except ProtocolError as exc:
+            raise CliError(f"not a valid pipe message: {exc}", EXIT_USAGE) from None
+
+
+class SendOnConnect:
+    """The connect hook of ``--send-on-connect``: its messages, in order, first on every
+    connection. Its repr (in the error of a hook that failed) does not show them: a
+    login may carry a secret."""
+
+    def __init__(self, messages: List[str]) -> None:
+        self.messages = list(messages)
+
+    def __call__(self, session: Session) -> None:
+        for text in self.messages:
+            session.send(text)
+
+    def __repr__(self) -> str:
+        return f"--send-on-connect ({len(self.messages)} message(s))"
+
+
+def parse_headers(values: List[str], env_values: Optional[List[str]] = None, bearer_env: Optional[str] = None) -> Dict[str, str]:
+    """The ``--header`` values, then those of ``--header-env`` and ``--bearer-env``
+    (read from the environment now), as a dict, checked as the library checks them
+    (so that a command that makes its client later, ``bridge``, refuses them up front
+    too). No message here shows a value: it may be a secret."""
+    pairs: List[Tuple[str, str]] = []
     for value in values:
         name, sep, text = value.partition(":")
         if not sep or not name.strip():
             raise CliError("--header wants 'NAME: VALUE': one has no name before a ':' (not shown: it may be a secret)",
                            EXIT_USAGE)
-        headers[name.strip()] = text.strip()
+        pairs.append((name.strip(), text.strip()))
+    for value in env_values or ():
+        name, sep, variable = value.partition("=")
+        if not sep or not name.strip() or not variable.strip():
+            raise CliError(f"--header-env wants NAME=VAR (the header's name, the environment variable that holds its "
+                           f"value), not {value!r}", EXIT_USAGE)
+        pairs.append((name.strip(), _environment(variable.strip(), f"--header-env {name.strip()}")))
+    if bearer_env is not None:
+        pairs.append(("Authorization", "Bearer " + _environment(bearer_env, "--bearer-env")))
+    headers: Dict[str, str] = {}
+    for name, text in pairs:
+        if any(name.lower() == known.lower() for known in headers):
+            raise CliError(f"header {name!r} is given twice (--header, --header-env and --bearer-env add to each other)",
+                           EXIT_USAGE)
+        headers[name] = text
     try:
         check_headers(headers)
     except ValueError as exc:
@@ -103,38 +228,91 @@ def parse_headers(values: List[str]) -> Dict[str, str]:
     return headers
 
 
+def _environment(variable: str, option: str) -> str:
+    """The value of environment variable ``variable`` (`CliError`, exit 2, naming it, if
+    it is not set or empty)."""
+    value = os.environ.get(variable)
+    if not value:
+        raise CliError(f"{option}: the environment variable {variable} is {'empty' if value == '' else 'not set'}",
+                       EXIT_USAGE)
+    return value
+
+
+LIBRARY_WORDS = (("sslopt['ca_certs']", "--ca-file"), ("sslopt['certfile']", "--cert"), ("sslopt['keyfile']", "--key"),
+                 ("an encrypted key needs sslopt['password']", "an encrypted key is not supported: give it unencrypted"))
+"""What the library's messages call an option, and what a person typed instead."""
+
+
+def client_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The `Client` options of the connection options (and the codec and handshake
+    options, where the command has them); `CliError` (exit 2) for any that cannot work."""
+    url = args.url.lower()
+    sslopt: Dict[str, Any] = {}
+    for option, key in (("ca_file", "ca_certs"), ("cert", "certfile"), ("key", "keyfile")):
+        path = getattr(args, option, None)
+        if path:
+            if not url.startswith("wss://"):
+                raise CliError(f"--{option.replace('_', '-')} goes with a wss:// URL (a ws:// connection has no TLS)",
+                               EXIT_USAGE)
+            sslopt[key] = path  # checked by the client (PEM certificates, a key that goes with them)
+    if "keyfile" in sslopt and "certfile" not in sslopt:
+        raise CliError("--key goes with --cert (the client certificate it is the key of)", EXIT_USAGE)
+    options: Dict[str, Any] = dict(
+        codec=make_codec(args),
+        headers=parse_headers(args.header, args.header_env, args.bearer_env),
+        sslopt=sslopt or None,
+        connect_timeout=args.connect_timeout,
+        origin=args.origin,
+        subprotocols=args.subprotocol or None,
+        proxy=args.proxy,
+        ping_interval=args.ping_interval,
+        ping_timeout=min(10.0, args.ping_interval / 2),
+    )
+    messages = getattr(args, "send_on_connect", None)
+    if messages:
+        for number, text in enumerate(messages, 1):
+            try:
+                check_message(text, args.codec)
+            except CliError as exc:
+                raise CliError(f"--send-on-connect {number}: {exc}", exc.code) from None
+        options["on_connect"] = SendOnConnect(messages)
+    return options
+
+
 def make_client(args: argparse.Namespace, *, retry: bool = True, **options: Any) -> Client:
     """A client from the connection options (`CliError` on a bad URL or option)."""
-    sslopt = None
-    if getattr(args, "ca_file", None):
-        if not args.url.lower().startswith("wss://"):
-            raise CliError("--ca-file goes with a wss:// URL (a ws:// connection has no TLS)", EXIT_USAGE)
-        sslopt = {"ca_certs": args.ca_file}  # checked by the client (a file of PEM certificates)
     try:
         return Client(
             args.url,
-            codec=make_codec(args),
-            headers=parse_headers(args.header),
-            sslopt=sslopt,
-            connect_timeout=args.connect_timeout,
             backoff=Backoff() if retry else NO_RETRY,
             name="wsbridge-cli",
-            **{"resume": args.codec == "wsbridge", **options},  # only a server of wsbridge's conventions understands it
+            # resume: only a server of wsbridge's conventions understands its request
+            **{**client_options(args), "resume": args.codec == "wsbridge", **options},
         )
-    except ValueError as exc:  # the library names sslopt's key; a person typed --ca-file
-        raise CliError(str(exc).replace("sslopt['ca_certs']", "--ca-file"), EXIT_USAGE) from None
+    except ValueError as exc:  # the library names sslopt's keys; a person typed --ca-file, --cert, --key
+        raise CliError(cli_words(str(exc)), EXIT_USAGE) from None
+
+
+def cli_words(text: str) -> str:
+    """A message of the library's, in the words of the command line's options."""
+    for words, option in LIBRARY_WORDS:
+        text = text.replace(words, option)
+    return text
 
 
 def make_codec(args: argparse.Namespace) -> Any:
-    """The codec of ``--codec``, with ``--type-field`` / ``--default-type`` where the command has them."""
-    type_field, default_type = getattr(args, "type_field", None), getattr(args, "default_type", None)
-    if type_field is None and default_type is None:
+    """The codec of ``--codec``, with the ``--type-field`` ... ``--stream-field`` the command has."""
+    fields = {name: getattr(args, name, None) for name in ("type_field", "default_type", "seq_field", "id_field",
+                                                            "stream_field")}
+    given = {name: value for name, value in fields.items() if value is not None}
+    if not given:
         return codec_by_name(args.codec)
     if args.codec not in ("json", "wsbridge"):
-        raise CliError("--type-field and --default-type go with --codec json or wsbridge", EXIT_USAGE)
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise CliError(f"{options}: these options go with --codec json or wsbridge", EXIT_USAGE)
     if args.codec == "wsbridge":
-        return JsonCodec.conventions(type_field=type_field or "type", default_type=default_type)
-    return JsonCodec(type_field or "type", default_type=default_type)
+        return JsonCodec.conventions(**given)
+    return JsonCodec(**given)
 
 
 def check_store_path(path: str, *, must_exist: bool) -> None:
@@ -171,7 +349,7 @@ def explain(error: Optional[BaseException], url: str) -> str:
     if refused is not None and 200 <= refused.status < 300:
         return f"{where} is not a WebSocket server: it answered the upgrade with HTTP {refused.status}"
     if refused is not None:
-        hint = {401: " (check the credentials: --header 'Authorization: ...')", 403: " (access denied)",
+        hint = {401: " (check the credentials: --bearer-env, --header-env or --header)", 403: " (access denied)",
                 404: " (check the URL's path)"}.get(refused.status, "")
         return f"{where} refused the WebSocket handshake with HTTP {refused.status}{hint}"
     if isinstance(root, ssl.SSLCertVerificationError):
@@ -249,7 +427,8 @@ class Lifecycle:
 
     def connected(self, sender: Any, url: str, **kw: Any) -> None:
         self._open = self.ever_connected = True
-        self.say(f"connected to {url}")
+        chosen = self.client.subprotocol
+        self.say(f"connected to {url}" + (f" (subprotocol {redact_protocol(chosen)})" if chosen else ""))
 
     def disconnected(self, sender: Any, code: Optional[int], reason: Optional[str], error: Any, **kw: Any) -> None:
         if self.client.state == "stopped":

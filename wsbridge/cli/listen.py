@@ -20,7 +20,9 @@ from .common import (
     EXIT_USAGE,
     CliError,
     Lifecycle,
+    add_codec_options,
     add_connection_options,
+    add_handshake_options,
     check_store_path,
     explain,
     make_client,
@@ -39,6 +41,10 @@ or one JSON object per line (--json-lines) for jq and other tools. Behind it is 
 whole client: reconnects with backoff and dead-peer detection; with --codec wsbridge
 (a server of wsbridge's conventions, such as `wsbridge serve`) also dedup by sequence
 id and a resume request after every reconnect, so a flaky network costs no message.
+--seq-field, --id-field and --stream-field name the fields of another feed's JSON:
+dedup, order and gap counting by them as the library does (no resume request: its
+shape is the feed's own). A feed that wants a subscribe (or a login) first gets it
+with --send-on-connect, on every connection, before anything else.
 
 Connection events go to stderr, one line each; on Ctrl-C (or at --max / --timeout)
 the client stops cleanly and prints a summary (received, duplicates, gaps, lost,
@@ -49,7 +55,9 @@ examples:
   wsbridge listen wss://feed.example.org/v1 --type trade --type quote
   wsbridge listen ws://127.0.0.1:8765/ --json-lines --max 100 | jq .payload
   wsbridge listen wss://host/feed --header 'Authorization: Bearer TOKEN' --store feed.db
-  wsbridge listen wss://internal/feed --ca-file company-ca.pem
+  wsbridge listen wss://internal/feed --ca-file company-ca.pem --cert me.pem --key me.key
+  wsbridge listen wss://stream.example.com/ws --send-on-connect '{"op": "subscribe", "args": ["trades"]}' \\
+      --seq-field seq --stream-field channel --bearer-env FEED_TOKEN --proxy socks5h://127.0.0.1:1080
 
 """
 
@@ -68,10 +76,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
         help="stop after N messages (exit 1 if fewer arrive before --timeout)")
     parser.add_argument("--timeout", type=positive_float, metavar="S", help="stop after S seconds")
     parser.add_argument("--no-retry", action="store_true", help="connect once; exit 3 if that fails (default: keep retrying)")
-    parser.add_argument("--type-field", metavar="NAME",
-        help="JSON: the field that holds the message type, or a dotted path to it: data.type (default: type)")
-    parser.add_argument("--default-type", metavar="T",
-        help="JSON: the type of objects without that field (default: such an object is a decode error)")
+    add_codec_options(parser, tracking=True)
+    add_handshake_options(parser)
     add_connection_options(parser)
     parser.set_defaults(func=run)
     return parser

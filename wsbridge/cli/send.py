@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Iterable, Iterator, Tuple
 
@@ -14,7 +13,9 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    add_codec_options,
     add_connection_options,
+    check_message,
     make_client,
     message_json,
     positive_float,
@@ -26,13 +27,16 @@ DESCRIPTION = """\
 Connect to URL, send each MESSAGE (or, with none given, each line of stdin, as it
 arrives) as one text frame, in order, and close. With the json codec every message must be valid JSON;
 with pipe, TYPE|LENGTH|PAYLOAD; raw sends the text as is. With --wait-for T, wait for
-the first message of type T after sending and print it as one JSON object."""
+the first message of type T after sending and print it as one JSON object (with
+--type-field, the type is read from another field). Options may come before, between
+or after the messages."""
 
 EPILOG = """\
 examples:
   wsbridge send ws://127.0.0.1:8765/ '{"type": "join", "room": "lobby"}'
   wsbridge send ws://127.0.0.1:8765/ '{"type": "ping"}' --wait-for pong --timeout 5
-  jq -c '.[]' orders.json | wsbridge send wss://host/orders --header 'Authorization: Bearer TOKEN'
+  wsbridge send wss://host/rpc --timeout 3 '{"event": "ping"}' --type-field event --wait-for pong
+  jq -c '.[]' orders.json | wsbridge send wss://host/orders --bearer-env ORDERS_TOKEN
 
 """
 
@@ -46,33 +50,10 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--wait-for", metavar="T", help="after sending, wait for a message of type T and print it")
     parser.add_argument("--timeout", type=positive_float, default=10.0, metavar="S",
                         help="seconds to connect, and to wait for the reply (default: 10)")
+    add_codec_options(parser, tracking=False)
     add_connection_options(parser)
     parser.set_defaults(func=run)
     return parser
-
-
-def _check(text: str, codec: str) -> None:
-    """`CliError` (exit 2) for a message the codec would refuse, or that is not text
-    (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        char = ord(text[exc.start])
-        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
-        raise CliError(f"not valid UTF-8 ({what} at character {exc.start + 1}): {text[:80]!r}", EXIT_USAGE) from None
-    if codec in ("json", "wsbridge"):
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            raise CliError(f"not valid JSON ({exc}): {text[:80]!r}", EXIT_USAGE) from None
-    elif codec == "pipe":
-        from ..codecs import PipeCodec
-        from ..errors import ProtocolError
-
-        try:
-            PipeCodec().decode(text.encode("utf-8"), False)
-        except ProtocolError as exc:
-            raise CliError(f"not a valid pipe message: {exc}", EXIT_USAGE) from None
 
 
 def _stdin_lines() -> Iterator[Tuple[str, str]]:
@@ -88,7 +69,7 @@ def _stdin_lines() -> Iterator[Tuple[str, str]]:
 def run(args: argparse.Namespace) -> int:
     for number, text in enumerate(args.messages, 1):
         try:
-            _check(text, args.codec)  # arguments: all checked before anything is sent
+            check_message(text, args.codec)  # arguments: all checked before anything is sent
         except CliError as exc:
             raise CliError(f"MESSAGE {number}: {exc} (nothing was sent)", exc.code) from None
     texts: Iterable[Tuple[str, str]] = [("", text) for text in args.messages] or _stdin_lines()
@@ -101,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         wait_connected(client, args.timeout)
         for where, text in texts:
             try:
-                _check(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
+                check_message(text, args.codec)  # a stdin line: checked as it comes; those before it are sent
             except CliError as exc:
                 raise CliError(f"{where}: {exc} ({sent} message(s) before it were sent; the rest of stdin was not "
                                "read)", exc.code) from None
