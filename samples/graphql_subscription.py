@@ -74,8 +74,7 @@ def stop(server, thread):
 
 def init(session: wsbridge.Session):
     """On every connect, first: the protocol's handshake."""
-    session.send({"type": "connection_init", "payload": {"token": TOKEN}})
-    ack = session.wait_for("connection_ack", timeout=5)
+    ack = session.request({"type": "connection_init", "payload": {"token": TOKEN}}, "connection_ack", timeout=5)
     print("connection_init sent, connection_ack received:", ack.payload.get("payload"))
 
 

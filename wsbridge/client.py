@@ -38,7 +38,7 @@ from .runtime.intake import Intake
 from .runtime.policy import ReconnectPolicy
 from .runtime.pull import PullBuffer, Pulling
 from .runtime.reporting import Reporter
-from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender
+from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender, in_connect_hook
 from .runtime.session import ConnectHook
 from .runtime.signals import Signals, Subscribable, deliver
 from .runtime.state import WAIT_MAX, Lifecycle, State, timeout_arg
@@ -343,7 +343,9 @@ class Client(Subscribable, Pulling):
         with a store that keeps them (`SQLiteStore`) they are kept for the next
         run instead, which asks for the gap again.
 
-        Called from a subscriber (or a connect hook), the stop completes once it returns.
+        Called from a subscriber, the stop completes once the subscriber returns. A thread
+        still held by user code (a connect hook or a callable option past its time) is
+        waited for until ``timeout``, then left to end on its own (the result is False).
         Messages still in the send buffer are kept (see `unsent`) and logged.
         """
         limit = timeout_arg(timeout)
@@ -388,6 +390,10 @@ class Client(Subscribable, Pulling):
             if not kept and self.store is not None and self._sender.all_kept():
                 kept = " (kept in the store: the next client with it sends them)"
             log.warning("%s stopped with %d message(s) not sent; client.unsent() returns them%s", self.name, left, kept)
+        if not hook:  # a thread held by user code (a hook, a callable option) may yet end in time
+            for thread in self.threads():
+                if thread is not me:
+                    thread.join(max(0.0, deadline - time.monotonic()))
         alive = [] if hook else [t.name for t in self.threads() if t.is_alive() and t is not me]
         if alive:
             log.warning("%s: threads still running when stop()'s time ran out: %s", self.name, ", ".join(alive))
@@ -436,12 +442,15 @@ class Client(Subscribable, Pulling):
 
     def threads(self) -> List[threading.Thread]:
         """Every thread this client started (for tests and diagnostics)."""
-        threads = [self._supervisor.thread, self._dispatcher.thread]
-        conn = self._supervisor.conn
-        for held in dict.fromkeys((conn, *self._supervisor.stragglers)):
-            if held is not None:
-                threads.extend(held.threads())
-        return [t for t in threads if t.ident is not None]
+        supervisor = self._supervisor
+        threads = [supervisor.thread, self._dispatcher.thread]
+        conn, run = supervisor.conn, supervisor.run
+        if conn is not None:
+            threads.extend(conn.threads())
+        if run is not None:
+            threads.append(run.thread)
+        threads.extend(s.thread for s in supervisor.stragglers)
+        return list(dict.fromkeys(t for t in threads if t.ident is not None))
 
     def _check_pull(self, what: str) -> None:
         self._check_process()
@@ -479,17 +488,23 @@ class Client(Subscribable, Pulling):
     def on_connect(self, fn: ConnectHook) -> ConnectHook:
         """Run ``fn(session)`` on every connect, before anything else is sent (use as
         a decorator; returns ``fn``). Hooks run in the order given (the constructor's
-        ``on_connect`` first), on the supervisor thread, never behind the subscribers:
-        ``session.send(obj)`` sends on that connection only, ``session.wait_for(type
-        or predicate, timeout)`` waits for a reply received on it (which subscribers
-        still get as usual), ``session.positions`` are the last sequence positions.
-        Then come the recorded subscriptions (`subscribe`), the send buffer, the
-        resume request, and only then ``connected``. A hook that raises or runs out
-        of ``connect_hook_timeout`` fails the attempt: reported on ``error``
-        (context ``"handshake"``, a `ConnectHookError`), the connection closed,
-        retried by the backoff. ``client.send`` from a hook queues for after the
-        handshake; ``client.stop()`` from a hook stops once it returns. A hook
-        added while connected runs from the next connect."""
+        ``on_connect`` first), on a thread of their own, never behind the subscribers:
+        ``session.send(obj)`` sends on that connection only, ``session.request(obj,
+        type or predicate, timeout)`` sends and waits for the reply (matched as it
+        arrives: never missed), ``session.wait_for(type or predicate, timeout)`` waits
+        for a message received on it (which subscribers still get as usual),
+        ``session.positions`` are the last sequence positions. Then come the recorded
+        subscriptions (`subscribe`), the send buffer, the resume request, and only
+        then ``connected``. A hook that raises or runs out of ``connect_hook_timeout``
+        fails the attempt: reported on ``error`` (context ``"handshake"``, a
+        `ConnectHookError` naming the exception's type, the exception its
+        ``__cause__``), the connection closed, retried by the backoff. A hook still
+        running then (blocked in your code) is left to return on its own; the next
+        attempt waits for it (within ``connect_timeout``), so a hook never runs twice
+        at once. ``client.send`` from a hook queues for after the handshake, and never
+        raises `OutboxFull` nor waits for room (only the end of the hooks drains the
+        buffer); ``client.stop()`` from a hook stops the client. A hook added while
+        connected runs from the next connect."""
         self._check_process()
         if not callable(fn):
             raise ValueError(f"a connect hook is a function of the session, not {type(fn).__name__}")
@@ -565,7 +580,7 @@ class Client(Subscribable, Pulling):
                 self.wait_connected(0)  # raises why: gave up, or stopped
 
     def _check_not_hook(self, what: str) -> None:
-        if threading.current_thread() is self._supervisor.thread:
+        if in_connect_hook() or threading.current_thread() is self._supervisor.thread:
             raise UsageError(f"{what} was called from a connect hook: the connection is made once the hook returns")
 
     def _closed_why(self) -> Optional[str]:

@@ -74,6 +74,13 @@ class ClientClosed(WsbridgeError):
     """The client is stopped: it cannot send, and the pull API has nothing more to give."""
 
 
+class CloseFrameSent(WsbridgeError, ConnectionError):
+    """A data frame was not written because a close frame already went out on its
+    connection (ours, or our echo of the server's): RFC 6455 §5.5.1 allows no data
+    frame after it, and a server discards one. Nothing of the frame was written; the
+    sender keeps it for the next connection (internal: `send` never raises it)."""
+
+
 class ConnectError(WsbridgeError, ConnectionError):
     """The client could not connect, and its retry policy says not to try again."""
 

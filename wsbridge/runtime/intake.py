@@ -34,7 +34,7 @@ class Intake:
         self._report = report
         self.frames = self.bytes = self.received = self.protocol_errors = 0
 
-    def watch(self, inbox: Optional[Callable[[Message], None]]) -> None:
+    def watch(self, inbox: Optional[Callable[[Message, int], None]]) -> None:
         """Hand each message to ``inbox`` before queuing it (None: queue it only). The
         supervisor's, before a connection starts and as its handshake ends: the reader
         checks nothing per frame otherwise."""
@@ -44,7 +44,7 @@ class Intake:
             return
 
         def put(message: Message, size: int) -> None:
-            inbox(message)
+            inbox(message, size)
             queue(message, size)
 
         self.put = put

@@ -15,7 +15,10 @@ Everything here is guarded by ``cond``; the counters are written under it.
 No socket write ever happens under ``cond`` (a peer that does not read must
 not hold other senders): frames are kept whole by websocket-client's send lock. A send with a ``timeout`` that the
 socket does not take in time goes to the buffer, and the supervisor flushes
-it once the socket takes frames again.
+it once the socket takes frames again. Once a close frame went out on a
+connection, the connection refuses every data frame under that same lock
+(`CloseFrameSent`): a send (or a flush) that meets the refusal keeps its frame in
+the buffer, counted as not sent, for the next connection.
 
 What cannot be encoded raises in `frame`, in the caller's thread, before
 anything is queued: a frame in the buffer can always be sent.
@@ -29,7 +32,7 @@ import time
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ..codecs import Codec
-from ..errors import ClientClosed, OutboxFull, StoreError, WsbridgeError
+from ..errors import ClientClosed, CloseFrameSent, OutboxFull, StoreError, WsbridgeError
 from ..message import Message
 from ..tracking.outbox import Outbox
 from ..tracking.sequence import Positions
@@ -50,6 +53,19 @@ FLUSH_BATCH_BYTES = 256 * 1024
 FLUSH_FORGET_EVERY = 256
 """Kept frames the socket took are forgotten by the store in batches of this many
 (a crash in between sends those again: at least once, never lost)."""
+
+_thread = threading.local()
+
+
+def mark_hook_thread() -> None:
+    """This thread runs connect hooks (`wsbridge.runtime.session`)."""
+    _thread.hook = True
+
+
+def in_connect_hook() -> bool:
+    """Does this thread run connect hooks? Its `Sender.send` never waits for room in the
+    send buffer nor finds it full: the buffer drains only once the hooks are done."""
+    return getattr(_thread, "hook", False)
 
 
 class Queued(NamedTuple):
@@ -110,9 +126,6 @@ class Sender:
         self.flushing: Optional[Connection] = None
         """The connection a flush (or the handshake before it) is writing to (supervisor),
         for `close` to cut."""
-        self.flusher: Optional[threading.Thread] = None
-        """The thread that empties the buffer (the supervisor's, set by it): a send from it
-        (a connect hook's) never waits for room."""
         self.subscriptions: List[Subscription] = []
         """Recorded, in order; replaced, never changed in place."""
         self.subscribed_on: Optional[Connection] = None
@@ -157,10 +170,7 @@ class Sender:
             if bound is not None:
                 if not self._wanted(bound, self.subscribed_on if isinstance(bound, Subscription) else bound):
                     return
-            elif self.outbox.full and self.outbox.overflow == "block":
-                if threading.current_thread() is self.flusher:
-                    raise OutboxFull(f"send buffer full ({self.outbox.maxsize} messages) and a connect hook cannot wait "
-                                     "for room: its own thread empties the buffer once the hook returns")
+            elif self.outbox.full and self.outbox.overflow == "block" and not in_connect_hook():
                 self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
             conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
             if conn is not None:
@@ -193,6 +203,8 @@ class Sender:
                 taken = True
             else:
                 taken = conn.send_within(*frame, deadline, on_lost=lambda: self._requeue(frame))
+        except CloseFrameSent:  # the connection is closing: the frame waits for the next one
+            taken = False
         except Exception as exc:
             log.info("%s: send failed (%s); buffering and reconnecting", self.name, exc)
             conn.abort()
@@ -230,8 +242,11 @@ class Sender:
             self.counts.queued += 1
             return None
         key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
+        # A connect hook's send is never refused for a full buffer: only the end of the
+        # hooks can drain it (under drop_oldest, the oldest go as for any send).
+        force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
         try:
-            dropped = self.outbox.put(Queued(frame[0], frame[1], key), keep=len(self.inflight))
+            dropped = self.outbox.put(Queued(frame[0], frame[1], key), keep=len(self.inflight), force=force)
         except OutboxFull:
             self._forget(key)
             raise
@@ -444,7 +459,8 @@ class Sender:
                     if unforgotten:
                         self._forget(sent_key, through=True)
                 log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self.outbox))
-                conn.abort()
+                if not isinstance(exc, CloseFrameSent):  # else the close handshake ends it
+                    conn.abort()
                 return False
             with cond:
                 self.inflight = []
@@ -485,7 +501,8 @@ class Sender:
             conn.send(*frame)
         except Exception as exc:
             log.info("%s: resume request not sent (%s)", self.name, exc)
-            conn.abort()
+            if not isinstance(exc, CloseFrameSent):  # else the close handshake ends it
+                conn.abort()
             return False
         with self.cond:
             self.counts.resumes += 1

@@ -2,13 +2,20 @@
 
 It makes a `Connection` for every attempt, waits for it to open (within
 ``connect_timeout``), runs the handshake (the connect hooks and the recorded
-subscriptions, `wsbridge.runtime.session`), flushes the send buffer and only
+subscriptions, `wsbridge.runtime.session`, on a thread of its own that it waits
+for within the handshake's time), flushes the send buffer and only
 then says ``connected``; it watches the heartbeat while the connection lives (and
 flushes again when a send's timeout left frames in the buffer); when it
 ends, it asks the `ReconnectPolicy` whether and when to try again (unless
 `reconnect` asked for a new connection at once). Liveness
 deadlines pause while the reader is held back by wsbridge's own full dispatch
 queue (`Dispatcher.holding`): backpressure is not a dead peer.
+
+User code (a callable option on the reader thread, a connect hook on the
+handshake's thread) never holds the supervisor: past its time the attempt fails
+and the thread is left to end on its own (a `Straggler`). No new attempt starts
+while one is still in user code (it waits, within ``connect_timeout``), so user
+code is never called twice at once and at most one thread of a client is ever held by it.
 
 The supervisor writes the lifecycle state (but STOPPED), the counters
 below, and ``conn``; it emits lifecycle signals through ``emit``, which
@@ -20,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from ..errors import (
     ConnectError,
@@ -42,7 +49,7 @@ from .dispatch import Dispatcher, weight
 from .intake import Intake
 from .policy import Decision, Ending, ReconnectPolicy
 from .sender import Sender
-from .session import Handshake, Inbox
+from .session import INBOX_SIZE, Handshake, HandshakeRun, Inbox
 from .signals import Signals
 from .state import Lifecycle, State
 
@@ -51,6 +58,13 @@ log = logging.getLogger("wsbridge")
 SETTLE_TIMEOUT = 1.0
 """How long a reader that must fail its connection waits for the subscribers to
 finish the messages that came before the violation (their replies go out first)."""
+
+
+class Straggler(NamedTuple):
+    """A thread of an earlier attempt still in user code, and which code."""
+
+    thread: threading.Thread
+    what: str
 
 
 def describe(error: Optional[BaseException]) -> str:
@@ -91,9 +105,14 @@ class Supervisor:
         self.store = store
         self.name = name
         self.conn: Optional[Connection] = None
-        self.stragglers: List[Connection] = []
-        """Earlier attempts whose reader is still held by a callable option (user code
-        that did not return): not waited for, but their threads are the client's. Replaced, never changed in place."""
+        self.stragglers: List[Straggler] = []
+        """Threads of earlier attempts still held by user code that did not return in time
+        (a callable option's reader, a connect hook's handshake thread): not waited for,
+        but the client's (listed by `Client.threads`, waited for by `stop` within its
+        timeout); no attempt starts until they ended (`_held_by_user`), so there is at
+        most one. Written by the supervisor thread; replaced, never changed in place."""
+        self.run: Optional[HandshakeRun] = None
+        """The handshake running now (supervisor thread)."""
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.stop_deadline = float("inf")
@@ -107,7 +126,6 @@ class Supervisor:
         self.connects = self.attempts = self.disconnects = self.wire_errors = 0
         self.thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
         self.handshake = Handshake(sender, self.stopping, lambda: self.delivery.positions)
-        sender.flusher = self.thread
         self.inbox: Optional[Inbox] = None
         """The handshake inbox of the connection of the moment (`reconnect` ends it)."""
         self._requests = threading.Lock()
@@ -157,12 +175,10 @@ class Supervisor:
                 self._emit(self.signals.connecting, attempt=failures)
                 resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
                 received = self.intake.received  # messages before this connection (its reader adds to it)
-                conn.start()
-                self._watch(conn, resume_from, inbox)
-                self.stragglers = [c for c in self.stragglers if c.thread.is_alive()]
-                if conn.calling is not None:  # user code holds the reader: it ends when that returns
-                    log.warning("%s: %s has not returned; going on without waiting for it", self.name, conn.calling)
-                    self.stragglers = [*self.stragglers, conn]
+                self._watch(conn, resume_from, inbox)  # starts the reader once no earlier one is in user code
+                calling = conn.calling
+                if calling is not None:  # user code holds the reader: it ends when that returns
+                    self._straggle(conn.thread, calling)
                 elif not conn.join(self.options.close_timeout + 5.0):
                     log.warning("%s: the reader of the last connection did not end", self.name)
                 ending = self._ended(conn, self.intake.received - received)
@@ -203,9 +219,19 @@ class Supervisor:
             self.wakeup.clear()
         return self.stopping.is_set()
 
+    def _straggle(self, thread: threading.Thread, what: str) -> None:
+        """``thread`` is held by ``what`` (user code) past its time: go on without it."""
+        log.warning("%s: %s has not returned; going on without waiting for it", self.name, what)
+        self.stragglers = [*self.stragglers, Straggler(thread, what)]
+
+    def _held_by_user(self) -> Optional[str]:
+        """What user code still holds a thread of an earlier attempt (None: none)."""
+        self.stragglers = [s for s in self.stragglers if s.thread.is_alive()]
+        return self.stragglers[0].what if self.stragglers else None
+
     def _new_connection(self) -> Tuple[Connection, Inbox]:
         self.attempts += 1
-        inbox = self.inbox = Inbox()
+        inbox = self.inbox = Inbox(INBOX_SIZE, self.dispatcher.max_bytes)
         self.intake.watch(inbox.add)  # until the handshake ends: the hook's replies, as they come
         hooks = Hooks(self.intake.on_frame, self._on_open, lambda conn: self._on_end(conn, inbox), self.dispatcher.wake,
                       self._settle)
@@ -265,6 +291,7 @@ class Supervisor:
         o = self.options
         started = time.monotonic()
         flushed = False
+        failed: Optional[ConnectHookError] = None
         wake = self.wakeup
         tick = o.tick
         while not conn.ended.is_set():
@@ -278,10 +305,13 @@ class Supervisor:
                 conn.close(1000, "", o.close_timeout)
                 break
             if not conn.opened.is_set():
+                if not conn.started and self._held_by_user() is None:
+                    conn.start()  # never while user code of an earlier attempt runs: it is not called twice at once
                 remaining = started + o.connect_timeout - now
                 if remaining <= 0:
-                    calling = conn.calling
-                    held = f" ({calling} had not returned)" if calling else ""
+                    calling = conn.calling if conn.started else self._held_by_user()
+                    since = "" if conn.started else " since an earlier attempt"
+                    held = f" ({calling} had not returned{since})" if calling else ""
                     conn.error = TimeoutError(f"connection not open within {o.connect_timeout} s{held}")
                     conn.abort()
                     break
@@ -290,10 +320,11 @@ class Supervisor:
             if not flushed:
                 flushed = True
                 self.connects += 1
-                if not self._handshake(conn, inbox):
-                    if isinstance(conn.error, ConnectHookError):
-                        break  # reported; the connection is closed
-                    continue  # stop() or reconnect() cut it short: the loop closes the connection
+                failed = self._handshake(conn, inbox)
+                if failed is not None:
+                    break  # reported; the connection is closed
+                if self.stopping.is_set() or self._reconnecting():
+                    continue  # cut short: the loop closes the connection
                 # Positions as they were before this connection: what it
                 # delivered itself (the server may start sending at once) needs no resume.
                 if self.sender.flush(conn, resume_from, self.stopping) and self.lifecycle.set(State.CONNECTED):
@@ -314,28 +345,73 @@ class Supervisor:
                 break
             wake.wait(tick)
         # Bounded: the socket is shut down, the reader's recv returns at once (unless user code holds it).
-        if conn.calling is None:
+        if conn.started and conn.calling is None:
             conn.ended.wait(o.close_timeout + 5.0)
+        if failed is not None:
+            # Set once the reader ended, which strips its own error's traceback: this one
+            # keeps the user's frames of a hook's exception.
+            conn.error = failed
 
-    def _handshake(self, conn: Connection, inbox: Inbox) -> bool:
-        """Run the handshake on ``conn``; True when it is ready for the flush. A failure
-        is reported and the connection closed, with `ConnectHookError` as its error;
-        `stop` (which cuts the connection) and `reconnect` cut it short quietly."""
+    def _handshake(self, conn: Connection, inbox: Inbox) -> Optional[ConnectHookError]:
+        """Run the handshake on ``conn``, on a thread of its own; its error when it failed
+        (reported, and the connection closed), else None: it passed, or `stop` (which
+        cuts the connection) or `reconnect` cut it short (then quietly)."""
         self.sender.flushing = conn  # stop() cuts it: a hook waiting for a reply sees the connection end
+        run = self.run = self.handshake.start(conn, inbox, f"{self.name}-handshake-{self.attempts}", self.wakeup.set)
         try:
-            self.handshake_passed = conn if self.handshake.run(conn, inbox) else None
-            return True
-        except ConnectHookError as error:
-            if self.stopping.is_set() or self._reconnecting():
-                return False
-            conn.error = self.lifecycle.last_error = error
-            self._report(error, "handshake")
-            conn.close(1000, "", self.options.close_timeout)
-            return False
+            error = self._await_handshake(run, conn)
         finally:
             self.sender.flushing = None
             self.intake.watch(None)
             inbox.close()
+            self.run = None
+            if run.done.is_set():
+                run.thread.join(self.options.tick)  # it is about to end
+            if run.thread.is_alive():
+                self._straggle(run.thread, run.what)
+        if error is None:
+            if run.done.is_set():
+                self.handshake_passed = conn if run.passed else None
+            return None
+        if self.stopping.is_set() or self._reconnecting():
+            return None
+        self.lifecycle.last_error = error
+        self._report(error, "handshake")
+        conn.close(1000, "", self.options.close_timeout)
+        return error
+
+    def _await_handshake(self, run: HandshakeRun, conn: Connection) -> Optional[ConnectHookError]:
+        """Wait for ``run``: its error (None: it passed, or `stop`/`reconnect` cut it
+        short). Once its time is up or the connection ended, it has one `tick` to end
+        (a hook waiting in the session ends at once); then the attempt fails without it,
+        its thread left in the user code that holds it."""
+        grace = self.options.tick
+        wake = self.wakeup
+        late_since: Optional[float] = None
+        while True:
+            wake.clear()
+            if run.done.is_set():
+                return run.error
+            now = time.monotonic()
+            if self.stopping.is_set() or self._reconnecting():
+                run.abandon("the client is stopping" if self.stopping.is_set() else "reconnect() was called")
+                run.done.wait(max(0.0, min(grace, self.stop_deadline - now)))
+                return None
+            deadline = run.session.deadline  # the run moves it on for each subscription
+            if now < deadline and not conn.ended.is_set():
+                late_since = None
+                wake.wait(min(grace, deadline - now))
+                continue
+            if late_since is None:
+                late_since = now
+            if now - late_since < grace:
+                wake.wait(late_since + grace - now)
+                continue
+            why = "when the connection ended" if conn.ended.is_set() else f"within {run.limit}"
+            run.abandon(f"{run.what} had not returned {why}")
+            if run.done.is_set():
+                return run.error
+            return ConnectHookError(f"{run.what} had not returned {why}; going on without it")
 
     def _dead(self, conn: Connection, now: float) -> Optional[str]:
         """Why the peer is presumed dead, or None. While wsbridge's own full queue

@@ -16,6 +16,8 @@ to websocket-client wrapped in a `BufferedSocket`, which checks the upgrade
 Frames are written by the sending threads, whole, under websocket-client's
 send lock; a frame that a send with a timeout left half written is finished
 by a writer thread of the connection (`send_within`), joined with the reader.
+Under that lock, every data frame is refused once a close frame went out
+(`CloseFrameSent`: nothing written), whoever wrote it.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import websocket
 
+from ..errors import CloseFrameSent
 from ..redact import without_traceback
 from .buffered import BufferedSocket, frame_complete
 from .dial import open_socket
@@ -39,10 +42,12 @@ from .reader import ReadLoop
 from .wsclient import (
     ABNF,
     App,
+    close_sent,
     frame_bytes,
     mark_reader_thread,
     ping_times,
     prepare_socket,
+    socket_send,
     stop_running,
 )
 
@@ -83,6 +88,14 @@ class Hooks(NamedTuple):
     """The kernel holds no further whole frame: time to wake the dispatcher."""
     before_fail: Callable[[], None] = lambda: None
     """A violation is about to fail the connection (see `ReadLoop.fail`)."""
+
+
+def _check_no_close_sent(ws: websocket.WebSocket) -> None:
+    """Under the send lock: `CloseFrameSent` once a close frame went out (or is about to:
+    whoever sends one marks it first, then takes this lock), so that no data frame ever
+    follows it on the wire (RFC 6455 §5.5.1)."""
+    if close_sent(ws):
+        raise CloseFrameSent("a close frame went out on this connection: no data frame may follow it")
 
 
 class Connection:
@@ -165,7 +178,9 @@ class Connection:
                 # One message for every phase that ran out of time (TCP, TLS, upgrade).
                 self.error = TimeoutError(f"connection not open within {self.options.connect_timeout} s ({self.error})")
             if self.error is not None:  # it outlives the connection: not the frames, whose locals hold the headers
-                log.debug("%s: the connection's error", self.thread.name, exc_info=self.error)
+                # Its own line only: a traceback would print the chained cause, whose text
+                # (a callable's exception) may hold a secret.
+                log.debug("%s: the connection's error: %s: %s", self.thread.name, type(self.error).__name__, self.error)
                 without_traceback(self.error)
             self._release()
             self.ended.set()
@@ -273,17 +288,31 @@ class Connection:
 
     # -- any thread ----------------------------------------------------
     @property
+    def started(self) -> bool:
+        """Has the reader thread been started (`start`)?"""
+        return self.thread.ident is not None
+
+    @property
     def is_open(self) -> bool:
-        """Open, and neither ended nor cut."""
-        return self.opened.is_set() and not self.ended.is_set() and not self._aborted.is_set()
+        """Open, neither ended nor cut, and no close frame sent: data frames may go out."""
+        ws = self.app.sock
+        return (self.opened.is_set() and not self.ended.is_set() and not self._aborted.is_set()
+                and ws is not None and not close_sent(ws))
 
     def send(self, data: Union[str, bytes], binary: bool) -> None:
-        """Write one frame; raises if the socket did not take all of it."""
+        """Write one frame; raises if the socket did not take all of it, `CloseFrameSent`
+        (nothing written) once a close frame went out."""
         ws = self.app.sock
-        if ws is None:
+        if ws is None or ws.sock is None:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        if ws.send(data, OPCODE_BINARY if binary else OPCODE_TEXT) == 0:
-            raise websocket.WebSocketConnectionClosedException("connection is closed")
+        view = memoryview(frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT))
+        with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
+            _check_no_close_sent(ws)
+            while len(view):  # as websocket-client writes a frame: each write waits up to the socket's timeout
+                taken = socket_send(ws.sock, cast(bytes, view))  # it hands any buffer to sock.send
+                if not taken:
+                    raise websocket.WebSocketTimeoutException("the socket took nothing within its timeout")
+                view = view[taken:]
 
     def send_within(self, data: Union[str, bytes], binary: bool, deadline: float, on_lost: Callable[[], None]) -> bool:
         """Write one frame if the send lock and the socket free up before ``deadline``
@@ -291,7 +320,7 @@ class Connection:
         the socket took in part by then is finished by a thread of this connection,
         which holds the send lock until the rest is out (no other frame may come in
         between) and calls ``on_lost`` if the connection fails first. Raises if the
-        socket is gone."""
+        socket is gone, `CloseFrameSent` once a close frame went out."""
         ws = self.app.sock
         sock = ws.sock if ws is not None else None
         if ws is None or not isinstance(sock, BufferedSocket):
@@ -302,6 +331,7 @@ class Connection:
             return False  # another write holds the socket
         handed = False
         try:
+            _check_no_close_sent(ws)
             sent = 0
             while sent < len(view):
                 taken = sock.send_some(view[sent:], deadline - time.monotonic())
@@ -360,6 +390,7 @@ class Connection:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
         out = [frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT) for data, binary in frames]
         with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
+            _check_no_close_sent(ws)
             ws.sock.sendall(b"".join(out))
 
     def ping_overdue(self, now_wall: float) -> bool:

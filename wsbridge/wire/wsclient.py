@@ -27,7 +27,7 @@ from websocket._url import parse_url
 
 __all__ = [
     "ABNF", "App", "CONTRACT", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
-    "close_frame_sent", "frame_bytes", "ping_times", "pong_received", "stop_running",
+    "close_frame_sent", "close_sent", "frame_bytes", "ping_times", "pong_received", "stop_running",
 ]
 
 
@@ -135,8 +135,17 @@ def ping_times(app: WebSocketApp) -> Tuple[float, float]:
 
 
 def close_frame_sent(ws: websocket.WebSocket) -> None:
-    """Tell websocket-client a close frame went out, so its teardown sends none of its own."""
+    """Tell websocket-client a close frame is going out, so its teardown sends none of
+    its own, and wsbridge's writers that no data frame may follow (`close_sent`). Called
+    before the close frame's writer takes the send lock."""
     ws.connected = False
+
+
+def close_sent(ws: websocket.WebSocket) -> bool:
+    """Has a close frame gone out, or is one about to (ours: `close_frame_sent`;
+    websocket-client's ``close``/``send_close`` mark it the same way first), or the
+    socket been shut? Read under the send lock, it is final for the frame being written."""
+    return not ws.connected
 
 
 def frame_bytes(ws: websocket.WebSocket, payload: Union[str, bytes], opcode: int) -> bytes:
@@ -176,6 +185,9 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: isinstance(websocket.WebSocket(enable_multithread=True).lock, type(threading.Lock()))),
     ("WebSocket.pong, send, send_close",
      lambda: all(callable(getattr(websocket.WebSocket, a)) for a in ("pong", "send", "send_close"))),
+    ("WebSocket.close and send_close set connected = False before they write the close frame (close_sent reads it)",
+     lambda: all(0 <= src.find("self.connected = False") < src.find("self.send(")
+                 for src in (inspect.getsource(websocket.WebSocket.close), inspect.getsource(websocket.WebSocket.send_close)))),
     ("websocket._http._ssl_socket(sock, user_sslopt, hostname)",
      lambda: _params(ssl_socket)[:3] == ["sock", "user_sslopt", "hostname"]),
     ("websocket._url.parse_url -> (host, port, resource, secure)",
