@@ -161,7 +161,15 @@ def check_every_send_arrived_once_in_order_or_waits(client: wsbridge.Client, ser
     got: Dict[int, List[int]] = {k: [] for k in senders.sent}
     for m in server.frames("data", "after-server-close") + [json.loads(data) for data, _ in client.unsent()]:
         got[m["t"]].append(m["i"])
-    assert got == senders.sent, "a send that returned was neither received (once, in order) nor kept"
+    problems = {}
+    for k, sent in senders.sent.items():
+        seen = got[k]
+        missing = sorted(set(sent) - set(seen))
+        repeated = sorted({i for i in seen if seen.count(i) > 1}) if len(seen) != len(set(seen)) else []
+        if missing or repeated or seen != sent:
+            problems[k] = {"missing": missing[:10], "n_missing": len(missing), "repeated": repeated[:10],
+                           "n_repeated": len(repeated), "in_order": seen == sorted(seen)}
+    assert not problems, f"a send that returned was neither received (once, in order) nor kept: {problems}"
 
 
 # -- F1: no data frame after a close frame ----------------------------------------------------------
@@ -181,6 +189,9 @@ def test_no_data_frame_follows_the_clients_close_frame_when_reconnect_closes(mak
             senders.stop()
         wait_until(lambda: server.count("data", "after-close") + len(client.unsent()) >= senders.total(), timeout=20,
                    what="the last sends out")
+        client.stop(10)  # from here on nothing moves from the send buffer to the server
+        wait_until(lambda: server.count("data", "after-close") + len(client.unsent()) >= senders.total(), timeout=20,
+                   what="the server read what the client wrote")
         assert server.frames("after-close") == []
         check_every_send_arrived_once_in_order_or_waits(client, server, senders)
         assert client.stats.sent == server.count("data")
@@ -201,6 +212,9 @@ def test_no_data_frame_follows_the_clients_echo_of_the_servers_close(make_client
             senders.stop()
         wait_until(lambda: server.count("data", "after-server-close", "after-close") + len(client.unsent())
                    >= senders.total(), timeout=20, what="the last sends out")
+        client.stop(10)  # from here on nothing moves from the send buffer to the server
+        wait_until(lambda: server.count("data", "after-server-close", "after-close") + len(client.unsent())
+                   >= senders.total(), timeout=20, what="the server read what the client wrote")
         assert server.frames("after-close") == []
         check_every_send_arrived_once_in_order_or_waits(client, server, senders)
 
