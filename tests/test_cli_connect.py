@@ -427,6 +427,7 @@ def test_connect_no_retry_ends_with_the_connection():
         err = Lines(proc.stderr)
         try:
             err.next("connected to")
+            feed.wait_opened(1)  # the client may say so before the server's handler holds the connection
             feed.drop()
             assert proc.wait(30) == 0
         finally:
@@ -546,9 +547,25 @@ def test_connect_on_a_terminal_ends_when_the_client_gives_up_while_a_line_is_hal
             term.expect("connected to")
             term.type("half a li")
             term.expect("half a li")
+            feed.wait_opened(1)  # the server's handler holds the connection: there is one to drop
             feed.drop()  # the next attempt is refused for good: the session ends without a key pressed
             term.expect("refused the WebSocket handshake with HTTP 403")
             assert term.wait() == 3
             assert_cooked(term.modes())  # readline was still waiting for the rest of the line
         finally:
             term.close()
+
+
+@pytest.mark.parametrize("options", [
+    ["--bearer-env", "Sekr1tTok3nXYZ"],                 # --bearer-env "$FEED_TOKEN": the value, where the name goes
+    ["--header-env", "X-Key=Sekr1tTok3nXYZ"],
+    ["--header-env", "X-Key:Sekr1tTok3nXYZ"],           # no '='
+    ["--send-on-connect", '{"op": "login", "token": "Sekr1tTok3nXYZ"'],  # not valid JSON
+], ids=["bearer-env-value", "header-env-value", "header-env-no-equals", "send-on-connect-bad-json"])
+def test_a_secret_typed_where_a_name_or_a_message_goes_is_never_echoed(options):
+    """Third review: the value given instead of a variable's name was printed as that
+    name, and a --send-on-connect message that is not JSON was printed whole."""
+    with RawServer() as server:
+        result = run("listen", server.url, *options)
+        assert server.accepted == 0
+    assert result.returncode == 2 and "Sekr1tTok3nXYZ" not in result.stderr, result.stderr

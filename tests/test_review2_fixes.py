@@ -568,3 +568,36 @@ def test_a_hooks_send_into_a_full_send_buffer_does_not_fail_the_handshake(make_c
     finally:
         server.shutdown()
         thread.join(10)
+
+
+# -- third review, N1: a reply predicate that blocks ----------------------------------------------------
+@pytest.mark.parametrize("how", ["request", "subscribe"])
+def test_a_reply_predicate_that_blocks_holds_neither_the_reader_nor_reconnect_nor_the_supervisor(make_client, feed, how):
+    """The predicate ran on the reader thread under the inbox's lock: a blocking one held
+    the reader, Inbox.end (so reconnect() blocked its caller 8.5 s) and the supervisor
+    (connect_hook_timeout ignored). It now runs on the handshake's thread, outside the lock."""
+    release = threading.Event()
+
+    def blocking(message: wsbridge.Message) -> bool:
+        release.wait(30)  # user code that blocks
+        return message.type == "login_ok"
+
+    errors = Collector()
+    if how == "request":
+        client = make_client(feed, on_connect=lambda s: s.request({"type": "login"}, blocking, timeout=1),
+                             connect_hook_timeout=1, backoff=FAST)
+    else:
+        client = make_client(feed, connect_hook_timeout=1, backoff=FAST)
+        client.subscribe({"type": "login"}, ack=blocking)
+    client.signals.error.connect(errors)
+    client.start()
+    try:
+        error = errors.wait(1, timeout=10)[0]["error"]  # the attempt failed on time: the supervisor went on
+        assert isinstance(error, ConnectHookError)
+        asked = threading.Thread(target=client.reconnect, name="test-reconnect")
+        asked.start()
+        asked.join(5)
+        assert not asked.is_alive(), "reconnect() was held by the user's predicate"
+    finally:
+        release.set()
+    assert client.stop(10)

@@ -8,6 +8,7 @@ import base64
 import errno
 import json
 import os
+import re
 import socket
 import ssl
 import sys
@@ -160,18 +161,19 @@ def add_handshake_options(parser: argparse.ArgumentParser) -> None:
 
 def check_message(text: str, codec: str) -> None:
     """`CliError` (exit 2) for a message the codec would refuse, or that is not text
-    (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent)."""
+    (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent).
+    The message says where, never what the text holds (a login may carry a secret)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         char = ord(text[exc.start])
         what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"a lone surrogate U+{char:04X}"
-        raise CliError(f"not valid UTF-8 ({what} at character {exc.start + 1}): {text[:80]!r}", EXIT_USAGE) from None
+        raise CliError(f"not valid UTF-8 ({what} at character {exc.start + 1})", EXIT_USAGE) from None
     if codec in ("json", "wsbridge"):
         try:
             json.loads(text)
-        except ValueError as exc:
-            raise CliError(f"not valid JSON ({exc}): {text[:80]!r}", EXIT_USAGE) from None
+        except ValueError as exc:  # where it fails, not what it holds: a message may carry a secret
+            raise CliError(f"not valid JSON ({exc})", EXIT_USAGE) from None
     elif codec == "pipe":
         try:
             PipeCodec().decode(text.encode("utf-8"), False)
@@ -210,8 +212,8 @@ def parse_headers(values: List[str], env_values: Optional[List[str]] = None, bea
     for value in env_values or ():
         name, sep, variable = value.partition("=")
         if not sep or not name.strip() or not variable.strip():
-            raise CliError(f"--header-env wants NAME=VAR (the header's name, the environment variable that holds its "
-                           f"value), not {value!r}", EXIT_USAGE)
+            raise CliError("--header-env wants NAME=VAR (the header's name, the environment variable that holds its "
+                           "value); what was given is not shown: it may be the secret itself", EXIT_USAGE)
         pairs.append((name.strip(), _environment(variable.strip(), f"--header-env {name.strip()}")))
     if bearer_env is not None:
         pairs.append(("Authorization", "Bearer " + _environment(bearer_env, "--bearer-env")))
@@ -228,13 +230,23 @@ def parse_headers(values: List[str], env_values: Optional[List[str]] = None, bea
     return headers
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+"""A name shown in a message: an environment variable's name as people write them.
+Anything else may be a secret typed where its variable's name goes (``--bearer-env
+"$TOKEN"``), and is not shown."""
+
+
 def _environment(variable: str, option: str) -> str:
-    """The value of environment variable ``variable`` (`CliError`, exit 2, naming it, if
-    it is not set or empty)."""
+    """The value of environment variable ``variable`` (`CliError`, exit 2, if it is not
+    set or empty: naming it when it looks like a variable's name, never otherwise)."""
     value = os.environ.get(variable)
     if not value:
-        raise CliError(f"{option}: the environment variable {variable} is {'empty' if value == '' else 'not set'}",
-                       EXIT_USAGE)
+        state = "empty" if value == "" else "not set"
+        if _ENV_NAME.fullmatch(variable):
+            raise CliError(f"{option}: the environment variable {variable} is {state}", EXIT_USAGE)
+        raise CliError(f"{option}: the environment variable named is {state}; its name is not shown, as it does not "
+                       "look like one (A-Z, 0-9, _) and may be the secret itself: give the variable's name, not its "
+                       "value", EXIT_USAGE)
     return value
 
 

@@ -48,15 +48,25 @@ ConnectHook = Callable[["Session"], object]
 
 class Waiter:
     """A reply being waited for: the first message that passes ``test`` from the moment it
-    was registered (`Inbox.expect`). Written under the inbox's lock."""
+    was registered (`Inbox.expect`). Written under the inbox's lock.
 
-    __slots__ = ("test", "message", "error")
+    A message type is tested as the message arrives, on the reader thread. A predicate
+    (the user's code) never runs there nor under the lock, where one that blocks would
+    hold the reader, `Inbox.end` (so `reconnect` and `stop`) and the supervisor: the
+    messages that arrive meanwhile wait in ``pending`` (bounded as the inbox is) for the
+    waiting thread to test them."""
 
-    def __init__(self, test: Callable[[Message], bool]) -> None:
+    __slots__ = ("test", "user", "message", "error", "pending", "pending_bytes")
+
+    def __init__(self, test: Callable[[Message], bool], user: bool) -> None:
         self.test = test
+        self.user = user
+        """``test`` is the user's predicate (tested on the waiting thread)."""
         self.message: Optional[Message] = None
         self.error: Optional[BaseException] = None
         """What ``test`` raised (it is the user's predicate): raised to the one waiting."""
+        self.pending: Deque[Tuple[Message, int]] = deque()
+        self.pending_bytes = 0
 
 
 class Inbox:
@@ -67,7 +77,8 @@ class Inbox:
     `expect`, `wait`) and by whoever ends it (`end`: the reader as it exits,
     `Supervisor.reconnect`, the supervisor); all under ``cond``. It keeps the latest
     ``size`` messages and at most ``max_bytes`` of them, weighed as the dispatch queue
-    weighs them; a message a `Waiter` matches is handed to it as it arrives, never kept."""
+    weighs them; a message a `Waiter` for its type matches is handed to it as it arrives,
+    never kept. No user code runs under ``cond`` (see `Waiter`)."""
 
     def __init__(self, size: int = INBOX_SIZE, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.cond = threading.Condition()
@@ -80,24 +91,32 @@ class Inbox:
         """Why no reply can come any more (None: one may)."""
 
     def add(self, message: Message, size: int) -> None:
-        """A message of ``size`` bytes arrived (reader thread): to the first waiter it
-        matches, else kept (the oldest dropped past the bounds)."""
+        """A message of ``size`` bytes arrived (reader thread): to the first waiter for
+        its type, else kept (the oldest dropped past the bounds) and queued for the
+        waiters with a predicate, which test it on their own thread."""
         with self.cond:
             for waiter in self.waiters:
-                try:
-                    hit = waiter.test(message)
-                except Exception as exc:  # the user's predicate: its error goes to whoever waits
-                    waiter.error, hit = exc, True
-                if hit:
+                if not waiter.user and waiter.test(message):  # a type: wsbridge's test, quick
                     waiter.message = message
                     self.waiters.remove(waiter)
                     self.cond.notify_all()
                     return
-            messages = self.messages
-            messages.append((message, size))
-            self.bytes += size
-            while len(messages) > self.size or self.bytes > self.max_bytes:
-                self.bytes -= messages.popleft()[1]
+            self._keep(self.messages, message, size)
+            for waiter in self.waiters:
+                if waiter.user:
+                    waiter.pending_bytes = self._keep(waiter.pending, message, size, waiter.pending_bytes)
+            self.cond.notify_all()
+
+    def _keep(self, queue: Deque[Tuple[Message, int]], message: Message, size: int, held: Optional[int] = None) -> int:
+        """Append to ``queue`` within the bounds (the oldest dropped); the bytes it holds
+        after (``held``: before; None: the inbox's own count, kept in ``bytes``)."""
+        total = (self.bytes if held is None else held) + size
+        queue.append((message, size))
+        while len(queue) > self.size or total > self.max_bytes:
+            total -= queue.popleft()[1]
+        if held is None:
+            self.bytes = total
+        return total
 
     def end(self, why: str) -> None:
         """No reply can come any more: a wait ends (what came is still taken)."""
@@ -120,37 +139,67 @@ class Inbox:
         once none can come."""
         test = matcher(match)
         with self.cond:  # looked at and registered at once: nothing slips in between
-            for i, (message, size) in enumerate(self.messages):
-                if test(message):
-                    del self.messages[i]
-                    self.bytes -= size
-                    return message
+            kept = list(self.messages)
             waiter = self.expect(match, test)
+        for message, _ in kept:  # tested outside the lock: a predicate is the user's code
+            if self._passes(waiter, message):
+                self.forget(waiter)
+                return self._taken(waiter)
         return self.wait(waiter, match, deadline)
+
+    def _passes(self, waiter: Waiter, message: Message) -> bool:
+        """Test ``message`` for ``waiter`` on the waiting thread; a hit (or the
+        predicate's error) is recorded, and the message is no longer kept for others."""
+        try:
+            hit = waiter.test(message)
+        except Exception as exc:  # the user's predicate: its error goes to the one waiting
+            waiter.error, hit = exc, True
+        if hit:
+            with self.cond:
+                waiter.message = message
+                for i, (kept, size) in enumerate(self.messages):
+                    if kept is message:
+                        del self.messages[i]
+                        self.bytes -= size
+                        break
+        return hit
+
+    @staticmethod
+    def _taken(waiter: Waiter) -> Message:
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.message is not None
+        return waiter.message
 
     def expect(self, match: Match, test: Optional[Callable[[Message], bool]] = None) -> Waiter:
         """Register a wait for the first message to arrive from now on that ``match``-es."""
-        waiter = Waiter(test or matcher(match))
+        waiter = Waiter(test or matcher(match), user=callable(match))
         with self.cond:
             self.waiters.append(waiter)
         return waiter
 
     def wait(self, waiter: Waiter, match: Match, deadline: float) -> Message:
         """What ``waiter`` (of this inbox) got, waiting until ``deadline``."""
-        with self.cond:
-            try:
-                while waiter.message is None:
-                    if self.ended is not None:
-                        raise ConnectionError(f"no {describe_match(match)} came: {self.ended}")
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no {describe_match(match)} came in the time given")
-                    self.cond.wait(remaining)
-            finally:
-                self.forget(waiter)
-            if waiter.error is not None:
-                raise waiter.error
-            return waiter.message
+        try:
+            while True:
+                with self.cond:
+                    if waiter.message is not None:
+                        break
+                    if not waiter.pending:
+                        if self.ended is not None:
+                            raise ConnectionError(f"no {describe_match(match)} came: {self.ended}")
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError(f"no {describe_match(match)} came in the time given")
+                        self.cond.wait(remaining)
+                        continue
+                    message, size = waiter.pending.popleft()
+                    waiter.pending_bytes -= size
+                if self._passes(waiter, message):  # outside the lock: the user's predicate
+                    break
+        finally:
+            self.forget(waiter)
+        return self._taken(waiter)
 
     def forget(self, waiter: Waiter) -> None:
         """No one waits for ``waiter`` any more: what it would match is kept again."""
@@ -201,9 +250,9 @@ class Session:
     def request(self, obj: Sendable, match: Match, timeout: Optional[float] = None) -> Message:
         """Send ``obj`` on this connection and return its reply: the first message
         received after it of type ``match`` (a str), or for which ``match(message)`` is
-        true. The reply is looked for as each message arrives (a predicate runs on the
-        reader thread then: keep it quick), so however many messages follow it (an ack,
-        then a snapshot), it is not missed. Waits up to ``timeout`` s (None: what is
+        true. The reply is looked for among the messages from the moment it is sent (a
+        predicate runs on this thread, never on the reader's), so however many messages
+        follow it (an ack, then a snapshot), it is not missed. Waits up to ``timeout`` s (None: what is
         left of the hook's time); `TimeoutError` when none came."""
         frame = self._sender.frame(obj)
         deadline = self._deadline(timeout)
