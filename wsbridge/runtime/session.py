@@ -46,6 +46,46 @@ it keeps at most the dispatch queue's byte bound of them, too."""
 ConnectHook = Callable[["Session"], object]
 
 
+class Kept:
+    """Messages kept in arrival order within a count and a byte bound, the oldest
+    dropped past either (weighed as the dispatch queue weighs them). Used under the
+    inbox's lock only."""
+
+    __slots__ = ("items", "bytes", "size", "max_bytes")
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        self.items: Deque[Tuple[Message, int]] = deque()
+        self.bytes = 0
+        self.size = size
+        self.max_bytes = max_bytes
+
+    def append(self, message: Message, size: int) -> None:
+        self.items.append((message, size))
+        self.bytes += size
+        while len(self.items) > self.size or self.bytes > self.max_bytes:
+            self.bytes -= self.items.popleft()[1]
+
+    def popleft(self) -> Message:
+        message, size = self.items.popleft()
+        self.bytes -= size
+        return message
+
+    def discard(self, message: Message) -> None:
+        """Forget ``message`` (the very object) if it is kept."""
+        for i, (kept, size) in enumerate(self.items):
+            if kept is message:
+                del self.items[i]
+                self.bytes -= size
+                return
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
 class Waiter:
     """A reply being waited for: the first message that passes ``test`` from the moment it
     was registered (`Inbox.expect`). Written under the inbox's lock.
@@ -56,17 +96,16 @@ class Waiter:
     messages that arrive meanwhile wait in ``pending`` (bounded as the inbox is) for the
     waiting thread to test them."""
 
-    __slots__ = ("test", "user", "message", "error", "pending", "pending_bytes")
+    __slots__ = ("test", "user", "message", "error", "pending")
 
-    def __init__(self, test: Callable[[Message], bool], user: bool) -> None:
+    def __init__(self, test: Callable[[Message], bool], user: bool, pending: Kept) -> None:
         self.test = test
         self.user = user
         """``test`` is the user's predicate (tested on the waiting thread)."""
         self.message: Optional[Message] = None
         self.error: Optional[BaseException] = None
         """What ``test`` raised (it is the user's predicate): raised to the one waiting."""
-        self.pending: Deque[Tuple[Message, int]] = deque()
-        self.pending_bytes = 0
+        self.pending = pending
 
 
 class Inbox:
@@ -84,8 +123,7 @@ class Inbox:
         self.cond = threading.Condition()
         self.size = size
         self.max_bytes = max_bytes
-        self.messages: Deque[Tuple[Message, int]] = deque()
-        self.bytes = 0
+        self.messages = Kept(size, max_bytes)
         self.waiters: List[Waiter] = []
         self.ended: Optional[str] = None
         """Why no reply can come any more (None: one may)."""
@@ -101,22 +139,11 @@ class Inbox:
                     self.waiters.remove(waiter)
                     self.cond.notify_all()
                     return
-            self._keep(self.messages, message, size)
+            self.messages.append(message, size)
             for waiter in self.waiters:
                 if waiter.user:
-                    waiter.pending_bytes = self._keep(waiter.pending, message, size, waiter.pending_bytes)
+                    waiter.pending.append(message, size)
             self.cond.notify_all()
-
-    def _keep(self, queue: Deque[Tuple[Message, int]], message: Message, size: int, held: Optional[int] = None) -> int:
-        """Append to ``queue`` within the bounds (the oldest dropped); the bytes it holds
-        after (``held``: before; None: the inbox's own count, kept in ``bytes``)."""
-        total = (self.bytes if held is None else held) + size
-        queue.append((message, size))
-        while len(queue) > self.size or total > self.max_bytes:
-            total -= queue.popleft()[1]
-        if held is None:
-            self.bytes = total
-        return total
 
     def end(self, why: str) -> None:
         """No reply can come any more: a wait ends (what came is still taken)."""
@@ -130,7 +157,6 @@ class Inbox:
         self.end("the handshake is over")
         with self.cond:
             self.messages.clear()
-            self.bytes = 0
             self.waiters = []
 
     def take(self, match: Match, deadline: float) -> Message:
@@ -139,9 +165,9 @@ class Inbox:
         once none can come."""
         test = matcher(match)
         with self.cond:  # looked at and registered at once: nothing slips in between
-            kept = list(self.messages)
+            kept = [message for message, _ in self.messages.items]
             waiter = self.expect(match, test)
-        for message, _ in kept:  # tested outside the lock: a predicate is the user's code
+        for message in kept:  # tested outside the lock: a predicate is the user's code
             if self._passes(waiter, message):
                 self.forget(waiter)
                 return self._taken(waiter)
@@ -157,11 +183,7 @@ class Inbox:
         if hit:
             with self.cond:
                 waiter.message = message
-                for i, (kept, size) in enumerate(self.messages):
-                    if kept is message:
-                        del self.messages[i]
-                        self.bytes -= size
-                        break
+                self.messages.discard(message)
         return hit
 
     @staticmethod
@@ -173,7 +195,7 @@ class Inbox:
 
     def expect(self, match: Match, test: Optional[Callable[[Message], bool]] = None) -> Waiter:
         """Register a wait for the first message to arrive from now on that ``match``-es."""
-        waiter = Waiter(test or matcher(match), user=callable(match))
+        waiter = Waiter(test or matcher(match), user=callable(match), pending=Kept(self.size, self.max_bytes))
         with self.cond:
             self.waiters.append(waiter)
         return waiter
@@ -193,8 +215,7 @@ class Inbox:
                             raise TimeoutError(f"no {describe_match(match)} came in the time given")
                         self.cond.wait(remaining)
                         continue
-                    message, size = waiter.pending.popleft()
-                    waiter.pending_bytes -= size
+                    message = waiter.pending.popleft()
                 if self._passes(waiter, message):  # outside the lock: the user's predicate
                     break
         finally:
