@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import ssl
+import threading
+import time
 from typing import Any, Dict
 
 import pytest
@@ -10,9 +14,10 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 import wsbridge
+from wsbridge import Message
 from wsbridge.testing import ConnectProxy, Server
 
-from conftest import PProxy
+from conftest import Feed, PProxy, per_thread, send_from_threads
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +132,76 @@ def test_an_https_proxy_is_spoken_to_over_tls_and_its_certificate_verified(ca, c
         assert stranger.stats.connect_attempts == 1
 
 
-def test_wss_through_an_https_proxy_is_refused_clearly(tls_server):
-    with pytest.raises(ValueError, match=r"TLS inside TLS\) is not supported"):
-        wsbridge.Client(tls_server.url, proxy="https://127.0.0.1:3128")
+@pytest.fixture
+def https_proxy(ca, tmp_path):
+    """pproxy speaking HTTP CONNECT over TLS, its certificate issued by the test CA."""
+    files = [str(tmp_path / "proxy.pem"), str(tmp_path / "proxy.key")]
+    proxy_cert = ca.issue_cert("127.0.0.1")
+    proxy_cert.cert_chain_pems[0].write_to_path(files[0])
+    proxy_cert.private_key_pem.write_to_path(files[1])
+    with PProxy("http+ssl", auth="u:pw", ssl_files=files) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def wss_feed(ca):
+    """A `websockets` wss:// server (not ours) that echoes, its certificate issued by the test CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with Feed(ssl=context, max_size=None) as feed:
+        yield feed
+
+
+def test_wss_through_an_https_proxy_runs_tls_inside_tls(https_proxy, wss_feed, ca_file, make_client):
+    """Both certificates verified, frames both ways (small ones in order, 1 MiB ones whole,
+    so records and sends span many pieces), a drop reconnected through the proxy."""
+    client = make_client(wss_feed.url, sslopt={"ca_certs": ca_file}, proxy=https_proxy.url("https", "u:pw"),
+                         codec=wsbridge.RawCodec(), backoff=wsbridge.Backoff(initial=0.05, max_delay=0.2))
+    client.start().wait_connected(timeout=10)
+    assert https_proxy.target() == f"127.0.0.1:{wss_feed.port}"
+    big = "x" * (1 << 20)
+    for n in range(200):
+        client.send(f"line {n}")
+    client.send(big, timeout=10)
+    client.send(big.encode(), timeout=10)
+    echoed = [client.recv(timeout=20).payload for _ in range(202)]
+    assert echoed == [f"line {n}" for n in range(200)] + [big, big.encode()]
+    assert [data for _, data in wss_feed.wait_received(202)] == echoed
+    wss_feed.drop()
+    wss_feed.wait_opened(2)
+    client.send("after the drop")
+    assert client.wait_for("text", timeout=10).payload == "after the drop"
+    assert https_proxy.target() == f"127.0.0.1:{wss_feed.port}"
+
+
+def test_the_server_behind_an_https_proxy_is_verified_too(https_proxy, ca_file, make_client, tmp_path):
+    """The proxy's certificate passes, the server's (another CA, or another name) does not."""
+    stranger = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    stranger.issue_cert("127.0.0.1").configure_cert(context)
+    with Feed(ssl=context) as feed:
+        client = make_client(feed.url, sslopt={"ca_certs": ca_file}, proxy=https_proxy.url("https", "u:pw"))
+        client.start()
+        with pytest.raises(wsbridge.ConnectError, match="TLS certificate verification failed"):
+            client.wait_connected(timeout=10)
+        assert client.stats.connect_attempts == 1 and feed.opened == 0
+
+
+def test_stop_cuts_a_tls_inside_tls_handshake_that_is_never_answered(https_proxy, ca_file, make_client):
+    """A server that accepts the tunnel but never answers TLS: stop() returns at once."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        client = make_client(f"wss://127.0.0.1:{port}/", sslopt={"ca_certs": ca_file},
+                             proxy=https_proxy.url("https", "u:pw"), connect_timeout=60)
+        client.start()
+        assert https_proxy.target() == f"127.0.0.1:{port}"
+        started = time.monotonic()
+        client.stop(timeout=10)
+        assert time.monotonic() - started < 5
+        assert not [t for t in threading.enumerate() if t.name.startswith(client.name + "-")]
+    finally:
+        silent.close()
 
 
 @pytest.fixture
@@ -173,3 +245,26 @@ def test_a_client_certificate_that_does_not_load_with_its_key_is_refused_at_cons
                                             serialization.BestAvailableEncryption(b"k3y-pass")))
     with pytest.raises(ValueError, match=r"an encrypted key needs sslopt\['password'\]"):  # OpenSSL does not prompt
         wsbridge.Client("wss://127.0.0.1:9/", sslopt={"certfile": mine["certfile"], "keyfile": str(encrypted)})
+
+
+def test_tls_inside_tls_carries_both_directions_at_once_from_many_threads(https_proxy, ca, ca_file, make_client):
+    """4 threads send while the server pings every 20 ms, sends 64 KiB frames and echoes
+    everything: the reader's pongs and the writers' records interleave on the proxy's socket,
+    and nothing is lost or torn."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with Feed(ssl=context, max_size=None, ping_interval=0.02, ping_timeout=20) as feed:
+        _both_directions(feed, make_client(feed.url, sslopt={"ca_certs": ca_file}, proxy=https_proxy.url("https", "u:pw")))
+
+
+def _both_directions(wss_feed: Feed, client: wsbridge.Client) -> None:
+    client.start().wait_connected(timeout=10)
+    block = json.dumps({"type": "block", "fill": "y" * 65536})
+    pusher = threading.Thread(target=wss_feed.send, args=(*[block] * 100,), name="test-pusher")
+    pusher.start()
+    send_from_threads(client, threads=4, each=500)
+    pusher.join(30)
+    echoes = [client.wait_for("m", timeout=20) for _ in range(2000)]
+    assert per_thread(echoes) == {k: list(range(500)) for k in range(4)}
+    assert sorted(per_thread([Message("m", json.loads(d)) for _, d in wss_feed.wait_received(2000)])) == [0, 1, 2, 3]
+    assert client.stats.received >= 2100 and client.stats.connects == 1

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 
 from ..codecs import DEFAULT_MAX_LENGTH
 from .handshake import Handshake
+from .nested_tls import TLS_SOCKETS, NestedTLS
 
 CHUNK = 256 * 1024
 """Most bytes taken from the kernel in one call."""
@@ -38,7 +39,7 @@ class BufferedSocket:
 
     def __init__(
         self,
-        sock: Union[socket.socket, ssl.SSLSocket],
+        sock: Union[socket.socket, ssl.SSLSocket, NestedTLS],
         max_frame: int = DEFAULT_MAX_LENGTH,
         handshake: Optional[Handshake] = None,
     ) -> None:
@@ -51,7 +52,7 @@ class BufferedSocket:
         goes to `ReadLoop.read_frame`, which refuses it from its header."""
         self._buf = b""
         self._pos = 0
-        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._tls = isinstance(sock, TLS_SOCKETS)
         self._timeout = sock.gettimeout()
         self._direct = self._may_read_directly()
 

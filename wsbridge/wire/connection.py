@@ -37,6 +37,7 @@ from .buffered import BufferedSocket, frame_complete
 from .dial import open_socket
 from .frames import close_payload
 from .handshake import Handshake
+from .nested_tls import TLS_SOCKETS
 from .options import ConnectOptions
 from .reader import ReadLoop
 from .wsclient import (
@@ -64,13 +65,6 @@ except ImportError:  # pragma: no cover - Windows: always wake at once
         return 0
 
 log = logging.getLogger("wsbridge")
-
-try:
-    import ssl
-
-    ssl_socket_types: tuple = (ssl.SSLSocket,)
-except ImportError:  # pragma: no cover
-    ssl_socket_types = ()
 
 OPCODE_BINARY = ABNF.OPCODE_BINARY
 OPCODE_TEXT = ABNF.OPCODE_TEXT
@@ -249,7 +243,7 @@ class Connection:
         if raw.frame_buffered():
             return True
         buffered = raw.buffered()
-        plain = not isinstance(raw.sock, ssl_socket_types)
+        plain = not isinstance(raw.sock, TLS_SOCKETS)
         try:
             if buffered:
                 head = raw.peek(10)

@@ -11,7 +11,8 @@ goes to websocket-client as a *prepared socket* for the HTTP upgrade.
 
 TLS is websocket-client's own wrapping (same ``sslopt`` keys, same
 verification defaults), with the handshake run here so the deadline and
-``adopt`` cover it too.
+``adopt`` cover it too. A ``wss://`` server behind an ``https://`` proxy gets
+its TLS inside the proxy's (`wsbridge.wire.nested_tls`), from the same context.
 
 Through a proxy (`wsbridge.wire.proxies`: the client's ``proxy``, else the
 environment's, minus ``no_proxy``) the proxy is dialled here too, TLS set up
@@ -27,12 +28,14 @@ import errno
 import os
 import select
 import socket
+import ssl
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import websocket
 
+from .nested_tls import NestedTLS, server_context
 from .proxies import ProxyURL, host_port, remaining, tunnel
 from .wsclient import parse_url, ssl_socket  # TLS wrapping, so sslopt means what websocket-client documents
 
@@ -48,7 +51,7 @@ client certificate and the server's name are the server's alone)."""
 def open_socket(
     url: str, sslopt: Optional[Dict[str, Any]], deadline: float, adopt: Adopt, aborted: threading.Event,
     proxy: Optional[ProxyURL],
-) -> socket.socket:
+) -> Union[socket.socket, NestedTLS]:
     """A connected (and, for ``wss://``, TLS-established) socket to ``url``'s host,
     through ``proxy`` if given (see `wsbridge.wire.proxies.choose_proxy`).
 
@@ -63,6 +66,7 @@ def open_socket(
     """
     hostname, port, _, secure = parse_url(url)
     where = host_port(hostname, port)
+    sock: Union[socket.socket, NestedTLS]
     sock = _tcp(proxy.host, proxy.port, deadline, adopt, aborted) if proxy else _tcp(hostname, port, deadline, adopt, aborted)
     try:
         if proxy:
@@ -70,7 +74,9 @@ def open_socket(
                 tls = {key: sslopt[key] for key in PROXY_TLS_KEYS if sslopt and key in sslopt}
                 sock = _tls(sock, tls, proxy.host, deadline, adopt, f"the proxy at {host_port(proxy.host, proxy.port)}")
             tunnel(sock, proxy, hostname, port, deadline, aborted)
-        if secure:
+        if secure and isinstance(sock, ssl.SSLSocket):  # an https:// proxy's tunnel
+            sock = _nested_tls(sock, sslopt or {}, hostname, deadline, adopt, where)
+        elif secure:
             sock = _tls(sock, sslopt or {}, hostname, deadline, adopt, where)
         sock.settimeout(remaining(deadline, f"WebSocket upgrade with {where}"))
         return sock
@@ -141,3 +147,17 @@ def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: f
         raise
     return tls
 
+
+
+def _nested_tls(outer: ssl.SSLSocket, sslopt: Dict[str, Any], hostname: str, deadline: float, adopt: Adopt,
+                where: str) -> NestedTLS:
+    """The server's TLS inside the proxy's (the tunnel ``outer`` carries it)."""
+    context, server_hostname = server_context(sslopt, hostname)
+    tls = NestedTLS(outer, context, server_hostname)
+    adopt(tls)  # type: ignore[arg-type]  # shut down through the proxy's socket
+    tls.settimeout(remaining(deadline, f"TLS handshake with {where}"))
+    try:
+        tls.do_handshake()
+    except socket.timeout:
+        raise TimeoutError(f"TLS handshake with {where} not finished in time") from None
+    return tls

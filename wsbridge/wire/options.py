@@ -36,9 +36,6 @@ Cookie = Union[None, str, Callable[[], Optional[str]]]
 CALLABLE = "<callable>"
 """What a ``repr`` shows for an option given as a callable."""
 
-TLS_IN_TLS = ("a wss:// URL through an https:// proxy (TLS inside TLS) is not supported: use an http:// proxy "
-              "(its tunnel carries the server's TLS end to end) or socks5://")
-
 
 @dataclass(frozen=True, repr=False)
 class ConnectOptions:
@@ -116,7 +113,6 @@ class ConnectOptions:
             check_no_proxy(self.no_proxy)
         if self.proxy is not None:
             object.__setattr__(self, "proxy_url", parse_proxy(self.proxy))
-        secure = not callable(self.url) and parse_url(self.url)[3]
         if not callable(self.headers):
             given = {name.lower() for name in checked_headers(self.headers)}
             if "origin" in given and (self.origin is not None or self.suppress_origin):
@@ -127,8 +123,6 @@ class ConnectOptions:
             checked_subprotocols(self.subprotocols)
         if not callable(self.cookie):
             checked_cookie(self.cookie)
-        if secure and self.proxy_url is not None and self.proxy_url.scheme == "https":
-            raise ValueError(TLS_IN_TLS)
 
     def attempt(self, deadline: float, note: Callable[[Optional[str]], None]) -> "Attempt":
         """What the next attempt sends: each callable option called (``note`` is told
@@ -156,8 +150,6 @@ class ConnectOptions:
         hostname, _, _, secure = parse_url(url)
         try:
             proxy = choose_proxy(hostname, secure, self.proxy_url, self.no_proxy)
-            if secure and proxy is not None and proxy.scheme == "https":
-                raise ValueError(TLS_IN_TLS)
         except ValueError as exc:  # the environment's proxy cannot work: retrying cannot help
             raise HandshakeError(str(exc), fatal=True) from None
         return Attempt(url, lines, subprotocols, "; ".join(cookies) or None, origin, host, suppress_origin, proxy, self.fresh)
