@@ -9,6 +9,7 @@ import pytest
 import wsbridge
 from wsbridge import Backoff, OutboxFull
 from wsbridge.testing import Blackhole, Proxy, Server
+from wsbridge.testing.raw import RawServer, frame
 
 from conftest import per_thread, send_from_threads, wait_until
 
@@ -70,6 +71,28 @@ def test_a_half_open_peer_is_detected_by_ping_timeout(proxy, make_client, collec
     assert "pong" in str(report["error"])  # ours ("no pong within") or websocket-client's ("ping/pong timed out")
     proxy.resume()
     connected.wait(2, timeout=10)
+
+
+def test_a_peer_whose_pong_waits_behind_its_frames_is_alive(make_client, collector):
+    """A server (raw: it never answers a ping) that keeps sending frames: the pong it owes
+    would wait behind them (a resume's backlog on a slow link), so the connection stays
+    while frames arrive, and is cut as a dead peer once they stop."""
+    ping_interval, ping_timeout = 0.3, 0.25
+    with RawServer() as server:
+        client = make_client(server.url, backoff=Backoff(initial=30), ping_interval=ping_interval,
+                             ping_timeout=ping_timeout)
+        disconnected = collector()
+        client.signals.disconnected.connect(disconnected)
+        client.start().wait_connected(timeout=10)
+        conn = server.wait_connection()
+        stop = threading.Event()
+        for n in range(150):  # about 3 s, ten ping intervals: a frame every 20 ms
+            conn.sendall(frame(b'{"type": "tick", "n": %d}' % n))
+            stop.wait(0.02)
+        assert [client.wait_for("tick", timeout=10).payload["n"] for _ in range(150)] == list(range(150))
+        assert not len(disconnected) and client.stats.connects == 1
+        report = disconnected.wait(1, timeout=ping_interval + ping_timeout + 1)[0]  # silence: dead
+        assert "no pong" in str(report["error"])
 
 
 def test_an_idle_timeout_detects_a_silent_peer_without_pings(proxy, make_client, collector):

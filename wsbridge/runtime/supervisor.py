@@ -415,13 +415,17 @@ class Supervisor:
 
     def _dead(self, conn: Connection, now: float) -> Optional[str]:
         """Why the peer is presumed dead, or None. While wsbridge's own full queue
-        holds the reader back (and for a deadline's length after), silence is ours."""
+        holds the reader back (and for a deadline's length after), silence is ours.
+        A frame received within ``ping_timeout`` shows the peer alive, however long its
+        pong waits behind the frames it queued first (a resume's backlog on a slow
+        link): only a ping unanswered *and* silence end the connection."""
         o = self.options
         dispatcher = self.dispatcher
         if dispatcher.holding:
             return None
         since = dispatcher.released_at
-        if o.ping_timeout and now - since > o.ping_timeout and conn.ping_overdue(time.time()):
+        if (o.ping_timeout and now - max(conn.last_frame_at, since) > o.ping_timeout
+                and conn.ping_overdue(time.time())):
             return f"no pong within {o.ping_timeout} s: peer presumed dead"
         if o.idle_timeout and now - max(conn.last_frame_at, since) > o.idle_timeout:
             return f"no frame for {o.idle_timeout} s: peer presumed dead"
