@@ -122,6 +122,27 @@ def test_messages_a_reader_has_not_handled_are_never_evicted_the_batch_is_refuse
     assert kept[:50] == list(range(50)) and kept == sorted(set(kept)) and len(kept) < 1000  # the first, in order
 
 
+def test_while_a_reader_holds_the_wal_writes_past_the_bound_are_refused_then_go_on(tmp_path):
+    """A reader's snapshot keeps the WAL from being truncated: past the bound, writes are
+    refused (not grown into), and once it lets go the next write truncates it."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, max_size=BOUND) as store:
+        store.append([wsbridge.Message("m", {"n": 0}, None)], {})
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages").fetchone()  # holds its snapshot, so the WAL
+        key = 1
+        with pytest.raises(StoreFull, match="held by a reader"):
+            for n in range(1, 200):
+                key = store.append([wsbridge.Message("m", {"n": n, "pad": PAD}, None)], {})
+                store.mark_handled(key)
+        refused_at = store.size_on_disk()
+        reader.execute("COMMIT")
+        reader.close()
+        store.append([wsbridge.Message("m", {"n": "after"}, None)], {})
+        assert refused_at > BOUND >= store.size_on_disk(), (refused_at, store.size_on_disk())  # refused once past it
+
+
 def test_max_size_is_checked_at_construction():
     for bad in (0, 1000, 64 * 1024 - 1, 1.5e6, "256k", True):
         with pytest.raises(ValueError, match="max_size"):

@@ -669,7 +669,8 @@ class SQLiteStore(Store):
         rows = _rows(messages, first, raw_is_payload)
         key = first + len(rows)
         try:
-            self._check_room(db, f"cannot write {len(rows)} message(s)")
+            if self._over:
+                self._check_room(db, f"cannot write {len(rows)} message(s)")
             try:
                 self._write_batch(db, rows, positions, None)
             except sqlite3.OperationalError as exc:
@@ -736,12 +737,11 @@ class SQLiteStore(Store):
                 "handled are evicted to make room)")
 
     def _check_room(self, db: sqlite3.Connection, what: str) -> None:
-        """`StoreFull` while the files pass ``max_size`` (the WAL could not be truncated)."""
+        """`StoreFull` while the files still pass ``max_size`` (the WAL could not be truncated)."""
+        self._settle(db)
         if self._over:
-            self._settle(db)
-            if self._over:
-                raise StoreFull(f"{what} to {self.path!r}: the store is full: its WAL is held by a reader (another "
-                                f"connection) and cannot be truncated yet{self._why_full()}")
+            raise StoreFull(f"{what} to {self.path!r}: the store is full: its WAL is held by a reader (another "
+                            f"connection) and cannot be truncated yet{self._why_full()}")
 
     def _settle(self, db: sqlite3.Connection) -> None:
         """After a commit (``max_size`` set): a WAL larger than its share (a batch larger
@@ -803,7 +803,8 @@ class SQLiteStore(Store):
     def _outbox_write(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
         with self._olock:
             db = self._outbox_db()
-            self._check_room(db, "cannot keep the send buffer")
+            if self._over:
+                self._check_room(db, "cannot keep the send buffer")
             try:
                 cursor = db.execute(sql, args)
             except sqlite3.Error as exc:
