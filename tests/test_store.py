@@ -69,13 +69,13 @@ def test_one_client_writes_a_store_at_a_time(tmp_path):
         assert again.positions() == {None: 1}
 
 
-def test_a_stale_side_file_falls_back_to_the_database(tmp_path):
+def test_a_missing_lock_file_falls_back_to_the_marks_in_the_database(tmp_path):
     path = str(tmp_path / "feed.db")
     with SQLiteStore(path) as store:
         store.append([msg(1), msg(2)], {None: 2})
         store.mark_handled(1)
         store.append([msg(3)], {None: 3})  # saves handled=1 in the database too
-    os.remove(path + "-handled")
+    os.remove(path + "-lock")  # its slot held the live mark
     with SQLiteStore(path) as store:
         assert [k for k, _ in store.unhandled()] == [2, 3]
 

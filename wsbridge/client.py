@@ -149,6 +149,8 @@ class Client(Subscribable, Pulling):
         self._named = name is not None
         self._replaced_by: Optional["Client"] = None  # set by the same-named client that takes its place
         self.store = store
+        if store is not None:  # a second writer's StoreInUse names this client
+            store.owner = self.name
         self.signals = Signals()
         self._pid = os.getpid()
         self._lifecycle = Lifecycle()
@@ -474,7 +476,9 @@ class Client(Subscribable, Pulling):
         the socket; a frame the socket did not begin to take by then waits in
         the send buffer (a stuck write never holds other senders). None or
         ``inf``: no limit of the caller's (the connection's write timeout applies);
-        negative or NaN: `ValueError`.
+        negative or NaN: `ValueError`. With a store, a frame that must wait in the
+        send buffer and does not fit in its ``max_size`` raises `StoreFull`, and
+        nothing is queued.
         """
         self._check_process()
         self._sender.send(obj, timeout_arg(timeout))

@@ -129,7 +129,27 @@ class StoreError(WsbridgeError):
 
 
 class StoreInUse(StoreError):
-    """Another client (this process or another) writes the store: one writes it at a time."""
+    """Another client (this process or another) writes the store: one writes it at a time.
+
+    The holder, as it wrote itself into the store when it took it (None when it did
+    not say: an older wsbridge, or one still opening the store): ``pid``, ``client``
+    (the client's name), ``host`` (its host name) and ``since`` (when it took the
+    store, seconds since the epoch). The message names them too."""
+
+    def __init__(self, message: str, pid: Optional[int] = None, client: Optional[str] = None,
+                 host: Optional[str] = None, since: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.client = client
+        self.host = host
+        self.since = since
+
+
+class StoreFull(StoreError):
+    """What was to be written does not fit in the store's ``max_size``: received
+    messages once nothing handled is left to evict (reported on ``error``, delivery
+    goes on), or a frame that would wait in the send buffer (`Client.send` raises it;
+    the caller still has the message), or a full disk."""
 
 
 class LeaseLost(StoreError):

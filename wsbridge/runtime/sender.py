@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from ..codecs import Codec
-from ..errors import ClientClosed, CloseFrameSent, OutboxFull, StoreError, WsbridgeError
+from ..errors import ClientClosed, CloseFrameSent, OutboxFull, StoreError, StoreFull, WsbridgeError
 from ..message import Message
 from ..tracking.outbox import Outbox
 from ..tracking.sequence import Positions
@@ -241,7 +241,8 @@ class Sender:
             self.outbox.put(Queued(frame[0], frame[1], None, bound), force=True)
             self.counts.queued += 1
             return None
-        key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
+        # A store without room for it refuses the send (`StoreFull`): the caller still has the frame.
+        key = self._keep(self.store.outbox_add, *frame, refuse_full=True) if self.store is not None else None
         # A connect hook's send is never refused for a full buffer: only the end of the
         # hooks can drain it (under drop_oldest, the oldest go as for any send).
         force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
@@ -259,12 +260,15 @@ class Sender:
         if key is not None and self.store is not None:
             self._keep(self.store.outbox_remove_through if through else self.store.outbox_remove, key)
 
-    def _keep(self, operation: Callable[..., Any], *args: Any) -> Any:
+    def _keep(self, operation: Callable[..., Any], *args: Any, refuse_full: bool = False) -> Any:
         """A send-buffer operation on the store. A failure is reported, not
-        raised: the frame is still in memory (only a crash could lose it now)."""
+        raised: the frame is still in memory (only a crash could lose it now);
+        but with ``refuse_full``, `StoreFull` is raised (nothing was queued)."""
         try:
             return operation(*args)
         except Exception as exc:
+            if refuse_full and isinstance(exc, StoreFull):
+                raise
             self.counts.store_errors += 1
             self._report(exc if isinstance(exc, StoreError) else StoreError(f"{self.store!r} failed: {exc!r}"), "store")
             return None

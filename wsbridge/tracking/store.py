@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import mmap
 import os
 import secrets
+import socket
 import sqlite3
 import stat
 import struct
+import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from ..errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
+from ..errors import StoreError, StoreFull, StoreInUse  # defined in errors.py; importable from here as before
 from ..message import Message
 from .sequence import Positions
 
 S = TypeVar("S", bound="Store")
+
+log = logging.getLogger("wsbridge")
 
 
 class Store:
@@ -38,6 +44,10 @@ class Store:
     then `append`, `mark_handled` and, as it stops, `keep_held` from its
     dispatcher thread only; `history` may be called from any thread.
     """
+
+    owner: Optional[str] = None
+    """The name of the client that writes the store (the client sets it): a second
+    writer's `StoreInUse` names it."""
 
     def open(self) -> None:
         raise NotImplementedError
@@ -176,8 +186,44 @@ _COLUMNS = "type, stream, seq, id, kind, payload, received_at"
 _NONE, _TEXT, _BYTES, _JSON = 0, 1, 2, 3
 JSON_FRAME = 4  # the JSON frame as it came (UTF-8 bytes), its payload once parsed
 
-_MARK = struct.Struct("<8sq")
-"""The handled mark's side file: the store's token, then the key."""
+_SLOT = struct.Struct("<8s8sq")
+"""The lock file's contents, memory-mapped by the writer: the store's token, which mark
+the writer moves (`_mark_id`), then that mark's key."""
+
+_KEY = struct.Struct("<q")
+"""The key in the slot (at byte 16): all `mark_handled` writes."""
+
+_OLD_MARK = struct.Struct("<8sq")
+"""A handled mark's side file of the earlier layout (``<path>-handled``, ``<path>-handled-<hash>``):
+the store's token, then the key. Folded into the database once, then removed."""
+
+SHM_BYTES = 32 * 1024
+"""SQLite's WAL index (``-shm``): 32 KiB while the WAL holds fewer than 4,062 frames,
+which `WAL_SHARE_MAX` keeps it under."""
+
+WAL_SHARE_MAX = 4 * 1024 * 1024
+"""The most of ``max_size`` the WAL may use (a quarter of it, up to this): about
+1,000 pages of 4 KiB, SQLite's own checkpoint threshold."""
+
+MIN_SIZE = 64 * 1024
+"""The smallest ``max_size``: the WAL index, a WAL and the tables' first pages."""
+
+SMALL_PAGES = 256 * 1024
+"""A new store whose ``max_size`` is below this gets 1 KiB pages (not 4 KiB), or its
+tables' first pages would not fit."""
+
+
+def _mark_id(row: str) -> bytes:
+    """The 8 bytes naming a mark's ``meta`` row in the lock file: the first 8 bytes of the
+    SHA-256 of the reader's name (which named the earlier layout's side file), zeros for the main mark."""
+    if row == "handled":
+        return bytes(8)
+    return hashlib.sha256(row[len("handled:"):].encode()).digest()[:8]
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    """Did SQLite refuse for want of room (``max_page_count``, or a full disk)?"""
+    return getattr(exc, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13) or "full" in str(exc)
 
 
 def stream_key(stream: Optional[str]) -> str:
@@ -284,19 +330,38 @@ class SQLiteStore(Store):
 
     WAL mode, so other processes can read `history` while the client writes;
     ``synchronous=NORMAL``: a process crash loses nothing committed, a power
-    loss may lose the last batches (which a resume fetches again). The
-    handled mark is advanced after every message, which one SQLite commit
-    each would make the bottleneck (about 24 us), so it lives in a 16-byte
-    memory-mapped side file (``<path>-handled``): a plain memory write per
-    message that the kernel keeps even when the process is killed. It is
-    also saved in the database with every batch, the fallback when the side
-    file is missing or belongs to another database. The side files (that one,
-    ``<path>-lock`` and the readers' marks) are opened without following a
-    symbolic link and only if they are plain files (`open_side_file`).
+    loss may lose the last batches (which a resume fetches again).
 
-    ``max_size`` caps the database file in bytes: past it a write fails as
-    on a full disk (a `StoreError`; the client reports it and keeps
-    delivering). One client writes a store at a time.
+    A store is the database, SQLite's ``-wal`` and ``-shm``, and ``<path>-lock``.
+    The lock file carries the writer lock (an OS lock: SQLite's own locks last a
+    transaction, and POSIX ones are dropped when any descriptor of the file
+    closes, so neither can say "this client writes the store until it closes or
+    dies") and the writer's handled mark. That mark is advanced after every
+    message, which one SQLite commit each would make the bottleneck (about
+    24 us), so it is a 24-byte memory-mapped slot of the lock file: a plain
+    memory write per message that the kernel keeps even when the process is
+    killed. Every mark is also saved in the database (table ``meta``) with
+    every batch and at `close`; the next writer folds the slot into its row as
+    it opens the store. Who holds the lock (pid, client name, host, since
+    when) is in ``meta`` too, for `StoreInUse`. The lock file is opened without
+    following a symbolic link and only if it is a plain file (`open_side_file`).
+    A store of the earlier layout (a side file per mark, ``<path>-handled``,
+    ``<path>-handled-<hash>``) is migrated as it opens: the marks are folded
+    into the database and the side files removed.
+
+    ``max_size`` bounds the whole store on disk, in bytes (all four files, at
+    least `MIN_SIZE`): SQLite's WAL index takes 32 KiB, the WAL a quarter (up to
+    4 MiB; checkpointed and truncated after any commit that leaves it larger),
+    and the database the rest, enforced by SQLite's ``max_page_count``. When a
+    batch of received messages does not fit, the oldest messages every mark
+    has passed (handled by every reader) are evicted to make room (counted in
+    ``evicted``; `history` then starts later); when nothing handled is left,
+    the batch is refused with `StoreFull` (the client reports it and keeps
+    delivering). A frame that would wait in the send buffer and does not fit
+    is refused: `Client.send` raises `StoreFull` and the caller still has it.
+    While a reader in another process holds the WAL (a long `iter_history`)
+    it cannot be truncated; writes are refused while the files pass
+    ``max_size``. One client writes a store at a time.
 
     ``reader`` names the handled mark this store object moves (None: the
     store's main mark). A client that subscribes to only some types sees
@@ -309,6 +374,9 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str, *, max_size: Optional[int] = None, reader: Optional[str] = None) -> None:
         self.path = os.fspath(path)
+        if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < MIN_SIZE):
+            raise ValueError(f"max_size must be a number of bytes of at least {MIN_SIZE} (SQLite's WAL index alone "
+                             f"takes {SHM_BYTES}), not {max_size!r}")
         self.max_size = max_size
         if reader is not None:
             try:
@@ -319,17 +387,32 @@ class SQLiteStore(Store):
         self._mark_row = "handled" if reader is None else "handled:" + reader
         self._db: Optional[sqlite3.Connection] = None  # messages: the dispatcher's
         self._odb: Optional[sqlite3.Connection] = None  # the send buffer: senders' and the supervisor's
-        self._mark: Optional[mmap.mmap] = None
-        self._mark_file: Optional[int] = None
+        self._olock = threading.Lock()  # one send-buffer operation at a time on _odb
+        self._mark: Optional[mmap.mmap] = None  # the lock file's slot: the dispatcher writes it
         self._lock_file: Optional[int] = None  # held open while this object writes the store
         self._token = b""
         self._next_key = 1
         self._handled = 0
+        self._wal_share = 0  # bytes the WAL may take of max_size (set at open)
+        self._over = False  # the files passed max_size and the WAL could not be truncated (writers')
+        self.evicted = 0
+        """Messages evicted to keep within ``max_size`` since `open` (the dispatcher's)."""
 
     def __repr__(self) -> str:
         if self.reader is None:
             return f"SQLiteStore({self.path!r})"
         return f"SQLiteStore({self.path!r}, reader={self.reader!r})"
+
+    def size_on_disk(self) -> int:
+        """Bytes of the store's files on disk now (database, ``-wal``, ``-shm``, ``-lock``):
+        what ``max_size`` bounds."""
+        total = 0
+        for name in (self.path, self.path + "-wal", self.path + "-shm", self.path + "-lock"):
+            try:
+                total += os.stat(name).st_size
+            except OSError:
+                pass
+        return total
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> None:
@@ -361,15 +444,55 @@ class SQLiteStore(Store):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreInUse(f"the store {self.path!r} is in use by another client (one client writes a store "
-                             f"at a time; `wsbridge history` reads it meanwhile)") from None
+            raise self._in_use() from None
         self._lock_file = fd
         _locked.add(self)
+
+    def _in_use(self) -> StoreInUse:
+        """`StoreInUse` naming the holder, as it wrote itself into the database."""
+        try:
+            rows = list(self._read("SELECT value FROM meta WHERE name = 'holder'", ()))
+            holder = json.loads(rows[0][0]) if rows else {}
+        except (StoreError, ValueError, TypeError):
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        pid, client, host, since = (holder.get(k) for k in ("pid", "client", "host", "since"))
+        if isinstance(pid, int):
+            who = f"pid {pid}" + (f" on {host}" if isinstance(host, str) else "")
+            if isinstance(client, str):
+                who += f", client {client!r}"
+            if isinstance(since, (int, float)):
+                who += ", since " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        else:  # an older wsbridge, or one that has the lock and is still opening the database
+            who = "a client that did not say who it is"
+        return StoreInUse(
+            f"the store {self.path!r} is in use by another client ({who}): one client writes a store at a time; "
+            "`wsbridge history` reads it meanwhile",
+            pid=pid if isinstance(pid, int) else None, client=client if isinstance(client, str) else None,
+            host=host if isinstance(host, str) else None, since=since if isinstance(since, (int, float)) else None,
+        )
 
     def _unlock_writer(self) -> None:
         fd, self._lock_file = self._lock_file, None
         if fd is not None:
-            os.close(fd)  # releases the lock
+            os.close(fd)  # releases the lock (the slot's mapping is closed before)
+
+    def _tune(self, db: sqlite3.Connection) -> None:
+        """Per-connection settings: durability, and ``max_size``'s shares (`_bounds`)."""
+        db.execute("PRAGMA synchronous=NORMAL")
+        if self.max_size is not None:
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            pages, self._wal_share = self._bounds(page)
+            db.execute(f"PRAGMA max_page_count = {pages}")
+            db.execute(f"PRAGMA journal_size_limit = {self._wal_share}")
+            db.execute(f"PRAGMA wal_autocheckpoint = {max(1, self._wal_share // (page + 24) // 2)}")
+
+    def _bounds(self, page: int) -> Tuple[int, int]:
+        """``max_size`` shared out: (pages of the database, bytes of the WAL)."""
+        assert self.max_size is not None
+        wal = min(WAL_SHARE_MAX, max(4 * (page + 24) + 32, self.max_size // 4))
+        return max(1, (self.max_size - SHM_BYTES - _SLOT.size - wal) // page), wal
 
     def _open_db(self) -> None:
         fd = create_private(self.path, os.O_RDWR)  # a new database: private (SQLite gives -wal and -shm its mode)
@@ -378,25 +501,12 @@ class SQLiteStore(Store):
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             try:
+                if self.max_size is not None and self.max_size < SMALL_PAGES and fd is not None:
+                    db.execute("PRAGMA page_size = 1024")  # before WAL mode: it writes the header
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                db.execute("PRAGMA synchronous=NORMAL")
-                if self.max_size is not None:
-                    page = db.execute("PRAGMA page_size").fetchone()[0]
-                    db.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size) // page)}")
+                self._tune(db)
                 db.executescript(_SCHEMA)
-                token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
-                if token is None:
-                    db.execute("INSERT INTO meta VALUES ('token', ?)", (secrets.token_bytes(8),))
-                    db.execute("INSERT INTO meta VALUES ('handled', 0)")
-                    token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
-                self._token = bytes(token[0])
-                row = db.execute("SELECT value FROM meta WHERE name = ?", (self._mark_row,)).fetchone()
-                if row is None:  # a new reader: it starts where the main mark is
-                    main = db.execute("SELECT value FROM meta WHERE name = 'handled'").fetchone()
-                    handled = max(int(main[0]) if main else 0, self._read_mark(self.path + "-handled"))
-                    db.execute("INSERT INTO meta VALUES (?, ?)", (self._mark_row, handled))
-                else:
-                    handled = row[0]
+                handled = self._take_over(db)
                 self._next_key = (db.execute("SELECT MAX(key) FROM messages").fetchone()[0] or 0) + 1
             except BaseException:
                 db.close()
@@ -408,59 +518,105 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot open the store {self.path!r}: WAL journal mode refused ({mode})")
         try:
             odb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
-            odb.execute("PRAGMA synchronous=NORMAL")
+            self._tune(odb)
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
         self._handled = int(handled)
         try:
-            self._handled = max(self._handled, self._open_mark())
+            self._map_slot()
         except BaseException:  # before the store counts as open: close() must not save a mark it never read
             odb.close()
             db.close()
             raise
         self._db, self._odb = db, odb
 
-    def _mark_path(self) -> str:
-        if self.reader is None:
-            return self.path + "-handled"
-        return self.path + "-handled-" + hashlib.sha256(self.reader.encode()).hexdigest()[:16]
-
-    def _read_mark(self, path: str) -> int:
-        """The key a side file records for this database (0: none, or another database's)."""
+    def _take_over(self, db: sqlite3.Connection) -> int:
+        """With the lock held, in one transaction: fold the last writer's slot and the
+        earlier layout's mark files into the marks' rows, create this reader's row (at
+        the main mark), and say who writes the store now. Returns this reader's mark.
+        The old mark files are removed once that committed."""
+        old = self._old_mark_files()  # read (and checked) before anything is written
+        slot = self._read_slot()
+        db.execute("BEGIN IMMEDIATE")
         try:
+            token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
+            if token is None:
+                db.execute("INSERT INTO meta VALUES ('token', ?)", (secrets.token_bytes(8),))
+                db.execute("INSERT INTO meta VALUES ('handled', 0)")
+                token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
+            self._token = bytes(token[0])
+            marks = {_mark_id(name): name for (name,) in db.execute("SELECT name FROM meta WHERE name LIKE 'handled%'")}
+            for _, ident, written_for, key in old + ([("", *slot)] if slot else []):
+                if written_for == self._token and ident in marks:  # else another database's: stale
+                    db.execute("UPDATE meta SET value = MAX(value, ?) WHERE name = ?", (key, marks[ident]))
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (self._mark_row,)).fetchone()
+            if row is None:  # a new reader: it starts where the main mark is
+                row = db.execute("SELECT value FROM meta WHERE name = 'handled'").fetchone()
+                db.execute("INSERT INTO meta VALUES (?, ?)", (self._mark_row, row[0] if row else 0))
+            holder = {"pid": os.getpid(), "client": self.owner, "host": socket.gethostname(), "since": time.time()}
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('holder', ?)", (json.dumps(holder),))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        for path, *_ in old:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        return int(row[0] or 0)
+
+    def _old_mark_files(self) -> List[Tuple[str, bytes, bytes, int]]:
+        """The earlier layout's mark files (``<path>-handled``, ``<path>-handled-<16 hex>``),
+        as (path, mark id, token, key). Opened as side files: a link, or anything but a
+        plain file of this user's, is refused (`StoreError`) and left alone."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        found = []
+        for name in sorted(os.listdir(folder)):
+            if name == base + "-handled":
+                ident = bytes(8)
+            elif name.startswith(base + "-handled-") and len(name) == len(base) + 25:
+                try:
+                    ident = bytes.fromhex(name[-16:])
+                except ValueError:
+                    continue
+            else:
+                continue
+            path = os.path.join(folder, name)
             fd = open_side_file(path, os.O_RDONLY, "handled mark")
             try:
-                data = os.read(fd, _MARK.size)
+                data = os.read(fd, _OLD_MARK.size)
             finally:
                 os.close(fd)
-        except OSError:
-            return 0
-        if len(data) < _MARK.size:
-            return 0
-        token, key = _MARK.unpack(data)
-        return int(key) if token == self._token else 0
+            token, key = _OLD_MARK.unpack(data) if len(data) == _OLD_MARK.size else (b"", 0)
+            found.append((path, ident, token, key))
+        return found
 
-    def _open_mark(self) -> int:
-        """Map the side file; return the key it records (0 when it is new or stale)."""
-        path = self._mark_path()
+    def _read_slot(self) -> Optional[Tuple[bytes, bytes, int]]:
+        """The last writer's slot in the lock file: (mark id, token, key); None if empty."""
+        if self._lock_file is None:
+            return None
+        data = os.pread(self._lock_file, _SLOT.size, 0)
+        if len(data) < _SLOT.size:
+            return None
+        token, ident, key = _SLOT.unpack(data)
+        return ident, token, key
+
+    def _map_slot(self) -> None:
+        """Map the lock file's slot and write this writer's mark in it."""
+        fd = self._lock_file
+        if fd is None:
+            return
         try:
-            fd = open_side_file(path, os.O_RDWR | os.O_CREAT, "handled mark")
+            if os.fstat(fd).st_size < _SLOT.size:
+                os.ftruncate(fd, _SLOT.size)
+            mark = mmap.mmap(fd, _SLOT.size)
         except OSError as exc:
-            raise StoreError(f"cannot open the store's handled mark {path!r}: {exc}") from exc
-        try:
-            if os.fstat(fd).st_size < _MARK.size:
-                os.ftruncate(fd, _MARK.size)
-            mark = mmap.mmap(fd, _MARK.size)
-        except OSError as exc:
-            os.close(fd)
-            raise StoreError(f"cannot map the store's handled mark {path!r}: {exc}") from exc
-        token, key = _MARK.unpack_from(mark)
-        self._mark_file, self._mark = fd, mark
-        if token != self._token:
-            key = 0
-            _MARK.pack_into(mark, 0, self._token, self._handled)
-        return key
+            raise StoreError(f"cannot map the store's lock {self.path + '-lock'!r}: {exc}") from exc
+        _SLOT.pack_into(mark, 0, self._token, _mark_id(self._mark_row), self._handled)
+        self._mark = mark
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -468,17 +624,17 @@ class SQLiteStore(Store):
         if odb is not None:
             odb.close()
         mark, self._mark = self._mark, None
-        fd, self._mark_file = self._mark_file, None
         if db is not None:
             try:
+                db.execute("BEGIN")
                 db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
+                db.execute("DELETE FROM meta WHERE name = 'holder'")
+                db.execute("COMMIT")
             except sqlite3.Error:
                 pass
             db.close()
         if mark is not None:
             mark.close()
-        if fd is not None:
-            os.close(fd)
         self._unlock_writer()
 
     def _conn(self) -> sqlite3.Connection:
@@ -513,29 +669,106 @@ class SQLiteStore(Store):
         rows = _rows(messages, first, raw_is_payload)
         key = first + len(rows)
         try:
-            db.execute("BEGIN")
+            if self._over:
+                self._check_room(db, f"cannot write {len(rows)} message(s)")
             try:
-                db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                db.executemany(
-                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
-                    [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
-                )
-                db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-                    db.execute("ROLLBACK")
-                raise
+                self._write_batch(db, rows, positions, None)
+            except sqlite3.OperationalError as exc:
+                if self.max_size is None or not _is_full(exc):
+                    raise
+                self._evict_and_write(db, rows, positions)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}") from exc
+            error = StoreFull if _is_full(exc) else StoreError
+            raise error(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}"
+                        + ("" if self.max_size is None else self._why_full())) from exc
         self._next_key = key
+        if self.max_size is not None:
+            self._settle(db)
         return first
+
+    def _write_batch(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], positions: Positions,
+                     evict_through: Optional[int]) -> int:
+        """One transaction: evict the messages up to ``evict_through`` (None: none), store
+        ``rows`` and the positions; the number evicted."""
+        db.execute("BEGIN")
+        try:
+            evicted = 0
+            if evict_through is not None:
+                evicted = db.execute("DELETE FROM messages WHERE key <= ?", (evict_through,)).rowcount
+            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
+                [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
+            )
+            db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                db.execute("ROLLBACK")
+            raise
+        return evicted
+
+    def _evict_and_write(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], positions: Positions) -> None:
+        """The batch did not fit in ``max_size``: evict the oldest messages every mark
+        passed, as many as the batch holds and doubling until it fits (SQLite reuses
+        the pages they free); raise SQLite's error when even all of them are not enough."""
+        others = db.execute("SELECT MIN(value) FROM meta WHERE name LIKE 'handled%' AND name != ?",
+                            (self._mark_row,)).fetchone()[0]
+        limit = self._handled if others is None else min(self._handled, int(others))
+        count = len(rows)
+        while True:
+            row = db.execute("SELECT key FROM messages WHERE key <= ? ORDER BY key LIMIT 1 OFFSET ?",
+                             (limit, count - 1)).fetchone()
+            through = limit if row is None else int(row[0])
+            try:
+                evicted = self._write_batch(db, rows, positions, through)
+            except sqlite3.OperationalError as exc:
+                if row is None or not _is_full(exc):  # nothing more to evict
+                    raise
+                count *= 2
+                continue
+            if evicted and not self.evicted:
+                log.info("%r is full (max_size %d bytes): evicting the oldest handled messages", self, self.max_size)
+            self.evicted += evicted
+            return
+
+    def _why_full(self) -> str:
+        return (f" (max_size {self.max_size} bytes: {self.size_on_disk()} on disk; only messages every reader "
+                "handled are evicted to make room)")
+
+    def _check_room(self, db: sqlite3.Connection, what: str) -> None:
+        """`StoreFull` while the files still pass ``max_size`` (the WAL could not be truncated)."""
+        self._settle(db)
+        if self._over:
+            raise StoreFull(f"{what} to {self.path!r}: the store is full: its WAL is held by a reader (another "
+                            f"connection) and cannot be truncated yet{self._why_full()}")
+
+    def _settle(self, db: sqlite3.Connection) -> None:
+        """After a commit (``max_size`` set): a WAL larger than its share (a batch larger
+        than it, or a reader that held it) is checkpointed into the database and truncated,
+        without waiting for readers (one that holds it makes this fail: the next commit
+        tries again, and `_check_room` refuses writes while the files pass ``max_size``)."""
+        try:
+            wal = os.stat(self.path + "-wal").st_size
+        except OSError:
+            wal = 0
+        if wal > self._wal_share:
+            db.execute("PRAGMA busy_timeout = 0")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                pass
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            self._over = self.size_on_disk() > (self.max_size or 0)
+        else:
+            self._over = False
 
     def mark_handled(self, key: int) -> None:
         self._handled = key
         mark = self._mark
         if mark is not None:
-            _MARK.pack_into(mark, 0, self._token, key)
+            _KEY.pack_into(mark, 16, key)
 
     keeps_held = True
 
@@ -568,16 +801,28 @@ class SQLiteStore(Store):
         return self._odb
 
     def _outbox_write(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
-        try:
-            return self._outbox_db().execute(sql, args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot keep the send buffer in {self.path!r}: {exc}") from exc
+        with self._olock:
+            db = self._outbox_db()
+            if self._over:
+                self._check_room(db, "cannot keep the send buffer")
+            try:
+                cursor = db.execute(sql, args)
+            except sqlite3.Error as exc:
+                error = StoreFull if _is_full(exc) else StoreError
+                raise error(f"cannot keep the send buffer in {self.path!r}: {exc}"
+                            + ("" if self.max_size is None else self._why_full())) from exc
+            if self.max_size is not None:
+                self._settle(db)
+            return cursor
 
     def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
-        rows = self._outbox_db().execute("SELECT key, data, binary FROM outbox ORDER BY key").fetchall()
+        with self._olock:
+            rows = self._outbox_db().execute("SELECT key, data, binary FROM outbox ORDER BY key").fetchall()
         return [(key, bytes(data) if binary else data, bool(binary)) for key, data, binary in rows]
 
     def outbox_add(self, data: Union[str, bytes], binary: bool) -> Optional[int]:
+        """Keep a frame; `StoreFull` when it does not fit in ``max_size`` (never evicted
+        to make room: the caller still has it)."""
         return self._outbox_write("INSERT INTO outbox (data, binary) VALUES (?, ?)", (data, int(binary))).lastrowid
 
     def outbox_remove(self, key: int) -> None:
@@ -651,9 +896,16 @@ _locked: "weakref.WeakSet[SQLiteStore]" = weakref.WeakSet()
 
 
 def _drop_locks_in_child() -> None:
-    """A child made by fork() shares the parent's lock (one open file): close its copy,
-    or the lock would outlive the parent's close() while the child runs (a worker pool)."""
+    """A child made by fork() shares the parent's lock (one open file): close its copies
+    (the descriptor, and the slot's mapping, which holds one too), or the lock would
+    outlive the parent's close() while the child runs (a worker pool)."""
     for store in list(_locked):
+        mark, store._mark = store._mark, None
+        if mark is not None:
+            try:
+                mark.close()
+            except (OSError, ValueError, BufferError):
+                pass
         fd, store._lock_file = store._lock_file, None
         if fd is not None:
             try:

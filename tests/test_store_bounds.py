@@ -1,0 +1,313 @@
+"""Issue 23, 5: a store keeps its bound (all its files), says who holds it, and is four files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import wsbridge
+from wsbridge import SQLiteStore, StoreFull, StoreInUse
+
+from conftest import Feed, Lines
+
+HERE = Path(__file__).parent
+BOUND = 256 * 1024
+PAD = "x" * 1000  # a message of about 1 KiB
+
+
+def child_env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def files_of(path: str) -> set:
+    base = os.path.basename(path)
+    return {name for name in os.listdir(os.path.dirname(path)) if name.startswith(base)}
+
+
+# -- 1: max_size bounds the files on disk ----------------------------------------------------------
+def test_offline_sends_stop_at_the_bound_with_store_full_and_the_accepted_ones_all_arrive(tmp_path, make_client,
+                                                                                             down_server):
+    """The issue: SQLiteStore(max_size=256 KiB) held 10.8 MB (file, WAL and SHM) after 5,000 offline
+    sends of 1 KiB, none refused (the send buffer's connection had no page limit at all)."""
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path, max_size=BOUND)
+    client = make_client(down_server.url, store=store)
+    client.start()
+    accepted, refused, largest = [], [], 0
+    for i in range(5000):
+        try:
+            client.send({"type": "m", "i": i, "pad": PAD})
+        except StoreFull:
+            refused.append(i)  # the caller still has it
+        else:
+            accepted.append(i)
+        largest = max(largest, store.size_on_disk())
+    assert accepted and refused and len(accepted) + len(refused) == 5000
+    assert largest <= BOUND, f"{largest} bytes on disk, bound {BOUND}"
+    assert client.stats.store_errors == 0  # refused to the caller, not reported
+    down_server.start()
+    down_server.wait_until(lambda s: len(s.received) >= len(accepted), timeout=30)
+    client.wait_connected(timeout=10)
+    for i in refused:  # the buffer is flushed: they go straight out
+        client.send({"type": "m", "i": i, "pad": PAD})
+    down_server.wait_until(lambda s: len(s.received) >= 5000, timeout=30)
+    got = [m.payload["i"] for m in down_server.received_messages()]
+    assert got == accepted + refused, "lost, repeated or reordered"
+    assert store.size_on_disk() <= BOUND
+
+
+def test_received_messages_evict_the_oldest_handled_and_keep_within_the_bound(tmp_path, make_client, collector):
+    """A `websockets` server (not ours) sends 3,000 messages of 1 KiB into a 256 KiB store:
+    the oldest handled messages make room, none is refused, and the files stay within it."""
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path, max_size=BOUND)
+    largest = [0]
+    got = collector()
+
+    def handle(message):
+        largest[0] = max(largest[0], store.size_on_disk())  # the batch is stored before this runs
+        got(message)
+
+    with Feed() as feed:
+        client = make_client(feed.url, store=store)
+        client.on("m", handle)
+        client.start().wait_connected(timeout=10)
+        for start in range(0, 3000, 50):  # batches of at most 50 KiB: each fits once the handled ones go
+            feed.send(*(json.dumps({"type": "m", "n": n, "pad": PAD}) for n in range(start, start + 50)))
+            got.wait(start + 50, timeout=30)
+        assert [m.payload["n"] for m in got.items] == list(range(3000))
+        assert client.stop(10)
+    assert largest[0] <= BOUND and store.size_on_disk() <= BOUND, (largest[0], store.size_on_disk())
+    assert client.stats.store_errors == 0 and store.evicted > 2000
+    kept = [m.payload["n"] for m in store.history()]
+    assert kept and kept == list(range(3000 - len(kept), 3000)), "history is the newest messages, whole"
+
+
+def test_messages_a_reader_has_not_handled_are_never_evicted_the_batch_is_refused_and_reported(
+        tmp_path, make_client, collector):
+    """A reader's mark that lags (a client of some types only, not running now) keeps what it has
+    not handled: past the bound the batch is refused, reported on ``error``, and delivery goes on."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, reader="trades"):
+        pass  # its mark is at 0: nothing may be evicted
+    store = SQLiteStore(path, max_size=BOUND)
+    got, errors = collector(), collector()
+    with Feed() as feed:
+        client = make_client(feed.url, store=store)
+        client.on("m", got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        for start in range(0, 1000, 50):
+            feed.send(*(json.dumps({"type": "m", "n": n, "pad": PAD}) for n in range(start, start + 50)))
+            got.wait(start + 50, timeout=30)
+        assert [m.payload["n"] for m in got.items] == list(range(1000))
+        report = errors.wait(1)[0]
+        assert report["context"] == "store" and isinstance(report["error"], StoreFull), report
+        assert "max_size 262144" in str(report["error"])
+        assert client.stop(10)
+    assert store.evicted == 0 and store.size_on_disk() <= BOUND
+    kept = [m.payload["n"] for m in store.history()]
+    assert kept[:50] == list(range(50)) and kept == sorted(set(kept)) and len(kept) < 1000  # the first, in order
+
+
+def test_while_a_reader_holds_the_wal_writes_past_the_bound_are_refused_then_go_on(tmp_path):
+    """A reader's snapshot keeps the WAL from being truncated: past the bound, writes are
+    refused (not grown into), and once it lets go the next write truncates it."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, max_size=BOUND) as store:
+        store.append([wsbridge.Message("m", {"n": 0}, None)], {})
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages").fetchone()  # holds its snapshot, so the WAL
+        key = 1
+        with pytest.raises(StoreFull, match="held by a reader"):
+            for n in range(1, 200):
+                key = store.append([wsbridge.Message("m", {"n": n, "pad": PAD}, None)], {})
+                store.mark_handled(key)
+        refused_at = store.size_on_disk()
+        reader.execute("COMMIT")
+        reader.close()
+        store.append([wsbridge.Message("m", {"n": "after"}, None)], {})
+        assert refused_at > BOUND >= store.size_on_disk(), (refused_at, store.size_on_disk())  # refused once past it
+
+
+def test_max_size_is_checked_at_construction():
+    for bad in (0, 1000, 64 * 1024 - 1, 1.5e6, "256k", True):
+        with pytest.raises(ValueError, match="max_size"):
+            SQLiteStore("feed.db", max_size=bad)
+
+
+# -- 2: StoreInUse names the holder ---------------------------------------------------------------
+HOLDER = textwrap.dedent("""
+    import sys, wsbridge
+    client = wsbridge.Client(sys.argv[1], name="holder-A", store=wsbridge.SQLiteStore(sys.argv[2]))
+    client.start()
+    print("OPEN", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_store_in_use_names_a_holder_in_another_process_and_a_killed_one_blocks_nothing(tmp_path, server, make_client):
+    path = str(tmp_path / "feed.db")
+    before = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, server.url, path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert Lines(proc.stdout).next(timeout=30) == "OPEN"
+        with pytest.raises(StoreInUse) as info:
+            SQLiteStore(path).open()
+        error = info.value
+        assert (error.pid, error.client, error.host) == (proc.pid, "holder-A", socket.gethostname())
+        assert error.since is not None and before - 1 <= error.since <= time.time()
+        assert f"pid {proc.pid}" in str(error) and "'holder-A'" in str(error), str(error)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # kill -9: no close(), no cleanup
+        proc.wait(10)
+    client = make_client(server.url, store=SQLiteStore(path), name="next")
+    client.start()  # the kernel released the lock with the process
+    with pytest.raises(StoreInUse) as info:
+        SQLiteStore(path).open()
+    assert (info.value.pid, info.value.client) == (os.getpid(), "next")
+
+
+def test_store_in_use_names_another_client_of_the_same_process(tmp_path, server, make_client):
+    path = str(tmp_path / "feed.db")
+    make_client(server.url, store=SQLiteStore(path), name="first").start()
+    second = make_client(server.url, store=SQLiteStore(path), name="second")
+    with pytest.raises(StoreInUse, match="client 'first'") as info:
+        second.start()
+    assert (info.value.pid, info.value.client) == (os.getpid(), "first")
+
+
+# -- 3: four files, the marks in the database, the old layout migrated ------------------------------
+def test_a_store_is_four_files_whatever_its_readers(tmp_path, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    got = collector()
+    with Feed() as feed:
+        for n, reader in enumerate((None, "a", "b"), 1):
+            client = make_client(feed.url, store=SQLiteStore(path, reader=reader), name=f"r-{reader}")
+            client.on("tick", got)
+            client.start().wait_connected(timeout=10)
+            feed.send(json.dumps({"type": "tick", "n": n}))
+            got.wait(n)
+            assert files_of(path) == {"feed.db", "feed.db-wal", "feed.db-shm", "feed.db-lock"}
+            assert client.stop(10)
+    assert files_of(path) == {"feed.db", "feed.db-lock"}  # SQLite removes its journal files at the last close
+    marks = dict(sqlite3.connect(path).execute("SELECT name, value FROM meta WHERE name LIKE 'handled%'").fetchall())
+    assert set(marks) == {"handled", "handled:a", "handled:b"}
+
+
+OLD_MARK = struct.Struct("<8sq")
+
+
+def test_a_store_of_the_earlier_layout_is_migrated_once_its_marks_kept(tmp_path):
+    """The earlier layout: a side file per mark, holding (token, key), ahead of the database's rows
+    (a killed process saved them there only with each batch). Opening migrates them and removes them."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path) as store:
+        store.append([wsbridge.Message("t", {"n": n}, n) for n in range(1, 7)], {None: 6})
+    with SQLiteStore(path, reader="trades"):
+        pass
+    db = sqlite3.connect(path, isolation_level=None)
+    token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()[0]
+    db.execute("UPDATE meta SET value = 1 WHERE name LIKE 'handled%'")
+    db.execute("DELETE FROM meta WHERE name = 'holder'")
+    db.close()
+    os.truncate(path + "-lock", 0)  # the earlier lock file held nothing
+    Path(path + "-handled").write_bytes(OLD_MARK.pack(token, 5))
+    Path(path + "-handled-" + hashlib.sha256(b"trades").hexdigest()[:16]).write_bytes(OLD_MARK.pack(token, 3))
+    Path(path + "-handled-" + hashlib.sha256(b"gone").hexdigest()[:16]).write_bytes(OLD_MARK.pack(b"another!", 9))
+    with SQLiteStore(path) as store:
+        assert [k for k, _ in store.unhandled()] == [6]
+        assert files_of(path) == {"feed.db", "feed.db-wal", "feed.db-shm", "feed.db-lock"}
+    with SQLiteStore(path, reader="trades") as store:
+        assert [k for k, _ in store.unhandled()] == [4, 5, 6]
+    with SQLiteStore(path, reader="new") as store:  # starts at the main mark
+        assert [k for k, _ in store.unhandled()] == [6]
+    assert files_of(path) == {"feed.db", "feed.db-lock"}
+
+
+def test_the_handled_mark_of_a_killed_writer_is_kept_to_the_message(tmp_path):
+    """The live mark is in the lock file's slot: a killed writer's is folded in by the next one."""
+    path = str(tmp_path / "feed.db")
+    script = textwrap.dedent("""
+        import os, sys, wsbridge
+        store = wsbridge.SQLiteStore(sys.argv[1], reader="r")
+        store.open()
+        store.append([wsbridge.Message("t", None, n) for n in range(1, 11)], {None: 10})
+        for key in range(1, 8):
+            store.mark_handled(key)
+        os.kill(os.getpid(), 9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, path], env=child_env(), timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with SQLiteStore(path, reader="r") as store:
+        assert [k for k, _ in store.unhandled()] == [8, 9, 10]
+    with SQLiteStore(path) as store:  # the main mark was not moved by the reader's
+        assert [k for k, _ in store.unhandled()] == list(range(1, 11))
+
+
+# -- 4: a reader in another process while a bounded store is written ----------------------------
+READER = textwrap.dedent("""
+    import sys, wsbridge
+    store = wsbridge.SQLiteStore(sys.argv[1])
+    print("READING", flush=True)
+    reads = 0
+    while sys.stdin.readline().strip() != "stop" and reads < 10000:
+        ns = [m.payload["n"] for m in store.history(type="m")]
+        assert ns == list(range(ns[0], ns[0] + len(ns))) if ns else True, "a torn or reordered read"
+        reads += 1
+        print(len(ns), flush=True)
+""")
+
+
+def test_a_reader_in_another_process_sees_whole_batches_while_a_bounded_store_is_written(tmp_path, make_client,
+                                                                                          collector):
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path, max_size=BOUND)
+    got, errors = collector(), collector()
+    with Feed() as feed:
+        client = make_client(feed.url, store=store)
+        client.on("m", got)
+        client.signals.error.connect(errors)
+        client.start().wait_connected(timeout=10)
+        feed.send(json.dumps({"type": "m", "n": 0, "pad": PAD}))
+        got.wait(1)
+        proc = subprocess.Popen([sys.executable, "-c", READER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=child_env())
+        lines = Lines(proc.stdout)
+        try:
+            assert lines.next(timeout=30) == "READING"
+            sent = 1
+            for _ in range(40):  # a read while a batch of 50 is written
+                proc.stdin.write("read\n")
+                proc.stdin.flush()
+                feed.send(*(json.dumps({"type": "m", "n": n, "pad": PAD}) for n in range(sent, sent + 50)))
+                sent += 50
+                assert int(lines.next(timeout=30)) > 0
+                got.wait(sent, timeout=30)
+            proc.stdin.write("stop\n")
+            proc.stdin.flush()
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        assert [m.payload["n"] for m in got.wait(sent, timeout=60)] == list(range(sent))  # delivery went on
+        feed.send(json.dumps({"type": "m", "n": sent, "pad": PAD}))  # a batch after the reader is gone
+        got.wait(sent + 1)
+        assert client.stop(10)
+    assert store.size_on_disk() <= BOUND
+    assert errors.items == [] and store.evicted > 0
