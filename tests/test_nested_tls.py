@@ -109,9 +109,12 @@ def test_records_already_held_are_pending_though_the_socket_shows_nothing(pair):
     assert near.pending() == 0
 
 
-def test_a_send_that_timed_out_is_taken_once_when_called_again(pair):
+@pytest.mark.parametrize("drained_by_the_reader", [False, True])
+def test_a_send_that_timed_out_is_taken_once_when_called_again(pair, drained_by_the_reader):
     """The far end stops reading: sends fill the sockets and one times out. Called again with
-    the same data, as for an ``ssl.SSLSocket``, the bytes arrive once each, in order."""
+    the same data, as for an ``ssl.SSLSocket``, the bytes arrive once each, in order, also when
+    the reader thread's own flush (`_answer`, after a record it had to answer) finished the
+    timed-out write in between."""
     near, far = pair
     near.settimeout(0.05)
     data = bytes(range(256)) * 64  # 16 KiB: one piece
@@ -130,6 +133,8 @@ def test_a_send_that_timed_out_is_taken_once_when_called_again(pair):
     reader = threading.Thread(target=lambda: sent.append(far.read(len(expected))), name="test-reader")
     reader.start()
     near.settimeout(10)
+    if drained_by_the_reader:
+        near._answer()
     taken = near.send(data)
     assert taken == len(data)  # the piece whose write timed out, counted once
     near.sendall(b"end")
@@ -143,3 +148,34 @@ def test_the_far_ends_close_reads_as_the_end(pair):
     far.outer.close()
     assert near.recv(100) == b"last"
     assert near.recv(100) == b""
+
+
+def _close_notify(far: FarEnd) -> bytes:
+    try:
+        far.tls.unwrap()
+    except ssl.SSLWantReadError:
+        pass  # our close_notify is written; the far end would wait for the peer's
+    return far.outgoing.read()
+
+
+def _corrupt_record(far: FarEnd) -> bytes:
+    far.tls.write(b"forged")
+    record = bytearray(far.outgoing.read())
+    record[-1] ^= 0xFF  # the authentication tag no longer matches
+    return bytes(record)
+
+
+@pytest.mark.parametrize("tail", [_close_notify, _corrupt_record])
+def test_the_end_or_a_bad_record_behind_the_last_message_is_met_at_once(pair, tail):
+    """The far end's close_notify, or a forged record, in the same outer record as the last
+    message: the connection stays open, so only `pending` can tell the reader to read on."""
+    near, far = pair
+    far.tls.write(b"last")
+    far.outer.sendall(far.outgoing.read() + tail(far))
+    assert near.recv(100) == b"last"
+    assert not select.select([near], [], [], 0)[0] and near.pending() > 0
+    if tail is _close_notify:
+        assert near.recv(100) == b""
+    else:
+        with pytest.raises(ssl.SSLError):
+            near.recv(100)

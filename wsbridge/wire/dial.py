@@ -75,9 +75,9 @@ def open_socket(
                 sock = _tls(sock, tls, proxy.host, deadline, adopt, f"the proxy at {host_port(proxy.host, proxy.port)}")
             tunnel(sock, proxy, hostname, port, deadline, aborted)
         if secure and isinstance(sock, ssl.SSLSocket):  # an https:// proxy's tunnel
-            sock = _nested_tls(sock, sslopt or {}, hostname, deadline, adopt, where)
+            sock = _nested_tls(sock, sslopt or {}, hostname, deadline, adopt, f"the server at {where}")
         elif secure:
-            sock = _tls(sock, sslopt or {}, hostname, deadline, adopt, where)
+            sock = _tls(sock, sslopt or {}, hostname, deadline, adopt, f"the server at {where}")
         sock.settimeout(remaining(deadline, f"WebSocket upgrade with {where}"))
         return sock
     except BaseException:
@@ -137,16 +137,11 @@ def _tls(sock: socket.socket, sslopt: Dict[str, Any], hostname: str, deadline: f
     tls = ssl_socket(sock, {**sslopt, "do_handshake_on_connect": False}, hostname)
     try:
         adopt(tls)
-        tls.settimeout(remaining(deadline, f"TLS handshake with {where}"))
-        try:
-            tls.do_handshake()
-        except socket.timeout:
-            raise TimeoutError(f"TLS handshake with {where} not finished in time") from None
+        _handshake(tls, deadline, where)
     except BaseException:
         tls.close()
         raise
     return tls
-
 
 
 def _nested_tls(outer: ssl.SSLSocket, sslopt: Dict[str, Any], hostname: str, deadline: float, adopt: Adopt,
@@ -155,9 +150,18 @@ def _nested_tls(outer: ssl.SSLSocket, sslopt: Dict[str, Any], hostname: str, dea
     context, server_hostname = server_context(sslopt, hostname)
     tls = NestedTLS(outer, context, server_hostname)
     adopt(tls)  # type: ignore[arg-type]  # shut down through the proxy's socket
+    _handshake(tls, deadline, where)
+    return tls
+
+
+def _handshake(tls: Union[ssl.SSLSocket, NestedTLS], deadline: float, where: str) -> None:
+    """Run ``tls``'s handshake within ``deadline``. A certificate that fails verification
+    says whose it was (through an ``https://`` proxy there are two)."""
     tls.settimeout(remaining(deadline, f"TLS handshake with {where}"))
     try:
         tls.do_handshake()
     except socket.timeout:
         raise TimeoutError(f"TLS handshake with {where} not finished in time") from None
-    return tls
+    except ssl.SSLCertVerificationError as exc:
+        exc.verify_message = f"{exc.verify_message or exc.reason} (the certificate of {where})"
+        raise

@@ -61,6 +61,7 @@ class NestedTLS:
         self._state = threading.Lock()  # the SSLObject, both BIOs and _plain
         self._writing = threading.Lock()  # _backlog and _owed: ciphertext leaves in order
         self._plain = b""  # decrypted ahead by `pending`; owned by the reader thread
+        self._ahead: Optional[Union[bytes, OSError]] = None  # the end (b"") or error `pending` met; reader's
         self._backlog = b""  # ciphertext the proxy's socket has not taken yet
         self._owed = 0  # plaintext bytes whose ciphertext is in _backlog, owed to a retried send
 
@@ -88,6 +89,10 @@ class NestedTLS:
         if self._plain:
             ahead, self._plain = self._plain[:n], self._plain[n:]
             return ahead
+        if self._ahead is not None:  # met by `pending` and kept: the stream's end, or its error
+            if isinstance(self._ahead, BaseException):
+                raise self._ahead
+            return b""
         while True:
             data: Optional[bytes]
             with self._state:
@@ -113,9 +118,10 @@ class NestedTLS:
     def pending(self) -> int:
         """Plaintext a ``recv`` returns without waiting for the network: what is decrypted
         ahead, plus any whole record the buffers already hold (decrypted now, since a
-        ``select`` on the socket cannot see it)."""
-        if self._plain:
-            return len(self._plain)
+        ``select`` on the socket cannot see it). Non-zero too when what they hold is the
+        end of the stream or a bad record: ``recv`` then returns or raises it at once."""
+        if self._plain or self._ahead is not None:
+            return len(self._plain) or 1
         with self._state:
             waiting = self._tls.pending()
             if waiting:
@@ -126,8 +132,17 @@ class NestedTLS:
                 if not self._in.pending:
                     return 0
                 self._plain = self._tls.read(CHUNK)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError, OSError):
-                return 0  # a part of a record only, or the end: `recv` meets it
+                if not self._plain:  # the far end's close_notify
+                    self._ahead = b""
+                    return 1
+            except ssl.SSLWantReadError:
+                return 0  # a part of a record only: the rest is on its way
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._ahead = b""  # the end, read ahead: the next `recv` returns it at once
+                return 1
+            except OSError as exc:  # a bad record: the next `recv` raises it at once
+                self._ahead = exc
+                return 1
         return len(self._plain)
 
     def _fill(self) -> None:
@@ -161,9 +176,9 @@ class NestedTLS:
         with self._writing:
             if self._backlog:
                 self._drain()
-                owed, self._owed = self._owed, 0
-                if owed:
-                    return owed
+            owed, self._owed = self._owed, 0  # (the reader's `_answer` may have drained it meanwhile)
+            if owed:
+                return owed
             with self._state:
                 taken = self._tls.write(bytes(memoryview(data)[:PIECE]))
             self._owed = taken
