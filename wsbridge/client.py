@@ -26,12 +26,13 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
 from .runtime import registry
 from .runtime.backoff import Backoff
+from .runtime.conflation import ConflationKey
 from .runtime.delivery import Delivery, Emit
 from .runtime.dispatch import Dispatcher
 from .runtime.intake import Intake
@@ -93,7 +94,8 @@ class Client(Subscribable, Pulling):
     servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
-    `on_connect`), ``connect_hook_timeout`` (default 10 s).
+    `on_connect`), ``connect_hook_timeout`` (default 10 s); ``conflate`` (message
+    type -> key: see `conflate`).
     """
 
     def __init__(
@@ -136,6 +138,8 @@ class Client(Subscribable, Pulling):
         name: Optional[str] = None,
         on_connect: Optional[ConnectHook] = None,
         connect_hook_timeout: float = 10.0,
+        # Conflation and replay (issue 23, points 4 and 6):
+        conflate: Optional[Mapping[str, ConflationKey]] = None,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
             url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
@@ -185,6 +189,10 @@ class Client(Subscribable, Pulling):
             raise ValueError(f"connect_hook_timeout is > 0 seconds, not {connect_hook_timeout!r}")
         self._supervisor.handshake.hooks = (on_connect,) if on_connect is not None else ()
         self._supervisor.handshake.timeout = connect_hook_timeout
+        # Conflation: type -> key, as `conflate` sets them (issue 23, point 4).
+        if conflate is not None and not isinstance(conflate, Mapping):
+            raise ValueError(f"conflate is a mapping of message type to key, not {type(conflate).__name__}")
+        self._delivery.conflation.update(conflate or {})
 
     # -- options, for code that read them as attributes ------------------------------------
     @property
@@ -484,6 +492,21 @@ class Client(Subscribable, Pulling):
         self._check_process()
         return self._sender.unsent()
 
+    # -- conflation and replay -----------------------------------------------------------------
+    def conflate(self, mtype: str, key: Optional[ConflationKey]) -> None:
+        """While the subscribers are behind, deliver only the latest message of type
+        ``mtype`` per ``key`` (a payload field, a dotted path, or a function of the
+        `Message`; a message whose key is None is not conflated). Of the messages of one
+        type and key queued together (one batch of the dispatcher: what came while the
+        subscribers were busy, up to 4,096 messages), the newest is delivered at the
+        place of the oldest, and the others are counted in ``stats.conflated`` (no
+        ``dropped`` signal). Messages held by the sequence tracker are not conflated (it
+        runs first), the store still records every message, and messages delivered from
+        a store (after a restart, or a `replay`) are each delivered. ``key=None`` stops
+        conflating ``mtype``. From any thread, at any time: from the next batch on."""
+        self._check_process()
+        self._delivery.conflation.set(mtype, key)
+
     # -- the connect handshake ---------------------------------------------------------------
     def on_connect(self, fn: ConnectHook) -> ConnectHook:
         """Run ``fn(session)`` on every connect, before anything else is sent (use as
@@ -638,6 +661,7 @@ class Client(Subscribable, Pulling):
             dispatch_bytes=self._dispatcher.pending_bytes, backpressure_waits=self._dispatcher.blocked,
             duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, held=d.tracker.held, resumes=sent.resumes,
             stored=d.stored, store_errors=d.store_errors + sent.store_errors, replayed=d.replayed,
+            conflated=d.conflation.conflated,
             undelivered=d.abandoned,
             connects=sup.connects, reconnects=max(0, sup.connects - 1), connect_attempts=sup.attempts,
             disconnects=sup.disconnects,
