@@ -544,7 +544,8 @@ class Client(Subscribable, Pulling):
             earlier._replaced_by = self
             registry.replaced(earlier, self)
             earlier.stop()
-        self._delivery.store = None  # a replay writes no store
+        self._delivery.store = None  # a replay writes no store, nor opens (or closes) the client's own
+        self._store_closed = True
         if not self._lifecycle.begin(State.REPLAYING):
             registry.discard(self)
             raise UsageError(f"{self.name} was started: replay() feeds a client that never connects")
