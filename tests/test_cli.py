@@ -430,7 +430,8 @@ def test_an_invalid_url_is_shown_with_secrets_masked():
     assert "hunter2" not in result.stderr and "abc" not in result.stderr and "xyz" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["listen", "connect", "send", "serve", "history", "demo", "bridge", "consume"])
+@pytest.mark.parametrize("command", ["listen", "connect", "send", "serve", "history", "replay", "demo", "bridge",
+                                     "consume"])
 def test_every_command_has_help_with_exit_codes(command):
     result = run(command, "--help")
     assert result.returncode == 0 and f"usage: wsbridge {command}" in result.stdout

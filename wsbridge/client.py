@@ -26,17 +26,19 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Union
 
 from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
 from .runtime import registry
 from .runtime.backoff import Backoff
+from .runtime.conflation import ConflationKey
 from .runtime.delivery import Delivery, Emit
 from .runtime.dispatch import Dispatcher
 from .runtime.intake import Intake
 from .runtime.policy import ReconnectPolicy
 from .runtime.pull import PullBuffer, Pulling
+from .runtime.replay import Replay
 from .runtime.reporting import Reporter
 from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender, in_connect_hook
 from .runtime.session import ConnectHook
@@ -93,7 +95,8 @@ class Client(Subscribable, Pulling):
     servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
-    `on_connect`), ``connect_hook_timeout`` (default 10 s).
+    `on_connect`), ``connect_hook_timeout`` (default 10 s); ``conflate`` (message
+    type -> key: see `conflate`).
     """
 
     def __init__(
@@ -136,6 +139,8 @@ class Client(Subscribable, Pulling):
         name: Optional[str] = None,
         on_connect: Optional[ConnectHook] = None,
         connect_hook_timeout: float = 10.0,
+        # Conflation and replay (issue 23, points 4 and 6):
+        conflate: Optional[Mapping[str, ConflationKey]] = None,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
             url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
@@ -187,6 +192,11 @@ class Client(Subscribable, Pulling):
             raise ValueError(f"connect_hook_timeout is > 0 seconds, not {connect_hook_timeout!r}")
         self._supervisor.handshake.hooks = (on_connect,) if on_connect is not None else ()
         self._supervisor.handshake.timeout = connect_hook_timeout
+        # Conflation: type -> key, as `conflate` sets them (issue 23, point 4).
+        if conflate is not None and not isinstance(conflate, Mapping):
+            raise ValueError(f"conflate is a mapping of message type to key, not {type(conflate).__name__}")
+        self._delivery.conflation.update(conflate or {})
+        self._replay: Optional[Replay] = None  # set by `replay` (the caller's thread), before its thread starts
 
     # -- options, for code that read them as attributes ------------------------------------
     @property
@@ -452,6 +462,8 @@ class Client(Subscribable, Pulling):
         if run is not None:
             threads.append(run.thread)
         threads.extend(s.thread for s in supervisor.stragglers)
+        if self._replay is not None:
+            threads.append(self._replay.thread)
         return list(dict.fromkeys(t for t in threads if t.ident is not None))
 
     def _check_pull(self, what: str) -> None:
@@ -487,6 +499,69 @@ class Client(Subscribable, Pulling):
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""
         self._check_process()
         return self._sender.unsent()
+
+    # -- conflation and replay -----------------------------------------------------------------
+    def conflate(self, mtype: str, key: Optional[ConflationKey]) -> None:
+        """While the subscribers are behind, deliver only the latest message of type
+        ``mtype`` per ``key`` (a payload field, a dotted path, or a function of the
+        `Message`; a message whose key is None is not conflated). Of the messages of one
+        type and key queued together (one batch of the dispatcher: what came while the
+        subscribers were busy, up to 4,096 messages), the newest is delivered at the
+        place of the oldest, and the others are counted in ``stats.conflated`` (no
+        ``dropped`` signal). Messages held by the sequence tracker are not conflated (it
+        runs first), the store still records every message, and messages delivered from
+        a store (after a restart, or a `replay`) are each delivered. ``key=None`` stops
+        conflating ``mtype``. From any thread, at any time: from the next batch on."""
+        self._check_process()
+        self._delivery.conflation.set(mtype, key)
+
+    def replay(
+        self, store: Store, *, speed: Optional[float] = 1.0, types: Optional[Collection[str]] = None,
+        since: Optional[float] = None,
+    ) -> Replay:
+        """Feed the messages kept in ``store`` (an `SQLiteStore` or a `RedisStreamStore`)
+        to this client's subscribers, views and pull buffer, as a live feed would, in
+        place of `start`: the client never connects. Each message is decoded again with
+        this client's codec when the store kept its frame, else delivered as stored
+        (``received_at`` as recorded). ``speed``: 1.0 keeps the recorded pace (from
+        ``received_at``), 10 plays ten times faster, None as fast as the subscribers
+        take them. ``types``: only these types; ``since``: only messages received at or
+        after that time (seconds since the epoch). The store is only read: no lock is
+        taken, nothing written, no handled mark moved (a live client may be writing it
+        meanwhile), and this client's own ``store`` is not used. Returns at once; the
+        client stops by itself once every message was delivered (`Replay.wait`), and
+        then the pull API says `ClientClosed`. ``stop()`` ends it early. `UsageError`
+        if the client was started; `ValueError` for a bad option."""
+        self._check_process()
+        if not isinstance(store, Store):
+            raise ValueError(f"replay() reads a wsbridge Store (SQLiteStore, RedisStreamStore), not {type(store).__name__}")
+        if types is not None and (isinstance(types, str) or not all(isinstance(t, str) for t in types)):
+            raise ValueError(f"types is a collection of message types (str), not {types!r}")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+            raise ValueError(f"since is a time in seconds since the epoch, not {since!r}")
+        if self._lifecycle.state is not State.NEW:
+            raise UsageError(f"{self.name} was started: replay() feeds a client that never connects; make a new Client")
+        replay = Replay(store, self.codec, self._dispatcher, speed=speed, types=types, since=since,
+                        stopping=self._supervisor.stopping, report=self._reporter.report, on_end=self._replayed,
+                        name=self.name)
+        for earlier in registry.claim(self):  # a notebook cell run again, as in `start`
+            earlier._replaced_by = self
+            registry.replaced(earlier, self)
+            earlier.stop()
+        self._delivery.store = None  # a replay writes no store, nor opens (or closes) the client's own
+        self._store_closed = True
+        if not self._lifecycle.begin(State.REPLAYING):
+            registry.discard(self)
+            raise UsageError(f"{self.name} was started: replay() feeds a client that never connects")
+        self._replay = replay
+        self._dispatcher.start()
+        replay.thread.start()
+        return replay
+
+    def _replayed(self) -> None:
+        """The replay's last act (its thread): every message queued; stop, delivering them all."""
+        if not self._supervisor.stopping.is_set():
+            self.stop(None)
 
     # -- the connect handshake ---------------------------------------------------------------
     def on_connect(self, fn: ConnectHook) -> ConnectHook:
@@ -642,6 +717,7 @@ class Client(Subscribable, Pulling):
             dispatch_bytes=self._dispatcher.pending_bytes, backpressure_waits=self._dispatcher.blocked,
             duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, held=d.tracker.held, resumes=sent.resumes,
             stored=d.stored, store_errors=d.store_errors + sent.store_errors, replayed=d.replayed,
+            conflated=d.conflation.conflated,
             undelivered=d.abandoned,
             connects=sup.connects, reconnects=max(0, sup.connects - 1), connect_attempts=sup.attempts,
             disconnects=sup.disconnects,

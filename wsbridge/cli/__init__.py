@@ -1,4 +1,4 @@
-"""The ``wsbridge`` command: listen, connect, send, serve, history, bridge, consume, demo."""
+"""The ``wsbridge`` command: listen, connect, send, serve, history, replay, bridge, consume, demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from .. import __version__
 from ..redact import MASK, redact_protocol, redact_url
-from . import bridge, connect, consume, history, listen, send, serve
+from . import bridge, connect, consume, history, listen, replay, send, serve
 from .common import (
     EXIT_CODES,
     EXIT_FAILURE,
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsbridge {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug) to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=IntermixedParser)
-    for module in (listen, connect, send, serve, history, bridge, consume):
+    for module in (listen, connect, send, serve, history, replay, bridge, consume):
         module.add_parser(sub, EXIT_CODES)
     demo = sub.add_parser(
         "demo",

@@ -50,7 +50,7 @@ from ..message import Message
 from ..redact import redact_url
 from ..runtime.backoff import Backoff
 from ..tracking.sequence import Positions
-from ..tracking.store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stream_key
+from ..tracking.store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stored_raw, stream_key
 from .conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
 from .conn import load_redis as load_redis  # re-exported: this module was its home
 from .lease import Lease
@@ -385,7 +385,7 @@ class RedisStreamStore(Store):
 
 
 def entry_message(fields: Fields) -> Message:
-    """The `Message` a stream entry holds (``raw`` is not kept)."""
+    """The `Message` a stream entry holds (``raw``: the frame, when it was kept as it came)."""
     stream = fields.get(b"stream", b"").decode()
     seq = fields.get(b"seq", b"")
     mid = fields.get(b"id", b"")
@@ -403,7 +403,7 @@ def entry_message(fields: Fields) -> Message:
         decode_id(mid),
         stream or None,
         float(at) if at else None,
-        None,
+        stored_raw(kind, payload),
     )
 
 

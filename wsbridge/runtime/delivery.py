@@ -23,6 +23,7 @@ from ..errors import StoreError
 from ..message import Message
 from ..tracking.sequence import Outcome, Positions, SequenceTracker
 from ..tracking.store import Store
+from .conflation import Conflation
 from .dispatch import Dispatcher
 from .pull import PullBuffer
 from .reporting import Reporter
@@ -32,9 +33,10 @@ log = logging.getLogger("wsbridge")
 
 
 class Stored(NamedTuple):
-    """A message from the store, past its handled mark (replayed after a restart)."""
+    """A message from a store: past its handled mark (replayed after a restart), or
+    read back by `Client.replay` (``key`` None: no mark to move)."""
 
-    key: int
+    key: Optional[int]
     message: Message
 
 
@@ -106,6 +108,7 @@ class Delivery:
         self._want_resume = want_resume
         self.name = name
         self.dispatcher: Optional[Dispatcher] = None
+        self.conflation = Conflation()
         self._handlers: Dict[type, Callable[[Any, List[Message]], None]] = {
             Stored: self._stored, Emit: self._emit, Barrier: self._barrier, End: self._end,
         }
@@ -119,6 +122,8 @@ class Delivery:
         """Dedup and order the batch, store it, then deliver it item by item."""
         items = self._track(batch)
         keys = self._store(items) if self.store is not None else None
+        if self.conflation.rules:  # once a batch: nothing per message unless a type is conflated
+            items, keys = self.conflation.squeeze(items, keys, self._key_failed)
         pulled: List[Message] = []
         dispatcher = self.dispatcher
         for item in items:
@@ -136,6 +141,10 @@ class Delivery:
                 log.exception("%s: delivering %r failed", self.name, item)
                 self.reporter.report(exc, "delivery")
         self._to_pull(pulled)
+
+    def _key_failed(self, exc: BaseException, message: Message) -> None:
+        """A conflation key function raised: reported; the message is delivered as it is."""
+        self.reporter.report(exc, "conflate", message=message)
 
     def _to_pull(self, pulled: List[Message]) -> None:
         """Hand the batch's delivered messages to the pull buffer."""

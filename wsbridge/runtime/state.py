@@ -4,6 +4,7 @@ The states and their order (each arrow is one signal, see `Signals`)::
 
     NEW --start()--> CONNECTING --socket open, handshake done, send buffer flushed--> CONNECTED
     CONNECTED --connection ended (or reconnect())--> BACKOFF --delay (none after reconnect())--> CONNECTING ...
+    NEW --replay()--> REPLAYING (a stored feed, no connection) --its end--> STOPPED
     any --retry policy says no--> GAVE_UP
     any --stop()--> STOPPED
 
@@ -41,6 +42,7 @@ class State(str, enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     BACKOFF = "backoff"
+    REPLAYING = "replaying"
     GAVE_UP = "gave_up"
     STOPPED = "stopped"
 
@@ -70,12 +72,12 @@ class Lifecycle:
     def state(self) -> State:
         return self._state
 
-    def begin(self) -> bool:
-        """NEW -> CONNECTING; False if the client already started (raises if it ended)."""
+    def begin(self, state: State = State.CONNECTING) -> bool:
+        """NEW -> ``state`` (CONNECTING, or REPLAYING); False if the client already started."""
         with self._cond:
             if self._state is not State.NEW:
                 return False
-            self._state = State.CONNECTING
+            self._state = state
             self._cond.notify_all()
             return True
 

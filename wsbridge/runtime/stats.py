@@ -36,6 +36,9 @@ class Stats:
     stored: int = 0
     store_errors: int = 0
     replayed: int = 0
+    conflated: int = 0
+    """Messages not delivered because a newer one of the same type and key came with them
+    while the subscribers were behind (`Client.conflate`)."""
     undelivered: int = 0
     """Received, not delivered: `stop` ran out of time for them (a store keeps them for the next run).
     Final once the client's threads ended (a subscriber may outlive `stop`'s timeout)."""

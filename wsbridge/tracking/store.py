@@ -248,6 +248,12 @@ def decode_payload(kind: int, value: Any) -> Any:
     return value
 
 
+def stored_raw(kind: int, value: Any) -> Optional[bytes]:
+    """A message's ``raw`` as read back: its frame when the store kept it as it came
+    (`JSON_FRAME`, so a replay can decode it again), else None."""
+    return bytes(value) if kind == JSON_FRAME else None
+
+
 def encode_id(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, str)) and not isinstance(value, bool):
         return value
@@ -876,7 +882,7 @@ class SQLiteStore(Store):
     @staticmethod
     def _message(row: Sequence[Any]) -> Message:
         mtype, stream, seq, mid, kind, payload, received_at = row
-        return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, None)
+        return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, stored_raw(kind, payload))
 
 
 def _rows(messages: Sequence[Message], first: int, raw_is_payload: bool) -> List[Tuple[Any, ...]]:
