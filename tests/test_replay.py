@@ -61,7 +61,7 @@ def marks(path: str) -> Tuple[Any, ...]:
         return (db.execute("SELECT * FROM messages ORDER BY key").fetchall(),
                 db.execute("SELECT * FROM meta ORDER BY name").fetchall(),
                 db.execute("SELECT * FROM positions ORDER BY skey").fetchall(),
-                open(path + "-handled", "rb").read())
+                open(path + "-lock", "rb").read())  # the live handled mark's slot
     finally:
         db.close()
 
