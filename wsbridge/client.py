@@ -95,7 +95,10 @@ class Client(Subscribable, Pulling):
     servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
-    `on_connect`), ``connect_hook_timeout`` (default 10 s).
+    `on_connect`), ``connect_hook_timeout`` (default 10 s); ``request_id_field``
+    (default ``"id"``: where `request` puts its id and finds the reply's), ``ack`` (an
+    `AckRule`: sends are kept until the server acks their id, and sent again after a
+    reconnect), ``ack_window`` (default 1,000: the most unacknowledged at once).
     """
 
     def __init__(

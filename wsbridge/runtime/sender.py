@@ -329,7 +329,7 @@ class Sender:
         # hooks can drain it (under drop_oldest, the oldest go as for any send).
         force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
         try:
-            dropped = self.outbox.put(item._replace(key=key), keep=len(self.inflight), force=force)
+            dropped = self.outbox.put(item if key is item.key else item._replace(key=key), keep=len(self.inflight), force=force)
         except OutboxFull:
             self._forget(key)
             raise
@@ -415,8 +415,9 @@ class Sender:
                     remaining = None if deadline is None else deadline - now
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(f"the message is still {handle.state} after {timeout} s")
-                    if handle.expires is not None and handle.state is QUEUED:
-                        remaining = max(0.0, handle.expires - now) if remaining is None else min(remaining, handle.expires - now)
+                    expires = handle.expires
+                    if expires is not None and expires > now and handle.state is QUEUED:  # then expire it here
+                        remaining = expires - now if remaining is None else min(remaining, expires - now)
                     self.cond.wait(remaining)
                 return handle.state
             finally:
