@@ -61,7 +61,8 @@ def _ids(feed: Feed) -> Tuple[Set[Tuple[int, int]], int]:
 
 
 def test_acked_sends_all_arrive_across_ten_cuts(make_client) -> None:
-    with Feed(respond=_ack) as feed:
+    # close_timeout: a cut while frames still pour in waits at most 1 s for the close handshake
+    with Feed(respond=_ack, close_timeout=1) as feed:
         client = make_client(feed.url, ack=AckRule(type="ack", id_field="id"), outbox_overflow="block").start()
         client.wait_connected(10)
         handles = _send_from_threads(client, feed)
@@ -77,7 +78,7 @@ def test_acked_sends_all_arrive_across_ten_cuts(make_client) -> None:
 def test_without_acks_the_handles_say_sent(make_client) -> None:
     """The same cuts without an ack rule: every handle resolves to sent (the socket took
     it), none is acknowledged; what the server read may be fewer (the README's loss window)."""
-    with Feed(respond=_silent) as feed:
+    with Feed(respond=_silent, close_timeout=1) as feed:
         client = make_client(feed.url, outbox_overflow="block").start()
         client.wait_connected(10)
         handles = _send_from_threads(client, feed)

@@ -1,17 +1,18 @@
 """What became of a send: `SendHandle`; the rule that recognises the server's acks: `AckRule`.
 
-`Client.send` returns a `SendHandle` whose ``state`` the sender moves on under its
-lock: ``"queued"`` (in the send buffer, or being written), then ``"sent"`` (the
-socket took it), and with an `AckRule` ``"acknowledged"`` (the server said it has
-it); or ``"dropped"`` (the ``drop_oldest`` overflow policy made room with it) or
-``"expired"`` (its ``ttl`` passed before it could be written: removed from the
-buffer, never written). A handle costs one small object and an attribute write per
-frame: nothing waits, and no event is made, unless someone calls `SendHandle.wait`.
+`Client.send` returns a `SendHandle`, which is also the frame's record in the send
+buffer (one object per send). The sender moves its ``state`` on under its lock:
+``"queued"`` (in the send buffer, or being written), then ``"sent"`` (the socket took
+it), and with an `AckRule` ``"acknowledged"`` (the server said it has it); or
+``"dropped"`` (the ``drop_oldest`` overflow policy made room with it) or ``"expired"``
+(its ``ttl`` passed before it could be written: removed from the buffer, never
+written). Nothing waits, and no event is made, unless someone calls `SendHandle.wait`:
+a send whose handle is ignored pays an attribute write or two.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Protocol, Tuple
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
 from ..message import Message
 
@@ -75,11 +76,20 @@ class Owner(Protocol):
 class SendHandle:
     """What became of one `Client.send`: ``state`` is ``"queued"``, ``"sent"``,
     ``"acknowledged"``, ``"dropped"`` or ``"expired"`` (module docstring). Written by the
-    sender under its lock; read anywhere."""
+    sender under its lock; read anywhere.
 
-    __slots__ = ("state", "ack_id", "conn", "expires", "_owner")
+    It is the frame's record in the send buffer too: ``data`` and ``binary`` (the frame),
+    ``key`` (its place in the store, if kept there) and ``bound`` (a subscription's frame,
+    for one connection only, never kept in the store: see `wsbridge.runtime.sender`)."""
 
-    def __init__(self, owner: Owner, ack_id: Optional[Hashable] = None, expires: Optional[float] = None) -> None:
+    __slots__ = ("data", "binary", "key", "bound", "state", "ack_id", "conn", "expires", "_owner")
+
+    def __init__(self, owner: Owner, data: Union[str, bytes], binary: bool, key: Optional[int] = None,
+                 bound: Any = None, ack_id: Optional[Hashable] = None, expires: Optional[float] = None) -> None:
+        self.data = data
+        self.binary = binary
+        self.key = key
+        self.bound = bound
         self.state = QUEUED
         self.ack_id = ack_id
         """The id the server acks it by (None: no ack is awaited: ``"sent"`` is final)."""

@@ -42,7 +42,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Hashable, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
 from ..codecs import Codec
 from ..errors import ClientClosed, CloseFrameSent, ConnectionLost, OutboxFull, StoreError, WsbridgeError
@@ -88,19 +88,8 @@ def in_connect_hook() -> bool:
     return getattr(_thread, "hook", False)
 
 
-class Queued(NamedTuple):
-    """A frame in the send buffer; ``key`` is its place in the store, if kept there."""
-
-    data: Union[str, bytes]
-    binary: bool
-    key: Optional[int] = None
-    bound: Union[None, Subscription, Connection] = None
-    """A frame for one connection only (never kept in the store): a subscription's, sent
-    on the connection whose handshake went before it unless sent there already or ended,
-    or an unsubscribe, sent on the given connection if it is still the one."""
-    handle: Optional[SendHandle] = None
-    """The user's handle on it (None: a subscription's frame, or one kept by an earlier run
-    without an ack rule)."""
+Queued = SendHandle
+"""A frame in the send buffer: the user's handle on it, or a subscription's frame (``bound``)."""
 
 
 class Counts:
@@ -208,16 +197,16 @@ class Sender:
         ack_id = None
         if self.ack is not None:
             obj, ack_id = stamp(obj, self.ack.id_field, self.new_id)
-        handle = SendHandle(self, ack_id, None if ttl is None else time.monotonic() + ttl)
-        self._send(self.frame(obj), timeout, handle=handle)
-        return handle
+        data, binary = self.frame(obj)
+        item = Queued(self, data, binary, None, None, ack_id, None if ttl is None else time.monotonic() + ttl)
+        self._send(item, timeout)
+        return item
 
-    def _send(self, frame: OutFrame, timeout: Optional[float], bound: Union[None, Subscription, Connection] = None,
-              handle: Optional[SendHandle] = None) -> None:
-        """Send ``frame`` now or buffer it; one ``bound`` to a connection (see `Queued`)
+    def _send(self, item: Queued, timeout: Optional[float]) -> None:
+        """Send ``item`` now or buffer it; one ``bound`` to a connection (see `Queued`)
         only while it is wanted there, and whatever the buffer's bound."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        item = Queued(frame[0], frame[1], None, bound, handle)
+        bound = item.bound
         with self.cond:
             self._check_open()
             if bound is not None:
@@ -226,18 +215,17 @@ class Sender:
             elif self.outbox.full and self.outbox.overflow == "block" and not in_connect_hook():
                 self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
             conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
-            if conn is not None and handle is not None and handle.ack_id is not None:
+            if conn is not None and item.ack_id is not None:
                 if len(self.unacked) >= self.ack_window:  # the window is full: it waits, and what follows
                     conn = self.live = None
                 else:
                     if self.store is not None:  # kept until acknowledged, also across a restart
-                        item = item._replace(key=self._keep(self.store.outbox_add, item.data, item.binary))
-                    self.unacked[handle.ack_id] = item  # before the write: its ack may come at once
+                        item.key = self._keep(self.store.outbox_add, item.data, item.binary)
+                    self.unacked[item.ack_id] = item  # before the write: its ack may come at once
             if conn is not None:
                 if isinstance(bound, Subscription):
                     bound.sent_on = conn
-                if handle is not None:
-                    handle.conn = conn
+                item.conn = conn
                 self.sending += 1
                 self.direct = conn
         if conn is not None and self._write(conn, item, deadline):
@@ -247,10 +235,10 @@ class Sender:
             if conn is not None and self.live is conn:
                 self.live = None  # what comes next queues behind this frame, until the supervisor flushed it
                 self._wake()
-            if handle is not None and handle.ack_id is not None and conn is not None:
-                if self.unacked.get(handle.ack_id) is not item:
+            if item.ack_id is not None and conn is not None:
+                if self.unacked.get(item.ack_id) is not item:
                     return  # acknowledged meanwhile, or already back in the buffer (a new connection's flush)
-                del self.unacked[handle.ack_id]
+                del self.unacked[item.ack_id]
             dropped = self._queue(item)
             if dropped is not None:
                 self.counts.dropped += 1
@@ -284,10 +272,9 @@ class Sender:
             self.sending -= 1
             if taken:
                 self.counts.sent += 1
-                handle = item.handle
-                if handle is not None and handle.state is QUEUED:  # (its ack may have come first)
-                    handle.state = SENT
-                    handle.expires = None  # written: a ttl no longer applies (nor to a resend)
+                if item.state is QUEUED:  # (its ack may have come first)
+                    item.state = SENT
+                    item.expires = None  # written: a ttl no longer applies (nor to a resend)
                     if self.watchers:
                         self.cond.notify_all()
         return taken
@@ -297,15 +284,13 @@ class Sender:
         connection's writer thread): first in the buffer again, sent whole on the
         next connection (at least once)."""
         with self.cond:
-            handle = item.handle
-            if handle is not None:
-                if handle.ack_id is not None:
-                    if self.unacked.get(handle.ack_id) is not item:
-                        return  # already back in the buffer (a new connection's flush)
-                    del self.unacked[handle.ack_id]
-                handle.state = QUEUED
+            if item.ack_id is not None:
+                if self.unacked.get(item.ack_id) is not item:
+                    return  # already back in the buffer (a new connection's flush)
+                del self.unacked[item.ack_id]
+            item.state = QUEUED
             if item.key is None and self.store is not None:
-                item = item._replace(key=self._keep(self.store.outbox_add, item.data, item.binary))
+                item.key = self._keep(self.store.outbox_add, item.data, item.binary)
             self.outbox.restore([item])
             self.counts.queued += 1
             self.cond.notify_all()
@@ -322,20 +307,18 @@ class Sender:
             self.outbox.put(item, force=True)
             self.counts.queued += 1
             return None
-        key = item.key  # kept already: a direct send awaiting its ack
-        if key is None and self.store is not None:
-            key = self._keep(self.store.outbox_add, item.data, item.binary)
+        if item.key is None and self.store is not None:  # (else kept already: a direct send awaiting its ack)
+            item.key = self._keep(self.store.outbox_add, item.data, item.binary)
         # A connect hook's send is never refused for a full buffer: only the end of the
         # hooks can drain it (under drop_oldest, the oldest go as for any send).
         force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
         try:
-            dropped = self.outbox.put(item if key is item.key else item._replace(key=key), keep=len(self.inflight), force=force)
+            dropped = self.outbox.put(item, keep=len(self.inflight), force=force)
         except OutboxFull:
-            self._forget(key)
+            self._forget(item.key)
             raise
         self.counts.queued += 1
-        handle = item.handle
-        if handle is not None and handle.expires is not None:
+        if item.expires is not None:
             self.expiring += 1
         if dropped is not None:
             self._forget(dropped.key)
@@ -344,20 +327,18 @@ class Sender:
 
     def _settle(self, item: Queued, state: str) -> None:
         """``item`` left the buffer unwritten (``state``: dropped or expired). Lock held."""
-        handle = item.handle
-        if handle is not None:
-            handle.state = state
-            if handle.expires is not None:
-                self.expiring -= 1
-            if self.watchers:
-                self.cond.notify_all()
+        item.state = state
+        if item.expires is not None:
+            self.expiring -= 1
+        if self.watchers:
+            self.cond.notify_all()
 
     def _expire(self) -> None:
         """Remove the frames whose ``ttl`` passed from the buffer, never written (not
         those being written now), counted. Lock held."""
         now = time.monotonic()
         gone = self.outbox.remove_if(
-            lambda q: q.handle is not None and q.handle.expires is not None and q.handle.expires <= now,
+            lambda q: q.expires is not None and q.expires <= now,
             keep=len(self.inflight),
         )
         for item in gone:
@@ -453,8 +434,7 @@ class Sender:
             item = self.unacked.pop(ack_id, None)
             if item is None:
                 return
-            assert item.handle is not None
-            item.handle.state = ACKNOWLEDGED
+            item.state = ACKNOWLEDGED
             self.counts.acked += 1
             self._forget(item.key)
             if self.watchers:
@@ -495,8 +475,8 @@ class Sender:
                 conn = session._conn
                 session._send(frame)
             else:
-                handle = SendHandle(self, None)
-                self._send(frame, max(0.0, deadline - time.monotonic()), handle=handle)
+                handle = Queued(self, frame[0], frame[1])
+                self._send(handle, max(0.0, deadline - time.monotonic()))
             with self.cond:
                 self.watchers += 1
                 try:
@@ -537,7 +517,7 @@ class Sender:
                 self.unsubscribe(sub, None)
                 raise
             if frame is not None:
-                self._send(frame, None, sub)
+                self._send(Queued(self, frame[0], frame[1], None, sub), None)
 
     def unsubscribe(self, sub: Subscription, message: Optional[Sendable]) -> bool:
         """Forget ``sub`` (False: it was not recorded); send ``message`` (if any) on the
@@ -550,7 +530,7 @@ class Sender:
             self.subscriptions = [s for s in self.subscriptions if s is not sub]
             on = sub.sent_on
         if frame is not None and on is not None:
-            self._send(frame, None, on)
+            self._send(Queued(self, frame[0], frame[1], None, on), None)
         return True
 
     def _wanted(self, bound: Union[Subscription, Connection], conn: Optional[Connection]) -> bool:
@@ -590,12 +570,12 @@ class Sender:
         with self.cond:
             self.store = store
             early = self.outbox.clear()
-            self.outbox.restore([Queued(data, binary, key, None, self._kept_handle(data, binary))
-                                 for key, data, binary in kept] + [
-                q._replace(key=self._keep(store.outbox_add, q.data, q.binary)) for q in early
-            ])
+            for q in early:
+                q.key = self._keep(store.outbox_add, q.data, q.binary)
+            self.outbox.restore([Queued(self, data, binary, key, None, self._kept_id(data, binary))
+                                 for key, data, binary in kept] + early)
 
-    def _kept_handle(self, data: Union[str, bytes], binary: bool) -> Optional[SendHandle]:
+    def _kept_id(self, data: Union[str, bytes], binary: bool) -> Optional[Hashable]:
         """With an ack rule, a frame an earlier run kept awaits its ack again, by the id
         it carries (read back through the codec, once, at start)."""
         if self.ack is None:
@@ -605,8 +585,7 @@ class Sender:
         except Exception:
             return None
         payload = messages[0].payload if messages else None
-        ack_id = payload.get(self.ack.id_field) if isinstance(payload, dict) else None
-        return SendHandle(self, ack_id) if ack_id is not None else None
+        return payload.get(self.ack.id_field) if isinstance(payload, dict) else None
 
     def all_kept(self) -> bool:
         """Is every frame in the buffer kept in the store too?"""
@@ -727,7 +706,7 @@ class Sender:
                         self._forget(sent_key, through=True)
                     if acks:  # still at the head of the buffer: not unacknowledged on this connection
                         for queued in batch:
-                            ack_id = queued.handle.ack_id if queued.handle is not None else None
+                            ack_id = queued.ack_id
                             if ack_id is not None and self.unacked.get(ack_id) is queued:
                                 del self.unacked[ack_id]
                 log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self.outbox))
@@ -738,15 +717,13 @@ class Sender:
                 self.inflight = []
                 self.outbox.pop_many(len(batch))
                 for item in batch:
-                    handle = item.handle
-                    if handle is not None:
-                        if handle.state is QUEUED:  # (its ack may have come first)
-                            handle.state = SENT
-                        if handle.expires is not None:  # written: a ttl no longer applies (nor to a resend)
-                            handle.expires = None
-                            self.expiring -= 1
-                        if handle.ack_id is not None:
-                            continue  # kept (in the store too) until acknowledged
+                    if item.state is QUEUED:  # (its ack may have come first)
+                        item.state = SENT
+                    if item.expires is not None:  # written: a ttl no longer applies (nor to a resend)
+                        item.expires = None
+                        self.expiring -= 1
+                    if item.ack_id is not None:
+                        continue  # kept (in the store too) until acknowledged
                     if item.key is not None:
                         if acks:  # kept frames awaiting acks lie between: forgotten one by one
                             self._forget(item.key)
@@ -762,21 +739,19 @@ class Sender:
         before the write (an ack may come at once). Lock held."""
         unacked = self.unacked
         for item in batch:
-            handle = item.handle
-            if handle is not None and handle.ack_id is not None:
-                handle.conn = conn
-                unacked[handle.ack_id] = item
+            if item.ack_id is not None:
+                item.conn = conn
+                unacked[item.ack_id] = item
 
     def _resend_unacked(self, conn: Connection) -> None:
         """What earlier connections left unacknowledged goes back to the head of the
         buffer, in the order written, to be sent on ``conn`` first. Lock held."""
-        old = [item for item in self.unacked.values() if item.handle is not None and item.handle.conn is not conn]
+        old = [item for item in self.unacked.values() if item.conn is not conn]
         if not old:
             return
         for item in old:
-            assert item.handle is not None
-            del self.unacked[item.handle.ack_id]
-            item.handle.state = QUEUED
+            del self.unacked[item.ack_id]
+            item.state = QUEUED
         self.outbox.restore(old)
         self.counts.resent += len(old)
         log.info("%s: %d unacknowledged message(s) sent again on the new connection", self.name, len(old))
