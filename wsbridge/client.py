@@ -406,7 +406,7 @@ class Client(Subscribable, Pulling):
             self._close_store()
         self._pull.close()
         registry.discard(self)
-        left = len(self._sender.outbox)
+        left = len(self._sender.outbox) + len(self._sender.unacked)  # unacknowledged: sent again by the next run
         if left and before is not State.STOPPED:
             if not kept and self.store is not None and self._sender.all_kept():
                 kept = " (kept in the store: the next client with it sends them)"
