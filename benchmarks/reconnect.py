@@ -66,16 +66,17 @@ FRAME = '{"type":"order","qty":100,"px":101.25,"side":"buy"}'
 
 def flush_once(url: str, queued: int) -> float:
     """Messages/s at which wsbridge flushes ``queued`` messages sent while offline."""
-    client = wsbridge.Client(url, backoff=wsbridge.NO_RETRY, outbox_size=queued)
+    opened = {}
+    # The connect hook runs once the socket is open, just before the flush; `wait_connected`
+    # returns after it. (The `connected` signal comes after the flush, on another thread.)
+    client = wsbridge.Client(url, backoff=wsbridge.NO_RETRY, outbox_size=queued,
+                             on_connect=lambda session: opened.setdefault("t", time.perf_counter()))
     for _ in range(queued):
         client.send(FRAME)  # not started yet: every frame waits in the send buffer
-    opened = {}
-    client.signals.connected.connect(lambda sender, **kw: opened.setdefault("t", time.perf_counter()))
     client.start()
     client.wait_connected(timeout=120)  # returns once the flush is done
     ready = time.perf_counter()
     client.stop()
-    # `connected` is signalled when the socket opens, `wait_connected` returns after the flush.
     return queued / (ready - opened["t"])
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -166,12 +166,16 @@ class Feed:
     """A `websockets` sync server on 127.0.0.1 (the library's, not ours) that keeps every
     upgrade request (`requests`), answers it with ``answer(connection, request)`` (None:
     accept), keeps every frame received as ``(connection number, data)`` (`received`;
-    connections are numbered from 1 as they open), and echoes it to its connection.
+    connections are numbered from 1 as they open), and echoes it to its connection (or
+    sends what ``respond(connection number, data)`` returns instead, in order).
     `send` sends to every open connection; `drop` closes them (1012). Other keyword
     arguments go to `websockets.sync.server.serve` (``ssl``, ``subprotocols``,
     ``origins``, ...)."""
 
-    def __init__(self, answer: Optional[Callable[[ServerConnection, Request], Any]] = None, **kwargs: Any) -> None:
+    def __init__(self, answer: Optional[Callable[[ServerConnection, Request], Any]] = None,
+                 respond: Optional[Callable[[int, Union[str, bytes]], Iterable[Union[str, bytes]]]] = None,
+                 **kwargs: Any) -> None:
+        self._respond = respond
         self.requests: List[Request] = []
         self.received: List[Tuple[int, Union[str, bytes]]] = []
         self.opened = 0
@@ -205,7 +209,8 @@ class Feed:
                 with self._cond:
                     self.received.append((number, message))
                     self._cond.notify_all()
-                ws.send(message)
+                for reply in (message,) if self._respond is None else self._respond(number, message):
+                    ws.send(reply)
         except ConnectionClosed:
             pass
         finally:

@@ -16,6 +16,7 @@ from .errors import (
     ClientClosed,
     ConnectError,
     ConnectHookError,
+    ConnectionLost,
     HandshakeError,
     LeaseLost,
     MessageTooLarge,
@@ -32,6 +33,7 @@ from .errors import (
 from .message import Message
 from .presets import conventions
 from .runtime.backoff import NO_RETRY, Backoff
+from .runtime.outcomes import AckRule, SendHandle
 from .runtime.policy import Decision, Ending, ReconnectPolicy
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
@@ -80,6 +82,9 @@ __all__ = [
     "stop_all",
     "ConnectError",
     "ConnectHookError",
+    "ConnectionLost",
+    "AckRule",
+    "SendHandle",
     "Decision",
     "Ending",
     "JsonCodec",

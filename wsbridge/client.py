@@ -30,17 +30,19 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Seq
 
 from .codecs import DEFAULT_MAX_LENGTH, Codec, JsonCodec
 from .errors import ClientClosed, ConnectError, UsageError, WsbridgeError
+from .message import Message
 from .runtime import registry
 from .runtime.backoff import Backoff
 from .runtime.conflation import ConflationKey
 from .runtime.delivery import Delivery, Emit
 from .runtime.dispatch import Dispatcher
 from .runtime.intake import Intake
+from .runtime.outcomes import AckRule, SendHandle
 from .runtime.policy import ReconnectPolicy
 from .runtime.pull import PullBuffer, Pulling
 from .runtime.replay import Replay
 from .runtime.reporting import Reporter
-from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender, in_connect_hook
+from .runtime.sender import OutFrame, ResumeBuilder, Sendable, Sender, hook_session, in_connect_hook
 from .runtime.session import ConnectHook
 from .runtime.signals import Signals, Subscribable, deliver
 from .runtime.state import WAIT_MAX, Lifecycle, State, timeout_arg
@@ -96,7 +98,10 @@ class Client(Subscribable, Pulling):
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
     `on_connect`), ``connect_hook_timeout`` (default 10 s); ``conflate`` (message
-    type -> key: see `conflate`).
+    type -> key: see `conflate`); ``request_id_field``
+    (default ``"id"``: where `request` puts its id and finds the reply's), ``ack`` (an
+    `AckRule`: sends are kept until the server acks their id, and sent again after a
+    reconnect), ``ack_window`` (default 1,000: the most unacknowledged at once).
     """
 
     def __init__(
@@ -141,6 +146,10 @@ class Client(Subscribable, Pulling):
         connect_hook_timeout: float = 10.0,
         # Conflation and replay (issue 23, points 4 and 6):
         conflate: Optional[Mapping[str, ConflationKey]] = None,
+        # Requests with replies and acknowledged sends (issue 23, points 2 and 3):
+        request_id_field: str = "id",
+        ack: Optional[AckRule] = None,
+        ack_window: int = 1000,
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
             url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
@@ -197,6 +206,18 @@ class Client(Subscribable, Pulling):
             raise ValueError(f"conflate is a mapping of message type to key, not {type(conflate).__name__}")
         self._delivery.conflation.update(conflate or {})
         self._replay: Optional[Replay] = None  # set by `replay` (the caller's thread), before its thread starts
+        # Requests with replies and acknowledged sends: matched on the reader thread (`Sender.correlate`).
+        if not isinstance(request_id_field, str) or not request_id_field:
+            raise ValueError(f"request_id_field is the name of a field, a non-empty str, not {request_id_field!r}")
+        if ack is not None and not isinstance(ack, AckRule):
+            raise ValueError(f"ack is a wsbridge.AckRule(type=..., id_field=...), not {type(ack).__name__}")
+        if isinstance(ack_window, bool) or not isinstance(ack_window, int) or ack_window < 1:
+            raise ValueError(f"ack_window is the most unacknowledged messages, an int >= 1, not {ack_window!r}")
+        self._sender.request_field, self._sender.ack_window = request_id_field, ack_window
+        self._sender.ack = ack.check() if ack is not None else None
+        self._sender.correlating = lambda: self._intake.correlate(self._sender.correlate)
+        if ack is not None:
+            self._sender.correlating()
 
     # -- options, for code that read them as attributes ------------------------------------
     @property
@@ -397,7 +418,7 @@ class Client(Subscribable, Pulling):
             self._close_store()
         self._pull.close()
         registry.discard(self)
-        left = len(self._sender.outbox)
+        left = len(self._sender.outbox) + len(self._sender.unacked)  # unacknowledged: sent again by the next run
         if left and before is not State.STOPPED:
             if not kept and self.store is not None and self._sender.all_kept():
                 kept = " (kept in the store: the next client with it sends them)"
@@ -475,7 +496,7 @@ class Client(Subscribable, Pulling):
             )
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, obj: Sendable, *, timeout: Optional[float] = None) -> None:
+    def send(self, obj: Sendable, *, timeout: Optional[float] = None, ttl: Optional[float] = None) -> SendHandle:
         """Send ``obj``: ``str`` as a text frame, ``bytes`` as a binary frame,
         a `Message` or a mapping through the codec. Thread-safe, and safe from
         a subscriber whatever the overflow policy.
@@ -491,9 +512,44 @@ class Client(Subscribable, Pulling):
         negative or NaN: `ValueError`. With a store, a frame that must wait in the
         send buffer and does not fit in its ``max_size`` raises `StoreFull`, and
         nothing is queued.
+
+        Returns a `SendHandle`: ``state`` ``"queued"``, ``"sent"`` (the socket took
+        it), ``"acknowledged"`` (with ``ack``: the server acked its id), ``"dropped"``
+        (``outbox_overflow="drop_oldest"`` made room with it) or ``"expired"``;
+        ``wait(timeout)`` waits for the outcome. ``ttl``: seconds it may wait in the
+        send buffer; past that it is removed, never written, counted in
+        ``stats.outbox_expired``. With an ack rule, a mapping gets an id in its
+        ``id_field`` (a copy; yours is not changed) unless it has one.
         """
         self._check_process()
-        self._sender.send(obj, timeout_arg(timeout))
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl is > 0 seconds, or None, not {ttl!r}")
+        return self._sender.send(obj, timeout_arg(timeout), ttl)
+
+    def request(self, message: Sendable, *, timeout: float = 10.0, resend: bool = False) -> Message:
+        """Send ``message`` (a mapping, or a `Message` of one) and return its reply: the
+        first message received after it whose ``request_id_field`` (default ``"id"``)
+        holds the request's id, which is added (to a copy) when ``message`` has none.
+        Text and bytes cannot carry an id: `ValueError`.
+
+        The reply is matched as it is read, before it is dispatched, never through the
+        pull buffer, so it is not missed however many messages follow it, and it works
+        from any thread: a subscriber, a connect hook (there it goes out on the
+        connection being opened, as `Session.request`), several threads at once. The
+        reply still reaches the subscribers as usual. An ack of ``ack`` is never a reply.
+
+        `TimeoutError` after ``timeout`` s; `ConnectionLost` at once when the connection
+        the request went out on ends first, or with ``resend=True`` it is sent again on
+        the next connection and the wait goes on (the server may then get it twice);
+        `ClientClosed` when the client stops; `OutboxFull` as `send` raises it, or when
+        ``drop_oldest`` dropped the request from the send buffer."""
+        self._check_process()
+        if not timeout > 0:
+            raise ValueError(f"timeout is > 0 seconds, not {timeout!r}")
+        session = hook_session()
+        if session is not None:
+            return session.request(message, None, timeout)
+        return self._sender.request(message, timeout, resend)
 
     def unsent(self) -> List[OutFrame]:
         """Frames still waiting in the send buffer, oldest first, as ``(data, binary)``."""
@@ -713,6 +769,7 @@ class Client(Subscribable, Pulling):
             state=str(self.state), frames=i.frames, bytes=i.bytes, received=i.received, dispatched=d.dispatched,
             protocol_errors=i.protocol_errors + sup.wire_errors, subscriber_errors=self._reporter.subscriber_errors,
             sent=sent.sent, queued=sent.queued, outbox=len(s.outbox), flushed=sent.flushed, outbox_dropped=sent.dropped,
+            outbox_expired=sent.expired, acked=sent.acked, unacked=len(s.unacked), resent=sent.resent,
             pull_buffered=len(self._pull), pull_dropped=self._pull.dropped, dispatch_pending=len(self._dispatcher),
             dispatch_bytes=self._dispatcher.pending_bytes, backpressure_waits=self._dispatcher.blocked,
             duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, held=d.tracker.held, resumes=sent.resumes,

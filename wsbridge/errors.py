@@ -81,6 +81,12 @@ class CloseFrameSent(WsbridgeError, ConnectionError):
     sender keeps it for the next connection (internal: `send` never raises it)."""
 
 
+class ConnectionLost(WsbridgeError, ConnectionError):
+    """The connection a request went out on ended before its reply came (`Client.request`
+    raises it at once, rather than wait out its timeout; ``resend=True`` sends the request
+    again on the next connection instead)."""
+
+
 class ConnectError(WsbridgeError, ConnectionError):
     """The client could not connect, and its retry policy says not to try again."""
 

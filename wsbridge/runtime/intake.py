@@ -7,12 +7,15 @@ for the dispatcher, which blocks here while the dispatch queue is full (TCP
 backpressure). A frame the codec refuses is reported and the stream goes on.
 While a connection's handshake runs, each message is first handed to the
 handshake's inbox (`watch`), so a connect hook sees its reply at once, however
-long the queue. The counters are written by the reader thread only (one
-connection at a time).
+long the queue. Once requests or acks are in use, each message is first shown to
+the sender (`correlate`), which matches replies and acks as they arrive, before the
+subscribers: a subscriber waiting for a reply gets it. The counters are written by
+the reader thread only (one connection at a time).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -23,7 +26,8 @@ from .dispatch import Dispatcher
 
 
 class Intake:
-    __slots__ = ("codec", "_queue", "put", "_report", "frames", "bytes", "received", "protocol_errors")
+    __slots__ = ("codec", "_queue", "put", "_report", "frames", "bytes", "received", "protocol_errors",
+                 "_inbox", "_match", "_lock")
 
     def __init__(self, codec: Codec, dispatcher: Dispatcher, report: Callable[..., Any]) -> None:
         self.codec = codec
@@ -33,18 +37,37 @@ class Intake:
         by the supervisor between connections and as a handshake ends."""
         self._report = report
         self.frames = self.bytes = self.received = self.protocol_errors = 0
+        self._inbox: Optional[Callable[[Message, int], None]] = None
+        self._match: Optional[Callable[[Message], None]] = None
+        self._lock = threading.Lock()  # `watch` (supervisor) and `correlate` (any thread) compose ``put``
 
     def watch(self, inbox: Optional[Callable[[Message, int], None]]) -> None:
         """Hand each message to ``inbox`` before queuing it (None: queue it only). The
         supervisor's, before a connection starts and as its handshake ends: the reader
         checks nothing per frame otherwise."""
-        queue = self._queue
-        if inbox is None:
+        with self._lock:
+            self._inbox = inbox
+            self._compose()
+
+    def correlate(self, match: Callable[[Message], None]) -> None:
+        """Show each message to ``match`` first, from now on (the sender's replies and
+        acks; set once requests or acks are in use, never before)."""
+        with self._lock:
+            if self._match is None:
+                self._match = match
+                self._compose()
+
+    def _compose(self) -> None:
+        queue, inbox, match = self._queue, self._inbox, self._match
+        if inbox is None and match is None:
             self.put = queue
             return
 
         def put(message: Message, size: int) -> None:
-            inbox(message, size)
+            if match is not None:
+                match(message)
+            if inbox is not None:
+                inbox(message, size)
             queue(message, size)
 
         self.put = put

@@ -22,22 +22,36 @@ the buffer, counted as not sent, for the next connection.
 
 What cannot be encoded raises in `frame`, in the caller's thread, before
 anything is queued: a frame in the buffer can always be sent.
+
+Each user's send has a `SendHandle` (`wsbridge.runtime.outcomes`) that this module moves
+on under ``cond``. With an `AckRule` (``ack``), a frame with an id leaves the buffer for
+``unacked`` as it is written (registered before the write: its ack may come at once) and
+stays there, and in the store, until the server acknowledges it (`correlate`, on the
+reader thread); the flush on the next connection puts whatever another connection
+left unacknowledged back at the head of the buffer, in order (at least once: the
+server may get a message twice and dedups by its id). At most ``ack_window`` frames
+are unacknowledged: past that, frames wait in the buffer, under its overflow rules.
+Requests (`request`) wait under ``cond`` too, for the message that carries their id,
+matched on the reader thread before it is dispatched (`correlate`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 import time
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
 from ..codecs import Codec
-from ..errors import ClientClosed, CloseFrameSent, OutboxFull, StoreError, StoreFull, WsbridgeError
+from ..errors import ClientClosed, CloseFrameSent, ConnectionLost, OutboxFull, StoreError, StoreFull, WsbridgeError
 from ..message import Message
 from ..tracking.outbox import Outbox
 from ..tracking.sequence import Positions
 from ..tracking.store import Store
 from ..wire.connection import Connection
+from .outcomes import ACKNOWLEDGED, DROPPED, EXPIRED, QUEUED, SENT, AckRule, SendHandle, stamp
 from .subscriptions import Subscription
 
 log = logging.getLogger("wsbridge")
@@ -57,9 +71,15 @@ FLUSH_FORGET_EVERY = 256
 _thread = threading.local()
 
 
-def mark_hook_thread() -> None:
-    """This thread runs connect hooks (`wsbridge.runtime.session`)."""
+def mark_hook_thread(session: Any = None) -> None:
+    """This thread runs connect hooks (`wsbridge.runtime.session`), in ``session``."""
     _thread.hook = True
+    _thread.session = session
+
+
+def hook_session() -> Any:
+    """The `Session` of the connect hook this thread runs (None: not a hook's thread)."""
+    return getattr(_thread, "session", None)
 
 
 def in_connect_hook() -> bool:
@@ -68,25 +88,18 @@ def in_connect_hook() -> bool:
     return getattr(_thread, "hook", False)
 
 
-class Queued(NamedTuple):
-    """A frame in the send buffer; ``key`` is its place in the store, if kept there."""
-
-    data: Union[str, bytes]
-    binary: bool
-    key: Optional[int] = None
-    bound: Union[None, Subscription, Connection] = None
-    """A frame for one connection only (never kept in the store): a subscription's, sent
-    on the connection whose handshake went before it unless sent there already or ended,
-    or an unsubscribe, sent on the given connection if it is still the one."""
+Queued = SendHandle
+"""A frame in the send buffer: the user's handle on it, or a subscription's frame (``bound``)."""
 
 
 class Counts:
     """The sender's counters (written under the sender's lock)."""
 
-    __slots__ = ("sent", "queued", "flushed", "dropped", "store_errors", "resumes")
+    __slots__ = ("sent", "queued", "flushed", "dropped", "store_errors", "resumes", "expired", "acked", "resent")
 
     def __init__(self) -> None:
         self.sent = self.queued = self.flushed = self.dropped = self.store_errors = self.resumes = 0
+        self.expired = self.acked = self.resent = 0
 
 
 class Sender:
@@ -131,6 +144,23 @@ class Sender:
         self.subscribed_on: Optional[Connection] = None
         """The connection whose handshake sent the subscriptions (supervisor)."""
         self.counts = Counts()
+        # Requests and acknowledged sends (set by the client before start; see the module docstring).
+        self.ack: Optional[AckRule] = None
+        self.ack_window = 1000
+        self.request_field = "id"
+        self.unacked: Dict[Hashable, Queued] = {}
+        """Written, not acknowledged yet, in the order written; keyed by ack id."""
+        self.replies: Dict[Hashable, List[Optional[Message]]] = {}
+        """The requests waiting: id -> [reply] (None until it came)."""
+        self.watchers = 0
+        """Threads waiting on ``cond`` for a handle or a reply (notified only then)."""
+        self.expiring = 0
+        """Frames with a ``ttl`` in the buffer (the flush looks for expired ones only then)."""
+        self.correlating: Callable[[], None] = lambda: None
+        """Set by the client: from now on the reader shows every message to `correlate`
+        (called at the first request; at start with an ack rule)."""
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.urandom(4).hex()}-"
 
     # -- any thread -----------------------------------------------------------------
     def frame(self, obj: Sendable) -> OutFrame:
@@ -156,15 +186,27 @@ class Sender:
                 ) from None
         return data, binary
 
-    def send(self, obj: Sendable, timeout: Optional[float] = None) -> None:
-        """Send ``obj`` now or buffer it (see `Client.send`); ``timeout`` bounds the
-        wait for room in the buffer and for the socket, together."""
-        self._send(self.frame(obj), timeout)
+    def new_id(self) -> str:
+        """A fresh id for a message that has none: this client's random prefix and a count."""
+        return f"{self._id_prefix}{next(self._ids)}"
 
-    def _send(self, frame: OutFrame, timeout: Optional[float], bound: Union[None, Subscription, Connection] = None) -> None:
-        """Send ``frame`` now or buffer it; one ``bound`` to a connection (see `Queued`)
+    def send(self, obj: Sendable, timeout: Optional[float] = None, ttl: Optional[float] = None) -> SendHandle:
+        """Send ``obj`` now or buffer it (see `Client.send`); ``timeout`` bounds the
+        wait for room in the buffer and for the socket, together; a frame still in the
+        buffer ``ttl`` s from now is never written."""
+        ack_id = None
+        if self.ack is not None:
+            obj, ack_id = stamp(obj, self.ack.id_field, self.new_id)
+        data, binary = self.frame(obj)
+        item = Queued(self, data, binary, None, None, ack_id, None if ttl is None else time.monotonic() + ttl)
+        self._send(item, timeout)
+        return item
+
+    def _send(self, item: Queued, timeout: Optional[float]) -> None:
+        """Send ``item`` now or buffer it; one ``bound`` to a connection (see `Queued`)
         only while it is wanted there, and whatever the buffer's bound."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        bound = item.bound
         with self.cond:
             self._check_open()
             if bound is not None:
@@ -173,19 +215,31 @@ class Sender:
             elif self.outbox.full and self.outbox.overflow == "block" and not in_connect_hook():
                 self._wait_for_room(self._outbox_timeout if timeout is None else timeout)
             conn = self.live  # set only while the buffer is empty: a direct send cannot overtake
+            if conn is not None and item.ack_id is not None:
+                if len(self.unacked) >= self.ack_window:  # the window is full: it waits, and what follows
+                    conn = self.live = None
+                else:
+                    if self.store is not None:  # kept until acknowledged, also across a restart
+                        item.key = self._keep(self.store.outbox_add, item.data, item.binary)
+                    self.unacked[item.ack_id] = item  # before the write: its ack may come at once
             if conn is not None:
                 if isinstance(bound, Subscription):
                     bound.sent_on = conn
+                item.conn = conn
                 self.sending += 1
                 self.direct = conn
-        if conn is not None and self._write(conn, frame, deadline):
+        if conn is not None and self._write(conn, item, deadline):
             return
         dropped = None
         with self.cond:
             if conn is not None and self.live is conn:
                 self.live = None  # what comes next queues behind this frame, until the supervisor flushed it
                 self._wake()
-            dropped = self._queue(frame, bound)
+            if item.ack_id is not None and conn is not None:
+                if self.unacked.get(item.ack_id) is not item:
+                    return  # acknowledged meanwhile, or already back in the buffer (a new connection's flush)
+                del self.unacked[item.ack_id]
+            dropped = self._queue(item)
             if dropped is not None:
                 self.counts.dropped += 1
                 total = self.counts.dropped
@@ -193,16 +247,17 @@ class Sender:
             log.warning("%s: send buffer full; dropped the oldest unsent message (%d dropped so far)", self.name, total)
             self._emit_dropped(1)
 
-    def _write(self, conn: Connection, frame: OutFrame, deadline: Optional[float]) -> bool:
+    def _write(self, conn: Connection, item: Queued, deadline: Optional[float]) -> bool:
         """A direct send, without the lock: True once the socket took the frame (or
         part of it, the connection writing the rest); False when it is to be buffered
         (the socket took nothing by ``deadline``, or the connection failed)."""
+        frame = (item.data, item.binary)
         try:
             if deadline is None:
                 conn.send(*frame)
                 taken = True
             else:
-                taken = conn.send_within(*frame, deadline, on_lost=lambda: self._requeue(frame))
+                taken = conn.send_within(*frame, deadline, on_lost=lambda: self._requeue(item))
         except CloseFrameSent:  # the connection is closing: the frame waits for the next one
             taken = False
         except Exception as exc:
@@ -217,15 +272,26 @@ class Sender:
             self.sending -= 1
             if taken:
                 self.counts.sent += 1
+                if item.state is QUEUED:  # (its ack may have come first)
+                    item.state = SENT
+                    item.expires = None  # written: a ttl no longer applies (nor to a resend)
+                    if self.watchers:
+                        self.cond.notify_all()
         return taken
 
-    def _requeue(self, frame: OutFrame) -> None:
+    def _requeue(self, item: Queued) -> None:
         """A frame the socket took only in part before its connection failed (the
         connection's writer thread): first in the buffer again, sent whole on the
         next connection (at least once)."""
         with self.cond:
-            key = self._keep(self.store.outbox_add, *frame) if self.store is not None else None
-            self.outbox.restore([Queued(frame[0], frame[1], key)])
+            if item.ack_id is not None:
+                if self.unacked.get(item.ack_id) is not item:
+                    return  # already back in the buffer (a new connection's flush)
+                del self.unacked[item.ack_id]
+            item.state = QUEUED
+            if item.key is None and self.store is not None:
+                item.key = self._keep(self.store.outbox_add, item.data, item.binary)
+            self.outbox.restore([item])
             self.counts.queued += 1
             self.cond.notify_all()
 
@@ -234,27 +300,54 @@ class Sender:
         if why:
             raise ClientClosed(f"{self.name} is {why}; nothing can be sent")
 
-    def _queue(self, frame: OutFrame, bound: Union[None, Subscription, Connection] = None) -> Optional[Queued]:
+    def _queue(self, item: Queued) -> Optional[Queued]:
         """Append to the buffer (and keep it in the store, unless ``bound``); return what
         the overflow policy dropped. Lock held."""
-        if bound is not None:
-            self.outbox.put(Queued(frame[0], frame[1], None, bound), force=True)
+        if item.bound is not None:
+            self.outbox.put(item, force=True)
             self.counts.queued += 1
             return None
-        # A store without room for it refuses the send (`StoreFull`): the caller still has the frame.
-        key = self._keep(self.store.outbox_add, *frame, refuse_full=True) if self.store is not None else None
+        if item.key is None and self.store is not None:  # (else kept already: a direct send awaiting its ack)
+            # A store without room for it refuses the send (`StoreFull`): the caller still has the frame.
+            item.key = self._keep(self.store.outbox_add, item.data, item.binary, refuse_full=True)
         # A connect hook's send is never refused for a full buffer: only the end of the
         # hooks can drain it (under drop_oldest, the oldest go as for any send).
         force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
         try:
-            dropped = self.outbox.put(Queued(frame[0], frame[1], key), keep=len(self.inflight), force=force)
+            dropped = self.outbox.put(item, keep=len(self.inflight), force=force)
         except OutboxFull:
-            self._forget(key)
+            self._forget(item.key)
             raise
         self.counts.queued += 1
+        if item.expires is not None:
+            self.expiring += 1
         if dropped is not None:
             self._forget(dropped.key)
+            self._settle(dropped, DROPPED)
         return dropped
+
+    def _settle(self, item: Queued, state: str) -> None:
+        """``item`` left the buffer unwritten (``state``: dropped or expired). Lock held."""
+        item.state = state
+        if item.expires is not None:
+            self.expiring -= 1
+        if self.watchers:
+            self.cond.notify_all()
+
+    def _expire(self) -> None:
+        """Remove the frames whose ``ttl`` passed from the buffer, never written (not
+        those being written now), counted. Lock held."""
+        now = time.monotonic()
+        gone = self.outbox.remove_if(
+            lambda q: q.expires is not None and q.expires <= now,
+            keep=len(self.inflight),
+        )
+        for item in gone:
+            self._forget(item.key)
+            self._settle(item, EXPIRED)
+        if gone:
+            self.counts.expired += len(gone)
+            log.info("%s: %d message(s) expired in the send buffer (their ttl passed), never sent", self.name, len(gone))
 
     def _forget(self, key: Optional[int], through: bool = False) -> None:
         if key is not None and self.store is not None:
@@ -284,10 +377,134 @@ class Sender:
             self._check_open()
 
     def unsent(self) -> List[OutFrame]:
-        """What the user's sends left in the buffer (not the subscriptions' frames: the
-        records are this client's)."""
+        """What the user's sends left in the buffer, the unacknowledged first (not the
+        subscriptions' frames: the records are this client's)."""
         with self.cond:
-            return [(q.data, q.binary) for q in self.outbox.items() if q.bound is None]
+            return [(q.data, q.binary) for q in [*self.unacked.values(), *self.outbox.items()] if q.bound is None]
+
+    # -- outcomes, acks and replies ---------------------------------------------------------
+    def wait_handle(self, handle: SendHandle, timeout: Optional[float]) -> str:
+        """`SendHandle.wait`: until it is done, or ``timeout``; a ``ttl`` that passes
+        meanwhile expires the frame (if still in the buffer) without waiting for a flush."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            self.watchers += 1
+            try:
+                while not handle.done:
+                    now = time.monotonic()
+                    if handle.expires is not None and handle.expires <= now and handle.state is QUEUED:
+                        self._expire()
+                        if handle.done:
+                            break
+                    self._check_open()
+                    remaining = None if deadline is None else deadline - now
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"the message is still {handle.state} after {timeout} s")
+                    expires = handle.expires
+                    if expires is not None and expires > now and handle.state is QUEUED:  # then expire it here
+                        remaining = expires - now if remaining is None else min(remaining, expires - now)
+                    self.cond.wait(remaining)
+                return handle.state
+            finally:
+                self.watchers -= 1
+
+    def correlate(self, message: Message) -> None:
+        """An ack, or the reply to a request (reader thread, before the message is
+        dispatched: one waiting in a subscriber gets it; subscribers still get it too).
+        wsbridge's own quick tests only: no user code runs here."""
+        payload = message.payload
+        if not isinstance(payload, dict):
+            return
+        ack = self.ack
+        try:
+            if ack is not None and message.type == ack.type:
+                acked = payload.get(ack.field)
+                if acked is not None and acked in self.unacked:
+                    self._acked(acked)
+                return  # an ack is never a reply
+            if self.replies:
+                rid = payload.get(self.request_field)
+                if rid is not None:
+                    with self.cond:
+                        waiting = self.replies.get(rid)
+                        if waiting is not None and waiting[0] is None:
+                            waiting[0] = message
+                            self.cond.notify_all()
+        except TypeError:  # an id that cannot be a key (a list): no message of ours has it
+            return
+
+    def _acked(self, ack_id: Hashable) -> None:
+        with self.cond:
+            item = self.unacked.pop(ack_id, None)
+            if item is None:
+                return
+            item.state = ACKNOWLEDGED
+            self.counts.acked += 1
+            self._forget(item.key)
+            if self.watchers:
+                self.cond.notify_all()
+            if self.live is None and self.outbox:
+                self._wake()  # the window may have had no room: the buffer is flushed again
+
+    def request(self, obj: Sendable, timeout: float, resend: bool, session: Any = None) -> Message:
+        """Send ``obj`` with an id in ``request_field`` and return the first message
+        that carries that id (`Client.request`). ``session``: a connect hook's, which
+        sends on its connection now rather than through the buffer."""
+        deadline = time.monotonic() + timeout
+        obj, rid = stamp(obj, self.request_field, self.new_id)
+        if rid is None:
+            raise ValueError(f"request() sends a mapping (or a Message of one), to carry its id in "
+                             f"{self.request_field!r}; not {type(obj).__name__}")
+        frame = self.frame(obj)
+        self.correlating()
+        waiting: List[Optional[Message]] = [None]
+        with self.cond:
+            self._check_open()
+            if rid in self.replies:
+                raise ValueError(f"a request with {self.request_field}={rid!r} is waiting already")
+            self.replies[rid] = waiting  # before the send: the reply may come at once
+        try:
+            return self._await_reply(frame, rid, waiting, deadline, timeout, resend, session)
+        finally:
+            with self.cond:
+                if self.replies.get(rid) is waiting:
+                    del self.replies[rid]
+
+    def _await_reply(self, frame: OutFrame, rid: Hashable, waiting: List[Optional[Message]], deadline: float,
+                     timeout: float, resend: bool, session: Any) -> Message:
+        handle: Optional[SendHandle] = None
+        conn: Optional[Connection] = None
+        while True:
+            if session is not None:  # a connect hook: on its connection, now (the buffer waits for the hook)
+                conn = session._conn
+                session._send(frame)
+            else:
+                handle = Queued(self, frame[0], frame[1])
+                self._send(handle, max(0.0, deadline - time.monotonic()))
+            with self.cond:
+                self.watchers += 1
+                try:
+                    while waiting[0] is None:
+                        self._check_open()
+                        if handle is not None:
+                            if handle.state is DROPPED:
+                                raise OutboxFull(f"the request {self.request_field}={rid!r} was dropped from the "
+                                                 "full send buffer (outbox_overflow='drop_oldest')")
+                            conn = handle.conn if handle.state is SENT else None
+                        if conn is not None and conn.ended.is_set():
+                            break  # the connection it went out on is gone: no reply can come on it
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError(f"no reply to {self.request_field}={rid!r} within {timeout} s")
+                        self.cond.wait(remaining)
+                    else:
+                        return waiting[0]
+                finally:
+                    self.watchers -= 1
+            if not resend or session is not None:
+                raise ConnectionLost(f"the connection the request {self.request_field}={rid!r} went out on "
+                                     "ended before its reply came")
+            log.info("%s: the connection of request %s=%r ended; sending it again", self.name, self.request_field, rid)
 
     # -- recorded subscriptions (any thread) --------------------------------------------
     def subscribe(self, sub: Subscription, positions: Positions) -> None:
@@ -304,7 +521,7 @@ class Sender:
                 self.unsubscribe(sub, None)
                 raise
             if frame is not None:
-                self._send(frame, None, sub)
+                self._send(Queued(self, frame[0], frame[1], None, sub), None)
 
     def unsubscribe(self, sub: Subscription, message: Optional[Sendable]) -> bool:
         """Forget ``sub`` (False: it was not recorded); send ``message`` (if any) on the
@@ -317,7 +534,7 @@ class Sender:
             self.subscriptions = [s for s in self.subscriptions if s is not sub]
             on = sub.sent_on
         if frame is not None and on is not None:
-            self._send(frame, None, on)
+            self._send(Queued(self, frame[0], frame[1], None, on), None)
         return True
 
     def _wanted(self, bound: Union[Subscription, Connection], conn: Optional[Connection]) -> bool:
@@ -357,9 +574,22 @@ class Sender:
         with self.cond:
             self.store = store
             early = self.outbox.clear()
-            self.outbox.restore([Queued(data, binary, key) for key, data, binary in kept] + [
-                q._replace(key=self._keep(store.outbox_add, q.data, q.binary)) for q in early
-            ])
+            for q in early:
+                q.key = self._keep(store.outbox_add, q.data, q.binary)
+            self.outbox.restore([Queued(self, data, binary, key, None, self._kept_id(data, binary))
+                                 for key, data, binary in kept] + early)
+
+    def _kept_id(self, data: Union[str, bytes], binary: bool) -> Optional[Hashable]:
+        """With an ack rule, a frame an earlier run kept awaits its ack again, by the id
+        it carries (read back through the codec, once, at start)."""
+        if self.ack is None:
+            return None
+        try:
+            messages = self.codec.decode(data.encode("utf-8") if isinstance(data, str) else data, binary, 0.0)
+        except Exception:
+            return None
+        payload = messages[0].payload if messages else None
+        return payload.get(self.ack.id_field) if isinstance(payload, dict) else None
 
     def all_kept(self) -> bool:
         """Is every frame in the buffer kept in the store too?"""
@@ -393,14 +623,19 @@ class Sender:
 
     def waiting(self, conn: Connection) -> bool:
         """Do frames wait in the buffer while ``conn`` is open and flushed (a send's
-        timeout ran out)? The supervisor then flushes them."""
+        timeout ran out, or acks made room in the window)? The supervisor then flushes them."""
         with self.cond:
-            return self.live is None and bool(self.outbox) and conn.is_open
+            return (self.live is None and bool(self.outbox) and conn.is_open
+                    and (self.ack is None or len(self.unacked) < self.ack_window))
 
     def drop_live(self, conn: Connection) -> None:
+        """``conn`` ended: no more direct sends on it; a request waiting for a reply on it
+        learns at once."""
         with self.cond:
             if self.live is conn:
                 self.live = None
+            if self.watchers:
+                self.cond.notify_all()
 
     # -- supervisor thread ------------------------------------------------------------
     def flush(self, conn: Connection, resume_from: Positions, stopping: threading.Event) -> bool:
@@ -424,6 +659,10 @@ class Sender:
         cond = self.cond
         sent_key: Optional[int] = None  # the last kept frame the socket took, not yet forgotten
         unforgotten = 0
+        acks = self.ack is not None
+        if acks:
+            with cond:
+                self._resend_unacked(conn)
         while True:
             if stopping.is_set():  # the rest stays buffered (see unsent())
                 with cond:
@@ -431,7 +670,12 @@ class Sender:
                         self._forget(sent_key, through=True)
                 return False
             with cond:
-                batch = self.outbox.peek_many(FLUSH_BATCH)
+                if self.expiring:
+                    self._expire()
+                room = FLUSH_BATCH if not acks else min(FLUSH_BATCH, self.ack_window - len(self.unacked))
+                if room <= 0 and self.outbox:  # the window is full: the rest waits for acks (`waiting`)
+                    return conn.is_open and not stopping.is_set()
+                batch = self.outbox.peek_many(max(0, room))
                 if unforgotten and (not batch or unforgotten >= FLUSH_FORGET_EVERY):
                     self._forget(sent_key, through=True)
                     unforgotten = 0
@@ -449,6 +693,8 @@ class Sender:
                         break
                 self.inflight = batch
                 frames = [(item.data, item.binary) for item in batch if item.bound is None or self._take(item.bound, conn)]
+                if acks:
+                    self._track(batch, conn)
             if not batch:  # then the resume request, without the lock; and what was queued meanwhile
                 positions, resume_from = resume_from, {}
                 if not self.send_resume(conn, positions):
@@ -462,6 +708,11 @@ class Sender:
                     self.inflight = []
                     if unforgotten:
                         self._forget(sent_key, through=True)
+                    if acks:  # still at the head of the buffer: not unacknowledged on this connection
+                        for queued in batch:
+                            ack_id = queued.ack_id
+                            if ack_id is not None and self.unacked.get(ack_id) is queued:
+                                del self.unacked[ack_id]
                 log.info("%s: flush interrupted (%s); %d message(s) stay buffered", self.name, exc, len(self.outbox))
                 if not isinstance(exc, CloseFrameSent):  # else the close handshake ends it
                     conn.abort()
@@ -470,12 +721,44 @@ class Sender:
                 self.inflight = []
                 self.outbox.pop_many(len(batch))
                 for item in batch:
+                    if item.state is QUEUED:  # (its ack may have come first)
+                        item.state = SENT
+                    if item.expires is not None:  # written: a ttl no longer applies (nor to a resend)
+                        item.expires = None
+                        self.expiring -= 1
+                    if item.ack_id is not None:
+                        continue  # kept (in the store too) until acknowledged
                     if item.key is not None:
+                        if acks:  # kept frames awaiting acks lie between: forgotten one by one
+                            self._forget(item.key)
+                            continue
                         sent_key = item.key
                         unforgotten += 1
                 self.counts.flushed += len(frames)
                 self.counts.sent += len(frames)
                 cond.notify_all()
+
+    def _track(self, batch: List[Queued], conn: Connection) -> None:
+        """The frames of ``batch`` that await acks are unacknowledged on ``conn`` from
+        before the write (an ack may come at once). Lock held."""
+        unacked = self.unacked
+        for item in batch:
+            if item.ack_id is not None:
+                item.conn = conn
+                unacked[item.ack_id] = item
+
+    def _resend_unacked(self, conn: Connection) -> None:
+        """What earlier connections left unacknowledged goes back to the head of the
+        buffer, in the order written, to be sent on ``conn`` first. Lock held."""
+        old = [item for item in self.unacked.values() if item.conn is not conn]
+        if not old:
+            return
+        for item in old:
+            del self.unacked[item.ack_id]
+            item.state = QUEUED
+        self.outbox.restore(old)
+        self.counts.resent += len(old)
+        log.info("%s: %d unacknowledged message(s) sent again on the new connection", self.name, len(old))
 
     def _take(self, bound: Union[Subscription, Connection], conn: Connection) -> bool:
         """Does a frame ``bound`` to one connection go out in this flush on ``conn``? A

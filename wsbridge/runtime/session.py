@@ -268,15 +268,21 @@ class Session:
         if the connection is gone, the time is up or the client stops."""
         self._send(self._sender.frame(obj))
 
-    def request(self, obj: Sendable, match: Match, timeout: Optional[float] = None) -> Message:
+    def request(self, obj: Sendable, match: Optional[Match] = None, timeout: Optional[float] = None) -> Message:
         """Send ``obj`` on this connection and return its reply: the first message
         received after it of type ``match`` (a str), or for which ``match(message)`` is
-        true. The reply is looked for among the messages from the moment it is sent (a
+        true; without ``match``, the one that carries its id, as `Client.request` matches
+        it (the same mechanism: `Client.request` from a hook comes here). The reply is
+        looked for among the messages from the moment it is sent (a
         predicate runs on this thread, never on the reader's), so however many messages
         follow it (an ack, then a snapshot), it is not missed. Waits up to ``timeout`` s (None: what is
-        left of the hook's time); `TimeoutError` when none came."""
-        frame = self._sender.frame(obj)
+        left of the hook's time); `TimeoutError` when none came, `ConnectionLost` when the
+        connection ended first."""
         deadline = self._deadline(timeout)
+        if match is None:
+            self._check()
+            return self._sender.request(obj, max(0.0, deadline - time.monotonic()), False, self)
+        frame = self._sender.frame(obj)
         return self._request(frame, match, deadline)
 
     def wait_for(self, match: Match, timeout: Optional[float] = None) -> Message:
@@ -457,7 +463,7 @@ class HandshakeRun:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
-        mark_hook_thread()
+        mark_hook_thread(self.session)
         try:
             self.passed = self.handshake.run(self)
         except ConnectHookError as exc:

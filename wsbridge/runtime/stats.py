@@ -23,6 +23,13 @@ class Stats:
     outbox: int = 0
     flushed: int = 0
     outbox_dropped: int = 0
+    outbox_expired: int = 0
+    """Removed from the send buffer unsent: their ``ttl`` passed."""
+    acked: int = 0
+    unacked: int = 0
+    """Sent and not acknowledged yet (with an ack rule; at most ``ack_window``)."""
+    resent: int = 0
+    """Sent again on a new connection, not acknowledged on the one before."""
     pull_buffered: int = 0
     pull_dropped: int = 0
     dispatch_pending: int = 0

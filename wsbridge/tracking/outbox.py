@@ -8,7 +8,7 @@ connection lost in the middle of a flush loses nothing.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Generic, List, Optional, TypeVar
+from typing import Callable, Deque, Generic, List, Optional, TypeVar
 
 from ..errors import OutboxFull
 
@@ -84,6 +84,19 @@ class Outbox(Generic[T]):
         popleft = self._items.popleft
         for _ in range(n):
             popleft()
+
+    def remove_if(self, test: Callable[[T], bool], keep: int = 0) -> List[T]:
+        """Remove and return the items that pass ``test``, but for the ``keep`` oldest
+        (being written to the socket right now); the others keep their order."""
+        items = self._items
+        kept: List[T] = []
+        gone: List[T] = []
+        for i, item in enumerate(items):
+            (gone if i >= keep and test(item) else kept).append(item)
+        if gone:
+            items.clear()
+            items.extend(kept)
+        return gone
 
     def items(self) -> List[T]:
         """A copy of what is waiting, oldest first."""

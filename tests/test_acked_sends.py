@@ -1,0 +1,226 @@
+"""Send outcomes (`SendHandle`: sent, acknowledged, dropped, expired) and acknowledged
+sends: with an `AckRule`, a message stays buffered until the server acks its id and is sent
+again after a reconnect. Against a `websockets` server (`conftest.Feed`) that acks by id
+and cuts the connection repeatedly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Dict, List, Set, Tuple, Union
+
+import pytest
+
+import wsbridge
+from wsbridge import AckRule, SendHandle
+
+from conftest import Feed
+
+THREADS, EACH, CUTS = 4, 400, 10
+
+
+def _ack(number: int, data: Union[str, bytes]) -> List[str]:
+    """The server's ack: ``{"type": "ack", "id": <the message's id>}``."""
+    return [json.dumps({"type": "ack", "id": json.loads(data)["id"]})]
+
+
+def _silent(number: int, data: Union[str, bytes]) -> List[str]:
+    return []
+
+
+def _send_from_threads(client: wsbridge.Client, feed: Feed) -> List[SendHandle]:
+    """THREADS threads send EACH numbered messages while the server cuts the connection
+    CUTS times, each cut once it has read another share of them (and a connection is open)."""
+    handles: List[List[SendHandle]] = [[] for _ in range(THREADS)]
+    barrier = threading.Barrier(THREADS + 1)
+
+    def worker(k: int) -> None:
+        barrier.wait(timeout=10)
+        for i in range(EACH):
+            handles[k].append(client.send({"type": "m", "t": k, "i": i}))
+
+    workers = [threading.Thread(target=worker, args=(k,), name=f"sender-{k}") for k in range(THREADS)]
+    for t in workers:
+        t.start()
+    barrier.wait(timeout=10)
+    total = THREADS * EACH
+    for cut in range(1, CUTS + 1):
+        feed.wait_received(min(total, cut * total // (CUTS + 2)), timeout=30)
+        feed.wait_opened(cut, timeout=30)
+        feed.drop()
+    for t in workers:
+        t.join(30)
+    assert not any(t.is_alive() for t in workers)
+    return [h for mine in handles for h in mine]
+
+
+def _ids(feed: Feed) -> Tuple[Set[Tuple[int, int]], int]:
+    """What the server read: the (thread, number) pairs, and how many frames in all."""
+    frames = [json.loads(data) for _, data in feed.received]
+    return {(f["t"], f["i"]) for f in frames}, len(frames)
+
+
+def test_acked_sends_all_arrive_across_ten_cuts(make_client) -> None:
+    # close_timeout: a cut while frames still pour in waits at most 1 s for the close handshake
+    with Feed(respond=_ack, close_timeout=1) as feed:
+        client = make_client(feed.url, ack=AckRule(type="ack", id_field="id"), outbox_overflow="block").start()
+        client.wait_connected(10)
+        handles = _send_from_threads(client, feed)
+        states = [h.wait(60) for h in handles]
+        assert states.count("acknowledged") == len(handles), {s: states.count(s) for s in set(states)}
+        seen, frames = _ids(feed)
+        assert seen == {(k, i) for k in range(THREADS) for i in range(EACH)}  # at least once each
+        assert client.stats.acked == len(handles) and client.stats.unacked == 0
+        feed.wait_opened(CUTS + 1)
+        assert client.unsent() == []
+
+
+def test_without_acks_the_handles_say_sent(make_client) -> None:
+    """The same cuts without an ack rule: every handle resolves to sent (the socket took
+    it), none is acknowledged; what the server read may be fewer (the README's loss window)."""
+    with Feed(respond=_silent, close_timeout=1) as feed:
+        client = make_client(feed.url, outbox_overflow="block").start()
+        client.wait_connected(10)
+        handles = _send_from_threads(client, feed)
+        states = [h.wait(60) for h in handles]
+        assert set(states) == {"sent"}
+        assert all(h.done for h in handles)
+        seen, _ = _ids(feed)
+        assert len(seen) <= len(handles)
+
+
+def test_unacknowledged_messages_are_sent_again_in_order_after_a_reconnect(make_client) -> None:
+    """A server that acks nothing: the window (3) bounds what is written; the rest waits in
+    the send buffer; after a cut, the unacknowledged go first on the new connection, in order."""
+    with Feed(respond=_silent) as feed:
+        client = make_client(feed.url, ack=AckRule(), ack_window=3).start()
+        client.wait_connected(10)
+        handles = [client.send({"type": "m", "n": n}) for n in range(6)]
+        feed.wait_received(3)
+        assert [h.state for h in handles] == ["sent"] * 3 + ["queued"] * 3
+        assert client.stats.unacked == 3 and len(client.unsent()) == 6
+        assert not handles[0].done
+        with pytest.raises(TimeoutError):
+            handles[0].wait(0.2)
+        feed.drop()
+        feed.wait_received(6)
+        assert [json.loads(d)["n"] for d in feed.on(2)][:3] == [0, 1, 2]
+        assert [json.loads(d)["id"] for d in feed.on(2)][:3] == [h.ack_id for h in handles[:3]]
+        assert client.stats.resent >= 3
+
+
+def test_acks_release_the_window(make_client) -> None:
+    """Acks that come make room: all of 50 messages get through a window of 2."""
+    with Feed(respond=_ack) as feed:
+        client = make_client(feed.url, ack=AckRule(), ack_window=2).start()
+        client.wait_connected(10)
+        handles = [client.send({"type": "m", "n": n}) for n in range(50)]
+        assert [h.wait(20) for h in handles] == ["acknowledged"] * 50
+        assert [json.loads(d)["n"] for d in feed.on(1)] == list(range(50))
+
+
+def test_an_ack_field_other_than_the_id_field(make_client) -> None:
+    def respond(number: int, data: Union[str, bytes]) -> List[str]:
+        return [json.dumps({"type": "ok", "ref": json.loads(data)["msg_id"]})]
+
+    with Feed(respond=respond) as feed:
+        client = make_client(feed.url, ack=AckRule(type="ok", id_field="msg_id", ack_field="ref")).start()
+        client.wait_connected(10)
+        assert client.send({"type": "m", "msg_id": "a1"}).wait(10) == "acknowledged"
+
+
+def test_acked_frames_stay_in_the_store_until_acknowledged(make_client, tmp_path) -> None:
+    """Sent but never acknowledged: kept in the store, the next client with it sends them again."""
+    path = str(tmp_path / "s.db")
+    with Feed(respond=_silent) as feed:
+        client = make_client(feed.url, ack=AckRule(), store=wsbridge.SQLiteStore(path), name="acked-store").start()
+        client.wait_connected(10)
+        handles = [client.send({"type": "m", "n": n}) for n in range(3)]
+        feed.wait_received(3)
+        assert [h.state for h in handles] == ["sent"] * 3
+        assert client.stop(10)
+    with Feed(respond=_ack) as feed:
+        client = make_client(feed.url, ack=AckRule(), store=wsbridge.SQLiteStore(path), name="acked-store").start()
+        client.wait_connected(10)
+        got = feed.wait_received(3)
+        assert [json.loads(d)["id"] for _, d in got] == [h.ack_id for h in handles]
+        assert client.stop(10)
+    store = wsbridge.SQLiteStore(path)
+    store.open()
+    try:
+        assert store.outbox_items() == []  # acknowledged: forgotten
+    finally:
+        store.close()
+
+
+def test_ttl_expires_in_the_buffer_and_is_never_written(make_client, down_server) -> None:
+    client = make_client(down_server.url)
+    expiring = client.send({"type": "m", "n": 1}, ttl=0.1)
+    keeps = client.send({"type": "m", "n": 2})
+    assert expiring.wait(10) == "expired"
+    assert client.stats.outbox_expired == 1 and len(client.unsent()) == 1
+    with Feed() as feed:
+        client.reconnect(feed.url)
+        client.start().wait_connected(10)
+        assert keeps.wait(10) == "sent"
+        feed.wait_received(1)
+        assert [json.loads(d)["n"] for d in feed.on(1)] == [2]
+
+
+def test_ttl_expiry_found_by_the_flush(make_client) -> None:
+    """No one waits on the handle: the flush itself removes the expired frame."""
+    with Feed() as feed:
+        client = make_client(feed.url)
+        expired = threading.Event()
+        # ttl passes before start: the first flush finds it expired
+        handle = client.send({"type": "m", "n": 1}, ttl=0.05)
+        threading.Timer(0.1, expired.set).start()
+        assert expired.wait(5)
+        client.send({"type": "m", "n": 2})
+        client.start().wait_connected(10)
+        assert handle.state == "expired"
+        feed.wait_received(1)
+        assert [json.loads(d)["n"] for d in feed.on(1)] == [2]
+        assert client.stats.outbox_expired == 1
+
+
+def test_drop_oldest_says_dropped(make_client, down_server) -> None:
+    client = make_client(down_server.url, outbox_size=2, outbox_overflow="drop_oldest")
+    handles = [client.send({"type": "m", "n": n}) for n in range(3)]
+    assert [h.state for h in handles] == ["dropped", "queued", "queued"]
+    assert handles[0].wait(0) == "dropped" and client.stats.outbox_dropped == 1
+
+
+def test_options_are_checked() -> None:
+    url = "ws://127.0.0.1:1/"
+    with pytest.raises(ValueError, match="AckRule"):
+        wsbridge.Client(url, ack={"type": "ack"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="id_field"):
+        wsbridge.Client(url, ack=AckRule(id_field=""))
+    with pytest.raises(ValueError, match="ack_window"):
+        wsbridge.Client(url, ack=AckRule(), ack_window=0)
+    client = wsbridge.Client(url)
+    with pytest.raises(ValueError, match="ttl"):
+        client.send({"type": "m"}, ttl=0)
+    assert client.unsent() == []
+
+
+def test_a_stopped_client_ends_a_wait_on_a_queued_handle(make_client, down_server) -> None:
+    client = make_client(down_server.url).start()
+    handle = client.send({"type": "m"})
+    outcome: Dict[str, BaseException] = {}
+    ended = threading.Event()
+
+    def wait() -> None:
+        try:
+            handle.wait(30)
+        except BaseException as exc:  # noqa: BLE001 - examined below
+            outcome["error"] = exc
+        ended.set()
+
+    t = threading.Thread(target=wait, name="waiter")
+    t.start()
+    client.stop(10)
+    assert ended.wait(10)
+    t.join(10)
+    assert isinstance(outcome.get("error"), wsbridge.ClientClosed)
