@@ -99,6 +99,43 @@ def test_replay_decodes_the_kept_frames_again_with_the_clients_codec(make_client
     assert all(m.type == "ACME" for m in got)
 
 
+class FailsOnSeven(JsonCodec):
+    """A codec with a bug: anything but a ProtocolError on one frame."""
+
+    def decode(self, data: Any, binary: bool, received_at: Any = None) -> List[wsbridge.Message]:
+        messages = super().decode(data, binary, received_at)
+        if any(m.seq == 7 for m in messages):
+            raise KeyError("codec bug")
+        return messages
+
+
+def test_a_frame_the_codec_fails_on_is_reported_and_skipped_as_live(make_client, tmp_path):
+    """A frame the codec fails on (a bug, not a ProtocolError) is reported with its bytes and
+    skipped, as the live reader does; the replay goes on to the end. A send from a subscriber
+    meanwhile says the client replays (it never connects), not that it stopped."""
+    path = str(tmp_path / "feed.db")
+    record(make_client, path, 20)
+    client = make_client("ws://127.0.0.1:9/", codec=FailsOnSeven(seq_field="seq", id_field="id"))
+    errors, refused, got = Collector(), [], []
+    client.signals.error.connect(errors)
+
+    def answer(message: wsbridge.Message) -> None:
+        got.append(message.payload["seq"])
+        if len(got) == 1:
+            try:
+                client.send({"type": "back"})
+            except wsbridge.ClientClosed as exc:
+                refused.append(str(exc))
+
+    client.on_any(answer)
+    replay = client.replay(SQLiteStore(path), speed=None)
+    assert replay.wait(10) and replay.error is None
+    assert got == [n for n in range(1, 21) if n != 7]
+    report = errors.wait(1)[0]
+    assert report["context"] == "decode" and b"7" in report["frame"] and "codec bug" in str(report["error"])
+    assert refused and "replaying a stored feed" in refused[0]
+
+
 def test_replay_at_ten_times_keeps_the_recorded_pace_and_order(make_client, tmp_path):
     path = str(tmp_path / "feed.db")
     stored = record(make_client, path, 60, bursts=3)

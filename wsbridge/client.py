@@ -719,6 +719,8 @@ class Client(Subscribable, Pulling):
             raise UsageError(f"{what} was called from a connect hook: the connection is made once the hook returns")
 
     def _closed_why(self) -> Optional[str]:
+        if self._replay is not None:  # never connects: a send could only wait until stop() dropped it
+            return "replaying a stored feed"
         state = self._lifecycle.state
         return str(state) if state.final else None
 

@@ -78,16 +78,18 @@ class Intake:
         self.bytes += size
         try:
             messages = self.codec.decode(data, binary, time.time())
-        except ProtocolError as exc:
+        except Exception as exc:  # a codec bug must not kill the reader either
             self.protocol_errors += 1
-            self._report(exc, "decode", frame=data, size=size)  # bounded like data: it carries the frame
-            return
-        except Exception as exc:  # a codec bug must not kill the reader
-            self.protocol_errors += 1
-            self._report(ProtocolError(f"codec {self.codec!r} failed: {exc!r}", data), "decode", frame=data, size=size)
+            self._report(decode_error(self.codec, exc, data), "decode", frame=data, size=size)  # bounded like data
             return
         put = self.put
         for message in messages:
             raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
             put(message, OVERHEAD if raw is None else OVERHEAD + len(raw))
         self.received += len(messages)
+
+
+def decode_error(codec: Codec, exc: Exception, data: bytes) -> ProtocolError:
+    """What a frame ``codec`` could not decode is reported as: its `ProtocolError`, or
+    one naming the codec's failure (a bug of the codec's must not end the feed)."""
+    return exc if isinstance(exc, ProtocolError) else ProtocolError(f"codec {codec!r} failed: {exc!r}", data)

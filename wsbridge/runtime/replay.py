@@ -23,11 +23,11 @@ import time
 from typing import Callable, Collection, Iterable, List, Optional
 
 from ..codecs import Codec
-from ..errors import ProtocolError
 from ..message import Message, weight
 from ..tracking.store import Store
 from .delivery import Stored
 from .dispatch import Dispatcher
+from .intake import decode_error
 
 log = logging.getLogger("wsbridge")
 
@@ -89,7 +89,9 @@ class Replay:
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait until every message was delivered and the client stopped (or was
-        stopped); returns whether that happened within ``timeout`` seconds."""
+        stopped, or reading the store failed: `error`); returns whether that happened
+        within ``timeout`` seconds. A frame the codec cannot decode is reported on
+        ``error`` (context ``"decode"``, with its bytes) and skipped, as a live one is."""
         self.thread.join(timeout)
         return not self.thread.is_alive()
 
@@ -103,8 +105,8 @@ class Replay:
                 continue
             try:
                 decoded: List[Message] = codec.decode(raw, False, stored.received_at)  # a JSON text frame
-            except ProtocolError as exc:  # the client's codec reads it otherwise than the recording one
-                self._report(exc, "decode", frame=raw)
+            except Exception as exc:  # the client's codec reads it otherwise than the recording one, or fails
+                self._report(decode_error(codec, exc, raw), "decode", frame=raw)  # skipped, as a live frame is
                 continue
             yield from decoded
 
