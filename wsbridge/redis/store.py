@@ -49,7 +49,7 @@ from ..errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, i
 from ..message import Message
 from ..redact import redact_url
 from ..runtime.backoff import Backoff
-from ..tracking.sequence import Positions
+from ..tracking.sequence import Epochs, Positions
 from ..tracking.store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stream_key
 from .conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
 from .conn import load_redis as load_redis  # re-exported: this module was its home
@@ -241,10 +241,13 @@ class RedisStreamStore(Store):
     def mark_handled(self, key: int) -> None:
         self._handled = key  # written to Redis with the next batch, and on close
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
         """Append ``messages`` and store ``positions`` (see the module's docs). A message
         is checked against the position that covers it: its stream's when ``positions``
-        has one, else the unnamed stream's (one counter across streams has only that)."""
+        has one, else the unnamed stream's (one counter across streams has only that).
+        ``epochs`` are not kept yet: a stream that numbers afresh (a ``reset``) is not
+        appended again until its seq passes the position stored before the reset."""
         first = self._next_key
         rows: List[Tuple[Any, ...]] = []
         key = first

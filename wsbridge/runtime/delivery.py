@@ -2,7 +2,8 @@
 
 A batch holds items of a closed set of types (`Item`): received messages,
 stored messages replayed after a restart (`Stored`), signals to emit
-(`Emit`), the tick that gives up old gaps (`Expire`), markers a thread
+(`Emit`), the tick that gives up old gaps (`Expire`), the start of a new
+connection (`NewConnection`: the tracker judges what follows), markers a thread
 waits on (`Barrier`), and the end of the stream (`END`: at give-up, and at
 `stop` unless the store keeps what gaps hold, see `Delivery.finish`).
 `Delivery.handle` runs a batch through the sequence tracker (duplicates out,
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from ..errors import StoreError
 from ..message import Message
-from ..tracking.sequence import Outcome, Positions, SequenceTracker
+from ..tracking.sequence import Epochs, Outcome, Positions, SequenceTracker
 from ..tracking.store import Store
 from .dispatch import Dispatcher
 from .pull import PullBuffer
@@ -56,6 +57,15 @@ class Expire:
 EXPIRE = Expire()
 
 
+class NewConnection:
+    """A new connection starts: the messages after this item came on it (`SequenceTracker.new_connection`)."""
+
+    __slots__ = ()
+
+
+NEW_CONNECTION = NewConnection()
+
+
 class Barrier:
     """Set ``done`` once every item queued before it was delivered."""
 
@@ -76,7 +86,7 @@ class End:
 END = End()
 
 
-Item = Union[Message, Stored, Emit, Expire, Barrier, End]
+Item = Union[Message, Stored, Emit, Expire, NewConnection, Barrier, End]
 
 
 class Delivery:
@@ -100,6 +110,8 @@ class Delivery:
         self.tracker = tracker
         self.positions: Positions = tracker.positions()
         """The tracker's, as of the last batch: replaced, never changed in place (read by the supervisor)."""
+        self.epochs: Epochs = tracker.epochs()
+        """The epochs of those positions, kept the same way."""
         self.pull = pull
         self.store = store
         self._raw_is_payload = raw_is_payload
@@ -110,7 +122,7 @@ class Delivery:
             Stored: self._stored, Emit: self._emit, Barrier: self._barrier, End: self._end,
         }
         """What each item type but `Message` (the hot path, inline) does: the closed set."""
-        self.dispatched = self.duplicates = self.gaps = self.lost = 0
+        self.dispatched = self.duplicates = self.gaps = self.lost = self.resets = 0
         self.stored = self.store_errors = self.replayed = self.abandoned = 0
         self._warned: Set[Optional[str]] = set()  # streams whose first duplicate was logged
 
@@ -220,6 +232,9 @@ class Delivery:
             elif item is EXPIRE:
                 for outcome in tracker.expire(now):
                     self._tracked(outcome, out, None)
+            elif item is NEW_CONNECTION:
+                for outcome in tracker.new_connection(now):
+                    self._tracked(outcome, out, None)
             elif item is END:
                 for outcome in tracker.finish(now):
                     self._tracked(outcome, out, None)
@@ -227,12 +242,16 @@ class Delivery:
             else:
                 out.append(item)
         positions = tracker.positions()
-        if positions != self.positions:
+        if positions != self.positions or tracker.resets != self.resets:  # (an epoch may change at the same seq)
             self.positions = positions
+            self.epochs = tracker.epochs()
+            self.resets = tracker.resets
         return out
 
     def _tracked(self, outcome: Outcome, out: List[Item], message: Optional[Message]) -> None:
         gap_signal = self.signals.gap
+        for earlier in outcome.before:  # a reset gave up the old numbering's gaps first
+            self._tracked(earlier, out, None)
         if outcome.duplicate:
             self.duplicates += 1
             stream = message.stream if message is not None else None
@@ -241,7 +260,7 @@ class Delivery:
                 log.warning(
                     "%s: dropped a message of stream %r as a duplicate (seq %s, id %r seen before); more are counted in "
                     "stats.duplicates. The codec names the fields that say so (seq_field, id_field): if this server "
-                    "numbers per connection or reuses ids, name neither (JsonCodec() does not)",
+                    "numbers per connection, pass seq_scope='connection'; if it reuses ids, name neither (JsonCodec() does not)",
                     self.name, stream, getattr(message, "seq", None), getattr(message, "id", None),
                 )
             if self.signals.duplicate.receivers:
@@ -260,6 +279,13 @@ class Delivery:
             log.warning("%s: stream %r: %d message(s) (ids %d..%d) never arrived; going on without them",
                         self.name, gap.stream, gap.count, gap.first, gap.last)
             out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "lost"}))
+        if outcome.reset is not None:
+            reset = outcome.reset
+            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it",
+                        self.name, reset.stream, reset.why, reset.seq, reset.last,
+                        "" if reset.epoch is None else f", epoch {reset.epoch!r}")
+            out.append(Emit(self.signals.reset, {"stream": reset.stream, "last": reset.last, "seq": reset.seq,
+                                                 "epoch": reset.epoch, "why": reset.why}))
         out.extend(outcome.ready)
         if outcome.filled is not None:
             gap = outcome.filled
@@ -272,7 +298,8 @@ class Delivery:
         if not messages:
             return None
         try:
-            first = self.store.append(messages, self.positions, self._raw_is_payload)  # type: ignore[union-attr]
+            first = self.store.append(  # type: ignore[union-attr]
+                messages, {} if self.tracker.per_connection else self.positions, self._raw_is_payload, self.epochs)
         except Exception as exc:
             self._store_failed(exc, len(messages))
             return None

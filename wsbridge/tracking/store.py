@@ -25,7 +25,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypeVar, Unio
 
 from ..errors import StoreError, StoreInUse  # defined in errors.py; importable from here as before
 from ..message import Message
-from .sequence import Positions
+from .sequence import Epochs, Positions, digest
 
 S = TypeVar("S", bound="Store")
 
@@ -56,16 +56,28 @@ class Store:
         """Last contiguous sequence id stored per stream."""
         raise NotImplementedError
 
+    def epochs(self) -> Epochs:
+        """The epoch of each stored position (streams whose messages carry one)."""
+        return {}
+
+    def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
+        """The `digest` of the last message stored at ``seq`` of ``stream`` (None: not
+        known): after a restart, tells a server replaying what it sent from one whose
+        numbering restarted (`SequenceTracker`'s ``recall``)."""
+        return None
+
     def unhandled(self) -> Iterator[Tuple[int, Message]]:
         """Stored messages past the handled mark, oldest first, with their keys
         (read lazily: the backlog after a long outage need not fit in memory)."""
         raise NotImplementedError
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
-        """Store ``messages`` (one transaction) and the new received positions;
-        return the key of the first (the rest follow, consecutive).
-        ``raw_is_payload``: each message's ``raw`` frame is its payload as JSON
-        (`Codec.raw_is_payload`), so it may be stored as it came."""
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
+        """Store ``messages`` (one transaction) and the new received positions
+        (with ``epochs``, the epochs they belong to); return the key of the first
+        (the rest follow, consecutive). ``raw_is_payload``: each message's ``raw``
+        frame is its payload as JSON (`Codec.raw_is_payload`), so it may be stored
+        as it came."""
         raise NotImplementedError
 
     def mark_handled(self, key: int) -> None:
@@ -144,7 +156,8 @@ CREATE INDEX IF NOT EXISTS messages_type ON messages (type);
 CREATE TABLE IF NOT EXISTS positions (
     skey TEXT PRIMARY KEY,
     stream TEXT,
-    received INTEGER NOT NULL
+    received INTEGER NOT NULL,
+    epoch
 );
 CREATE TABLE IF NOT EXISTS outbox (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -384,6 +397,8 @@ class SQLiteStore(Store):
                     page = db.execute("PRAGMA page_size").fetchone()[0]
                     db.execute(f"PRAGMA max_page_count = {max(1, int(self.max_size) // page)}")
                 db.executescript(_SCHEMA)
+                if "epoch" not in {row[1] for row in db.execute("PRAGMA table_info(positions)")}:
+                    db.execute("ALTER TABLE positions ADD COLUMN epoch")  # a store made before epochs
                 token = db.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()
                 if token is None:
                     db.execute("INSERT INTO meta VALUES ('token', ?)", (secrets.token_bytes(8),))
@@ -491,6 +506,16 @@ class SQLiteStore(Store):
         rows = self._conn().execute("SELECT stream, received FROM positions").fetchall()
         return {stream: received for stream, received in rows}
 
+    def epochs(self) -> Epochs:
+        rows = self._conn().execute("SELECT stream, epoch FROM positions WHERE epoch IS NOT NULL").fetchall()
+        return {stream: epoch for stream, epoch in rows}
+
+    def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
+        """Known for a message stored as the frame it came as (a JSON codec's)."""
+        row = self._conn().execute("SELECT kind, payload FROM messages WHERE stream IS ? AND seq = ? ORDER BY key DESC "
+                                   "LIMIT 1", (stream, seq)).fetchone()
+        return digest(bytes(row[1])) if row is not None and row[0] == JSON_FRAME else None
+
     @property
     def handled(self) -> int:
         """The handled mark: the key of the last message whose subscribers all returned."""
@@ -507,8 +532,10 @@ class SQLiteStore(Store):
             "SELECT stream, MAX(seq) FROM messages WHERE key <= ? AND seq IS NOT NULL GROUP BY stream", [self._handled]
         )}
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
         db = self._conn()
+        epochs = epochs or {}
         first = self._next_key
         rows = _rows(messages, first, raw_is_payload)
         key = first + len(rows)
@@ -517,8 +544,9 @@ class SQLiteStore(Store):
             try:
                 db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 db.executemany(
-                    "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
-                    [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
+                    "INSERT INTO positions VALUES (?, ?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received, "
+                    "epoch = excluded.epoch",
+                    [(stream_key(stream), stream, seq, epochs.get(stream)) for stream, seq in positions.items()],
                 )
                 db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
                 db.execute("COMMIT")
