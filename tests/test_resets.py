@@ -139,12 +139,26 @@ def test_across_a_process_restart_the_store_tells_a_restart_from_a_replay(tmp_pa
         assert resets.wait(1) == [reset] and client.positions == {"s": 2}
 
 
-def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_epoch(tmp_path, script, make_client,
+@pytest.fixture(params=["sqlite", "redis"])
+def store_of(request, tmp_path) -> Iterator[Any]:
+    """A function that makes a new store object on the same storage (an SQLite file, or a
+    feed of a real redis-server on loopback) each time it is called."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "feed.db")
+        yield lambda: SQLiteStore(path)
+        return
+    pytest.importorskip("redis")
+    from wsbridge.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield lambda: wsbridge.RedisStreamStore(server.url, feed="resets")
+
+
+def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_epoch(store_of, script, make_client,
                                                                                       collector):
-    path = str(tmp_path / "feed.db")
     codec = JsonCodec.conventions(epoch_field="epoch")
     server = script([msgs([1, 2, 3], "a", epoch="e1"), msgs([1, 2], "b", epoch="e2")], drops=[1], reads=[2])
-    client = make_client(server.url, backoff=FAST, codec=codec, resume=True, store=SQLiteStore(path))
+    client = make_client(server.url, backoff=FAST, codec=codec, resume=True, store=store_of())
     got, resets = watch(client, collector)
     client.start()
     assert seqs(got, 5) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2")]
@@ -153,13 +167,17 @@ def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_
     assert got.items[-1].epoch == "e2"
     wait_until(lambda: client.epochs == {None: "e2"} and client.positions == {None: 2}, what="the new epoch's position")
     assert client.stop(timeout=10)
-    # The store kept the position with its epoch: the next run asks to resume in it.
+    # The store kept the new epoch's messages and its position with the epoch: the next run asks to resume in it.
     later = script([msgs([3], "b", epoch="e2")], reads=[1])
-    client = make_client(later.url, backoff=FAST, codec=codec, resume=True, store=SQLiteStore(path))
+    store = store_of()
+    client = make_client(later.url, backoff=FAST, codec=codec, resume=True, store=store)
     got, _ = watch(client, collector)
     client.start()
     assert seqs(got, 1) == [(3, "b3")]
     assert later.read[1]["positions"] == [{"stream": None, "seq": 2, "epoch": "e2"}]
+    assert client.stop(timeout=10)
+    assert [(m.seq, m.payload["text"]) for m in store.history()] == [
+        (1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (3, "b3")]
 
 
 def test_numbered_per_connection_every_connection_starts_afresh_and_nothing_is_resumed_or_stored(

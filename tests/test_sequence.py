@@ -226,3 +226,9 @@ def test_reset_settings_are_checked():
     for kwargs in ({"on_reset": "ignore"}, {"reset_window": 0}, {"global_seq": True, "per_connection": True}):
         with pytest.raises(ValueError):
             SequenceTracker(**kwargs)
+
+
+def test_a_position_of_no_known_epoch_meeting_an_epoch_is_still_judged_by_content():
+    t = SequenceTracker({"s": 3})  # from a store that kept no epoch
+    out = t.offer(r(1, "x", "s", epoch="e2"), 0)
+    assert out.reset == ("s", 3, 1, "e2", "unknown") and t.epochs() == {"s": "e2"}

@@ -238,13 +238,14 @@ class SequenceTracker:
                 self._remember(stream, seq, msg)
             return Outcome([msg])
         epoch = msg.epoch
+        by_content = stream.epoch is None  # the position's epoch is not known: judged by content
         if epoch is not None and epoch != stream.epoch:
-            if stream.epoch is not None:
+            if not by_content:
                 return self._restart(msg.stream, stream, msg, now, "epoch")
-            stream.epoch = epoch  # the first epoch seen: the position is of it
+            stream.epoch = epoch  # the first epoch seen: the position is taken to be of it
         last = stream.last
         if seq <= last or seq in stream.held:
-            if stream.armed and seq <= last and stream.epoch is None:
+            if stream.armed and seq <= last and by_content:
                 why = self._judge(msg.stream, stream, seq, msg)
                 if why is not None:
                     return self._restart(msg.stream, stream, msg, now, why)
