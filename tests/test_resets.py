@@ -197,6 +197,23 @@ def test_numbered_per_connection_every_connection_starts_afresh_and_nothing_is_r
         assert store.positions() == {} and len(store.history()) == 4
 
 
+def test_numbered_per_connection_a_gap_open_at_stop_is_lost_and_what_it_held_delivered_not_kept(
+        tmp_path, script, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    server = script([msgs([1, 3], "m")])  # 2 never comes: 3 is held behind the gap
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(), seq_scope="connection",
+                         store=SQLiteStore(path))
+    got, _ = watch(client, collector)
+    gaps = collector()
+    client.signals.gap.connect(gaps)
+    client.start()
+    assert gaps.wait(1)[0]["status"] == "open"
+    assert client.stop(timeout=10)
+    assert [m.seq for m in got.items] == [1, 3]  # no later connection could fill the gap: it is not kept for one
+    with SQLiteStore(path) as store:
+        assert store.held_messages() == []
+
+
 def test_the_options_are_checked_at_construction():
     with pytest.raises(ValueError, match="on_reset"):
         wsbridge.Client("ws://127.0.0.1:9/", on_reset="ignore")

@@ -200,9 +200,10 @@ class Delivery:
         repeated. Declaring them lost here would move the stored position past them,
         and a restarted process could no longer ask for what the server still has.
         Without such a store (or if keeping them fails), the gaps are lost as at
-        give-up (`END`): the held messages are stored and delivered, within `stop`'s time."""
+        give-up (`END`): the held messages are stored and delivered, within `stop`'s time;
+        so too with ``seq_scope="connection"``, whose gaps no later connection can fill."""
         store = self.store
-        if store is not None and store.keeps_held:
+        if store is not None and store.keeps_held and not self.tracker.per_connection:
             held = self.tracker.held_messages()
             try:
                 store.keep_held(held)
