@@ -99,7 +99,7 @@ def test_a_server_that_restarts_its_numbering_after_a_drop_is_heard_and_the_rese
     client.start()
     assert seqs(got, 5) == [(1, "old1"), (2, "old2"), (3, "old3"), (1, "new1"), (2, "new2")]
     [reset] = resets.wait(1)
-    assert reset == {"stream": None, "last": 3, "seq": 1, "epoch": None, "why": "content"}
+    assert reset == {"stream": None, "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}
     stats = client.stats
     assert (stats.resets, stats.duplicates, client.positions) == (1, 0, {None: 2})
 
@@ -115,7 +115,8 @@ def test_a_server_that_replays_its_history_from_1_has_the_replay_dropped_and_new
 
 
 @pytest.mark.parametrize("again, expected, reset", [
-    (msgs([1, 2], "new"), [(1, "new1"), (2, "new2")], {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content"}),
+    (msgs([1, 2], "new"), [(1, "new1"), (2, "new2")],
+     {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}),
     (msgs([1, 2, 3, 4], "old"), [(4, "old4")], None),
 ], ids=["restarted", "replayed"])
 def test_across_a_process_restart_the_store_tells_a_restart_from_a_replay(tmp_path, script, make_client, collector,
@@ -163,7 +164,7 @@ def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_
     client.start()
     assert seqs(got, 5) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2")]
     assert server.read[2]["positions"] == [{"stream": None, "seq": 3, "epoch": "e1"}]
-    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 1, "epoch": "e2", "why": "epoch"}]
+    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 1, "epoch": "e2", "why": "epoch", "restarted": True}]
     assert got.items[-1].epoch == "e2"
     wait_until(lambda: client.epochs == {None: "e2"} and client.positions == {None: 2}, what="the new epoch's position")
     assert client.stop(timeout=10)

@@ -24,9 +24,7 @@ def test_in_order_messages_pass_and_positions_follow():
 
 
 def test_duplicates_are_dropped_per_stream():
-    # (on_reset="drop": a seq back right after a start from positions, with nothing known about it, is a
-    # duplicate; the default takes it for a restarted numbering, see the reset tests)
-    t = SequenceTracker({"a": 3}, on_reset="drop")
+    t = SequenceTracker({"a": 3})
     assert t.offer(m(3, "a"), 0).duplicate
     assert t.offer(m(1, "a"), 0).duplicate
     assert seqs(t.offer(m(3, "b"), 0).ready) == [3]  # another stream, its own positions
@@ -139,7 +137,7 @@ def test_after_a_reconnect_other_content_at_a_known_seq_is_a_restart_and_the_str
         t.offer(r(n, "old", "s"), 0)
     assert t.new_connection(0) == []
     out = t.offer(r(1, "new", "s"), 0)
-    assert seqs(out.ready) == [1] and out.reset == ("s", 3, 1, None, "content")
+    assert seqs(out.ready) == [1] and out.reset == ("s", 3, 1, None, "content", True)
     assert seqs(t.offer(r(2, "new", "s"), 0).ready) == [2]  # afresh, in order: no longer judged
     assert t.positions() == {"s": 2} and t.resets == 1
 
@@ -158,13 +156,14 @@ def test_after_a_reconnect_the_same_content_at_a_known_seq_is_a_replay_dropped_a
 def test_nothing_known_about_the_seq_on_reset_decides():
     for on_reset, restarted in (("restart", True), ("drop", False)):
         t = SequenceTracker(reset_window=2, on_reset=on_reset)
-        for n in (1, 2, 3, 4):
-            t.offer(r(n, "x"), 0)  # seq 1 and 2 leave the window of 2
+        for n in (1, 2, 3, 4, 5, 6):
+            t.offer(r(n, "x"), 0)  # 1, 2 (the head) and 5, 6 (the last) are known; 3 and 4 are not
         t.new_connection(0)
-        out = t.offer(r(1, "x"), 0)
-        assert (out.reset is not None, out.duplicate) == (restarted, not restarted), on_reset
-        if restarted:
-            assert out.reset.why == "unknown" and out.reset.last == 4
+        out = t.offer(r(3, "x"), 0)
+        assert out.reset == (None, 6, 3, None, "unknown", restarted) and out.duplicate is not restarted, on_reset
+        if not restarted:  # said once per connection; the position stays
+            again = t.offer(r(4, "x"), 0)
+            assert again.duplicate and again.reset is None and t.positions() == {None: 6}
 
 
 def test_a_recall_tells_what_the_window_no_longer_holds():
@@ -193,7 +192,7 @@ def test_another_epoch_starts_the_stream_afresh_at_once_the_same_epoch_replays_a
     t.new_connection(0)
     assert t.offer(r(1, "other", "s", epoch="e1"), 0).duplicate  # the same epoch: content is not looked at
     out = t.offer(r(1, "x", "s", epoch="e2"), 0)  # a new epoch, even within a connection
-    assert out.reset == ("s", 3, 1, "e2", "epoch") and seqs(out.ready) == [1]
+    assert out.reset == ("s", 3, 1, "e2", "epoch", True) and seqs(out.ready) == [1]
     assert t.epochs() == {"s": "e2"} and t.positions() == {"s": 1}
     assert seqs(t.offer(r(2, "x", "s"), 0).ready) == [2]  # a message without an epoch keeps the stream's
 
@@ -229,6 +228,29 @@ def test_reset_settings_are_checked():
 
 
 def test_a_position_of_no_known_epoch_meeting_an_epoch_is_still_judged_by_content():
-    t = SequenceTracker({"s": 3})  # from a store that kept no epoch
+    t = SequenceTracker({"s": 3}, on_reset="restart")  # from a store that kept no epoch
     out = t.offer(r(1, "x", "s", epoch="e2"), 0)
-    assert out.reset == ("s", 3, 1, "e2", "unknown") and t.epochs() == {"s": "e2"}
+    assert out.reset == ("s", 3, 1, "e2", "unknown", True) and t.epochs() == {"s": "e2"}
+
+
+def test_a_replay_from_the_start_of_a_long_history_is_known_by_its_first_and_last_messages():
+    t = SequenceTracker(reset_window=4)
+    for n in range(1, 21):
+        t.offer(r(n, "x"), 0)
+    t.new_connection(0)
+    outs = [t.offer(r(n, "x"), 0) for n in range(1, 21)]
+    assert all(o.duplicate for o in outs)
+    # 1..4 (the head) and 17..20 (the last) are known; 5..16 are not: said once, dropped (on_reset="drop")
+    assert [(o.reset.seq, o.reset.restarted) for o in outs if o.reset] == [(5, False)]
+    assert seqs(t.offer(r(21, "x"), 0).ready) == [21] and t.resets == 0
+
+
+def test_a_restart_after_a_long_history_is_known_by_the_first_messages_of_the_old_numbering():
+    t = SequenceTracker(reset_window=4)
+    for n in range(1, 21):
+        t.offer(r(n, "old"), 0)
+    t.new_connection(0)
+    out = t.offer(r(1, "new"), 0)
+    assert out.reset == (None, 20, 1, None, "content", True) and seqs(out.ready) == [1]
+    t.new_connection(0)
+    assert t.offer(r(1, "new"), 0).duplicate  # the new numbering's head is its own

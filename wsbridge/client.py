@@ -90,7 +90,7 @@ class Client(Subscribable, Pulling):
     ``positions -> message``); ``gap_timeout``, ``max_held``, ``seq_scope``
     (``"stream"``: a counter per stream; ``"global"``: one across streams, and a
     gap holds nothing back; ``"connection"``: a counter per stream that every
-    connection starts afresh), ``on_reset`` (``"restart"`` or ``"drop"``: what a
+    connection starts afresh), ``on_reset`` (``"drop"`` or ``"restart"``: what a
     seq back after a reconnect that is neither known as a replay nor as a restart
     means; see the README's Delivery section); `wsbridge.conventions` sets codec and resume for
     servers that speak wsbridge's conventions;
@@ -135,7 +135,7 @@ class Client(Subscribable, Pulling):
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
         seq_scope: str = "stream",
-        on_reset: str = "restart",  # numbering that starts again (issue 23, point 1)
+        on_reset: str = "drop",  # numbering that starts again (issue 23, point 1)
         max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
         on_connect: Optional[ConnectHook] = None,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from ..errors import StoreError
 from ..message import Message
-from ..tracking.sequence import Epochs, Outcome, Positions, SequenceTracker
+from ..tracking.sequence import Epochs, Outcome, Positions, Reset, SequenceTracker
 from ..tracking.store import Store
 from .dispatch import Dispatcher
 from .pull import PullBuffer
@@ -253,6 +253,8 @@ class Delivery:
         gap_signal = self.signals.gap
         for earlier in outcome.before:  # a reset gave up the old numbering's gaps first
             self._tracked(earlier, out, None)
+        if outcome.reset is not None:
+            self._reset(outcome.reset, out)
         if outcome.duplicate:
             self.duplicates += 1
             stream = message.stream if message is not None else None
@@ -280,17 +282,24 @@ class Delivery:
             log.warning("%s: stream %r: %d message(s) (ids %d..%d) never arrived; going on without them",
                         self.name, gap.stream, gap.count, gap.first, gap.last)
             out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "lost"}))
-        if outcome.reset is not None:
-            reset = outcome.reset
-            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it",
-                        self.name, reset.stream, reset.why, reset.seq, reset.last,
-                        "" if reset.epoch is None else f", epoch {reset.epoch!r}")
-            out.append(Emit(self.signals.reset, {"stream": reset.stream, "last": reset.last, "seq": reset.seq,
-                                                 "epoch": reset.epoch, "why": reset.why}))
         out.extend(outcome.ready)
         if outcome.filled is not None:
             gap = outcome.filled
             out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "filled"}))
+
+    def _reset(self, reset: Reset, out: List[Item]) -> None:
+        """A seq back after a reconnect, or a new epoch: logged, and said on ``reset``."""
+        epoch = "" if reset.epoch is None else f", epoch {reset.epoch!r}"
+        if reset.restarted:
+            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it",
+                        self.name, reset.stream, reset.why, reset.seq, reset.last, epoch)
+        else:
+            log.warning("%s: stream %r went back to seq %d after position %d on a new connection%s, and nothing is "
+                        "known about that seq: dropped as a duplicate (on_reset='drop'). If this server restarts its "
+                        "numbering, pass on_reset='restart', seq_scope='connection' or the codec's epoch_field",
+                        self.name, reset.stream, reset.seq, reset.last, epoch)
+        out.append(Emit(self.signals.reset, {"stream": reset.stream, "last": reset.last, "seq": reset.seq,
+                                             "epoch": reset.epoch, "why": reset.why, "restarted": reset.restarted}))
 
     # -- the store ----------------------------------------------------------------------------
     def _store(self, items: List[Item]) -> Optional[Iterator[int]]:

@@ -117,10 +117,13 @@ class Signals:
     gap            sequence ids of a stream are missing (``stream``,
                    ``first``, ``last``, ``status``: "open" when found, then
                    "filled" once they arrived or "lost" when given up)
-    reset          a stream numbers afresh from this message on (``stream``,
-                   ``last``: its position before, ``seq``: the seq now,
-                   ``epoch``: its epoch now or None, ``why``: "epoch",
-                   "content" or "unknown"; see the README's Delivery section)
+    reset          a stream numbers afresh from this message on, or went back
+                   after a reconnect to a seq nothing is known about
+                   (``stream``, ``last``: its position before, ``seq``: the
+                   seq now, ``epoch``: its epoch now or None, ``why``:
+                   "epoch", "content" or "unknown", ``restarted``: False when
+                   dropped as a duplicate instead; see the README's Delivery
+                   section)
     =============  ==========================================================
     """
 

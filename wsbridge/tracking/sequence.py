@@ -22,13 +22,15 @@ connection) must not read as duplicates forever. Three ways out, all here:
 * ``per_connection``: every connection (`new_connection`) starts every stream afresh;
 * otherwise, after a reconnect (`new_connection`) or at a start from stored
   positions, the first messages of a stream at or below its position are told
-  apart by content: a digest of each message's ``raw`` is kept for the last
-  ``reset_window`` seq ids of a stream (a ring; streams with an epoch keep none),
-  and ``recall(stream, seq)`` (a store's) is asked for older ones. Same digest:
-  the server replays what it sent, a duplicate. Another digest: the numbering
-  restarted, the stream starts afresh at this message. Nothing known:
-  ``on_reset`` decides (``"restart"`` or ``"drop"``). Within one connection a
-  seq going back is a duplicate, as always.
+  apart by content: a digest of each message's ``raw`` is kept for the first
+  ``reset_window`` seq ids of a stream's numbering (where a replay from the start
+  and a restarted numbering begin) and for its last ``reset_window`` (a ring;
+  streams with an epoch keep neither), and ``recall(stream, seq)`` (a store's) is
+  asked for others. Same digest: the server replays what it sent, a duplicate.
+  Another digest: the numbering restarted, the stream starts afresh at this
+  message. Nothing known: ``on_reset`` decides (``"drop"``: a duplicate, reported
+  once per connection as a `Reset` with ``restarted=False``; ``"restart"``).
+  Within one connection a seq going back is a duplicate, as always.
 
 A stream started afresh gives up its open gap first (the held messages are
 of the old numbering: delivered, the ids missing before them declared lost),
@@ -53,6 +55,8 @@ Recall = Callable[[Optional[str], int], Optional[int]]
 ``stream`` (the latest such), or None when none is known."""
 
 ON_RESET = ("restart", "drop")
+
+ARMED, REPORTED = 1, 2  # `_Stream.armed`
 
 RESET_WINDOW = 1024
 """Seq ids per stream whose message digest is kept to tell a restart from a replay."""
@@ -104,30 +108,41 @@ class Reset(NamedTuple):
 
     ``why``: ``"epoch"`` (the message has another epoch), ``"content"`` (it differs
     from the message received before at that seq), ``"unknown"`` (nothing known
-    about that seq, and ``on_reset="restart"``). ``epoch``: the stream's epoch now
-    (None without one)."""
+    about that seq). ``epoch``: the stream's epoch now (None without one).
+    ``restarted``: False when the message was dropped as a duplicate instead
+    (``"unknown"`` with ``on_reset="drop"``): the stream keeps its position."""
 
     stream: Optional[str]
     last: int
     seq: int
     epoch: Any
     why: str
+    restarted: bool = True
 
 
 class _Stream:
-    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "digests")
+    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "digests", "first", "head_end",
+                 "head")
 
-    def __init__(self, last: int, epoch: Any = None, armed: bool = False) -> None:
+    def __init__(self, last: int, epoch: Any = None, armed: bool = False, first: Optional[int] = None,
+                 window: int = 0) -> None:
         self.last = last
         self.held: Dict[int, Message] = {}
         self.gap_since = 0.0
         self.gap_first = 0  # first missing id of the gap open since gap_since
         self.epoch = epoch
-        self.armed = armed  # a new connection (or start) and no new message of it yet: a seq back may be a reset
+        # A new connection (or start) and no new message of it yet: a seq back may be a reset (ARMED, or
+        # REPORTED once an unknown one was said); 0 otherwise.
+        self.armed = ARMED if armed else 0
         # The ring of digests: at seq % window, the seq kept there (-1: none) and its message's digest; made on
         # first use. Two lists, not one of pairs: no tuple made per message.
         self.seqs: Optional[List[int]] = None
         self.digests: List[int] = []
+        # The head: the digests of the first `window` seq ids from ``first``, the first seq of this numbering
+        # seen (None: not seen, a position from a store), kept while the numbering lasts; made on first use.
+        self.first = first if first is not None else 0
+        self.head_end = first + window if first is not None else -1  # (seq < head_end: in the head)
+        self.head: List[Optional[int]] = []
 
 
 class _Global:
@@ -165,7 +180,7 @@ class SequenceTracker:
         global_seq: bool = False,
         per_connection: bool = False,
         epochs: Optional[Epochs] = None,
-        on_reset: str = "restart",
+        on_reset: str = "drop",
         reset_window: int = RESET_WINDOW,
         recall: Optional[Recall] = None,
     ) -> None:
@@ -218,7 +233,7 @@ class SequenceTracker:
         at or below its position is judged a replay or a restart (module docstring)."""
         if not self.per_connection:
             for stream in self._streams.values():
-                stream.armed = True
+                stream.armed = ARMED
             return []
         out = self.finish(now)
         self._streams.clear()
@@ -233,7 +248,7 @@ class SequenceTracker:
         stream = self._streams.get(msg.stream)
         if stream is None:
             # The first message of a stream we have no position for starts it.
-            stream = self._streams[msg.stream] = _Stream(seq, msg.epoch)
+            stream = self._streams[msg.stream] = _Stream(seq, msg.epoch, first=seq, window=self.reset_window)
             if stream.epoch is None:
                 self._remember(stream, seq, msg)
             return Outcome([msg])
@@ -246,22 +261,23 @@ class SequenceTracker:
         last = stream.last
         if seq <= last or seq in stream.held:
             if stream.armed and seq <= last and by_content:
-                why = self._judge(msg.stream, stream, seq, msg)
-                if why is not None:
-                    return self._restart(msg.stream, stream, msg, now, why)
+                return self._judge(msg.stream, stream, msg, now)
             return Outcome([], duplicate=True)
         if stream.armed:
-            stream.armed = False
-        if stream.epoch is None:  # the ring of digests, inline (`_remember`): the receive path's cost
+            stream.armed = 0
+        if stream.epoch is None:  # the digests, inline (`_remember`): the receive path's cost
             seqs = stream.seqs
             if seqs is None:
                 seqs = self._ring(stream)
+            try:
+                hashed = hash(msg.raw)
+            except TypeError:  # a codec's raw that is not bytes nor text (a bytearray)
+                hashed = digest(msg.raw)
             slot = seq % self.reset_window
             seqs[slot] = seq
-            try:
-                stream.digests[slot] = hash(msg.raw)
-            except TypeError:  # a codec's raw that is not bytes nor text (a bytearray)
-                stream.digests[slot] = digest(msg.raw)
+            stream.digests[slot] = hashed
+            if seq < stream.head_end:
+                stream.head[seq - stream.first] = hashed
         if seq == last + 1:
             stream.last = seq
             if not stream.held:
@@ -329,9 +345,11 @@ class SequenceTracker:
 
     # -- internals -----------------------------------------------------------
     def _ring(self, stream: _Stream) -> List[int]:
-        """Make ``stream``'s ring of digests; its seqs."""
+        """Make ``stream``'s ring and head of digests; the ring's seqs."""
         stream.digests = [0] * self.reset_window
         seqs = stream.seqs = [-1] * self.reset_window
+        if stream.head_end >= 0:
+            stream.head = [None] * self.reset_window
         return seqs
 
     def _remember(self, stream: _Stream, seq: int, msg: Message) -> None:
@@ -339,20 +357,37 @@ class SequenceTracker:
         seqs = stream.seqs if stream.seqs is not None else self._ring(stream)
         slot = seq % self.reset_window
         seqs[slot] = seq
-        stream.digests[slot] = digest(msg.raw)
+        stream.digests[slot] = hashed = digest(msg.raw)
+        if stream.first <= seq < stream.head_end:
+            stream.head[seq - stream.first] = hashed
 
-    def _judge(self, name: Optional[str], stream: _Stream, seq: int, msg: Message) -> Optional[str]:
-        """A seq at or below the position after a reconnect: None for a replay (a
-        duplicate), else why the numbering restarted (`Reset.why`)."""
-        known: Optional[int] = None
+    def _known(self, name: Optional[str], stream: _Stream, seq: int) -> Optional[int]:
+        """The digest of the message received at ``seq`` of this numbering (None: not known)."""
         seqs = stream.seqs
-        if seqs is not None and seqs[seq % self.reset_window] == seq:
-            known = stream.digests[seq % self.reset_window]
-        if known is None and self.recall is not None:
-            known = self.recall(name, seq)
-        if known is None:
-            return "unknown" if self.on_reset == "restart" else None
-        return "content" if known != digest(msg.raw) else None
+        if seqs is not None:
+            if seqs[seq % self.reset_window] == seq:
+                return stream.digests[seq % self.reset_window]
+            if stream.first <= seq < stream.head_end and stream.head[seq - stream.first] is not None:
+                return stream.head[seq - stream.first]
+        return self.recall(name, seq) if self.recall is not None else None
+
+    def _judge(self, name: Optional[str], stream: _Stream, msg: Message, now: float) -> Outcome:
+        """A seq at or below the position after a reconnect: a replay (a duplicate), or
+        a restarted numbering (the stream starts afresh), by content (module docstring)."""
+        seq = msg.seq
+        assert seq is not None
+        known = self._known(name, stream, seq)
+        if known is not None:
+            if known == digest(msg.raw):
+                return Outcome([], duplicate=True)
+            return self._restart(name, stream, msg, now, "content")
+        if self.on_reset == "restart":
+            return self._restart(name, stream, msg, now, "unknown")
+        # Dropped as before, said once per connection (the next ones would say the same); still judged.
+        if stream.armed == REPORTED:
+            return Outcome([], duplicate=True)
+        stream.armed = REPORTED
+        return Outcome([], duplicate=True, reset=Reset(name, stream.last, seq, stream.epoch, "unknown", restarted=False))
 
     def _restart(self, name: Optional[str], stream: _Stream, msg: Message, now: float, why: str) -> Outcome:
         """Start ``stream`` afresh at ``msg``: its open gaps are given up first (what
@@ -363,7 +398,7 @@ class SequenceTracker:
         seq = msg.seq
         assert seq is not None
         reset = Reset(name, stream.last, seq, msg.epoch if msg.epoch is not None else stream.epoch, why)
-        fresh = self._streams[name] = _Stream(seq, reset.epoch)
+        fresh = self._streams[name] = _Stream(seq, reset.epoch, first=seq, window=self.reset_window)
         if fresh.epoch is None:
             self._remember(fresh, seq, msg)
         self.resets += 1
