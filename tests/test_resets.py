@@ -114,6 +114,18 @@ def test_a_server_that_replays_its_history_from_1_has_the_replay_dropped_and_new
     assert (client.stats.duplicates, client.stats.resets, len(resets)) == (3, 0, 0)
 
 
+def test_a_seq_back_to_before_what_the_client_saw_is_dropped_by_default_and_said_on_reset(script, make_client,
+                                                                                        collector):
+    # The client joined at 2000: nothing is known about seq 1 (a replay from the start, or a restart?).
+    server = script([msgs([2000, 2001], "m"), msgs([1, 2], "m") + msgs([2002], "m")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 3) == [(2000, "m2000"), (2001, "m2001"), (2002, "m2002")]
+    assert resets.items == [{"stream": None, "last": 2001, "seq": 1, "epoch": None, "why": "unknown", "restarted": False}]
+    assert (client.stats.duplicates, client.stats.resets) == (2, 0)  # said once per connection
+
+
 @pytest.mark.parametrize("again, expected, reset", [
     (msgs([1, 2], "new"), [(1, "new1"), (2, "new2")],
      {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}),
