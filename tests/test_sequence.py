@@ -156,14 +156,14 @@ def test_after_a_reconnect_the_same_content_at_a_known_seq_is_a_replay_dropped_a
 def test_nothing_known_about_the_seq_on_reset_decides():
     for on_reset, restarted in (("restart", True), ("drop", False)):
         t = SequenceTracker(reset_window=2, on_reset=on_reset)
-        for n in (1, 2, 3, 4, 5, 6):
-            t.offer(r(n, "x"), 0)  # 1, 2 (the head) and 5, 6 (the last) are known; 3 and 4 are not
+        for n in range(1, 31):
+            t.offer(r(n, "x"), 0)  # 1, 2 (the head) and 15..30 (the last 16) are known; 3..14 are not
         t.new_connection(0)
         out = t.offer(r(3, "x"), 0)
-        assert out.reset == (None, 6, 3, None, "unknown", restarted) and out.duplicate is not restarted, on_reset
+        assert out.reset == (None, 30, 3, None, "unknown", restarted) and out.duplicate is not restarted, on_reset
         if not restarted:  # said once per connection; the position stays
             again = t.offer(r(4, "x"), 0)
-            assert again.duplicate and again.reset is None and t.positions() == {None: 6}
+            assert again.duplicate and again.reset is None and t.positions() == {None: 30}
 
 
 def test_a_recall_tells_what_the_window_no_longer_holds():
@@ -235,14 +235,14 @@ def test_a_position_of_no_known_epoch_meeting_an_epoch_is_still_judged_by_conten
 
 def test_a_replay_from_the_start_of_a_long_history_is_known_by_its_first_and_last_messages():
     t = SequenceTracker(reset_window=4)
-    for n in range(1, 21):
+    for n in range(1, 41):
         t.offer(r(n, "x"), 0)
     t.new_connection(0)
-    outs = [t.offer(r(n, "x"), 0) for n in range(1, 21)]
+    outs = [t.offer(r(n, "x"), 0) for n in range(1, 41)]
     assert all(o.duplicate for o in outs)
-    # 1..4 (the head) and 17..20 (the last) are known; 5..16 are not: said once, dropped (on_reset="drop")
+    # 1..4 (the head) and 25..40 (the last 16) are known; 5..24 are not: said once, dropped (on_reset="drop")
     assert [(o.reset.seq, o.reset.restarted) for o in outs if o.reset] == [(5, False)]
-    assert seqs(t.offer(r(21, "x"), 0).ready) == [21] and t.resets == 0
+    assert seqs(t.offer(r(41, "x"), 0).ready) == [41] and t.resets == 0
 
 
 def test_a_restart_after_a_long_history_is_known_by_the_first_messages_of_the_old_numbering():

@@ -251,9 +251,9 @@ class Delivery:
 
     def _tracked(self, outcome: Outcome, out: List[Item], message: Optional[Message]) -> None:
         gap_signal = self.signals.gap
-        for earlier in outcome.before:  # a reset gave up the old numbering's gaps first
-            self._tracked(earlier, out, None)
-        if outcome.reset is not None:
+        if outcome.reset is not None:  # (one test on the hot path: `before` comes with a reset only)
+            for earlier in outcome.before:  # the reset gave up the old numbering's gaps first
+                self._tracked(earlier, out, None)
             self._reset(outcome.reset, out)
         if outcome.duplicate:
             self.duplicates += 1

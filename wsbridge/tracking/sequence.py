@@ -24,9 +24,10 @@ connection) must not read as duplicates forever. Three ways out, all here:
   positions, the first messages of a stream at or below its position are told
   apart by content: a digest of each message's ``raw`` is kept for the first
   ``reset_window`` seq ids of a stream's numbering (where a replay from the start
-  and a restarted numbering begin) and for its last ``reset_window`` (a ring;
-  streams with an epoch keep neither), and ``recall(stream, seq)`` (a store's) is
-  asked for others. Same digest: the server replays what it sent, a duplicate.
+  and a restarted numbering begin), the ``raw`` itself of its last `RECENT`
+  messages (a ring of references: nothing computed per message; streams with
+  an epoch keep neither), and ``recall(stream, seq)`` (a store's) is asked for
+  others. Same digest: the server replays what it sent, a duplicate.
   Another digest: the numbering restarted, the stream starts afresh at this
   message. Nothing known: ``on_reset`` decides (``"drop"``: a duplicate, reported
   once per connection as a `Reset` with ``restarted=False``; ``"restart"``).
@@ -59,6 +60,10 @@ ON_RESET = ("restart", "drop")
 ARMED, REPORTED = 1, 2  # `_Stream.armed`
 
 RESET_WINDOW = 1024
+"""The first seq ids of each stream's numbering whose message digest is kept."""
+
+RECENT = 16
+"""The last messages of each stream whose ``raw`` is kept referenced (a power of two)."""
 """Seq ids per stream whose message digest is kept to tell a restart from a replay."""
 
 
@@ -112,7 +117,7 @@ class Outcome(NamedTuple):
     reset: Optional["Reset"] = None
     """The stream started afresh at this message (its numbering restarted)."""
     before: Tuple["Outcome", ...] = ()
-    """What giving up the old numbering's gaps released, to handle before this outcome."""
+    """With a ``reset``: what giving up the old numbering's gaps released, to handle before this outcome."""
 
 
 class Reset(NamedTuple):
@@ -133,7 +138,7 @@ class Reset(NamedTuple):
 
 
 class _Stream:
-    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "digests", "first", "head_end",
+    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "raws", "first", "head_end",
                  "head")
 
     def __init__(self, last: int, epoch: Any = None, armed: bool = False, first: Optional[int] = None,
@@ -146,15 +151,15 @@ class _Stream:
         # A new connection (or start) and no new message of it yet: a seq back may be a reset (ARMED, or
         # REPORTED once an unknown one was said); 0 otherwise.
         self.armed = ARMED if armed else 0
-        # The ring of digests: at seq % window, the seq kept there (-1: none) and its message's digest; made on
-        # first use. Two lists, not one of pairs: no tuple made per message.
-        self.seqs: Optional[List[int]] = None
-        self.digests: List[int] = []
+        # The ring of the last RECENT messages: at seq % RECENT, the seq kept there (-1: none) and its raw.
+        self.seqs: List[int] = [-1] * RECENT
+        self.raws: List[Any] = [None] * RECENT
         # The head: the digests of the first `window` seq ids from ``first``, the first seq of this numbering
-        # seen (None: not seen, a position from a store), kept while the numbering lasts; made on first use.
+        # seen (None: not seen, a position from a store), kept while the numbering lasts.
+        headed = first is not None and epoch is None  # (a stream with an epoch is judged by it)
         self.first = first if first is not None else 0
-        self.head_end = first + window if first is not None else -1  # (seq < head_end: in the head)
-        self.head: List[Optional[int]] = []
+        self.head_end = self.first + window if headed else -1  # (seq < head_end: in the head)
+        self.head: List[Optional[int]] = [None] * window if headed else []
 
 
 class _Global:
@@ -277,20 +282,12 @@ class SequenceTracker:
             return Outcome([], duplicate=True)
         if stream.armed:
             stream.armed = 0
-        if stream.epoch is None:  # the digests, inline (`_remember`): the receive path's cost
-            seqs = stream.seqs
-            if seqs is None:
-                seqs = self._ring(stream)
-            raw: Any = msg.raw
-            try:
-                hashed = hash(raw) if len(raw) <= 2 * DIGEST_SAMPLE else digest(raw)  # `digest`, its short case inline
-            except TypeError:  # no raw, or a codec's raw that is not bytes nor text (a bytearray)
-                hashed = digest(raw)
-            slot = seq % self.reset_window
-            seqs[slot] = seq
-            stream.digests[slot] = hashed
-            if seq < stream.head_end:
-                stream.head[seq - stream.first] = hashed
+        if stream.epoch is None:  # `_remember`, inline: the receive path's cost (two list stores)
+            slot = seq & (RECENT - 1)
+            stream.seqs[slot] = seq
+            stream.raws[slot] = msg.raw
+            if seq < stream.head_end:  # the first messages of the numbering only
+                stream.head[seq - stream.first] = digest(msg.raw)
         if seq == last + 1:
             stream.last = seq
             if not stream.held:
@@ -357,31 +354,19 @@ class SequenceTracker:
         self.held = 0
 
     # -- internals -----------------------------------------------------------
-    def _ring(self, stream: _Stream) -> List[int]:
-        """Make ``stream``'s ring and head of digests; the ring's seqs."""
-        stream.digests = [0] * self.reset_window
-        seqs = stream.seqs = [-1] * self.reset_window
-        if stream.head_end >= 0:
-            stream.head = [None] * self.reset_window
-        return seqs
-
     def _remember(self, stream: _Stream, seq: int, msg: Message) -> None:
-        """Keep the digest of the message accepted at ``seq`` (see `offer`, which does it inline)."""
-        seqs = stream.seqs if stream.seqs is not None else self._ring(stream)
-        slot = seq % self.reset_window
-        seqs[slot] = seq
-        stream.digests[slot] = hashed = digest(msg.raw)
+        """Keep what tells the message accepted at ``seq`` (see `offer`, which does it inline)."""
+        slot = seq & (RECENT - 1)
+        stream.seqs[slot] = seq
+        stream.raws[slot] = msg.raw
         if stream.first <= seq < stream.head_end:
-            stream.head[seq - stream.first] = hashed
+            stream.head[seq - stream.first] = digest(msg.raw)
 
     def _known(self, name: Optional[str], stream: _Stream, seq: int) -> Optional[int]:
-        """The digest of the message received at ``seq`` of this numbering (None: not known)."""
-        seqs = stream.seqs
-        if seqs is not None:
-            if seqs[seq % self.reset_window] == seq:
-                return stream.digests[seq % self.reset_window]
-            if stream.first <= seq < stream.head_end and stream.head[seq - stream.first] is not None:
-                return stream.head[seq - stream.first]
+        """The digest of the message received at ``seq`` of this numbering, from the head
+        or the store (None: not known)."""
+        if stream.first <= seq < stream.head_end and stream.head[seq - stream.first] is not None:
+            return stream.head[seq - stream.first]
         return self.recall(name, seq) if self.recall is not None else None
 
     def _judge(self, name: Optional[str], stream: _Stream, msg: Message, now: float) -> Outcome:
@@ -389,6 +374,11 @@ class SequenceTracker:
         a restarted numbering (the stream starts afresh), by content (module docstring)."""
         seq = msg.seq
         assert seq is not None
+        slot = seq & (RECENT - 1)
+        if stream.seqs[slot] == seq:  # one of the last messages: compared whole
+            if stream.raws[slot] == msg.raw:
+                return Outcome([], duplicate=True)
+            return self._restart(name, stream, msg, now, "content")
         known = self._known(name, stream, seq)
         if known is not None:
             if known == digest(msg.raw):
