@@ -115,3 +115,142 @@ def test_with_one_counter_across_streams_the_end_loses_every_missing_id():
         t.offer(m(n), 0)
     assert [o.lost for o in t.finish(1.0)] == [Gap(None, 2, 2), Gap(None, 5, 6)]
     assert not t.waiting
+
+
+# -- numbering that starts again (issue 23, point 1) -------------------------------------------------
+def r(seq, text, stream=None, epoch=None):
+    """A message whose content (``raw``) is ``text``."""
+    return Message("t", {"seq": seq, "text": text}, seq, None, stream, None, f"{seq}:{text}".encode(), epoch)
+
+
+def test_within_one_connection_a_seq_back_is_a_duplicate_whatever_its_content():
+    t = SequenceTracker()
+    for n in (1, 2, 3):
+        t.offer(r(n, "old"), 0)
+    out = t.offer(r(1, "new"), 0)
+    assert out.duplicate and out.reset is None and t.positions() == {None: 3}
+
+
+def test_after_a_reconnect_other_content_at_a_known_seq_is_a_restart_and_the_stream_starts_afresh():
+    t = SequenceTracker()
+    for n in (1, 2, 3):
+        t.offer(r(n, "old", "s"), 0)
+    assert t.new_connection(0) == []
+    out = t.offer(r(1, "new", "s"), 0)
+    assert seqs(out.ready) == [1] and out.reset == ("s", 3, 1, None, "content", True)
+    assert seqs(t.offer(r(2, "new", "s"), 0).ready) == [2]  # afresh, in order: no longer judged
+    assert t.positions() == {"s": 2} and t.resets == 1
+
+
+def test_after_a_reconnect_the_same_content_at_a_known_seq_is_a_replay_dropped_as_duplicates():
+    t = SequenceTracker()
+    for n in (1, 2, 3):
+        t.offer(r(n, "x"), 0)
+    t.new_connection(0)
+    assert [t.offer(r(n, "x"), 0).duplicate for n in (1, 2, 3)] == [True, True, True]
+    out = t.offer(r(4, "x"), 0)
+    assert seqs(out.ready) == [4] and out.reset is None and t.resets == 0
+    assert t.offer(r(1, "other"), 0).duplicate  # the new message ended the judging: within the connection again
+
+
+def test_nothing_known_about_the_seq_on_reset_decides():
+    for on_reset, restarted in (("restart", True), ("drop", False)):
+        t = SequenceTracker(reset_window=2, on_reset=on_reset)
+        for n in range(1, 31):
+            t.offer(r(n, "x"), 0)  # 1, 2 (the head) and 15..30 (the last 16) are known; 3..14 are not
+        t.new_connection(0)
+        out = t.offer(r(3, "x"), 0)
+        assert out.reset == (None, 30, 3, None, "unknown", restarted) and out.duplicate is not restarted, on_reset
+        if not restarted:  # said once per connection; the position stays
+            again = t.offer(r(4, "x"), 0)
+            assert again.duplicate and again.reset is None and t.positions() == {None: 30}
+
+
+def test_a_recall_tells_what_the_window_no_longer_holds():
+    kept = {(None, 1): hash(b"1:x")}
+    t = SequenceTracker({None: 9}, recall=lambda stream, seq: kept.get((stream, seq)))
+    assert t.offer(r(1, "x"), 0).duplicate  # positions from a store: judged at once, recalled as the same
+    assert t.offer(r(1, "y"), 0).reset.why == "content"
+
+
+def test_a_reset_gives_up_the_old_numberings_gap_first_delivering_what_it_held():
+    t = SequenceTracker({None: 1}, on_reset="restart")
+    t.offer(r(2, "a"), 0)
+    t.offer(r(5, "a"), 0)  # gap 3..4 holds 5
+    t.new_connection(0)
+    out = t.offer(r(1, "b"), 0)
+    [before] = out.before
+    assert before.lost == Gap(None, 3, 4) and seqs(before.ready) == [5]
+    assert out.reset.last == 5 and seqs(out.ready) == [1] and t.held == 0 and t.positions() == {None: 1}
+
+
+def test_another_epoch_starts_the_stream_afresh_at_once_the_same_epoch_replays_are_duplicates():
+    t = SequenceTracker()
+    for n in (1, 2, 3):
+        t.offer(r(n, "x", "s", epoch="e1"), 0)
+    assert t.epochs() == {"s": "e1"}
+    t.new_connection(0)
+    assert t.offer(r(1, "other", "s", epoch="e1"), 0).duplicate  # the same epoch: content is not looked at
+    out = t.offer(r(1, "x", "s", epoch="e2"), 0)  # a new epoch, even within a connection
+    assert out.reset == ("s", 3, 1, "e2", "epoch", True) and seqs(out.ready) == [1]
+    assert t.epochs() == {"s": "e2"} and t.positions() == {"s": 1}
+    assert seqs(t.offer(r(2, "x", "s"), 0).ready) == [2]  # a message without an epoch keeps the stream's
+
+
+def test_the_first_epoch_seen_is_adopted_without_a_reset():
+    t = SequenceTracker({"s": 5})
+    out = t.offer(r(6, "x", "s", epoch=7), 0)
+    assert seqs(out.ready) == [6] and out.reset is None and t.epochs() == {"s": 7}
+
+
+def test_epochs_from_a_store_belong_to_their_positions():
+    t = SequenceTracker({"s": 5}, epochs={"s": "e1"})
+    assert t.offer(r(5, "anything", "s", epoch="e1"), 0).duplicate
+    assert t.offer(r(1, "x", "s", epoch="e2"), 0).reset.why == "epoch"
+
+
+def test_numbered_per_connection_every_connection_starts_every_stream_afresh():
+    t = SequenceTracker(per_connection=True)
+    t.offer(r(1, "x", "a"), 0)
+    t.offer(r(3, "x", "a"), 0)  # a gap within the connection holds 3
+    outcomes = t.new_connection(0)
+    assert [(o.lost, seqs(o.ready)) for o in outcomes] == [(Gap("a", 2, 2), [3])]
+    assert t.positions() == {} and t.held == 0
+    out = t.offer(r(1, "x", "a"), 0)
+    assert seqs(out.ready) == [1] and out.reset is None and not out.duplicate
+    assert t.offer(r(1, "x", "a"), 0).duplicate  # within the connection, as always
+
+
+def test_reset_settings_are_checked():
+    for kwargs in ({"on_reset": "ignore"}, {"reset_window": 0}, {"global_seq": True, "per_connection": True}):
+        with pytest.raises(ValueError):
+            SequenceTracker(**kwargs)
+
+
+def test_a_position_of_no_known_epoch_meeting_an_epoch_is_still_judged_by_content():
+    t = SequenceTracker({"s": 3}, on_reset="restart")  # from a store that kept no epoch
+    out = t.offer(r(1, "x", "s", epoch="e2"), 0)
+    assert out.reset == ("s", 3, 1, "e2", "unknown", True) and t.epochs() == {"s": "e2"}
+
+
+def test_a_replay_from_the_start_of_a_long_history_is_known_by_its_first_and_last_messages():
+    t = SequenceTracker(reset_window=4)
+    for n in range(1, 41):
+        t.offer(r(n, "x"), 0)
+    t.new_connection(0)
+    outs = [t.offer(r(n, "x"), 0) for n in range(1, 41)]
+    assert all(o.duplicate for o in outs)
+    # 1..4 (the head) and 25..40 (the last 16) are known; 5..24 are not: said once, dropped (on_reset="drop")
+    assert [(o.reset.seq, o.reset.restarted) for o in outs if o.reset] == [(5, False)]
+    assert seqs(t.offer(r(41, "x"), 0).ready) == [41] and t.resets == 0
+
+
+def test_a_restart_after_a_long_history_is_known_by_the_first_messages_of_the_old_numbering():
+    t = SequenceTracker(reset_window=4)
+    for n in range(1, 21):
+        t.offer(r(n, "old"), 0)
+    t.new_connection(0)
+    out = t.offer(r(1, "new"), 0)
+    assert out.reset == (None, 20, 1, None, "content", True) and seqs(out.ready) == [1]
+    t.new_connection(0)
+    assert t.offer(r(1, "new"), 0).duplicate  # the new numbering's head is its own

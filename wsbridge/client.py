@@ -51,7 +51,7 @@ from .runtime.subscriptions import Match, Subscription
 from .runtime.supervisor import Supervisor, describe
 from .tracking.outbox import Outbox
 from .tracking.resume import default_resume_request
-from .tracking.sequence import Positions, SequenceTracker
+from .tracking.sequence import Epochs, Positions, Recall, SequenceTracker
 from .tracking.store import Store
 from .wire.options import ConnectOptions, Cookie, Headers, Subprotocols, Url
 from .wire.proxies import split_no_proxy
@@ -93,7 +93,10 @@ class Client(Subscribable, Pulling):
     is sent that you did not ask for; True: the default request; or a callable
     ``positions -> message``); ``gap_timeout``, ``max_held``, ``seq_scope``
     (``"stream"``: a counter per stream; ``"global"``: one across streams, and a
-    gap holds nothing back); `wsbridge.conventions` sets codec and resume for
+    gap holds nothing back; ``"connection"``: a counter per stream that every
+    connection starts afresh), ``on_reset`` (``"drop"`` or ``"restart"``: what a
+    seq back after a reconnect that is neither known as a replay nor as a restart
+    means; see the README's Delivery section); `wsbridge.conventions` sets codec and resume for
     servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
@@ -140,6 +143,7 @@ class Client(Subscribable, Pulling):
         gap_timeout: float = 5.0,
         max_held: int = 10_000,
         seq_scope: str = "stream",
+        on_reset: str = "drop",  # numbering that starts again (issue 23, point 1)
         max_message_size: int = DEFAULT_MAX_LENGTH,
         name: Optional[str] = None,
         on_connect: Optional[ConnectHook] = None,
@@ -174,7 +178,9 @@ class Client(Subscribable, Pulling):
         self._pull = PullBuffer(pull_buffer, pull_overflow, pull_buffer_bytes)
         self._delivery = Delivery(
             self, self.signals, self._reporter,
-            SequenceTracker(gap_timeout=gap_timeout, max_held=max_held, global_seq=_global_scope(seq_scope)), self._pull,
+            SequenceTracker(gap_timeout=gap_timeout, max_held=max_held, on_reset=on_reset, recall=_recall(store),
+                            global_seq=_scope(seq_scope) == "global", per_connection=seq_scope == "connection"),
+            self._pull,
             store, self.codec.raw_is_payload, self._want_resume, self.name,
         )
         self._dispatcher = self._delivery.dispatcher = Dispatcher(
@@ -324,12 +330,16 @@ class Client(Subscribable, Pulling):
         store = self.store
         assert store is not None
         store.open()
-        positions = store.positions()
         old = self._delivery.tracker
+        positions = {} if old.per_connection else store.positions()  # per connection: nothing to resume from
+        epochs = {s: e for s, e in store.epochs().items() if s in positions}
         self._delivery.tracker = SequenceTracker(
-            positions, gap_timeout=old.gap_timeout, max_held=old.max_held, id_window=old.id_window, global_seq=old.global_seq
+            positions, gap_timeout=old.gap_timeout, max_held=old.max_held, id_window=old.id_window, global_seq=old.global_seq,
+            per_connection=old.per_connection, epochs=epochs, on_reset=old.on_reset, reset_window=old.reset_window,
+            recall=old.recall,
         )
         self._delivery.positions = dict(positions)
+        self._delivery.epochs = epochs
         self._supervisor.replay_pending = True
         # What a stop kept behind open gaps: held again (ahead of the positions) while a
         # resume asks for the gaps. Those at or below a position were delivered since.
@@ -740,7 +750,7 @@ class Client(Subscribable, Pulling):
         self._reporter.report(error, context, **extra)
 
     def _default_resume(self, positions: Positions) -> Any:
-        return default_resume_request(self.codec, positions)
+        return default_resume_request(self.codec, positions, self._delivery.epochs)
 
     def _want_resume(self) -> None:
         self._supervisor.want_resume()
@@ -764,6 +774,12 @@ class Client(Subscribable, Pulling):
         return dict(self._delivery.positions)
 
     @property
+    def epochs(self) -> Epochs:
+        """The epoch of each stream's position, for the streams whose messages carry one
+        (the codec's ``epoch_field``): a resume continues after a position in its epoch."""
+        return dict(self._delivery.epochs)
+
+    @property
     def stats(self) -> Stats:
         """A snapshot of the counters (each written by one thread, read without a lock)."""
         d, i, s, sup, sent = self._delivery, self._intake, self._sender, self._supervisor, self._sender.counts
@@ -774,7 +790,7 @@ class Client(Subscribable, Pulling):
             outbox_expired=sent.expired, acked=sent.acked, unacked=len(s.unacked), resent=sent.resent,
             pull_buffered=len(self._pull), pull_dropped=self._pull.dropped, dispatch_pending=len(self._dispatcher),
             dispatch_bytes=self._dispatcher.pending_bytes, backpressure_waits=self._dispatcher.blocked,
-            duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, held=d.tracker.held, resumes=sent.resumes,
+            duplicates=d.duplicates, gaps=d.gaps, lost=d.lost, resets=d.resets, held=d.tracker.held, resumes=sent.resumes,
             stored=d.stored, store_errors=d.store_errors + sent.store_errors, replayed=d.replayed,
             conflated=d.conflation.conflated,
             undelivered=d.abandoned,
@@ -783,10 +799,18 @@ class Client(Subscribable, Pulling):
         )
 
 
-def _global_scope(seq_scope: str) -> bool:
-    if seq_scope not in ("stream", "global"):
-        raise ValueError(f"seq_scope is 'stream' (a counter per stream) or 'global' (one for all), not {seq_scope!r}")
-    return seq_scope == "global"
+def _scope(seq_scope: str) -> str:
+    if seq_scope not in ("stream", "global", "connection"):
+        raise ValueError(f"seq_scope is 'stream' (a counter per stream), 'global' (one for all) or 'connection' "
+                         f"(a counter per stream, afresh on every connection), not {seq_scope!r}")
+    return seq_scope
+
+
+def _recall(store: Optional[Store]) -> Optional[Recall]:
+    """The store's `Store.digest`, when it has its own (a seq back after a restart is judged by it)."""
+    if store is None or type(store).digest is Store.digest:
+        return None
+    return store.digest
 
 
 def _policy(policy: Optional[ReconnectPolicy], backoff: Optional[Backoff], retry_fatal: bool) -> ReconnectPolicy:

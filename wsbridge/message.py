@@ -9,10 +9,11 @@ OVERHEAD = 256
 against the byte bounds of the dispatch queue and the pull buffer, so that those bound
 memory also for many tiny messages (a pipe frame of 5-byte messages took 36 times its
 size). Measured with ``sys.getsizeof`` for ``Message("a", "x", None, None, None,
-time.time(), b"a|1|x")`` on 64-bit CPython 3.11: the tuple 96, the type and the payload
-(``str``) 50 each, ``received_at`` 24, the ``raw`` bytes 38 less the 5 counted as
-``len(raw)``, and a queue's slot, 8: 261, rounded to 256 (``tests/test_review_fixes.py``
-checks it against what decoding a frame of tiny messages allocates)."""
+time.time(), b"a|1|x")`` on 64-bit CPython 3.11: the tuple 96 (104 since ``epoch``), the
+type and the payload (``str``) 50 each, ``received_at`` 24, the ``raw`` bytes 38 less the 5
+counted as ``len(raw)``, and a queue's slot, 8: 261 (269), rounded to 256
+(``tests/test_review_fixes.py`` checks it against what decoding a frame of tiny messages
+allocates: the type is shared, so that stays below it)."""
 
 
 class Message(NamedTuple):
@@ -20,8 +21,9 @@ class Message(NamedTuple):
 
     ``type`` routes it to subscribers; ``payload`` is what the codec decoded
     (a dict for JSON, text or bytes for the pipe and raw formats); ``seq``,
-    ``id`` and ``stream`` drive duplicate and gap detection when the wire
-    format carries them; ``received_at`` is ``time.time()`` at decoding;
+    ``id``, ``stream`` and ``epoch`` (the generation of the stream's numbering:
+    another epoch starts the stream afresh) drive duplicate, gap and reset
+    detection when the wire format carries them; ``received_at`` is ``time.time()`` at decoding;
     ``raw`` is the message's bytes as they came: its frame, or its own part
     of the frame when one frame holds several messages (the pipe format).
     The dispatch queue and the pull buffer weigh a message by `weight`: ``len(raw)``
@@ -39,6 +41,7 @@ class Message(NamedTuple):
     stream: Optional[str] = None
     received_at: Optional[float] = None
     raw: Union[bytes, str, None] = None
+    epoch: Optional[Any] = None  # last: positional construction of the fields above stays as it was
 
     def __repr__(self) -> str:
         payload = repr(self.payload)
@@ -46,7 +49,7 @@ class Message(NamedTuple):
             payload = payload[:77] + "..."
         extra = "".join(
             f", {name}={value!r}"
-            for name, value in (("seq", self.seq), ("id", self.id), ("stream", self.stream))
+            for name, value in (("seq", self.seq), ("id", self.id), ("stream", self.stream), ("epoch", self.epoch))
             if value is not None
         )
         return f"Message(type={self.type!r}, payload={payload}{extra})"

@@ -74,9 +74,11 @@ class JsonCodec(Codec):
     ``[join_ref, ref, topic, event, payload]`` with ``type_field=lambda a: a[3]``).
     A function that raises or finds no type makes the frame a `ProtocolError`.
 
-    ``seq_field``, ``id_field`` and ``stream_field`` name the fields (or dotted
-    paths) that carry a message's sequence id (an integer), its id and its
-    stream; each is off (None) unless named, because a field the user did not
+    ``seq_field``, ``id_field``, ``stream_field`` and ``epoch_field`` name the
+    fields (or dotted paths) that carry a message's sequence id (an integer),
+    its id, its stream and its epoch (a string or an integer: the generation of
+    the stream's numbering, which a server changes when it numbers afresh, as
+    Centrifugo does); each is off (None) unless named, because a field the user did not
     name must never make the client drop a message as a duplicate.
     `conventions` names all three as wsbridge's own servers use them. The
     payload is the whole decoded value. ``default_type`` types messages without
@@ -101,6 +103,7 @@ class JsonCodec(Codec):
         seq_field: Optional[str] = None,
         id_field: Optional[str] = None,
         stream_field: Optional[str] = None,
+        epoch_field: Optional[str] = None,
         default_type: Optional[str] = None,
         loads: Callable[[str], Any] = json.loads,
         dumps: Optional[Callable[[Any], str]] = None,
@@ -109,6 +112,7 @@ class JsonCodec(Codec):
         self.seq_field = seq_field
         self.id_field = id_field
         self.stream_field = stream_field
+        self.epoch_field = epoch_field
         self.default_type = default_type
         self._loads = loads
         self._dumps = dumps or (lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
@@ -116,11 +120,14 @@ class JsonCodec(Codec):
         # paths and functions go through the getters of `_decode_any`.
         self._type_path: Optional[Path] = None if callable(type_field) else _path("type_field", type_field)
         paths = {option: _path(option, field) if field is not None else None
-                 for option, field in (("seq_field", seq_field), ("id_field", id_field), ("stream_field", stream_field))}
+                 for option, field in (("seq_field", seq_field), ("id_field", id_field), ("stream_field", stream_field),
+                                       ("epoch_field", epoch_field))}
         self._seq_path, self._id_path, self._stream_path = paths["seq_field"], paths["id_field"], paths["stream_field"]
+        self._epoch_path = paths["epoch_field"]
         self._plain = self._type_path is not None and all(p is None or len(p) == 1 for p in (self._type_path, *paths.values()))
         self._type_of: Callable[[Any], Any] = type_field if callable(type_field) else _getter(self._type_path)  # type: ignore[arg-type]
-        self._seq_of, self._id_of, self._stream_of = (_getter(p) if p is not None else None for p in paths.values())
+        self._seq_of, self._id_of, self._stream_of, self._epoch_of = (
+            _getter(p) if p is not None else None for p in paths.values())
 
     @classmethod
     def conventions(cls, **kwargs: Any) -> "JsonCodec":
@@ -130,7 +137,8 @@ class JsonCodec(Codec):
 
     def __repr__(self) -> str:
         fields = "".join(f", {n}={v!r}" for n, v in (("seq_field", self.seq_field), ("id_field", self.id_field),
-                                                      ("stream_field", self.stream_field)) if v)
+                                                      ("stream_field", self.stream_field),
+                                                      ("epoch_field", self.epoch_field)) if v)
         return f"JsonCodec(type_field={self.type_field!r}{fields})"
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
@@ -159,7 +167,9 @@ class JsonCodec(Codec):
                 stream = str(stream)
         if self.id_field is not None:
             mid = obj.get(self.id_field)
-        return [Message(mtype, obj, seq, mid, stream, received_at, data)]
+        if self.epoch_field is None:
+            return [Message(mtype, obj, seq, mid, stream, received_at, data)]
+        return [Message(mtype, obj, seq, mid, stream, received_at, data, self._epoch(obj.get(self.epoch_field), data))]
 
     def _decode_any(self, obj: Any, data: bytes, received_at: Optional[float]) -> List[Message]:
         """`decode` past the parse when a field is a dotted path or the type a function."""
@@ -188,7 +198,14 @@ class JsonCodec(Codec):
                 stream = str(stream)
         if self._id_of is not None:
             mid = self._id_of(obj)
-        return [Message(mtype, obj, seq, mid, stream, received_at, data)]
+        epoch = self._epoch(self._epoch_of(obj), data) if self._epoch_of is not None else None
+        return [Message(mtype, obj, seq, mid, stream, received_at, data, epoch)]
+
+    def _epoch(self, epoch: Any, data: bytes) -> Any:
+        """An epoch is a string or an integer (or missing: None); anything else is a `ProtocolError`."""
+        if epoch is None or type(epoch) is str or type(epoch) is int:
+            return epoch
+        raise ProtocolError(f"{self.epoch_field!r} must be a string or an integer, found {preview(repr(epoch), 20)}", data)
 
     @property
     def _type_name(self) -> str:
@@ -228,7 +245,7 @@ class JsonCodec(Codec):
             payload = obj.payload
             body = self.typed(obj.type, payload if isinstance(payload, Mapping) else {"payload": payload})
             named = ((self._seq_path or ("seq",), obj.seq), (self._id_path or ("id",), obj.id),
-                     (self._stream_path or ("stream",), obj.stream))
+                     (self._stream_path or ("stream",), obj.stream), (self._epoch_path or ("epoch",), obj.epoch))
             for path, value in named:
                 if value is not None:
                     _put(body, path, value, replace=False)

@@ -15,13 +15,18 @@ Keys, all under ``PREFIX:FEED:``:
     after), as `SQLiteStore` keeps them.
 ``meta``
     Hash: ``last`` (the newest key) and ``handled`` (the handled mark).
+``epochs``
+    Hash: ``s:STREAM`` -> the epoch of that stream's position (as JSON text), for
+    streams whose messages carry one (the codec's ``epoch_field``).
 
 A batch is written by one server-side script (one round trip, atomic): it
 checks the lease when the store is fenced by one (see `Lease`), drops every
 message whose seq is at or below the stored position that covers it (so a
 standby bridge that takes over, or a resume that resends, never appends
 twice what came before that position), appends the rest, then stores the
-client's positions and the marks. The position that covers a message is
+client's positions, their epochs and the marks. A position does not cover a
+batch whose epoch for its stream differs from the stored one (a new epoch
+numbers afresh: its messages are appended). The position that covers a message is
 its stream's, or with one counter across streams (``seq_scope="global"``),
 the one counter's: there a message may fill a gap after later ones were
 stored, and it is appended (arrival order, as subscribers saw it). The
@@ -40,6 +45,7 @@ crash repeats at most the last batch's messages to subscribers.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -49,7 +55,7 @@ from ..errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, i
 from ..message import Message
 from ..redact import redact_url
 from ..runtime.backoff import Backoff
-from ..tracking.sequence import Positions
+from ..tracking.sequence import Epochs, Positions
 from ..tracking.store import JSON_FRAME, Store, decode_payload, encode_id, encode_payload, stored_raw, stream_key
 from .conn import REDIS_ERRORS, Entries, Fields, connect, feed_key, msgpack  # all but msgpack: importable here as before
 from .conn import load_redis as load_redis  # re-exported: this module was its home
@@ -62,12 +68,13 @@ log = logging.getLogger("wsbridge")
 
 
 _APPEND = """
--- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced)
+-- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced), epochs
 -- ARGV: token, maxlen ('' none), handled, lease ttl (ms), the batch: a MessagePack array
 --       {positions, rows}: positions {position key, seq, position key, seq, ...}, what the
 --       client tracks after the batch; rows {key, position key, stream ('' none), seq ('' none),
 --       type, id, kind, payload, at}, the position key naming the position that covers the row;
---       every field a string (numbers as text, so no digit is lost to Lua's doubles)
+--       every field a string (numbers as text, so no digit is lost to Lua's doubles);
+--       then epochs {position key, epoch as JSON, ...}: a stored position of another epoch covers nothing
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if holder == false then
@@ -77,8 +84,10 @@ if ARGV[1] ~= '' then
   end
 end
 local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}}
-local positions, rows = batch[1], batch[2]
-local stored = {}  -- per position key: the position stored before this batch (none: -inf)
+local positions, rows, epochs = batch[1], batch[2], batch[3] or {}
+local epoch = {}
+for i = 1, #epochs, 2 do epoch[epochs[i]] = epochs[i + 1] end
+local stored = {}  -- per position key: the position stored before this batch (none, or another epoch's: -inf)
 local appended, skipped = 0, 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
 local laststr = nil
@@ -89,6 +98,7 @@ for _, row in ipairs(rows) do
     local cur = stored[pkey]
     if cur == nil then
       cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '') or -math.huge
+      if epoch[pkey] ~= nil and epoch[pkey] ~= redis.call('HGET', KEYS[5], pkey) then cur = -math.huge end
       stored[pkey] = cur
     end
     if tonumber(seq) <= cur then fresh = false end
@@ -109,6 +119,7 @@ for _, row in ipairs(rows) do
 end
 -- written as the strings that came in: Lua would print a number above 1e14 as 1e+14
 for i = 1, #positions, 2 do redis.call('HSET', KEYS[2], positions[i], positions[i + 1]) end
+for i = 1, #epochs, 2 do redis.call('HSET', KEYS[5], epochs[i], epochs[i + 1]) end
 if laststr then redis.call('HSET', KEYS[3], 'last', laststr) end
 redis.call('HSET', KEYS[3], 'handled', ARGV[3])
 return {appended, skipped}
@@ -155,6 +166,7 @@ class RedisStreamStore(Store):
         self.key_messages = feed_key(prefix, feed, "messages")
         self.key_positions = feed_key(prefix, feed, "positions")
         self.key_meta = feed_key(prefix, feed, "meta")
+        self.key_epochs = feed_key(prefix, feed, "epochs")
         self._redis: Optional["redis.Redis"] = None
         self._script: Any = None
         self._next_key = 1
@@ -230,6 +242,13 @@ class RedisStreamStore(Store):
             raise StoreError(f"cannot read the positions from {self!r}: {exc}") from exc
         return {(None if k == b"-" else k.decode()[2:]): int(v) for k, v in raw.items()}  # keys: store.stream_key
 
+    def epochs(self) -> Epochs:
+        try:
+            raw = cast(Fields, self._client().hgetall(self.key_epochs))
+        except REDIS_ERRORS as exc:
+            raise StoreError(f"cannot read the epochs from {self!r}: {exc}") from exc
+        return {(None if k == b"-" else k.decode()[2:]): json.loads(v) for k, v in raw.items()}
+
     @property
     def handled(self) -> int:
         return self._handled
@@ -241,10 +260,14 @@ class RedisStreamStore(Store):
     def mark_handled(self, key: int) -> None:
         self._handled = key  # written to Redis with the next batch, and on close
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
         """Append ``messages`` and store ``positions`` (see the module's docs). A message
         is checked against the position that covers it: its stream's when ``positions``
-        has one, else the unnamed stream's (one counter across streams has only that)."""
+        has one, else the unnamed stream's (one counter across streams has only that),
+        unless the batch's epoch for it is another. A stream that numbers afresh without
+        an epoch (a ``reset`` judged by content) is appended again only once its seq
+        passes the position stored before."""
         first = self._next_key
         rows: List[Tuple[Any, ...]] = []
         key = first
@@ -261,9 +284,11 @@ class RedisStreamStore(Store):
             key += 1
         self._next_key = key
         tracked = [part for stream, seq in positions.items() for part in (stream_key(stream), str(seq))]
+        kept = [part for stream, epoch in (epochs or {}).items() if stream in positions
+                for part in (stream_key(stream), json.dumps(epoch))]
         # One MessagePack argument for the batch: redis-py packs each argument in Python
         # (13.8 us a message for nine of them, measured), msgpack the whole batch in C.
-        self._write(len(messages), msgpack.packb([tracked, rows], use_bin_type=False))  # raw, as Redis's cmsgpack reads
+        self._write(len(messages), msgpack.packb([tracked, rows, kept], use_bin_type=False))  # raw, as Redis's cmsgpack reads
         return first
 
     def _write(self, count: int, batch: bytes) -> None:
@@ -299,7 +324,7 @@ class RedisStreamStore(Store):
         """One batch through the append script (under ``_lock``); None: only the handled mark."""
         client = self._client()
         lease = self.lease
-        keys = [self.key_messages, self.key_positions, self.key_meta, lease.key if lease is not None else ""]
+        keys = [self.key_messages, self.key_positions, self.key_meta, lease.key if lease is not None else "", self.key_epochs]
         args = [lease.token if lease is not None else "", self.maxlen or "", self._handled,
                 int(lease.ttl * 1000) if lease is not None else 0] + ([batch] if batch is not None else [])
         try:

@@ -2,7 +2,8 @@
 
 A batch holds items of a closed set of types (`Item`): received messages,
 stored messages replayed after a restart (`Stored`), signals to emit
-(`Emit`), the tick that gives up old gaps (`Expire`), markers a thread
+(`Emit`), the tick that gives up old gaps (`Expire`), the start of a new
+connection (`NewConnection`: the tracker judges what follows), markers a thread
 waits on (`Barrier`), and the end of the stream (`END`: at give-up, and at
 `stop` unless the store keeps what gaps hold, see `Delivery.finish`).
 `Delivery.handle` runs a batch through the sequence tracker (duplicates out,
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 from ..errors import StoreError
 from ..message import Message
-from ..tracking.sequence import Outcome, Positions, SequenceTracker
+from ..tracking.sequence import Epochs, Outcome, Positions, Reset, SequenceTracker
 from ..tracking.store import Store
 from .conflation import Conflation
 from .dispatch import Dispatcher
@@ -58,6 +59,15 @@ class Expire:
 EXPIRE = Expire()
 
 
+class NewConnection:
+    """A new connection starts: the messages after this item came on it (`SequenceTracker.new_connection`)."""
+
+    __slots__ = ()
+
+
+NEW_CONNECTION = NewConnection()
+
+
 class Barrier:
     """Set ``done`` once every item queued before it was delivered."""
 
@@ -78,7 +88,7 @@ class End:
 END = End()
 
 
-Item = Union[Message, Stored, Emit, Expire, Barrier, End]
+Item = Union[Message, Stored, Emit, Expire, NewConnection, Barrier, End]
 
 
 class Delivery:
@@ -102,6 +112,8 @@ class Delivery:
         self.tracker = tracker
         self.positions: Positions = tracker.positions()
         """The tracker's, as of the last batch: replaced, never changed in place (read by the supervisor)."""
+        self.epochs: Epochs = tracker.epochs()
+        """The epochs of those positions, kept the same way."""
         self.pull = pull
         self.store = store
         self._raw_is_payload = raw_is_payload
@@ -113,7 +125,7 @@ class Delivery:
             Stored: self._stored, Emit: self._emit, Barrier: self._barrier, End: self._end,
         }
         """What each item type but `Message` (the hot path, inline) does: the closed set."""
-        self.dispatched = self.duplicates = self.gaps = self.lost = 0
+        self.dispatched = self.duplicates = self.gaps = self.lost = self.resets = 0
         self.stored = self.store_errors = self.replayed = self.abandoned = 0
         self._warned: Set[Optional[str]] = set()  # streams whose first duplicate was logged
 
@@ -197,9 +209,10 @@ class Delivery:
         repeated. Declaring them lost here would move the stored position past them,
         and a restarted process could no longer ask for what the server still has.
         Without such a store (or if keeping them fails), the gaps are lost as at
-        give-up (`END`): the held messages are stored and delivered, within `stop`'s time."""
+        give-up (`END`): the held messages are stored and delivered, within `stop`'s time;
+        so too with ``seq_scope="connection"``, whose gaps no later connection can fill."""
         store = self.store
-        if store is not None and store.keeps_held:
+        if store is not None and store.keeps_held and not self.tracker.per_connection:
             held = self.tracker.held_messages()
             try:
                 store.keep_held(held)
@@ -229,6 +242,9 @@ class Delivery:
             elif item is EXPIRE:
                 for outcome in tracker.expire(now):
                     self._tracked(outcome, out, None)
+            elif item is NEW_CONNECTION:
+                for outcome in tracker.new_connection(now):
+                    self._tracked(outcome, out, None)
             elif item is END:
                 for outcome in tracker.finish(now):
                     self._tracked(outcome, out, None)
@@ -236,12 +252,18 @@ class Delivery:
             else:
                 out.append(item)
         positions = tracker.positions()
-        if positions != self.positions:
+        if positions != self.positions or tracker.resets != self.resets:  # (an epoch may change at the same seq)
             self.positions = positions
+            self.epochs = tracker.epochs()
+            self.resets = tracker.resets
         return out
 
     def _tracked(self, outcome: Outcome, out: List[Item], message: Optional[Message]) -> None:
         gap_signal = self.signals.gap
+        if outcome.reset is not None:  # (one test on the hot path: `before` comes with a reset only)
+            for earlier in outcome.before:  # the reset gave up the old numbering's gaps first
+                self._tracked(earlier, out, None)
+            self._reset(outcome.reset, out)
         if outcome.duplicate:
             self.duplicates += 1
             stream = message.stream if message is not None else None
@@ -250,7 +272,7 @@ class Delivery:
                 log.warning(
                     "%s: dropped a message of stream %r as a duplicate (seq %s, id %r seen before); more are counted in "
                     "stats.duplicates. The codec names the fields that say so (seq_field, id_field): if this server "
-                    "numbers per connection or reuses ids, name neither (JsonCodec() does not)",
+                    "numbers per connection, pass seq_scope='connection'; if it reuses ids, name neither (JsonCodec() does not)",
                     self.name, stream, getattr(message, "seq", None), getattr(message, "id", None),
                 )
             if self.signals.duplicate.receivers:
@@ -274,6 +296,20 @@ class Delivery:
             gap = outcome.filled
             out.append(Emit(gap_signal, {"stream": gap.stream, "first": gap.first, "last": gap.last, "status": "filled"}))
 
+    def _reset(self, reset: Reset, out: List[Item]) -> None:
+        """A seq back after a reconnect, or a new epoch: logged, and said on ``reset``."""
+        epoch = "" if reset.epoch is None else f", epoch {reset.epoch!r}"
+        if reset.restarted:
+            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it",
+                        self.name, reset.stream, reset.why, reset.seq, reset.last, epoch)
+        else:
+            log.warning("%s: stream %r went back to seq %d after position %d on a new connection%s, and nothing is "
+                        "known about that seq: dropped as a duplicate (on_reset='drop'). If this server restarts its "
+                        "numbering, pass on_reset='restart', seq_scope='connection' or the codec's epoch_field",
+                        self.name, reset.stream, reset.seq, reset.last, epoch)
+        out.append(Emit(self.signals.reset, {"stream": reset.stream, "last": reset.last, "seq": reset.seq,
+                                             "epoch": reset.epoch, "why": reset.why, "restarted": reset.restarted}))
+
     # -- the store ----------------------------------------------------------------------------
     def _store(self, items: List[Item]) -> Optional[Iterator[int]]:
         """Write the batch's new messages in one transaction; their keys, in order."""
@@ -281,7 +317,8 @@ class Delivery:
         if not messages:
             return None
         try:
-            first = self.store.append(messages, self.positions, self._raw_is_payload)  # type: ignore[union-attr]
+            first = self.store.append(  # type: ignore[union-attr]
+                messages, {} if self.tracker.per_connection else self.positions, self._raw_is_payload, self.epochs)
         except Exception as exc:
             self._store_failed(exc, len(messages))
             return None

@@ -117,12 +117,19 @@ class Signals:
     gap            sequence ids of a stream are missing (``stream``,
                    ``first``, ``last``, ``status``: "open" when found, then
                    "filled" once they arrived or "lost" when given up)
+    reset          a stream numbers afresh from this message on, or went back
+                   after a reconnect to a seq nothing is known about
+                   (``stream``, ``last``: its position before, ``seq``: the
+                   seq now, ``epoch``: its epoch now or None, ``why``:
+                   "epoch", "content" or "unknown", ``restarted``: False when
+                   dropped as a duplicate instead; see the README's Delivery
+                   section)
     =============  ==========================================================
     """
 
     NAMES = (
         "connecting", "connected", "disconnected", "reconnecting", "gave_up", "stopped",
-        "message", "error", "dropped", "duplicate", "gap",
+        "message", "error", "dropped", "duplicate", "gap", "reset",
     )
 
     def __init__(self) -> None:
@@ -144,6 +151,7 @@ class Signals:
     dropped: Signal
     duplicate: Signal
     gap: Signal
+    reset: Signal
 
     def for_type(self, mtype: str) -> Signal:
         """The signal of one message type, created on first use."""

@@ -38,6 +38,8 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0
     lost: int = 0
+    resets: int = 0
+    """Streams that started numbering afresh (the ``reset`` signal): a new epoch, or a seq back after a reconnect."""
     held: int = 0
     resumes: int = 0
     stored: int = 0

@@ -44,7 +44,7 @@ from ..redact import redact_url
 from ..tracking.store import Store
 from ..wire.connection import Connection, Hooks
 from ..wire.options import ConnectOptions
-from .delivery import END, EXPIRE, Barrier, Delivery, Stored
+from .delivery import END, EXPIRE, NEW_CONNECTION, Barrier, Delivery, Stored
 from .dispatch import Dispatcher, weight
 from .intake import Intake
 from .policy import Decision, Ending, ReconnectPolicy
@@ -173,7 +173,9 @@ class Supervisor:
                 self.conn = conn
                 self.lifecycle.set(State.CONNECTING)
                 self._emit(self.signals.connecting, attempt=failures)
-                resume_from = self.delivery.positions  # replaced, never mutated: a snapshot
+                self.dispatcher.put_control(NEW_CONNECTION)  # before the reader starts: ahead of its messages
+                # replaced, never mutated: a snapshot (numbered per connection: nothing to resume)
+                resume_from = {} if self.delivery.tracker.per_connection else self.delivery.positions
                 received = self.intake.received  # messages before this connection (its reader adds to it)
                 self._watch(conn, resume_from, inbox)  # starts the reader once no earlier one is in user code
                 calling = conn.calling

@@ -7,6 +7,7 @@ id it received per stream. Its shape is the user's to choose (the
 `wsbridge.testing.Server` understands:
 
 * JSON: ``{"type": "resume", "positions": [{"stream": null, "seq": 41}, ...]}``
+  (an entry carries ``"epoch"`` too when the stream's messages carry one)
 * pipe: ``resume|N|[{"stream":null,"seq":41}]``
 * raw: the JSON form as a text frame.
 """
@@ -18,18 +19,21 @@ from typing import Any, List, Mapping, Optional, Union
 
 from ..codecs import Codec, JsonCodec, PipeCodec
 from ..message import Message
-from .sequence import Positions
+from .sequence import Epochs, Positions
 
 RESUME_TYPE = "resume"
 
 
-def _entries(positions: Positions) -> List[dict]:
-    return [{"stream": s, "seq": n} for s, n in sorted(positions.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))]
+def _entries(positions: Positions, epochs: Epochs) -> List[dict]:
+    ordered = sorted(positions.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
+    return [{"stream": s, "seq": n, **({"epoch": epochs[s]} if s in epochs else {})} for s, n in ordered]
 
 
-def default_resume_request(codec: Codec, positions: Positions) -> Union[str, Mapping[str, Any], Message]:
-    """The default request for ``codec``: a dict for JSON, a message for pipe, text otherwise."""
-    entries = _entries(positions)
+def default_resume_request(codec: Codec, positions: Positions,
+                           epochs: Optional[Epochs] = None) -> Union[str, Mapping[str, Any], Message]:
+    """The default request for ``codec``: a dict for JSON, a message for pipe, text
+    otherwise; each position with its stream's epoch when ``epochs`` has one."""
+    entries = _entries(positions, epochs or {})
     if isinstance(codec, JsonCodec):
         # Encoded here, ASCII only: a stream name the server sent may hold anything
         # JSON can (a lone surrogate, say), and must come back to it as it came.

@@ -13,17 +13,70 @@ The first message of a stream with no known position starts it (so
 positions from a store or an earlier connection matter: a message older
 than the first one seen counts as a duplicate). Messages without ``seq`` fall back to ``id``: an id seen among the last
 ``id_window`` ids is a duplicate. Messages with neither pass through.
+
+Numbering that starts again (a server restarted, or one that numbers per
+connection) must not read as duplicates forever. Three ways out, all here:
+
+* an *epoch* (``Message.epoch``, the codec's ``epoch_field``): a message of
+  another epoch than its stream's starts the stream afresh at its seq;
+* ``per_connection``: every connection (`new_connection`) starts every stream afresh;
+* otherwise, after a reconnect (`new_connection`) or at a start from stored
+  positions, the first messages of a stream at or below its position are told
+  apart by content: a digest of each message's ``raw`` is kept for the first
+  ``reset_window`` seq ids of a stream's numbering (where a replay from the start
+  and a restarted numbering begin), the ``raw`` itself of its last `RECENT`
+  messages (a ring of references: nothing computed per message; streams with
+  an epoch keep neither), and ``recall(stream, seq)`` (a store's) is asked for
+  others. Same digest: the server replays what it sent, a duplicate.
+  Another digest: the numbering restarted, the stream starts afresh at this
+  message. Nothing known: ``on_reset`` decides (``"drop"``: a duplicate, reported
+  once per connection as a `Reset` with ``restarted=False``; ``"restart"``).
+  Within one connection a seq going back is a duplicate, as always.
+
+A stream started afresh gives up its open gap first (the held messages are
+of the old numbering: delivered, the ids missing before them declared lost),
+and the `Outcome` carries a `Reset`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..message import Message
 
 Positions = Dict[Optional[str], int]
 """Stream name (None: the unnamed stream) -> last contiguous sequence id."""
+
+Epochs = Dict[Optional[str], Any]
+"""Stream name -> the epoch its position belongs to (only streams whose messages carry one)."""
+
+Recall = Callable[[Optional[str], int], Optional[int]]
+"""``recall(stream, seq)``: the digest (`digest`) of the message kept at ``seq`` of
+``stream`` (the latest such), or None when none is known."""
+
+ON_RESET = ("restart", "drop")
+
+ARMED, REPORTED = 1, 2  # `_Stream.armed`
+
+RESET_WINDOW = 1024
+"""The first seq ids of each stream's numbering whose message digest is kept."""
+
+RECENT = 16
+"""The last messages of each stream whose ``raw`` is kept referenced (a power of two)."""
+
+
+def digest(raw: Any) -> int:
+    """What tells two messages at the same seq apart: ``hash`` of the whole ``raw``
+    bytes (or text) they came as. Computed only for the first `RESET_WINDOW` seq ids of
+    a numbering (and when judging), so its cost does not fall on the feed's steady
+    state. A codec that keeps no ``raw`` makes every message look the same: a replay.
+    Per process (``hash`` is seeded): a store's `Recall` hashes what it kept in the
+    process that asks."""
+    try:
+        return hash(raw)
+    except TypeError:  # a bytearray, a memoryview of one
+        return hash(bytes(raw))
 
 
 class Gap(NamedTuple):
@@ -50,17 +103,52 @@ class Outcome(NamedTuple):
     """The open gap this message closed: ``first``..``last`` are now all in, in order."""
     lost: Optional[Gap] = None
     """A gap given up because too many messages were held behind it."""
+    reset: Optional["Reset"] = None
+    """The stream started afresh at this message (its numbering restarted)."""
+    before: Tuple["Outcome", ...] = ()
+    """With a ``reset``: what giving up the old numbering's gaps released, to handle before this outcome."""
 
+
+class Reset(NamedTuple):
+    """``stream`` started afresh at ``seq``, its position having been ``last``.
+
+    ``why``: ``"epoch"`` (the message has another epoch), ``"content"`` (it differs
+    from the message received before at that seq), ``"unknown"`` (nothing known
+    about that seq). ``epoch``: the stream's epoch now (None without one).
+    ``restarted``: False when the message was dropped as a duplicate instead
+    (``"unknown"`` with ``on_reset="drop"``): the stream keeps its position."""
+
+    stream: Optional[str]
+    last: int
+    seq: int
+    epoch: Any
+    why: str
+    restarted: bool = True
 
 
 class _Stream:
-    __slots__ = ("last", "held", "gap_since", "gap_first")
+    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "raws", "first", "head_end",
+                 "head")
 
-    def __init__(self, last: int) -> None:
+    def __init__(self, last: int, epoch: Any = None, armed: bool = False, first: Optional[int] = None,
+                 window: int = 0) -> None:
         self.last = last
         self.held: Dict[int, Message] = {}
         self.gap_since = 0.0
         self.gap_first = 0  # first missing id of the gap open since gap_since
+        self.epoch = epoch
+        # A new connection (or start) and no new message of it yet: a seq back may be a reset (ARMED, or
+        # REPORTED once an unknown one was said); 0 otherwise.
+        self.armed = ARMED if armed else 0
+        # The ring of the last RECENT messages: at seq % RECENT, the seq kept there (-1: none) and its raw.
+        self.seqs: List[int] = [-1] * RECENT
+        self.raws: List[Any] = [None] * RECENT
+        # The head: the digests of the first `window` seq ids from ``first``, the first seq of this numbering
+        # seen (None: not seen, a position from a store), kept while the numbering lasts.
+        headed = first is not None and epoch is None  # (a stream with an epoch is judged by it)
+        self.first = first if first is not None else 0
+        self.head_end = self.first + window if headed else -1  # (seq < head_end: in the head)
+        self.head: List[Optional[int]] = [None] * window if headed else []
 
 
 class _Global:
@@ -74,13 +162,19 @@ class _Global:
 
 
 class SequenceTracker:
-    """Duplicates out, order restored, gaps found (see the module's docstring).
+    """Duplicates out, order restored, gaps found, resets told apart (see the module's docstring).
 
     ``global_seq``: the server numbers all its streams with one counter. Then a
     gap cannot be told apart by stream, so nothing is held back for it (it would
     hold every other stream): messages go out as they come, duplicates are still
     dropped, a gap is still announced (and resumed), and the ids that fill it are
-    delivered when they arrive, or declared lost after ``gap_timeout``."""
+    delivered when they arrive, or declared lost after ``gap_timeout`` (resets are
+    not looked for: epochs and content apply per stream).
+
+    ``per_connection``: the server numbers each connection's messages afresh;
+    `new_connection` forgets every stream. ``epochs``: the epoch of each of
+    ``positions``' streams (from a store). ``on_reset``, ``reset_window``,
+    ``recall``: how a seq going back after a reconnect is judged (module docstring)."""
 
     def __init__(
         self,
@@ -90,16 +184,36 @@ class SequenceTracker:
         max_held: int = 10_000,
         id_window: int = 10_000,
         global_seq: bool = False,
+        per_connection: bool = False,
+        epochs: Optional[Epochs] = None,
+        on_reset: str = "drop",
+        reset_window: int = RESET_WINDOW,
+        recall: Optional[Recall] = None,
     ) -> None:
         if gap_timeout < 0 or max_held < 1 or id_window < 0:
             raise ValueError("gap_timeout >= 0, max_held >= 1 and id_window >= 0 are required")
+        if on_reset not in ON_RESET:
+            raise ValueError(f"on_reset is 'restart' or 'drop', not {on_reset!r}")
+        if not isinstance(reset_window, int) or reset_window < 1:
+            raise ValueError(f"reset_window is an int >= 1, not {reset_window!r}")
+        if global_seq and per_connection:
+            raise ValueError("one counter across streams (global_seq) or one per connection, not both")
         self.gap_timeout = gap_timeout
         self.max_held = max_held
         self.id_window = id_window
-        self._streams: Dict[Optional[str], _Stream] = {s: _Stream(n) for s, n in (positions or {}).items()}
+        self.per_connection = per_connection
+        self.on_reset = on_reset
+        self.reset_window = reset_window
+        self.recall = recall
+        epochs = epochs or {}
+        # Streams from stored positions start armed: the first connection may bring a restarted numbering.
+        self._streams: Dict[Optional[str], _Stream] = {
+            s: _Stream(n, epochs.get(s), armed=True) for s, n in (positions or {}).items()}
         self._ids: "OrderedDict[Any, None]" = OrderedDict()
         self.held = 0
         """Messages held back behind open gaps, all streams."""
+        self.resets = 0
+        """Streams started afresh (`Reset`s), all streams."""
         self.global_seq = global_seq
         self._global: Optional[_Global] = None
         if global_seq and positions and None in positions:
@@ -112,8 +226,24 @@ class SequenceTracker:
             return {} if g is None else {None: next(iter(g.missing)) - 1 if g.missing else g.last}
         return {name: s.last for name, s in self._streams.items()}
 
+    def epochs(self) -> Epochs:
+        """The epoch of each stream's position, for the streams whose messages carry one."""
+        return {name: s.epoch for name, s in self._streams.items() if s.epoch is not None}
+
     def open_gaps(self) -> List[Gap]:
         return [Gap(name, s.last + 1, min(s.held) - 1) for name, s in self._streams.items() if s.held]
+
+    def new_connection(self, now: float) -> List[Outcome]:
+        """A new connection starts. Per connection: every stream is forgotten (open gaps
+        lost, what they held released, in order). Otherwise each stream's next message
+        at or below its position is judged a replay or a restart (module docstring)."""
+        if not self.per_connection:
+            for stream in self._streams.values():
+                stream.armed = ARMED
+            return []
+        out = self.finish(now)
+        self._streams.clear()
+        return out
 
     def offer(self, msg: Message, now: float) -> Outcome:
         seq = msg.seq
@@ -124,11 +254,29 @@ class SequenceTracker:
         stream = self._streams.get(msg.stream)
         if stream is None:
             # The first message of a stream we have no position for starts it.
-            self._streams[msg.stream] = _Stream(seq)
+            stream = self._streams[msg.stream] = _Stream(seq, msg.epoch, first=seq, window=self.reset_window)
+            if stream.epoch is None:
+                self._remember(stream, seq, msg)
             return Outcome([msg])
+        epoch = msg.epoch
+        by_content = stream.epoch is None  # the position's epoch is not known: judged by content
+        if epoch is not None and epoch != stream.epoch:
+            if not by_content:
+                return self._restart(msg.stream, stream, msg, now, "epoch")
+            stream.epoch = epoch  # the first epoch seen: the position is taken to be of it
         last = stream.last
         if seq <= last or seq in stream.held:
+            if stream.armed and seq <= last and by_content:
+                return self._judge(msg.stream, stream, msg, now)
             return Outcome([], duplicate=True)
+        if stream.armed:
+            stream.armed = 0
+        if stream.epoch is None:  # `_remember`, inline: the receive path's cost (two list stores)
+            slot = seq & (RECENT - 1)
+            stream.seqs[slot] = seq
+            stream.raws[slot] = msg.raw
+            if seq < stream.head_end:  # the first messages of the numbering only
+                stream.head[seq - stream.first] = digest(msg.raw)
         if seq == last + 1:
             stream.last = seq
             if not stream.held:
@@ -195,6 +343,59 @@ class SequenceTracker:
         self.held = 0
 
     # -- internals -----------------------------------------------------------
+    def _remember(self, stream: _Stream, seq: int, msg: Message) -> None:
+        """Keep what tells the message accepted at ``seq`` (see `offer`, which does it inline)."""
+        slot = seq & (RECENT - 1)
+        stream.seqs[slot] = seq
+        stream.raws[slot] = msg.raw
+        if stream.first <= seq < stream.head_end:
+            stream.head[seq - stream.first] = digest(msg.raw)
+
+    def _known(self, name: Optional[str], stream: _Stream, seq: int) -> Optional[int]:
+        """The digest of the message received at ``seq`` of this numbering, from the head
+        or the store (None: not known)."""
+        if stream.first <= seq < stream.head_end and stream.head[seq - stream.first] is not None:
+            return stream.head[seq - stream.first]
+        return self.recall(name, seq) if self.recall is not None else None
+
+    def _judge(self, name: Optional[str], stream: _Stream, msg: Message, now: float) -> Outcome:
+        """A seq at or below the position after a reconnect: a replay (a duplicate), or
+        a restarted numbering (the stream starts afresh), by content (module docstring)."""
+        seq = msg.seq
+        assert seq is not None
+        slot = seq & (RECENT - 1)
+        if stream.seqs[slot] == seq:  # one of the last messages: compared whole
+            if stream.raws[slot] == msg.raw:
+                return Outcome([], duplicate=True)
+            return self._restart(name, stream, msg, now, "content")
+        known = self._known(name, stream, seq)
+        if known is not None:
+            if known == digest(msg.raw):
+                return Outcome([], duplicate=True)
+            return self._restart(name, stream, msg, now, "content")
+        if self.on_reset == "restart":
+            return self._restart(name, stream, msg, now, "unknown")
+        # Dropped as before, said once per connection (the next ones would say the same); still judged.
+        if stream.armed == REPORTED:
+            return Outcome([], duplicate=True)
+        stream.armed = REPORTED
+        return Outcome([], duplicate=True, reset=Reset(name, stream.last, seq, stream.epoch, "unknown", restarted=False))
+
+    def _restart(self, name: Optional[str], stream: _Stream, msg: Message, now: float, why: str) -> Outcome:
+        """Start ``stream`` afresh at ``msg``: its open gaps are given up first (what
+        they held is of the old numbering: released in order, the missing ids lost)."""
+        before = []
+        while stream.held:
+            before.append(self._give_up(name, stream, now))
+        seq = msg.seq
+        assert seq is not None
+        reset = Reset(name, stream.last, seq, msg.epoch if msg.epoch is not None else stream.epoch, why)
+        fresh = self._streams[name] = _Stream(seq, reset.epoch, first=seq, window=self.reset_window)
+        if fresh.epoch is None:
+            self._remember(fresh, seq, msg)
+        self.resets += 1
+        return Outcome([msg], reset=reset, before=tuple(before))
+
     def _release_contiguous(self, stream: _Stream, ready: List[Message]) -> None:
         held = stream.held
         nxt = stream.last + 1

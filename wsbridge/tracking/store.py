@@ -29,7 +29,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypeVar, Unio
 
 from ..errors import StoreError, StoreFull, StoreInUse  # defined in errors.py; importable from here as before
 from ..message import Message
-from .sequence import Positions
+from .sequence import Epochs, Positions, digest
 
 S = TypeVar("S", bound="Store")
 
@@ -66,16 +66,28 @@ class Store:
         """Last contiguous sequence id stored per stream."""
         raise NotImplementedError
 
+    def epochs(self) -> Epochs:
+        """The epoch of each stored position (streams whose messages carry one)."""
+        return {}
+
+    def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
+        """The `digest` of the last message stored at ``seq`` of ``stream`` (None: not
+        known): after a restart, tells a server replaying what it sent from one whose
+        numbering restarted (`SequenceTracker`'s ``recall``)."""
+        return None
+
     def unhandled(self) -> Iterator[Tuple[int, Message]]:
         """Stored messages past the handled mark, oldest first, with their keys
         (read lazily: the backlog after a long outage need not fit in memory)."""
         raise NotImplementedError
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
-        """Store ``messages`` (one transaction) and the new received positions;
-        return the key of the first (the rest follow, consecutive).
-        ``raw_is_payload``: each message's ``raw`` frame is its payload as JSON
-        (`Codec.raw_is_payload`), so it may be stored as it came."""
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
+        """Store ``messages`` (one transaction) and the new received positions
+        (with ``epochs``, the epochs they belong to); return the key of the first
+        (the rest follow, consecutive). ``raw_is_payload``: each message's ``raw``
+        frame is its payload as JSON (`Codec.raw_is_payload`), so it may be stored
+        as it came."""
         raise NotImplementedError
 
     def mark_handled(self, key: int) -> None:
@@ -154,7 +166,8 @@ CREATE INDEX IF NOT EXISTS messages_type ON messages (type);
 CREATE TABLE IF NOT EXISTS positions (
     skey TEXT PRIMARY KEY,
     stream TEXT,
-    received INTEGER NOT NULL
+    received INTEGER NOT NULL,
+    epoch
 );
 CREATE TABLE IF NOT EXISTS outbox (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -512,6 +525,8 @@ class SQLiteStore(Store):
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 self._tune(db)
                 db.executescript(_SCHEMA)
+                if "epoch" not in {row[1] for row in db.execute("PRAGMA table_info(positions)")}:
+                    db.execute("ALTER TABLE positions ADD COLUMN epoch")  # a store made before epochs
                 handled = self._take_over(db)
                 self._next_key = (db.execute("SELECT MAX(key) FROM messages").fetchone()[0] or 0) + 1
             except BaseException:
@@ -653,6 +668,16 @@ class SQLiteStore(Store):
         rows = self._conn().execute("SELECT stream, received FROM positions").fetchall()
         return {stream: received for stream, received in rows}
 
+    def epochs(self) -> Epochs:
+        rows = self._conn().execute("SELECT stream, epoch FROM positions WHERE epoch IS NOT NULL").fetchall()
+        return {stream: epoch for stream, epoch in rows}
+
+    def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
+        """Known for a message stored as the frame it came as (a JSON codec's)."""
+        row = self._conn().execute("SELECT kind, payload FROM messages WHERE stream IS ? AND seq = ? ORDER BY key DESC "
+                                   "LIMIT 1", (stream, seq)).fetchone()
+        return digest(bytes(row[1])) if row is not None and row[0] == JSON_FRAME else None
+
     @property
     def handled(self) -> int:
         """The handled mark: the key of the last message whose subscribers all returned."""
@@ -669,20 +694,23 @@ class SQLiteStore(Store):
             "SELECT stream, MAX(seq) FROM messages WHERE key <= ? AND seq IS NOT NULL GROUP BY stream", [self._handled]
         )}
 
-    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False) -> int:
+    def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
+               epochs: Optional[Epochs] = None) -> int:
         db = self._conn()
+        epochs = epochs or {}
         first = self._next_key
         rows = _rows(messages, first, raw_is_payload)
+        places = [(stream_key(stream), stream, seq, epochs.get(stream)) for stream, seq in positions.items()]
         key = first + len(rows)
         try:
             if self._over:
                 self._check_room(db, f"cannot write {len(rows)} message(s)")
             try:
-                self._write_batch(db, rows, positions, None)
+                self._write_batch(db, rows, places, None)
             except sqlite3.OperationalError as exc:
                 if self.max_size is None or not _is_full(exc):
                     raise
-                self._evict_and_write(db, rows, positions)
+                self._evict_and_write(db, rows, places)
         except sqlite3.Error as exc:
             error = StoreFull if _is_full(exc) else StoreError
             raise error(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}"
@@ -692,10 +720,10 @@ class SQLiteStore(Store):
             self._settle(db)
         return first
 
-    def _write_batch(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], positions: Positions,
+    def _write_batch(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]],
                      evict_through: Optional[int]) -> int:
         """One transaction: evict the messages up to ``evict_through`` (None: none), store
-        ``rows`` and the positions; the number evicted."""
+        ``rows`` and the positions (``places``: rows of the positions table); the number evicted."""
         db.execute("BEGIN")
         try:
             evicted = 0
@@ -703,8 +731,9 @@ class SQLiteStore(Store):
                 evicted = db.execute("DELETE FROM messages WHERE key <= ?", (evict_through,)).rowcount
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany(
-                "INSERT INTO positions VALUES (?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received",
-                [(stream_key(stream), stream, seq) for stream, seq in positions.items()],
+                "INSERT INTO positions VALUES (?, ?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received, "
+                "epoch = excluded.epoch",
+                places,
             )
             db.execute("UPDATE meta SET value = ? WHERE name = ?", (self._handled, self._mark_row))
             db.execute("COMMIT")
@@ -714,7 +743,7 @@ class SQLiteStore(Store):
             raise
         return evicted
 
-    def _evict_and_write(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], positions: Positions) -> None:
+    def _evict_and_write(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> None:
         """The batch did not fit in ``max_size``: evict the oldest messages every mark
         passed, as many as the batch holds and doubling until it fits (SQLite reuses
         the pages they free); raise SQLite's error when even all of them are not enough."""
@@ -727,7 +756,7 @@ class SQLiteStore(Store):
                              (limit, count - 1)).fetchone()
             through = limit if row is None else int(row[0])
             try:
-                evicted = self._write_batch(db, rows, positions, through)
+                evicted = self._write_batch(db, rows, places, through)
             except sqlite3.OperationalError as exc:
                 if row is None or not _is_full(exc):  # nothing more to evict
                     raise

@@ -1,0 +1,236 @@
+"""Numbering that starts again is detected, never swallowed (issue 23, point 1).
+
+The servers here are `websockets` servers (the library's, not ours) on 127.0.0.1 that
+play one script per connection: a server restarted after a drop numbers from 1 again with
+new messages; one that replays its history from 1 sends the same messages again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import ServerConnection, serve
+
+import wsbridge
+from wsbridge import Backoff, JsonCodec, SQLiteStore
+
+from conftest import wait_until
+
+FAST = Backoff(initial=0.01, factor=2, max_delay=0.05, jitter=0)
+
+
+def msgs(seqs: Sequence[int], text: str, **fields: Any) -> List[Dict[str, Any]]:
+    return [{"type": "tick", "seq": n, "text": f"{text}{n}", **fields} for n in seqs]
+
+
+class Script:
+    """Connection number N (from 1) gets ``scripts[N-1]``: it first reads one frame if N
+    is in ``reads`` (kept in `read`: the client's resume request), then sends the script's
+    messages, then closes (1012) if N is in ``drops``, else waits for the client to close.
+    Connections past the scripts get nothing."""
+
+    def __init__(self, scripts: Sequence[Sequence[Dict[str, Any]]], drops: Sequence[int] = (),
+                 reads: Sequence[int] = ()) -> None:
+        self.scripts, self.drops, self.reads = list(scripts), set(drops), set(reads)
+        self.read: Dict[int, Any] = {}
+        self.opened = 0
+        self._lock = threading.Lock()
+        self._server = serve(self._handler, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}/"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="test-script", daemon=True)
+        self._thread.start()
+
+    def _handler(self, ws: ServerConnection) -> None:
+        with self._lock:
+            self.opened += 1
+            number = self.opened
+        try:
+            if number in self.reads:
+                self.read[number] = json.loads(ws.recv(timeout=10))
+            for obj in self.scripts[number - 1] if number <= len(self.scripts) else ():
+                ws.send(json.dumps(obj))
+            if number in self.drops:
+                ws.close(1012, "service restart")
+                return
+            for _ in ws:  # until the client closes
+                pass
+        except (ConnectionClosed, TimeoutError):
+            pass
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def script() -> Iterator[Any]:
+    made: List[Script] = []
+
+    def make(*args: Any, **kwargs: Any) -> Script:
+        made.append(Script(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def watch(client: wsbridge.Client, collector: Any) -> Any:
+    """Collectors of the client's messages (``got``) and ``reset`` signals (``resets``)."""
+    got, resets = collector(), collector()
+    client.on_any(got)
+    client.signals.reset.connect(resets)
+    return got, resets
+
+
+def seqs(got: Any, n: int) -> List[Optional[int]]:
+    return [(m.seq, m.payload["text"]) for m in got.wait(n)]
+
+
+def test_a_server_that_restarts_its_numbering_after_a_drop_is_heard_and_the_reset_signalled(script, make_client,
+                                                                                          collector):
+    server = script([msgs([1, 2, 3], "old"), msgs([1, 2], "new")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 5) == [(1, "old1"), (2, "old2"), (3, "old3"), (1, "new1"), (2, "new2")]
+    [reset] = resets.wait(1)
+    assert reset == {"stream": None, "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}
+    stats = client.stats
+    assert (stats.resets, stats.duplicates, client.positions) == (1, 0, {None: 2})
+
+
+def test_a_server_that_replays_its_history_from_1_has_the_replay_dropped_and_new_ones_delivered_once(
+        script, make_client, collector):
+    server = script([msgs([1, 2, 3], "m"), msgs([1, 2, 3, 4], "m")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 4) == [(1, "m1"), (2, "m2"), (3, "m3"), (4, "m4")]  # 4 came after the replayed 1..3
+    assert (client.stats.duplicates, client.stats.resets, len(resets)) == (3, 0, 0)
+
+
+def test_a_seq_back_to_before_what_the_client_saw_is_dropped_by_default_and_said_on_reset(script, make_client,
+                                                                                        collector):
+    # The client joined at 2000: nothing is known about seq 1 (a replay from the start, or a restart?).
+    server = script([msgs([2000, 2001], "m"), msgs([1, 2], "m") + msgs([2002], "m")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 3) == [(2000, "m2000"), (2001, "m2001"), (2002, "m2002")]
+    assert resets.items == [{"stream": None, "last": 2001, "seq": 1, "epoch": None, "why": "unknown", "restarted": False}]
+    assert (client.stats.duplicates, client.stats.resets) == (2, 0)  # said once per connection
+
+
+@pytest.mark.parametrize("again, expected, reset", [
+    (msgs([1, 2], "new"), [(1, "new1"), (2, "new2")],
+     {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}),
+    (msgs([1, 2, 3, 4], "old"), [(4, "old4")], None),
+], ids=["restarted", "replayed"])
+def test_across_a_process_restart_the_store_tells_a_restart_from_a_replay(tmp_path, script, make_client, collector,
+                                                                          again, expected, reset):
+    path = str(tmp_path / "feed.db")
+    first = script([msgs([1, 2, 3], "old", stream="s")])
+    client = make_client(first.url, backoff=FAST, codec=JsonCodec.conventions(), store=SQLiteStore(path))
+    got, _ = watch(client, collector)
+    client.start()
+    assert len(got.wait(3)) == 3
+    assert client.stop(timeout=10)
+    # A new process (a new client on the same store) meets a server that restarted, or one that replays.
+    second = script([[{**m, "stream": "s"} for m in again]])
+    client = make_client(second.url, backoff=FAST, codec=JsonCodec.conventions(), store=SQLiteStore(path))
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, len(expected)) == expected
+    if reset is None:
+        assert (client.stats.duplicates, client.stats.resets, len(resets)) == (3, 0, 0)
+    else:
+        assert resets.wait(1) == [reset] and client.positions == {"s": 2}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_of(request, tmp_path) -> Iterator[Any]:
+    """A function that makes a new store object on the same storage (an SQLite file, or a
+    feed of a real redis-server on loopback) each time it is called."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "feed.db")
+        yield lambda: SQLiteStore(path)
+        return
+    pytest.importorskip("redis")
+    from wsbridge.testing.redis import RedisServer
+
+    with RedisServer() as server:
+        yield lambda: wsbridge.RedisStreamStore(server.url, feed="resets")
+
+
+def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_epoch(store_of, script, make_client,
+                                                                                      collector):
+    codec = JsonCodec.conventions(epoch_field="epoch")
+    server = script([msgs([1, 2, 3], "a", epoch="e1"), msgs([1, 2], "b", epoch="e2")], drops=[1], reads=[2])
+    client = make_client(server.url, backoff=FAST, codec=codec, resume=True, store=store_of())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 5) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2")]
+    assert server.read[2]["positions"] == [{"stream": None, "seq": 3, "epoch": "e1"}]
+    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 1, "epoch": "e2", "why": "epoch", "restarted": True}]
+    assert got.items[-1].epoch == "e2"
+    wait_until(lambda: client.epochs == {None: "e2"} and client.positions == {None: 2}, what="the new epoch's position")
+    assert client.stop(timeout=10)
+    # The store kept the new epoch's messages and its position with the epoch: the next run asks to resume in it.
+    later = script([msgs([3], "b", epoch="e2")], reads=[1])
+    store = store_of()
+    client = make_client(later.url, backoff=FAST, codec=codec, resume=True, store=store)
+    got, _ = watch(client, collector)
+    client.start()
+    assert seqs(got, 1) == [(3, "b3")]
+    assert later.read[1]["positions"] == [{"stream": None, "seq": 2, "epoch": "e2"}]
+    assert client.stop(timeout=10)
+    assert [(m.seq, m.payload["text"]) for m in store.history()] == [
+        (1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (3, "b3")]
+
+
+def test_numbered_per_connection_every_connection_starts_afresh_and_nothing_is_resumed_or_stored(
+        tmp_path, script, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    same = msgs([1, 2], "m")  # even the very same messages: another connection's numbering
+    server = script([same, same], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(), seq_scope="connection",
+                         resume=True, store=SQLiteStore(path))
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 4) == [(1, "m1"), (2, "m2"), (1, "m1"), (2, "m2")]
+    wait_until(lambda: client.positions == {None: 2}, what="the second connection's position")
+    assert (client.stats.duplicates, client.stats.resets, client.stats.resumes, len(resets)) == (0, 0, 0, 0)
+    assert client.stop(timeout=10)
+    with SQLiteStore(path) as store:
+        assert store.positions() == {} and len(store.history()) == 4
+
+
+def test_numbered_per_connection_a_gap_open_at_stop_is_lost_and_what_it_held_delivered_not_kept(
+        tmp_path, script, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    server = script([msgs([1, 3], "m")])  # 2 never comes: 3 is held behind the gap
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(), seq_scope="connection",
+                         store=SQLiteStore(path))
+    got, _ = watch(client, collector)
+    gaps = collector()
+    client.signals.gap.connect(gaps)
+    client.start()
+    assert gaps.wait(1)[0]["status"] == "open"
+    assert client.stop(timeout=10)
+    assert [m.seq for m in got.items] == [1, 3]  # no later connection could fill the gap: it is not kept for one
+    with SQLiteStore(path) as store:
+        assert store.held_messages() == []
+
+
+def test_the_options_are_checked_at_construction():
+    with pytest.raises(ValueError, match="on_reset"):
+        wsbridge.Client("ws://127.0.0.1:9/", on_reset="ignore")
+    with pytest.raises(ValueError, match="connection"):
+        wsbridge.Client("ws://127.0.0.1:9/", seq_scope="per-connection")
+    with pytest.raises(ValueError, match="epoch"):
+        JsonCodec(epoch_field="a..b")
