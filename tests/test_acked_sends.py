@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Dict, List, Set, Tuple, Union
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 import wsbridge
 from wsbridge import AckRule, SendHandle
 
-from conftest import Feed
+from conftest import Feed, wait_until
 
 THREADS, EACH, CUTS = 4, 400, 10
 
@@ -224,3 +225,130 @@ def test_a_stopped_client_ends_a_wait_on_a_queued_handle(make_client, down_serve
     assert ended.wait(10)
     t.join(10)
     assert isinstance(outcome.get("error"), wsbridge.ClientClosed)
+
+
+def _past(seconds: float) -> None:
+    """Let ``seconds`` of wall-clock time pass (a ttl's), bounded."""
+    end = time.time() + seconds
+    wait_until(lambda: time.time() > end, timeout=seconds + 10, what=f"{seconds} s to pass")
+
+
+def test_ttl_is_kept_with_the_frame_in_the_store_across_a_restart(make_client, down_server, tmp_path) -> None:
+    """Run 1, offline, sends with ttl=0.3 and stops: the frame is kept in the store with its
+    deadline. Run 2 starts past it: the frame is removed unsent (counted), the one sent
+    after it without a ttl goes out."""
+    path = str(tmp_path / "s.db")
+    first = make_client(down_server.url, store=wsbridge.SQLiteStore(path), name="ttl-store").start()
+    first.send({"type": "m", "n": 1}, ttl=0.3)
+    first.send({"type": "m", "n": 2})
+    first.send({"type": "m", "n": 3}, ttl=600)  # not past: still written by run 2
+    assert first.stop(10)
+    _past(0.3)
+    with Feed() as feed:
+        second = make_client(feed.url, store=wsbridge.SQLiteStore(path), name="ttl-store").start()
+        second.wait_connected(10)
+        feed.wait_received(2)
+        assert [json.loads(d)["n"] for d in feed.on(1)] == [2, 3]
+        assert second.stats.outbox_expired == 1
+        assert second.stop(10)
+
+
+def test_a_written_frame_awaiting_its_ack_is_sent_again_past_its_ttl(make_client, tmp_path) -> None:
+    """A ttl no longer applies once the frame was written: kept in the store for its ack,
+    the next run sends it again, however long after."""
+    path = str(tmp_path / "s.db")
+    with Feed(respond=_silent) as feed:
+        first = make_client(feed.url, ack=AckRule(), store=wsbridge.SQLiteStore(path), name="ttl-acked").start()
+        first.wait_connected(10)
+        handle = first.send({"type": "m", "n": 1}, ttl=0.3)
+        feed.wait_received(1)
+        assert handle.state == "sent"
+        assert first.stop(10)
+    _past(0.3)
+    with Feed(respond=_ack) as feed:
+        second = make_client(feed.url, ack=AckRule(), store=wsbridge.SQLiteStore(path), name="ttl-acked").start()
+        second.wait_connected(10)
+        assert [json.loads(d)["id"] for _, d in feed.wait_received(1)] == [handle.ack_id]
+        assert second.stats.outbox_expired == 0
+        assert second.stop(10)
+
+
+def test_expiry_is_seen_while_offline_without_a_wait_or_a_flush(make_client, down_server) -> None:
+    """Past its ttl, a frame in the buffer of a client that cannot connect: the supervisor's
+    tick removes it (stats, unsent) and the handle says "expired" when read."""
+    client = make_client(down_server.url).start()
+    handle = client.send({"type": "m"}, ttl=0.1)
+    wait_until(lambda: client.stats.outbox_expired == 1, timeout=10, what="the expiry counted")
+    assert client.unsent() == [] and handle.state == "expired"
+    # Never started (no supervisor): reading the state is enough.
+    idle = make_client(down_server.url)
+    other = idle.send({"type": "m"}, ttl=0.1)
+    _past(0.1)
+    assert other.state == "expired" and other.done
+    assert idle.stats.outbox_expired == 1 and idle.unsent() == []
+
+
+def test_an_id_awaiting_its_ack_cannot_be_sent_again(make_client, down_server) -> None:
+    """Two sends with one id: the ack could not tell them apart and one handle would never
+    resolve. The second is refused while the first awaits its ack, queued or written."""
+    queued = make_client(down_server.url, ack=AckRule())
+    queued.send({"type": "m", "id": "X"})
+    with pytest.raises(ValueError, match="awaits its ack"):
+        queued.send({"type": "m", "id": "X", "v": 2})
+    assert len(queued.unsent()) == 1
+    with Feed(respond=_silent) as feed:
+        client = make_client(feed.url, ack=AckRule()).start()
+        client.wait_connected(10)
+        first = client.send({"type": "m", "id": "X", "v": 1})
+        feed.wait_received(1)
+        with pytest.raises(ValueError, match="awaits its ack"):
+            client.send({"type": "m", "id": "X", "v": 2})
+        feed.send(json.dumps({"type": "ack", "id": "X"}))
+        assert first.wait(10) == "acknowledged"
+        again = client.send({"type": "m", "id": "X", "v": 3})  # acknowledged: the id is free again
+        assert [json.loads(d)["v"] for _, d in feed.wait_received(2)] == [1, 3]
+        feed.send(json.dumps({"type": "ack", "id": "X"}))
+        assert again.wait(10) == "acknowledged"
+
+
+def test_a_store_holding_one_id_twice_is_emptied(make_client, tmp_path) -> None:
+    """A store an earlier version filled with two frames of one id: both go out, and the
+    second awaits no ack of its own, so neither lingers in the store for every later run."""
+    path = str(tmp_path / "s.db")
+    with wsbridge.SQLiteStore(path) as store:
+        store.outbox_add(json.dumps({"type": "m", "id": "D", "v": 1}), False)
+        store.outbox_add(json.dumps({"type": "m", "id": "D", "v": 2}), False)
+    with Feed(respond=_ack) as feed:
+        client = make_client(feed.url, ack=AckRule(), store=wsbridge.SQLiteStore(path)).start()
+        client.wait_connected(10)
+        assert [json.loads(d)["v"] for _, d in feed.wait_received(2)] == [1, 2]
+        wait_until(lambda: client.stats.acked == 1 and client.stats.unacked == 0, what="the ack")
+        assert client.stop(10)
+    with wsbridge.SQLiteStore(path) as store:
+        assert store.outbox_items() == []
+
+
+def test_handle_wait_from_a_subscriber_behind_a_full_dispatch_queue(make_client) -> None:
+    """A subscriber waits for its message's ack, which comes behind 200 other messages and
+    a dispatch queue of 10 that only that subscriber drains: the reader still reads it."""
+    def respond(number: int, data: Union[str, bytes]) -> List[str]:
+        message = json.loads(data)
+        return [json.dumps({"type": "noise", "n": i}) for i in range(200)] + [json.dumps({"type": "ack", "id": message["id"]})]
+
+    got: Dict[str, object] = {}
+    done = threading.Event()
+    with Feed(respond=respond) as feed:
+        client = make_client(feed.url, ack=AckRule(), dispatch_queue=10)
+
+        @client.on("tick")
+        def on_tick(message: wsbridge.Message) -> None:
+            try:
+                got["state"] = client.send({"type": "order"}).wait(10)
+            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+                got["error"] = exc
+            done.set()
+
+        client.start().wait_connected(10)
+        feed.send(json.dumps({"type": "tick"}))
+        assert done.wait(20)
+        assert got == {"state": "acknowledged"}

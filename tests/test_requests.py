@@ -216,3 +216,66 @@ def test_a_stopped_client_ends_a_waiting_request(make_client) -> None:
         assert ended.wait(10)
         t.join(10)
         assert isinstance(outcome.get("error"), wsbridge.ClientClosed), outcome
+
+
+def test_request_from_a_subscriber_behind_a_full_dispatch_queue(make_client, collector) -> None:
+    """The subscriber waiting for its reply is the only one who drains the dispatch queue
+    (10 messages): the 200 messages the server sends before the reply fill it, and the
+    reader must still read on to the reply rather than wait for room."""
+    def respond(number: int, data: Union[str, bytes]) -> List[str]:
+        if _json(data).get("type") != "quote":
+            return []
+        return [json.dumps({"type": "noise", "n": i}) for i in range(200)] + [json.dumps(_json(data))]
+
+    got: Dict[str, object] = {}
+    done = threading.Event()
+    with Feed(respond=respond) as feed:
+        client = make_client(feed.url, dispatch_queue=10)
+        noise = collector()
+        client.on("noise")(noise)
+
+        @client.on("tick")
+        def on_tick(message: wsbridge.Message) -> None:
+            try:
+                got["reply"] = client.request({"type": "quote"}, timeout=10)
+            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+                got["error"] = exc
+            done.set()
+
+        client.start().wait_connected(10)
+        feed.send(json.dumps({"type": "tick"}))
+        assert done.wait(20)
+        assert "error" not in got, got
+        assert isinstance(got["reply"], wsbridge.Message) and got["reply"].type == "quote"
+        # The noise is still delivered, in order, once the subscriber returned; the bound holds again.
+        assert [m.payload["n"] for m in noise.wait(200, timeout=20)] == list(range(200))
+
+
+def test_a_request_given_up_on_is_not_sent_later(make_client, down_server, tmp_path) -> None:
+    """A request that timed out while its frame waited in the send buffer is taken out of
+    the buffer and the store: neither this client's next connection nor the next run with
+    the store sends it."""
+    path = str(tmp_path / "s.db")
+    client = make_client(down_server.url, store=wsbridge.SQLiteStore(path), name="orphan").start()
+    with pytest.raises(TimeoutError):
+        client.request({"type": "orphan"}, timeout=0.3)
+    assert client.unsent() == []
+    client.send({"type": "after"})
+    with Feed(respond=_silent) as feed:
+        client.reconnect(feed.url)
+        client.wait_connected(10)
+        feed.wait_received(1)
+        assert [_json(d)["type"] for d in feed.on(1)] == ["after"]
+        with pytest.raises(TimeoutError):  # the server never answers: a timeout once written
+            client.request({"type": "late"}, timeout=0.2)
+        assert client.stop(10)
+    # And what the store kept: the next run sends nothing of it.
+    client = make_client(down_server.url, store=wsbridge.SQLiteStore(path), name="orphan")
+    client.send({"type": "second-run"})
+    assert client.stop(10)  # never started: kept in the store
+    store = wsbridge.SQLiteStore(path)
+    store.open()
+    try:
+        assert [_json(data)["type"] for _, data, _, _ in store.outbox_items()] == ["second-run"]
+    finally:
+        store.close()

@@ -172,7 +172,7 @@ def test_the_send_buffer_is_kept_in_order_and_forgotten_once_sent(tmp_path):
         store.outbox_remove(keys[1])  # dropped by the overflow policy
         store.outbox_remove_through(keys[2])  # the socket took m0 (and m2)
     with SQLiteStore(path) as store:
-        assert [(d, b) for _, d, b in store.outbox_items()] == [("m3", False), ("m4", False), (b"\x00\x01", True)]
+        assert [(d, b) for _, d, b, _ in store.outbox_items()] == [("m3", False), ("m4", False), (b"\x00\x01", True)]
 
 
 def test_json_frames_are_kept_as_they_came(tmp_path):

@@ -222,6 +222,7 @@ class Client(Subscribable, Pulling):
         self._sender.request_field, self._sender.ack_window = request_id_field, ack_window
         self._sender.ack = ack.check() if ack is not None else None
         self._sender.correlating = lambda: self._intake.correlate(self._sender.correlate)
+        self._sender.unbounded = self._dispatcher.unbounded  # a subscriber waiting for a reply or an ack
         if ack is not None:
             self._sender.correlating()
 

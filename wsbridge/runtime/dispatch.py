@@ -9,7 +9,10 @@ The dispatcher takes everything waiting as one batch.
 Data is bounded, in items and in bytes: when either bound is reached, `put`
 blocks the reader, which stops reading the socket, so TCP pushes back on the
 server instead of memory growing. While it waits, `holding` is true, so the
-supervisor does not take the silence for a dead peer. Control items
+supervisor does not take the silence for a dead peer. While the dispatcher
+thread itself waits for what only the reader brings (a subscriber's request
+waiting for its reply, see `unbounded`), the reader does not wait for room:
+the queue goes over its bounds for that long. Control items
 (lifecycle and error signals) go in the same order with `put_control`,
 which never waits: a subscriber may stop the client or report an error
 however full the queue is.
@@ -17,11 +20,12 @@ however full the queue is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, Iterator, List, Optional
 
 from ..message import OVERHEAD, Message
 from ..message import weight as message_weight
@@ -93,6 +97,8 @@ class Dispatcher:
         """How many times the reader waited for room (backpressure)."""
         self.holding = False
         """True while the reader waits for room (written by the reader)."""
+        self.lifted = False
+        """True while the dispatcher thread waits for the reader (`unbounded`; written by it)."""
         self.released_at = 0.0
         """`time.monotonic` when the reader last got room after waiting (written by the reader)."""
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -116,7 +122,7 @@ class Dispatcher:
         (unless many wait). Blocks while the queue is full. Call `wake` when
         the burst is over."""
         queue = self._queue
-        if len(queue) >= self.maxsize or self._in_bytes - self._out_bytes >= self.max_bytes:
+        if (len(queue) >= self.maxsize or self._in_bytes - self._out_bytes >= self.max_bytes) and not self.lifted:
             self.wake()
             self._wait_for_room()
         self._in_bytes += size
@@ -145,7 +151,7 @@ class Dispatcher:
         self.blocked += 1
         self.holding = True
         try:
-            while self._full() and not self._closing and not self._released:
+            while self._full() and not self._closing and not self._released and not self.lifted:
                 self._space.clear()
                 self._space_wanted = True
                 if not self._full():
@@ -156,6 +162,22 @@ class Dispatcher:
         finally:
             self.released_at = time.monotonic()
             self.holding = False
+
+    @contextlib.contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """Around a wait of the dispatcher thread for something only the reader can bring
+        (a reply, an ack): meanwhile the reader queues without waiting for room, else
+        neither could go on. The wait's own timeout bounds how far the queue goes over.
+        Any other thread: nothing changes (the dispatcher drains the queue meanwhile)."""
+        if threading.current_thread() is not self._thread:
+            yield
+            return
+        self.lifted = True
+        self._space.set()  # a reader waiting for room goes on
+        try:
+            yield
+        finally:
+            self.lifted = False
 
     def release_reader(self) -> None:
         """Let a reader waiting for room go on (the client is stopping: its

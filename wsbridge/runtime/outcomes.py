@@ -6,12 +6,14 @@ buffer (one object per send). The sender moves its ``state`` on under its lock:
 it), and with an `AckRule` ``"acknowledged"`` (the server said it has it); or
 ``"dropped"`` (the ``drop_oldest`` overflow policy made room with it) or ``"expired"``
 (its ``ttl`` passed before it could be written: removed from the buffer, never
-written). Nothing waits, and no event is made, unless someone calls `SendHandle.wait`:
-a send whose handle is ignored pays an attribute write or two.
+written; reading ``state`` past the ttl removes it at once, without a timer thread). Nothing
+waits, and no event is made, unless someone calls `SendHandle.wait`: a send whose handle
+is ignored pays an attribute write or two.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
 from ..message import Message
@@ -72,6 +74,8 @@ class Owner(Protocol):
 
     def wait_handle(self, handle: "SendHandle", timeout: Optional[float]) -> str: ...
 
+    def expire_due(self) -> None: ...
+
 
 class SendHandle:
     """What became of one `Client.send`: ``state`` is ``"queued"``, ``"sent"``,
@@ -82,7 +86,7 @@ class SendHandle:
     ``key`` (its place in the store, if kept there) and ``bound`` (a subscription's frame,
     for one connection only, never kept in the store: see `wsbridge.runtime.sender`)."""
 
-    __slots__ = ("data", "binary", "key", "bound", "state", "ack_id", "conn", "expires", "_owner")
+    __slots__ = ("data", "binary", "key", "bound", "_state", "ack_id", "conn", "expires", "_owner")
 
     def __init__(self, owner: Owner, data: Union[str, bytes], binary: bool, key: Optional[int] = None,
                  bound: Any = None, ack_id: Optional[Hashable] = None, expires: Optional[float] = None) -> None:
@@ -90,7 +94,8 @@ class SendHandle:
         self.binary = binary
         self.key = key
         self.bound = bound
-        self.state = QUEUED
+        self._state = QUEUED
+        """What `state` reads, as the sender wrote it (under its lock)."""
         self.ack_id = ack_id
         """The id the server acks it by (None: no ack is awaited: ``"sent"`` is final)."""
         self.conn: Any = None
@@ -98,6 +103,16 @@ class SendHandle:
         self.expires = expires
         """`time.monotonic` past which it is not written (None: no ``ttl``)."""
         self._owner = owner
+
+    @property
+    def state(self) -> str:
+        """The outcome so far. Past its ``ttl`` while still in the send buffer, it is
+        removed from the buffer now (and counted), as the next flush would: ``"expired"``."""
+        state = self._state
+        if state is QUEUED and self.expires is not None and self.expires <= time.monotonic():
+            self._owner.expire_due()
+            return self._state
+        return state
 
     @property
     def done(self) -> bool:

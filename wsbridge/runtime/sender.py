@@ -31,18 +31,26 @@ reader thread); the flush on the next connection puts whatever another connectio
 left unacknowledged back at the head of the buffer, in order (at least once: the
 server may get a message twice and dedups by its id). At most ``ack_window`` frames
 are unacknowledged: past that, frames wait in the buffer, under its overflow rules.
+An id awaits one ack at a time: a send whose id a message still awaiting its ack carries
+is refused (``awaiting``). A frame with a ``ttl`` keeps its deadline in the store too
+(wall-clock), so a later run does not write it past it.
 Requests (`request`) wait under ``cond`` too, for the message that carries their id,
-matched on the reader thread before it is dispatched (`correlate`).
+matched on the reader thread before it is dispatched (`correlate`); a request given up
+on (timed out, connection lost) is taken out of the buffer and the store if not written yet.
+While the dispatcher thread itself waits here (a subscriber's `request` or `SendHandle.wait`),
+the reader does not wait for room in the dispatch queue (``unbounded``): else the reply,
+behind a full queue only that subscriber drains, would never be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Hashable, List, Mapping, Optional, Tuple, Union
 
 from ..codecs import Codec
 from ..errors import ClientClosed, CloseFrameSent, ConnectionLost, OutboxFull, StoreError, StoreFull, WsbridgeError
@@ -59,6 +67,8 @@ log = logging.getLogger("wsbridge")
 Sendable = Union[str, bytes, bytearray, memoryview, Message, Mapping[str, Any]]
 OutFrame = Tuple[Union[str, bytes], bool]
 ResumeBuilder = Callable[[Positions], Optional[Sendable]]
+Kept = Tuple[int, Union[str, bytes], bool, Optional[float]]
+"""A frame kept in the store: ``(key, data, binary, expires)`` (`Store.outbox_items`)."""
 
 FLUSH_BATCH = 512
 FLUSH_BATCH_BYTES = 256 * 1024
@@ -69,6 +79,12 @@ FLUSH_FORGET_EVERY = 256
 (a crash in between sends those again: at least once, never lost)."""
 
 _thread = threading.local()
+
+
+def _wall(item: SendHandle) -> Optional[float]:
+    """``item``'s ttl deadline as wall-clock time (`time.time`), to keep in the store:
+    monotonic time does not carry over to another process."""
+    return None if item.expires is None else time.time() + (item.expires - time.monotonic())
 
 
 def mark_hook_thread(session: Any = None) -> None:
@@ -150,12 +166,18 @@ class Sender:
         self.request_field = "id"
         self.unacked: Dict[Hashable, Queued] = {}
         """Written, not acknowledged yet, in the order written; keyed by ack id."""
+        self.awaiting: Dict[Hashable, Queued] = {}
+        """Every send awaiting its ack (queued, being written or unacknowledged), by ack id:
+        an id is awaited once at a time (`send` refuses a second)."""
         self.replies: Dict[Hashable, List[Optional[Message]]] = {}
         """The requests waiting: id -> [reply] (None until it came)."""
         self.watchers = 0
         """Threads waiting on ``cond`` for a handle or a reply (notified only then)."""
         self.expiring = 0
         """Frames with a ``ttl`` in the buffer (the flush looks for expired ones only then)."""
+        self.unbounded: Callable[[], ContextManager[Any]] = contextlib.nullcontext
+        """Set by the client (`Dispatcher.unbounded`): around a wait that only the reader
+        can end, so the reader never waits on the dispatch queue for the waiting thread."""
         self.correlating: Callable[[], None] = lambda: None
         """Set by the client: from now on the reader shows every message to `correlate`
         (called at the first request; at start with an ack rule)."""
@@ -199,7 +221,21 @@ class Sender:
             obj, ack_id = stamp(obj, self.ack.id_field, self.new_id)
         data, binary = self.frame(obj)
         item = Queued(self, data, binary, None, None, ack_id, None if ttl is None else time.monotonic() + ttl)
-        self._send(item, timeout)
+        if ack_id is None:
+            self._send(item, timeout)
+            return item
+        with self.cond:
+            if ack_id in self.awaiting:  # its ack could not tell the two apart: one would never resolve
+                raise ValueError(f"a message with {self.ack.id_field}={ack_id!r} awaits its ack already "  # type: ignore[union-attr]
+                                 "(an id is sent once until acknowledged)")
+            self.awaiting[ack_id] = item
+        try:
+            self._send(item, timeout)
+        except BaseException:  # nothing was queued (OutboxFull, StoreFull, ClientClosed)
+            with self.cond:
+                if self.awaiting.get(ack_id) is item:
+                    del self.awaiting[ack_id]
+            raise
         return item
 
     def _send(self, item: Queued, timeout: Optional[float]) -> None:
@@ -220,7 +256,7 @@ class Sender:
                     conn = self.live = None
                 else:
                     if self.store is not None:  # kept until acknowledged, also across a restart
-                        item.key = self._keep(self.store.outbox_add, item.data, item.binary)
+                        item.key = self._keep(self.store.outbox_add, item.data, item.binary, _wall(item))
                     self.unacked[item.ack_id] = item  # before the write: its ack may come at once
             if conn is not None:
                 if isinstance(bound, Subscription):
@@ -272,9 +308,9 @@ class Sender:
             self.sending -= 1
             if taken:
                 self.counts.sent += 1
-                if item.state is QUEUED:  # (its ack may have come first)
-                    item.state = SENT
-                    item.expires = None  # written: a ttl no longer applies (nor to a resend)
+                if item._state is QUEUED:  # (its ack may have come first)
+                    item._state = SENT
+                    self._written(item)
                     if self.watchers:
                         self.cond.notify_all()
         return taken
@@ -284,13 +320,15 @@ class Sender:
         connection's writer thread): first in the buffer again, sent whole on the
         next connection (at least once)."""
         with self.cond:
+            if item._state is DROPPED:
+                return  # a request given up on (`_withdraw`)
             if item.ack_id is not None:
                 if self.unacked.get(item.ack_id) is not item:
                     return  # already back in the buffer (a new connection's flush)
                 del self.unacked[item.ack_id]
-            item.state = QUEUED
+            item._state = QUEUED
             if item.key is None and self.store is not None:
-                item.key = self._keep(self.store.outbox_add, item.data, item.binary)
+                item.key = self._keep(self.store.outbox_add, item.data, item.binary, _wall(item))
             self.outbox.restore([item])
             self.counts.queued += 1
             self.cond.notify_all()
@@ -309,7 +347,7 @@ class Sender:
             return None
         if item.key is None and self.store is not None:  # (else kept already: a direct send awaiting its ack)
             # A store without room for it refuses the send (`StoreFull`): the caller still has the frame.
-            item.key = self._keep(self.store.outbox_add, item.data, item.binary, refuse_full=True)
+            item.key = self._keep(self.store.outbox_add, item.data, item.binary, _wall(item), refuse_full=True)
         # A connect hook's send is never refused for a full buffer: only the end of the
         # hooks can drain it (under drop_oldest, the oldest go as for any send).
         force = self.outbox.full and self.outbox.overflow != "drop_oldest" and in_connect_hook()
@@ -328,9 +366,11 @@ class Sender:
 
     def _settle(self, item: Queued, state: str) -> None:
         """``item`` left the buffer unwritten (``state``: dropped or expired). Lock held."""
-        item.state = state
+        item._state = state
         if item.expires is not None:
             self.expiring -= 1
+        if item.ack_id is not None and self.awaiting.get(item.ack_id) is item:
+            del self.awaiting[item.ack_id]
         if self.watchers:
             self.cond.notify_all()
 
@@ -348,6 +388,21 @@ class Sender:
         if gone:
             self.counts.expired += len(gone)
             log.info("%s: %d message(s) expired in the send buffer (their ttl passed), never sent", self.name, len(gone))
+
+    def expire_due(self) -> None:
+        """Remove what passed its ``ttl`` from the buffer now (`SendHandle.state`, and the
+        supervisor's tick, so the counts and the store say so while nothing is flushed)."""
+        if self.expiring:
+            with self.cond:
+                if self.expiring:
+                    self._expire()
+
+    def _written(self, item: Queued) -> None:
+        """``item`` was written: a ttl no longer applies (nor to a resend), in the store
+        neither, where it stays until acknowledged. Lock held."""
+        item.expires = None
+        if item.ack_id is not None and item.key is not None and self.store is not None:
+            self._keep(self.store.outbox_written, item.key)
 
     def _forget(self, key: Optional[int], through: bool = False) -> None:
         if key is not None and self.store is not None:
@@ -387,24 +442,20 @@ class Sender:
         """`SendHandle.wait`: until it is done, or ``timeout``; a ``ttl`` that passes
         meanwhile expires the frame (if still in the buffer) without waiting for a flush."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
+        with self.cond, self.unbounded():
             self.watchers += 1
             try:
-                while not handle.done:
+                while not handle.done:  # (reading its state expires it, past its ttl)
                     now = time.monotonic()
-                    if handle.expires is not None and handle.expires <= now and handle.state is QUEUED:
-                        self._expire()
-                        if handle.done:
-                            break
                     self._check_open()
                     remaining = None if deadline is None else deadline - now
                     if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"the message is still {handle.state} after {timeout} s")
+                        raise TimeoutError(f"the message is still {handle._state} after {timeout} s")
                     expires = handle.expires
-                    if expires is not None and expires > now and handle.state is QUEUED:  # then expire it here
+                    if expires is not None and expires > now and handle._state is QUEUED:  # then expire it here
                         remaining = expires - now if remaining is None else min(remaining, expires - now)
                     self.cond.wait(remaining)
-                return handle.state
+                return handle._state
             finally:
                 self.watchers -= 1
 
@@ -438,7 +489,9 @@ class Sender:
             item = self.unacked.pop(ack_id, None)
             if item is None:
                 return
-            item.state = ACKNOWLEDGED
+            if self.awaiting.get(ack_id) is item:
+                del self.awaiting[ack_id]
+            item._state = ACKNOWLEDGED
             self.counts.acked += 1
             self._forget(item.key)
             if self.watchers:
@@ -464,7 +517,8 @@ class Sender:
                 raise ValueError(f"a request with {self.request_field}={rid!r} is waiting already")
             self.replies[rid] = waiting  # before the send: the reply may come at once
         try:
-            return self._await_reply(frame, rid, waiting, deadline, timeout, resend, session)
+            with self.unbounded():
+                return self._await_reply(frame, rid, waiting, deadline, timeout, resend, session)
         finally:
             with self.cond:
                 if self.replies.get(rid) is waiting:
@@ -481,30 +535,59 @@ class Sender:
             else:
                 handle = Queued(self, frame[0], frame[1])
                 self._send(handle, max(0.0, deadline - time.monotonic()))
-            with self.cond:
-                self.watchers += 1
-                try:
-                    while waiting[0] is None:
-                        self._check_open()
-                        if handle is not None:
-                            if handle.state is DROPPED:
-                                raise OutboxFull(f"the request {self.request_field}={rid!r} was dropped from the "
-                                                 "full send buffer (outbox_overflow='drop_oldest')")
-                            conn = handle.conn if handle.state is SENT else None
-                        if conn is not None and conn.ended.is_set():
-                            break  # the connection it went out on is gone: no reply can come on it
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TimeoutError(f"no reply to {self.request_field}={rid!r} within {timeout} s")
-                        self.cond.wait(remaining)
-                    else:
-                        return waiting[0]
-                finally:
-                    self.watchers -= 1
-            if not resend or session is not None:
-                raise ConnectionLost(f"the connection the request {self.request_field}={rid!r} went out on "
-                                     "ended before its reply came")
+            try:
+                if self._reply_or_lost(handle, conn, rid, waiting, deadline, timeout):
+                    return waiting[0]  # type: ignore[return-value]
+                if not resend or session is not None:
+                    raise ConnectionLost(f"the connection the request {self.request_field}={rid!r} went out on "
+                                         "ended before its reply came")
+            except BaseException:
+                if handle is not None:
+                    self._withdraw(handle)
+                raise
+            if handle is not None:
+                self._withdraw(handle)  # sent once more below: not also by `_requeue`
             log.info("%s: the connection of request %s=%r ended; sending it again", self.name, self.request_field, rid)
+
+    def _reply_or_lost(self, handle: Optional[SendHandle], conn: Optional[Connection], rid: Hashable,
+                       waiting: List[Optional[Message]], deadline: float, timeout: float) -> bool:
+        """Wait for the reply (True) or the end of the connection the request went out on
+        (False); `TimeoutError`, `OutboxFull` (dropped), `ClientClosed`."""
+        with self.cond:
+            self.watchers += 1
+            try:
+                while waiting[0] is None:
+                    self._check_open()
+                    if handle is not None:
+                        if handle._state is DROPPED:
+                            raise OutboxFull(f"the request {self.request_field}={rid!r} was dropped from the "
+                                             "full send buffer (outbox_overflow='drop_oldest')")
+                        conn = handle.conn if handle._state is SENT else None
+                    if conn is not None and conn.ended.is_set():
+                        return False  # the connection it went out on is gone: no reply can come on it
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"no reply to {self.request_field}={rid!r} within {timeout} s")
+                    self.cond.wait(remaining)
+                return True
+            finally:
+                self.watchers -= 1
+
+    def _withdraw(self, item: Queued) -> None:
+        """A request given up on (no reply: timed out, its connection lost, the client
+        stopped): out of the buffer and the store if not written yet, and never sent again
+        (not by `_requeue` either). One being written now goes out."""
+        with self.cond:
+            was, item._state = item._state, DROPPED
+            if was is not QUEUED or not self.outbox.remove_if(lambda q: q is item, keep=len(self.inflight)):
+                return
+            if not self._closed():
+                self._forget(item.key)
+            elif item.key is not None and self.store is not None:
+                try:  # stopping: the store may be closed already (then the next run sends it)
+                    self.store.outbox_remove(item.key)
+                except StoreError as exc:
+                    log.debug("%s: a request given up on stays in the store (%s)", self.name, exc)
 
     # -- recorded subscriptions (any thread) --------------------------------------------
     def subscribe(self, sub: Subscription, positions: Positions) -> None:
@@ -567,21 +650,32 @@ class Sender:
         with self.cond:
             self.counts.sent += 1
 
-    def keep_in(self, store: Store, kept: List[Tuple[int, Union[str, bytes], bool]]) -> None:
+    def keep_in(self, store: Store, kept: List[Kept]) -> None:
         """The store is open (at start): the frames ``kept`` in it by an earlier run go
-        first; the frames queued before it opened are kept in it now, in order, and
-        every frame queued from now on."""
+        first, each with what is left of its ``ttl`` (kept as a wall-clock deadline);
+        the frames queued before it opened are kept in it now, in order, and every
+        frame queued from now on."""
         with self.cond:
             self.store = store
             early = self.outbox.clear()
             for q in early:
-                q.key = self._keep(store.outbox_add, q.data, q.binary)
-            self.outbox.restore([Queued(self, data, binary, key, None, self._kept_id(data, binary))
-                                 for key, data, binary in kept] + early)
+                q.key = self._keep(store.outbox_add, q.data, q.binary, _wall(q))
+            now, wall = time.monotonic(), time.time()
+            earlier = []
+            for key, data, binary, expires in kept:
+                q = Queued(self, data, binary, key, None, self._kept_id(data, binary),
+                           None if expires is None else now + (expires - wall))
+                if q.ack_id is not None:
+                    self.awaiting[q.ack_id] = q
+                if q.expires is not None:
+                    self.expiring += 1
+                earlier.append(q)
+            self.outbox.restore(earlier + early)
 
     def _kept_id(self, data: Union[str, bytes], binary: bool) -> Optional[Hashable]:
         """With an ack rule, a frame an earlier run kept awaits its ack again, by the id
-        it carries (read back through the codec, once, at start)."""
+        it carries (read back through the codec, once, at start). One whose id another
+        awaits already (an earlier version kept both) is sent once, no ack awaited."""
         if self.ack is None:
             return None
         try:
@@ -589,7 +683,11 @@ class Sender:
         except Exception:
             return None
         payload = messages[0].payload if messages else None
-        return payload.get(self.ack.id_field) if isinstance(payload, dict) else None
+        ack_id = payload.get(self.ack.id_field) if isinstance(payload, dict) else None
+        try:
+            return None if ack_id in self.awaiting else ack_id
+        except TypeError:  # not a key (a list): no ack can name it
+            return None
 
     def all_kept(self) -> bool:
         """Is every frame in the buffer kept in the store too?"""
@@ -721,11 +819,11 @@ class Sender:
                 self.inflight = []
                 self.outbox.pop_many(len(batch))
                 for item in batch:
-                    if item.state is QUEUED:  # (its ack may have come first)
-                        item.state = SENT
-                    if item.expires is not None:  # written: a ttl no longer applies (nor to a resend)
-                        item.expires = None
+                    if item._state is QUEUED:  # (its ack may have come first)
+                        item._state = SENT
+                    if item.expires is not None:
                         self.expiring -= 1
+                        self._written(item)
                     if item.ack_id is not None:
                         continue  # kept (in the store too) until acknowledged
                     if item.key is not None:
@@ -755,7 +853,7 @@ class Sender:
             return
         for item in old:
             del self.unacked[item.ack_id]
-            item.state = QUEUED
+            item._state = QUEUED
         self.outbox.restore(old)
         self.counts.resent += len(old)
         log.info("%s: %d unacknowledged message(s) sent again on the new connection", self.name, len(old))

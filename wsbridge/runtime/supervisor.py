@@ -214,10 +214,11 @@ class Supervisor:
         """Wait out the backoff ``delay``, cut short by `reconnect`; True once stopping."""
         deadline = time.monotonic() + delay
         while not self.stopping.is_set() and not self._reconnecting():
+            self.sender.expire_due()  # (as in `_watch`: each tick)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            self.wakeup.wait(remaining)
+            self.wakeup.wait(min(remaining, self.options.tick) if self.sender.expiring else remaining)
             self.wakeup.clear()
         return self.stopping.is_set()
 
@@ -299,6 +300,7 @@ class Supervisor:
         while not conn.ended.is_set():
             wake.clear()
             now = time.monotonic()
+            self.sender.expire_due()  # sends past their ttl leave the buffer, counted, while none is flushed
             if self.stopping.is_set():
                 conn.close(1000, "", max(0.0, min(o.close_timeout, self.stop_deadline - now)))
                 break

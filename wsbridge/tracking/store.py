@@ -135,13 +135,17 @@ class Store:
 
     # The send buffer, kept so queued sends survive a restart. A store that
     # does not keep it returns None from `outbox_add` and nothing else is called.
-    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
-        """Queued frames from an earlier run, oldest first: ``(key, data, binary)``."""
+    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool, Optional[float]]]:
+        """Queued frames from an earlier run, oldest first: ``(key, data, binary, expires)``."""
         return []
 
-    def outbox_add(self, data: Union[str, bytes], binary: bool) -> Optional[int]:
-        """Keep a frame that waits in the send buffer; its key (None: not kept)."""
+    def outbox_add(self, data: Union[str, bytes], binary: bool, expires: Optional[float] = None) -> Optional[int]:
+        """Keep a frame that waits in the send buffer; its key (None: not kept).
+        ``expires``: the `time.time` past which it is not to be written (its ``ttl``)."""
         return None
+
+    def outbox_written(self, key: int) -> None:
+        """A kept frame was written and stays kept until acknowledged: its ttl no longer applies."""
 
     def outbox_remove(self, key: int) -> None:
         """Forget one kept frame (dropped by the overflow policy)."""
@@ -172,7 +176,8 @@ CREATE TABLE IF NOT EXISTS positions (
 CREATE TABLE IF NOT EXISTS outbox (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     data NOT NULL,
-    binary INTEGER NOT NULL
+    binary INTEGER NOT NULL,
+    expires REAL
 );
 CREATE TABLE IF NOT EXISTS held (
     key INTEGER PRIMARY KEY,
@@ -527,6 +532,8 @@ class SQLiteStore(Store):
                 db.executescript(_SCHEMA)
                 if "epoch" not in {row[1] for row in db.execute("PRAGMA table_info(positions)")}:
                     db.execute("ALTER TABLE positions ADD COLUMN epoch")  # a store made before epochs
+                if "expires" not in {row[1] for row in db.execute("PRAGMA table_info(outbox)")}:
+                    db.execute("ALTER TABLE outbox ADD COLUMN expires REAL")  # a store of before send ttls
                 handled = self._take_over(db)
                 self._next_key = (db.execute("SELECT MAX(key) FROM messages").fetchone()[0] or 0) + 1
             except BaseException:
@@ -850,15 +857,19 @@ class SQLiteStore(Store):
                 self._settle(db)
             return cursor
 
-    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool]]:
+    def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool, Optional[float]]]:
         with self._olock:
-            rows = self._outbox_db().execute("SELECT key, data, binary FROM outbox ORDER BY key").fetchall()
-        return [(key, bytes(data) if binary else data, bool(binary)) for key, data, binary in rows]
+            rows = self._outbox_db().execute("SELECT key, data, binary, expires FROM outbox ORDER BY key").fetchall()
+        return [(key, bytes(data) if binary else data, bool(binary), expires) for key, data, binary, expires in rows]
 
-    def outbox_add(self, data: Union[str, bytes], binary: bool) -> Optional[int]:
+    def outbox_add(self, data: Union[str, bytes], binary: bool, expires: Optional[float] = None) -> Optional[int]:
         """Keep a frame; `StoreFull` when it does not fit in ``max_size`` (never evicted
         to make room: the caller still has it)."""
-        return self._outbox_write("INSERT INTO outbox (data, binary) VALUES (?, ?)", (data, int(binary))).lastrowid
+        return self._outbox_write("INSERT INTO outbox (data, binary, expires) VALUES (?, ?, ?)",
+                                  (data, int(binary), expires)).lastrowid
+
+    def outbox_written(self, key: int) -> None:
+        self._outbox_write("UPDATE outbox SET expires = NULL WHERE key = ?", (key,))
 
     def outbox_remove(self, key: int) -> None:
         self._outbox_write("DELETE FROM outbox WHERE key = ?", (key,))
