@@ -223,6 +223,18 @@ def test_what_does_not_fit_is_the_newest_of_the_batch_and_the_refusal_says_why(t
     assert store.size_on_disk() <= BOUND
 
 
+def test_a_store_full_of_queued_sends_says_so_when_it_refuses_received_messages(tmp_path):
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, max_size=BOUND) as store:
+        with pytest.raises(StoreFull):
+            for _ in range(1000):
+                store.outbox_add("y" * 1000, False)
+        with pytest.raises(StoreFull, match=r"full of \d+ queued send\(s\), which are never evicted") as info:
+            store.append([wsbridge.Message("m", {"pad": PAD * 20}, None)], {})  # 20 KB: the store could hold it
+        assert info.value.stored == 0
+    assert store.size_on_disk() <= BOUND
+
+
 class Sampler:
     """A thread that reads the sizes of a store's files every millisecond and keeps the
     largest total it saw (with the files' sizes then); bounded in count and time."""

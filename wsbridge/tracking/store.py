@@ -831,10 +831,12 @@ class SQLiteStore(Store):
         marks[self._mark_row] = self._handled
         lowest = min(marks.values())
         unhandled = db.execute("SELECT COUNT(*) FROM messages WHERE key > ?", (lowest,)).fetchone()[0]
-        if not unhandled or _row_bytes(part[0]) > self._db_bytes:
+        if _row_bytes(part[0]) > self._db_bytes or not unhandled and not queued:
             return (f"{what}: a message of about {_row_bytes(part[0])} bytes is larger than the store can hold"
                     f"{sends}{self._why_full()}")
-        who = ", ".join("this client" if name == self._mark_row else "the main reader" if name == "handled"
+        if not unhandled:
+            return f"{what}: the store is full of {queued} queued send(s), which are never evicted{self._why_full()}"
+        who = ", ".join("this client" if name == self._mark_row else "the main mark" if name == "handled"
                         else f"reader {name[len('handled:'):]!r}" for name, value in sorted(marks.items()) if value == lowest)
         return (f"{what}: the store is full and nothing handled is left to evict: it holds {unhandled} message(s) not "
                 f"yet handled by {who} (handled through key {lowest}){sends}; these newest messages of the batch "
