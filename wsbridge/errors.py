@@ -133,6 +133,11 @@ class UpgradeRefused(HandshakeError):
 class StoreError(WsbridgeError):
     """The store cannot be opened, read or written."""
 
+    stored = 0
+    """Of a batch of received messages (`Store.append`): how many of it, the first ones,
+    were stored before this error (keys from ``first`` on); the rest were not."""
+    first: Optional[int] = None
+
 
 class StoreInUse(StoreError):
     """Another client (this process or another) writes the store: one writes it at a time.
@@ -153,9 +158,10 @@ class StoreInUse(StoreError):
 
 class StoreFull(StoreError):
     """What was to be written does not fit in the store's ``max_size``: received
-    messages once nothing handled is left to evict (reported on ``error``, delivery
-    goes on), or a frame that would wait in the send buffer (`Client.send` raises it;
-    the caller still has the message), or a full disk."""
+    messages once nothing handled is left to evict or one is larger than the store
+    (the message says which; ``stored`` says how many of the batch were stored;
+    reported on ``error``, delivery goes on), or a frame that would wait in the send
+    buffer (`Client.send` raises it; the caller still has the message), or a full disk."""
 
 
 class LeaseLost(StoreError):

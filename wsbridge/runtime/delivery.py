@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from ..errors import StoreError
 from ..message import Message
@@ -131,12 +131,24 @@ class Delivery:
 
     # -- one batch ------------------------------------------------------------------------
     def handle(self, batch: List[Item]) -> None:
-        """Dedup and order the batch, store it, then deliver it item by item."""
+        """Dedup and order the batch, store it, then deliver it item by item. When a bounded
+        store took only the first part of it, that part is delivered (so handled, and
+        evictable), then the rest is offered to the store again."""
         items = self._track(batch)
-        keys = self._store(items) if self.store is not None else None
+        pulled: List[Message] = []
+        while True:
+            keys, cut = self._store(items) if self.store is not None else (None, len(items))
+            if cut == len(items):
+                self._deliver_items(items, keys, pulled)
+                break
+            self._deliver_items(items[:cut], keys, pulled)
+            items = items[cut:]
+        self._to_pull(pulled)
+
+    def _deliver_items(self, items: List[Item], keys: Optional[Iterator[int]], pulled: List[Message]) -> None:
+        """Deliver ``items`` in order (their messages' store keys in ``keys``)."""
         if self.conflation.rules:  # once a batch: nothing per message unless a type is conflated
             items, keys = self.conflation.squeeze(items, keys, self._key_failed)
-        pulled: List[Message] = []
         dispatcher = self.dispatcher
         for item in items:
             if dispatcher is not None and dispatcher.cut_at is not None and dispatcher.expired():
@@ -152,7 +164,6 @@ class Delivery:
             except Exception as exc:  # a bug guard: one item's failure never costs the others
                 log.exception("%s: delivering %r failed", self.name, item)
                 self.reporter.report(exc, "delivery")
-        self._to_pull(pulled)
 
     def _key_failed(self, exc: BaseException, message: Message) -> None:
         """A conflation key function raised: reported; the message is delivered as it is."""
@@ -311,19 +322,25 @@ class Delivery:
                                              "epoch": reset.epoch, "why": reset.why, "restarted": reset.restarted}))
 
     # -- the store ----------------------------------------------------------------------------
-    def _store(self, items: List[Item]) -> Optional[Iterator[int]]:
-        """Write the batch's new messages in one transaction; their keys, in order."""
+    def _store(self, items: List[Item]) -> Tuple[Optional[Iterator[int]], int]:
+        """Write the batch's new messages (`Store.append`): the keys of those stored, in
+        order, and where the items start that it did not store, once it stored some
+        (``len(items)`` when it stored all, or none: those are reported and delivered unstored)."""
         messages = [item for item in items if item.__class__ is Message]
         if not messages:
-            return None
+            return None, len(items)
         try:
             first = self.store.append(  # type: ignore[union-attr]
                 messages, {} if self.tracker.per_connection else self.positions, self._raw_is_payload, self.epochs)
         except Exception as exc:
-            self._store_failed(exc, len(messages))
-            return None
+            if not isinstance(exc, StoreError) or not exc.stored or exc.first is None:
+                self._store_failed(exc, len(messages))
+                return None, len(items)
+            self.stored += exc.stored
+            at = [i for i, item in enumerate(items) if item.__class__ is Message]  # the first not stored is the cut
+            return iter(range(exc.first, exc.first + exc.stored)), at[exc.stored] if exc.stored < len(at) else len(items)
         self.stored += len(messages)
-        return iter(range(first, first + len(messages)))
+        return iter(range(first, first + len(messages))), len(items)
 
     def _store_failed(self, exc: Exception, count: int) -> None:
         """A store write failed: count it, log it, say it on ``error``; delivery goes on."""

@@ -223,6 +223,17 @@ WAL_SHARE_MAX = 4 * 1024 * 1024
 """The most of ``max_size`` the WAL may use (a quarter of it, up to this): about
 1,000 pages of 4 KiB, SQLite's own checkpoint threshold."""
 
+READER_WAIT = 0.5
+"""Seconds a write waits, once the files pass ``max_size``, for a reader that holds the
+WAL (a `history` call in another process) to let go, so it can be truncated."""
+
+PART_PAGES = 8
+"""Pages a write of messages touches besides their rows' (the tables' and indexes' inner
+pages, positions, marks, the free list): `_parts` leaves them room in the WAL's share."""
+
+_ROW_EXTRA = 64
+"""Bytes a stored message takes besides its payload (its other columns, its index entries)."""
+
 MIN_SIZE = 64 * 1024
 """The smallest ``max_size``: the WAL index, a WAL and the tables' first pages."""
 
@@ -375,17 +386,21 @@ class SQLiteStore(Store):
 
     ``max_size`` bounds the whole store on disk, in bytes (all four files, at
     least `MIN_SIZE`): SQLite's WAL index takes 32 KiB, the WAL a quarter (up to
-    4 MiB; checkpointed and truncated after any commit that leaves it larger),
-    and the database the rest, enforced by SQLite's ``max_page_count``. When a
-    batch of received messages does not fit, the oldest messages every mark
-    has passed (handled by every reader) are evicted to make room (counted in
-    ``evicted``; `history` then starts later); when nothing handled is left,
-    the batch is refused with `StoreFull` (the client reports it and keeps
-    delivering). A frame that would wait in the send buffer and does not fit
-    is refused: `Client.send` raises `StoreFull` and the caller still has it.
-    While a reader in another process holds the WAL (a long `iter_history`)
-    it cannot be truncated; writes are refused while the files pass
-    ``max_size``. One client writes a store at a time.
+    4 MiB; checkpointed after every commit, and truncated after any that leaves
+    it larger), and the database the rest, enforced by SQLite's
+    ``max_page_count``. A batch of received messages is written in parts that
+    fit in the WAL's share (`_parts`); a part that does not fit evicts the
+    oldest messages every mark has passed (handled by every reader; counted in
+    ``evicted``, `history` then starts later), in a transaction of its own.
+    When nothing handled is left, the batch's newest messages are refused with
+    `StoreFull`, which says how many of it (the first ones) were stored and
+    why the rest were not: the client delivers the stored ones, which lets them
+    be evicted, then offers the rest again, and reports what is still refused.
+    A frame that would wait in the send buffer and does not fit is refused:
+    `Client.send` raises `StoreFull` and the caller still has it. While a
+    reader in another process holds the WAL (a long `iter_history`) it cannot
+    be truncated; once the files pass ``max_size``, a write waits up to
+    `READER_WAIT` for it, then is refused. One client writes a store at a time.
 
     ``reader`` names the handled mark this store object moves (None: the
     store's main mark). A client that subscribes to only some types sees
@@ -418,6 +433,8 @@ class SQLiteStore(Store):
         self._next_key = 1
         self._handled = 0
         self._wal_share = 0  # bytes the WAL may take of max_size (set at open)
+        self._part_bytes = 0  # the most bytes of rows one transaction writes (set at open)
+        self._db_bytes = 0  # the most bytes the database may take (set at open)
         self._over = False  # the files passed max_size and the WAL could not be truncated (writers')
         self.evicted = 0
         """Messages evicted to keep within ``max_size`` since `open` (the dispatcher's)."""
@@ -510,7 +527,12 @@ class SQLiteStore(Store):
             pages, self._wal_share = self._bounds(page)
             db.execute(f"PRAGMA max_page_count = {pages}")
             db.execute(f"PRAGMA journal_size_limit = {self._wal_share}")
-            db.execute(f"PRAGMA wal_autocheckpoint = {max(1, self._wal_share // (page + 24) // 2)}")
+            # a checkpoint after every commit: each write starts on an empty WAL, so a part
+            # of a batch (`_parts`) within the WAL's share keeps the WAL within it
+            db.execute("PRAGMA wal_autocheckpoint = 1")
+            frames = (self._wal_share - 32) // (page + 24)
+            self._part_bytes = max(page, (frames - PART_PAGES) * page * 3 // 4)
+            self._db_bytes = pages * page
 
     def _bounds(self, page: int) -> Tuple[int, int]:
         """``max_size`` shared out: (pages of the database, bytes of the WAL)."""
@@ -703,39 +725,27 @@ class SQLiteStore(Store):
 
     def append(self, messages: Sequence[Message], positions: Positions, raw_is_payload: bool = False,
                epochs: Optional[Epochs] = None) -> int:
+        """With ``max_size``, see `_append_bounded`: the batch may be stored in parts, and
+        a `StoreFull` says how many of it (the first ones) were stored."""
         db = self._conn()
         epochs = epochs or {}
         first = self._next_key
         rows = _rows(messages, first, raw_is_payload)
         places = [(stream_key(stream), stream, seq, epochs.get(stream)) for stream, seq in positions.items()]
-        key = first + len(rows)
+        if self.max_size is not None:
+            return self._append_bounded(db, rows, places)
         try:
-            if self._over:
-                self._check_room(db, f"cannot write {len(rows)} message(s)")
-            try:
-                self._write_batch(db, rows, places, None)
-            except sqlite3.OperationalError as exc:
-                if self.max_size is None or not _is_full(exc):
-                    raise
-                self._evict_and_write(db, rows, places)
+            self._write_batch(db, rows, places)
         except sqlite3.Error as exc:
             error = StoreFull if _is_full(exc) else StoreError
-            raise error(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}"
-                        + ("" if self.max_size is None else self._why_full())) from exc
-        self._next_key = key
-        if self.max_size is not None:
-            self._settle(db)
+            raise error(f"cannot write {len(rows)} message(s) to {self.path!r}: {exc}") from exc
+        self._next_key = first + len(rows)
         return first
 
-    def _write_batch(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]],
-                     evict_through: Optional[int]) -> int:
-        """One transaction: evict the messages up to ``evict_through`` (None: none), store
-        ``rows`` and the positions (``places``: rows of the positions table); the number evicted."""
+    def _write_batch(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> None:
+        """One transaction: store ``rows`` and the positions (``places``: rows of the positions table)."""
         db.execute("BEGIN")
         try:
-            evicted = 0
-            if evict_through is not None:
-                evicted = db.execute("DELETE FROM messages WHERE key <= ?", (evict_through,)).rowcount
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.executemany(
                 "INSERT INTO positions VALUES (?, ?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received, "
@@ -748,54 +758,149 @@ class SQLiteStore(Store):
             if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
                 db.execute("ROLLBACK")
             raise
-        return evicted
 
-    def _evict_and_write(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> None:
-        """The batch did not fit in ``max_size``: evict the oldest messages every mark
-        passed, as many as the batch holds and doubling until it fits (SQLite reuses
-        the pages they free); raise SQLite's error when even all of them are not enough."""
+    def _append_bounded(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> int:
+        """Store a batch within ``max_size``, in parts of at most `_part_bytes` (each its
+        own transaction, so no commit takes the WAL past its share). A part that does not
+        fit evicts handled messages (`_evict`, transactions of their own) until it does;
+        when nothing handled is left, it is halved, so the batch is stored as far as the
+        bound allows: its first messages, in order. The rest is refused (`StoreFull`,
+        with ``stored`` and ``first``); the received positions are written with the
+        batch's last message only (an earlier stop leaves them before the batch: a
+        resume repeats, never skips)."""
+        first = self._next_key
+        todo = self._parts(rows)
+        todo.reverse()  # a stack: the next part last
+        last = rows[-1] if rows else None
+        try:
+            while todo:
+                part = todo.pop()
+                if not self._write_part(db, part, places if part[-1] is last else []):
+                    if len(part) == 1:
+                        raise StoreFull(self._refusal(db, part, len(rows) - (self._next_key - first)))
+                    half = len(part) // 2
+                    todo += [part[half:], part[:half]]
+                    continue
+                self._next_key += len(part)
+                self._settle(db)
+        except (sqlite3.Error, StoreError) as exc:
+            if isinstance(exc, StoreError):
+                exc.stored, exc.first = self._next_key - first, first
+                raise
+            error = StoreFull if _is_full(exc) else StoreError
+            refused = error(f"cannot write {len(rows) - (self._next_key - first)} message(s) to {self.path!r}: {exc}"
+                            + self._why_full())
+            refused.stored, refused.first = self._next_key - first, first
+            raise refused from exc
+        return first
+
+    def _parts(self, rows: List[Tuple[Any, ...]]) -> List[List[Tuple[Any, ...]]]:
+        """``rows`` cut into parts of at most `_part_bytes` each (a larger row alone)."""
+        parts: List[List[Tuple[Any, ...]]] = [[]]
+        size = 0
+        budget = self._part_bytes
+        for row in rows:
+            weight = _row_bytes(row)
+            if size + weight > budget and parts[-1]:
+                parts.append([])
+                size = 0
+            parts[-1].append(row)
+            size += weight
+        return parts
+
+    def _write_part(self, db: sqlite3.Connection, part: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> bool:
+        """Write one part, evicting handled messages (`_evict`) until it fits; False when
+        it does not and nothing handled is left to evict."""
+        need = sum(_row_bytes(row) for row in part)
+        while True:
+            if self._over:
+                self._check_room(db, f"cannot write {len(part)} message(s)")
+            try:
+                self._write_batch(db, part, places)
+                return True
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise
+            if not self._evict(db, need):
+                return False
+            need = min(2 * need, self._part_bytes)
+
+    def _evict(self, db: sqlite3.Connection, need: int) -> int:
+        """One transaction of its own: evict the oldest messages every mark has passed
+        (handled by every reader), about ``need`` bytes of them (at most a part's worth),
+        then the commit's checkpoint empties the WAL for the part: together in one
+        transaction, the deletes and the part took the WAL past its share. The number
+        evicted (0: none is left)."""
         others = db.execute("SELECT MIN(value) FROM meta WHERE name LIKE 'handled%' AND name != ?",
                             (self._mark_row,)).fetchone()[0]
         limit = self._handled if others is None else min(self._handled, int(others))
-        count = len(rows)
-        while True:
-            row = db.execute("SELECT key FROM messages WHERE key <= ? ORDER BY key LIMIT 1 OFFSET ?",
-                             (limit, count - 1)).fetchone()
-            through = limit if row is None else int(row[0])
-            try:
-                evicted = self._write_batch(db, rows, places, through)
-            except sqlite3.OperationalError as exc:
-                if row is None or not _is_full(exc):  # nothing more to evict
-                    raise
-                count *= 2
-                continue
-            if evicted and not self.evicted:
-                log.info("%r is full (max_size %d bytes): evicting the oldest handled messages", self, self.max_size)
-            self.evicted += evicted
-            return
+        through, size = None, 0
+        for key, length in db.execute("SELECT key, length(CAST(payload AS BLOB)) FROM messages WHERE key <= ? "
+                                      "ORDER BY key LIMIT ?", (limit, need // _ROW_EXTRA + 1)).fetchall():
+            through, size = key, size + (length or 0) + _ROW_EXTRA
+            if size >= need:
+                break
+        if through is None:
+            return 0
+        db.execute("BEGIN")
+        try:
+            evicted = db.execute("DELETE FROM messages WHERE key <= ?", (through,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if evicted and not self.evicted:
+            log.info("%r is full (max_size %d bytes): evicting the oldest handled messages", self, self.max_size)
+        self.evicted += evicted
+        self._settle(db)
+        return evicted
+
+    def _refusal(self, db: sqlite3.Connection, part: List[Tuple[Any, ...]], refused: int) -> str:
+        """Why ``refused`` messages of a batch, from ``part``'s on, cannot be stored: the
+        first is larger than the store can hold, or nothing handled is left to evict
+        (and whose mark keeps the rest)."""
+        what = f"cannot write {refused} message(s) to {self.path!r}"
+        queued = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        sends = f", beside {queued} queued send(s) that are never evicted" if queued else ""
+        marks = {name: int(value) for name, value in db.execute("SELECT name, value FROM meta WHERE name LIKE 'handled%'")}
+        marks[self._mark_row] = self._handled
+        lowest = min(marks.values())
+        unhandled = db.execute("SELECT COUNT(*) FROM messages WHERE key > ?", (lowest,)).fetchone()[0]
+        if _row_bytes(part[0]) > self._db_bytes or not unhandled and not queued:
+            return (f"{what}: a message of about {_row_bytes(part[0])} bytes is larger than the store can hold"
+                    f"{sends}{self._why_full()}")
+        if not unhandled:
+            return f"{what}: the store is full of {queued} queued send(s), which are never evicted{self._why_full()}"
+        who = ", ".join("this client" if name == self._mark_row else "the main mark" if name == "handled"
+                        else f"reader {name[len('handled:'):]!r}" for name, value in sorted(marks.items()) if value == lowest)
+        return (f"{what}: the store is full and nothing handled is left to evict: it holds {unhandled} message(s) not "
+                f"yet handled by {who} (handled through key {lowest}){sends}; these newest messages of the batch "
+                f"are delivered unstored{self._why_full()}")
 
     def _why_full(self) -> str:
-        return (f" (max_size {self.max_size} bytes: {self.size_on_disk()} on disk; only messages every reader "
-                "handled are evicted to make room)")
+        return f" (max_size {self.max_size} bytes: {self.size_on_disk()} on disk)"
 
     def _check_room(self, db: sqlite3.Connection, what: str) -> None:
-        """`StoreFull` while the files still pass ``max_size`` (the WAL could not be truncated)."""
-        self._settle(db)
+        """`StoreFull` while the files still pass ``max_size`` (the WAL could not be truncated,
+        a reader held it for more than `READER_WAIT`)."""
+        self._settle(db, READER_WAIT)
         if self._over:
             raise StoreFull(f"{what} to {self.path!r}: the store is full: its WAL is held by a reader (another "
                             f"connection) and cannot be truncated yet{self._why_full()}")
 
-    def _settle(self, db: sqlite3.Connection) -> None:
-        """After a commit (``max_size`` set): a WAL larger than its share (a batch larger
+    def _settle(self, db: sqlite3.Connection, wait: float = 0.0) -> None:
+        """After a commit (``max_size`` set): a WAL larger than its share (a write larger
         than it, or a reader that held it) is checkpointed into the database and truncated,
-        without waiting for readers (one that holds it makes this fail: the next commit
-        tries again, and `_check_room` refuses writes while the files pass ``max_size``)."""
+        waiting ``wait`` seconds at most for readers (one that holds it longer makes this
+        fail: the next commit tries again, and `_check_room` refuses writes while the files
+        pass ``max_size``)."""
         try:
             wal = os.stat(self.path + "-wal").st_size
         except OSError:
             wal = 0
         if wal > self._wal_share:
-            db.execute("PRAGMA busy_timeout = 0")
+            db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             try:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error:
@@ -923,6 +1028,15 @@ class SQLiteStore(Store):
     def _message(row: Sequence[Any]) -> Message:
         mtype, stream, seq, mid, kind, payload, received_at = row
         return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, stored_raw(kind, payload))
+
+
+def _row_bytes(row: Tuple[Any, ...]) -> int:
+    """About the bytes a row of `_rows` takes once stored (more, for text that is not ASCII)."""
+    _, mtype, stream, _, mid, _, payload, _ = row
+    size = _ROW_EXTRA + 2 * len(mtype) + 2 * len(stream or "") + (len(mid) if isinstance(mid, str) else 0)
+    if isinstance(payload, str):
+        return size + (len(payload) if payload.isascii() else 4 * len(payload))
+    return size + (len(payload) if payload is not None else 0)
 
 
 def _rows(messages: Sequence[Message], first: int, raw_is_payload: bool) -> List[Tuple[Any, ...]]:
