@@ -67,7 +67,7 @@ class Store:
         raise NotImplementedError
 
     def epochs(self) -> Epochs:
-        """The epoch of each stored position (streams whose messages carry one)."""
+        """The epoch of each stored position (streams whose messages carry one), as text."""
         return {}
 
     def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
@@ -118,6 +118,10 @@ class Store:
     ) -> Iterator[Message]:
         """`history` one message at a time (for large stores)."""
         raise NotImplementedError
+
+    skipped = 0
+    """Messages `append` was given but did not store, as stored already (a store that can
+    tell, counted as it writes): ``stats.stored`` leaves them out."""
 
     # Messages held back behind open gaps when the client stops (see `Delivery.finish`).
     keeps_held = False
@@ -677,7 +681,7 @@ class SQLiteStore(Store):
 
     def epochs(self) -> Epochs:
         rows = self._conn().execute("SELECT stream, epoch FROM positions WHERE epoch IS NOT NULL").fetchall()
-        return {stream: epoch for stream, epoch in rows}
+        return {stream: str(epoch) for stream, epoch in rows}  # (a store written before epochs were text has ints)
 
     def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
         """Known for a message stored as the frame it came as (a JSON codec's)."""
