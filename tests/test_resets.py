@@ -327,3 +327,21 @@ def test_a_redis_store_counts_as_stored_only_what_it_appended(script, make_clien
         assert len(got.wait(7)) == 7
         assert client.stop(timeout=10)
         assert (store.appended, store.skipped, client.stats.stored) == (4, 3, 4)
+
+
+def test_a_resend_of_what_a_stop_kept_behind_a_gap_is_a_replay_not_a_reset(tmp_path, script, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    codec = JsonCodec.conventions()
+    first = script([msgs([1, 2, 4, 5], "m")])  # 3 missing: 4, 5 held, then kept by the store at stop
+    client = make_client(first.url, backoff=FAST, codec=codec, store=SQLiteStore(path), gap_timeout=30)
+    client.start()
+    wait_until(lambda: client.stats.held == 2, what="4 and 5 held behind the gap")
+    assert client.stop(timeout=10)
+    # The next run holds 4, 5 again; the server resends from its position: 3 fills the gap, 4, 5 again.
+    second = script([msgs([3, 4, 5, 6], "m")])
+    client = make_client(second.url, backoff=FAST, codec=codec, store=SQLiteStore(path), gap_timeout=30)
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 4) == [(3, "m3"), (4, "m4"), (5, "m5"), (6, "m6")]
+    assert client.stop(timeout=10)
+    assert (resets.items, client.stats.duplicates, client.stats.resets) == ([], 2, 0)

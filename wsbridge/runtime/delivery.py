@@ -221,7 +221,7 @@ class Delivery:
         if store is not None and store.keeps_held and not self.tracker.per_connection:
             held = self.tracker.held_messages()
             try:
-                store.keep_held(held)
+                store.keep_held(held, self._raw_is_payload)
             except Exception as exc:
                 self._store_failed(exc, len(held))
             else:

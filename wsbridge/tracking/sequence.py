@@ -451,7 +451,7 @@ class SequenceTracker:
         while nxt in held:
             msg = held.pop(nxt)
             ready.append(msg)
-            if released is not None and nxt >= stream.head_end:
+            if released is not None and nxt >= stream.head_end and msg.raw is not None:  # (no raw: tells nothing)
                 released[nxt] = digest(msg.raw)
             self.held -= 1
             stream.last = nxt

@@ -127,10 +127,11 @@ class Store:
     keeps_held = False
     """True when the store implements `keep_held` and `held_messages`."""
 
-    def keep_held(self, messages: Sequence[Message]) -> None:
+    def keep_held(self, messages: Sequence[Message], raw_is_payload: bool = False) -> None:
         """Keep ``messages``, held behind open gaps as the client stops, in place of
         those kept before (one transaction): the next run holds them again while it
-        asks the server for the gaps. The stored positions do not move."""
+        asks the server for the gaps. The stored positions do not move. ``raw_is_payload``
+        as for `append` (their frames kept: what tells a resend of them from a restart)."""
         raise NotImplementedError
 
     def held_messages(self) -> List[Message]:
@@ -818,13 +819,13 @@ class SQLiteStore(Store):
 
     keeps_held = True
 
-    def keep_held(self, messages: Sequence[Message]) -> None:
+    def keep_held(self, messages: Sequence[Message], raw_is_payload: bool = False) -> None:
         db = self._conn()
         try:
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM held")
-                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, False))
+                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, raw_is_payload))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
