@@ -99,7 +99,7 @@ def test_a_server_that_restarts_its_numbering_after_a_drop_is_heard_and_the_rese
     client.start()
     assert seqs(got, 5) == [(1, "old1"), (2, "old2"), (3, "old3"), (1, "new1"), (2, "new2")]
     [reset] = resets.wait(1)
-    assert reset == {"stream": None, "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}
+    assert reset == {"stream": None, "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True, "identical": 0}
     stats = client.stats
     assert (stats.resets, stats.duplicates, client.positions) == (1, 0, {None: 2})
 
@@ -122,13 +122,14 @@ def test_a_seq_back_to_before_what_the_client_saw_is_dropped_by_default_and_said
     got, resets = watch(client, collector)
     client.start()
     assert seqs(got, 3) == [(2000, "m2000"), (2001, "m2001"), (2002, "m2002")]
-    assert resets.items == [{"stream": None, "last": 2001, "seq": 1, "epoch": None, "why": "unknown", "restarted": False}]
+    assert resets.items == [{"stream": None, "last": 2001, "seq": 1, "epoch": None, "why": "unknown", "restarted": False,
+                             "identical": 0}]
     assert (client.stats.duplicates, client.stats.resets) == (2, 0)  # said once per connection
 
 
 @pytest.mark.parametrize("again, expected, reset", [
     (msgs([1, 2], "new"), [(1, "new1"), (2, "new2")],
-     {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True}),
+     {"stream": "s", "last": 3, "seq": 1, "epoch": None, "why": "content", "restarted": True, "identical": 0}),
     (msgs([1, 2, 3, 4], "old"), [(4, "old4")], None),
 ], ids=["restarted", "replayed"])
 def test_across_a_process_restart_the_store_tells_a_restart_from_a_replay(tmp_path, script, make_client, collector,
@@ -176,7 +177,8 @@ def test_an_epoch_change_starts_the_stream_afresh_and_resume_requests_carry_the_
     client.start()
     assert seqs(got, 5) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2")]
     assert server.read[2]["positions"] == [{"stream": None, "seq": 3, "epoch": "e1"}]
-    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 1, "epoch": "e2", "why": "epoch", "restarted": True}]
+    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 1, "epoch": "e2", "why": "epoch", "restarted": True,
+                               "identical": 0}]
     assert got.items[-1].epoch == "e2"
     wait_until(lambda: client.epochs == {None: "e2"} and client.positions == {None: 2}, what="the new epoch's position")
     assert client.stop(timeout=10)
@@ -234,3 +236,112 @@ def test_the_options_are_checked_at_construction():
         wsbridge.Client("ws://127.0.0.1:9/", seq_scope="per-connection")
     with pytest.raises(ValueError, match="epoch"):
         JsonCodec(epoch_field="a..b")
+
+
+def test_a_server_with_epochs_that_restarts_without_them_is_heard(script, make_client, collector):
+    # The restarted server first sends no epoch at all, then messages of a new one: seq 1 of it is not lost.
+    server = script([msgs([1, 2, 3], "a", epoch="A"), msgs([1, 2], "b"),
+                     msgs([1], "c") + msgs([2, 3], "c", epoch="C")], drops=[1, 2])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(epoch_field="epoch"))
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 8) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (1, "c1"), (2, "c2"), (3, "c3")]
+    assert [(r["last"], r["seq"], r["why"], r["restarted"]) for r in resets.wait(2)] == [
+        (3, 1, "content", True), (2, 1, "content", True)]
+    wait_until(lambda: client.epochs == {None: "C"} and client.positions == {None: 3}, what="the new epoch")
+
+
+def test_epochs_are_text_any_integer_is_stored_and_7_is_the_same_generation_as_quote_7(tmp_path, script, make_client,
+                                                                                       collector):
+    path = str(tmp_path / "feed.db")
+    big = 2**63 + 5
+    server = script([msgs([1, 2], "a", epoch=big) + msgs([3], "a", epoch=str(big)) + msgs([4], "a", epoch=big)])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(epoch_field="epoch"),
+                         store=SQLiteStore(path))
+    got, resets = watch(client, collector)
+    client.start()
+    assert [m.seq for m in got.wait(4)] == [1, 2, 3, 4] and {m.epoch for m in got.items} == {str(big)}
+    assert client.stop(timeout=10)
+    assert (client.stats.store_errors, client.stats.stored, client.stats.resets, resets.items) == (0, 4, 0, [])
+    with SQLiteStore(path) as store:
+        assert store.epochs() == {None: str(big)} and store.positions() == {None: 4}
+
+
+def test_an_earlier_epoch_coming_back_is_stale_dropped_and_said(store_of, script, make_client, collector):
+    server = script([msgs([1, 2, 3], "a", epoch="A"), msgs([1, 2], "b", epoch="B"),
+                     msgs([1, 2], "a", epoch="A") + msgs([3], "b", epoch="B")], drops=[1, 2])
+    store = store_of()
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(epoch_field="epoch"), store=store)
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 6) == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (3, "b3")]
+    assert [(r["seq"], r["epoch"], r["why"], r["restarted"]) for r in resets.wait(2)] == [
+        (1, "B", "epoch", True), (1, "A", "stale", False)]
+    assert client.stop(timeout=10)
+    assert (client.stats.duplicates, client.stats.resets) == (2, 1)
+    with store_of() as again:  # the stale epoch's messages are not kept, nor its epoch
+        assert [(m.seq, m.payload["text"]) for m in again.history()] == [
+            (1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (3, "b3")]
+        assert again.epochs() == {None: "B"} and again.positions() == {None: 3}
+
+
+def test_a_restart_whose_first_messages_repeat_the_old_ones_says_how_many_were_dropped(script, make_client,
+                                                                                     collector):
+    hello = [{"type": "tick", "seq": 1, "text": "hello"}]
+    server = script([hello + msgs([2, 3], "old"), hello + msgs([2], "new")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions())
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 4) == [(1, "hello"), (2, "old2"), (3, "old3"), (2, "new2")]
+    assert resets.wait(1) == [{"stream": None, "last": 3, "seq": 2, "epoch": None, "why": "content", "restarted": True,
+                               "identical": 1}]
+
+
+@pytest.mark.parametrize("again, delivered, reset", [
+    # Restarted at 1: the old gap is given up first; the reset says the position before it (10).
+    (range(1, 4), [(n, f"o{n}") for n in range(13, 21)] + [(n, f"n{n}") for n in range(1, 4)], (10, 1)),
+    # Restarted at 11, inside the gap: its 11, 12 fill it (releasing the old 13..20); its 13 is found a restart.
+    (range(11, 16), [(11, "n11"), (12, "n12")] + [(n, f"o{n}") for n in range(13, 21)] + [
+        (n, f"n{n}") for n in range(13, 16)], (20, 13)),
+], ids=["at-1", "inside-the-gap"])
+def test_a_restart_while_a_gap_is_open_is_found(script, make_client, collector, again, delivered, reset):
+    server = script([msgs(range(1, 11), "o") + msgs(range(13, 21), "o"), msgs(again, "n")], drops=[1])
+    client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(), gap_timeout=30)
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 10 + len(delivered))[10:] == delivered
+    assert [(r["last"], r["seq"], r["why"]) for r in resets.wait(1)] == [(*reset, "content")]
+
+
+def test_a_redis_store_counts_as_stored_only_what_it_appended(script, make_client, collector):
+    pytest.importorskip("redis")
+    from wsbridge.testing.redis import RedisServer
+
+    with RedisServer() as redis_server:
+        # A restarted numbering without an epoch: its 1..3 are at or below the stored position, not appended again.
+        server = script([msgs([1, 2, 3], "old"), msgs([1, 2, 3, 4], "new")], drops=[1])
+        store = wsbridge.RedisStreamStore(redis_server.url, feed="counted")
+        client = make_client(server.url, backoff=FAST, codec=JsonCodec.conventions(), store=store)
+        got, _ = watch(client, collector)
+        client.start()
+        assert len(got.wait(7)) == 7
+        assert client.stop(timeout=10)
+        assert (store.appended, store.skipped, client.stats.stored) == (4, 3, 4)
+
+
+def test_a_resend_of_what_a_stop_kept_behind_a_gap_is_a_replay_not_a_reset(tmp_path, script, make_client, collector):
+    path = str(tmp_path / "feed.db")
+    codec = JsonCodec.conventions()
+    first = script([msgs([1, 2, 4, 5], "m")])  # 3 missing: 4, 5 held, then kept by the store at stop
+    client = make_client(first.url, backoff=FAST, codec=codec, store=SQLiteStore(path), gap_timeout=30)
+    client.start()
+    wait_until(lambda: client.stats.held == 2, what="4 and 5 held behind the gap")
+    assert client.stop(timeout=10)
+    # The next run holds 4, 5 again; the server resends from its position: 3 fills the gap, 4, 5 again.
+    second = script([msgs([3, 4, 5, 6], "m")])
+    client = make_client(second.url, backoff=FAST, codec=codec, store=SQLiteStore(path), gap_timeout=30)
+    got, resets = watch(client, collector)
+    client.start()
+    assert seqs(got, 4) == [(3, "m3"), (4, "m4"), (5, "m5"), (6, "m6")]
+    assert client.stop(timeout=10)
+    assert (resets.items, client.stats.duplicates, client.stats.resets) == ([], 2, 0)

@@ -137,7 +137,7 @@ def test_after_a_reconnect_other_content_at_a_known_seq_is_a_restart_and_the_str
         t.offer(r(n, "old", "s"), 0)
     assert t.new_connection(0) == []
     out = t.offer(r(1, "new", "s"), 0)
-    assert seqs(out.ready) == [1] and out.reset == ("s", 3, 1, None, "content", True)
+    assert seqs(out.ready) == [1] and out.reset == ("s", 3, 1, None, "content", True, 0)
     assert seqs(t.offer(r(2, "new", "s"), 0).ready) == [2]  # afresh, in order: no longer judged
     assert t.positions() == {"s": 2} and t.resets == 1
 
@@ -157,10 +157,10 @@ def test_nothing_known_about_the_seq_on_reset_decides():
     for on_reset, restarted in (("restart", True), ("drop", False)):
         t = SequenceTracker(reset_window=2, on_reset=on_reset)
         for n in range(1, 31):
-            t.offer(r(n, "x"), 0)  # 1, 2 (the head) and 15..30 (the last 16) are known; 3..14 are not
+            t.offer(r(n, "x"), 0)  # 1, 2 (the head) are known; 3..30 are not
         t.new_connection(0)
         out = t.offer(r(3, "x"), 0)
-        assert out.reset == (None, 30, 3, None, "unknown", restarted) and out.duplicate is not restarted, on_reset
+        assert out.reset == (None, 30, 3, None, "unknown", restarted, 0) and out.duplicate is not restarted, on_reset
         if not restarted:  # said once per connection; the position stays
             again = t.offer(r(4, "x"), 0)
             assert again.duplicate and again.reset is None and t.positions() == {None: 30}
@@ -181,7 +181,7 @@ def test_a_reset_gives_up_the_old_numberings_gap_first_delivering_what_it_held()
     out = t.offer(r(1, "b"), 0)
     [before] = out.before
     assert before.lost == Gap(None, 3, 4) and seqs(before.ready) == [5]
-    assert out.reset.last == 5 and seqs(out.ready) == [1] and t.held == 0 and t.positions() == {None: 1}
+    assert out.reset.last == 2 and seqs(out.ready) == [1] and t.held == 0 and t.positions() == {None: 1}
 
 
 def test_another_epoch_starts_the_stream_afresh_at_once_the_same_epoch_replays_are_duplicates():
@@ -192,7 +192,7 @@ def test_another_epoch_starts_the_stream_afresh_at_once_the_same_epoch_replays_a
     t.new_connection(0)
     assert t.offer(r(1, "other", "s", epoch="e1"), 0).duplicate  # the same epoch: content is not looked at
     out = t.offer(r(1, "x", "s", epoch="e2"), 0)  # a new epoch, even within a connection
-    assert out.reset == ("s", 3, 1, "e2", "epoch", True) and seqs(out.ready) == [1]
+    assert out.reset == ("s", 3, 1, "e2", "epoch", True, 0) and seqs(out.ready) == [1]
     assert t.epochs() == {"s": "e2"} and t.positions() == {"s": 1}
     assert seqs(t.offer(r(2, "x", "s"), 0).ready) == [2]  # a message without an epoch keeps the stream's
 
@@ -230,17 +230,17 @@ def test_reset_settings_are_checked():
 def test_a_position_of_no_known_epoch_meeting_an_epoch_is_still_judged_by_content():
     t = SequenceTracker({"s": 3}, on_reset="restart")  # from a store that kept no epoch
     out = t.offer(r(1, "x", "s", epoch="e2"), 0)
-    assert out.reset == ("s", 3, 1, "e2", "unknown", True) and t.epochs() == {"s": "e2"}
+    assert out.reset == ("s", 3, 1, "e2", "unknown", True, 0) and t.epochs() == {"s": "e2"}
 
 
-def test_a_replay_from_the_start_of_a_long_history_is_known_by_its_first_and_last_messages():
+def test_a_replay_from_the_start_of_a_long_history_is_known_by_its_first_messages():
     t = SequenceTracker(reset_window=4)
     for n in range(1, 41):
         t.offer(r(n, "x"), 0)
     t.new_connection(0)
     outs = [t.offer(r(n, "x"), 0) for n in range(1, 41)]
     assert all(o.duplicate for o in outs)
-    # 1..4 (the head) and 25..40 (the last 16) are known; 5..24 are not: said once, dropped (on_reset="drop")
+    # 1..4 (the head) are known; 5..40 are not: said once, dropped (on_reset="drop")
     assert [(o.reset.seq, o.reset.restarted) for o in outs if o.reset] == [(5, False)]
     assert seqs(t.offer(r(41, "x"), 0).ready) == [41] and t.resets == 0
 
@@ -251,6 +251,85 @@ def test_a_restart_after_a_long_history_is_known_by_the_first_messages_of_the_ol
         t.offer(r(n, "old"), 0)
     t.new_connection(0)
     out = t.offer(r(1, "new"), 0)
-    assert out.reset == (None, 20, 1, None, "content", True) and seqs(out.ready) == [1]
+    assert out.reset == (None, 20, 1, None, "content", True, 0) and seqs(out.ready) == [1]
     t.new_connection(0)
     assert t.offer(r(1, "new"), 0).duplicate  # the new numbering's head is its own
+
+
+def offer_all(t, messages):
+    """Offer each message (None: a new connection); what was delivered, in order, and the resets."""
+    ready, resets = [], []
+    for x in messages:
+        outs = t.new_connection(0) if x is None else [t.offer(x, 0)]
+        for out in outs:
+            for earlier in out.before:
+                ready += earlier.ready
+            ready += out.ready
+            if out.reset is not None:
+                resets.append(out.reset)
+    return [(x.seq, x.raw.decode().split(":")[1]) for x in ready], resets
+
+
+def test_a_stream_with_an_epoch_restarted_without_one_is_judged_by_content():
+    old = [r(n, f"a{n}", epoch="A") for n in (1, 2, 3, 4, 5)]
+    got, resets = offer_all(SequenceTracker(), old + [None] + [r(n, f"b{n}") for n in (1, 2, 3)])
+    assert got[5:] == [(1, "b1"), (2, "b2"), (3, "b3")]
+    assert resets == [(None, 5, 1, None, "content", True, 0)]
+    # The restarted server's first message lacks the epoch, the next ones carry the new one: nothing lost.
+    new = [r(1, "b1")] + [r(n, f"b{n}", epoch="B") for n in (2, 3, 4)]
+    t = SequenceTracker()
+    got, resets = offer_all(t, old + [None] + new)
+    assert got[5:] == [(1, "b1"), (2, "b2"), (3, "b3"), (4, "b4")] and len(resets) == 1
+    assert t.epochs() == {None: "B"}
+
+
+def test_an_earlier_epoch_coming_back_is_stale_dropped_and_said_once_per_connection():
+    t = SequenceTracker()
+    a = [r(n, f"a{n}", epoch="A") for n in (1, 2, 3)]
+    got, resets = offer_all(t, a + [None] + [r(n, f"b{n}", epoch="B") for n in (1, 2)] + [None] + a + [r(3, "b3", epoch="B")])
+    assert got == [(1, "a1"), (2, "a2"), (3, "a3"), (1, "b1"), (2, "b2"), (3, "b3")]
+    assert resets == [(None, 3, 1, "B", "epoch", True, 0), (None, 2, 1, "A", "stale", False, 0)]
+    assert t.epochs() == {None: "B"} and t.positions() == {None: 3} and t.resets == 1
+
+
+def test_a_restart_inside_an_open_gap_is_still_found():
+    old = [r(n, f"o{n}") for n in list(range(1, 11)) + list(range(13, 21))]  # 11, 12 missing: 13..20 held
+    got, resets = offer_all(SequenceTracker(), old + [None] + [r(n, f"n{n}") for n in range(11, 25)])
+    # The restart's 11, 12 fill the old gap (and release the old 13..20); its 13 is told apart by content.
+    assert got[10:] == [(11, "n11"), (12, "n12")] + [(n, f"o{n}") for n in range(13, 21)] + [
+        (n, f"n{n}") for n in range(13, 25)]
+    assert resets == [(None, 20, 13, None, "content", True, 0)]
+    # Past the head too: what the gap released on this connection is what tells.
+    got, resets = offer_all(SequenceTracker(reset_window=2), old + [None] + [r(n, f"n{n}") for n in range(11, 25)])
+    assert resets == [(None, 20, 13, None, "content", True, 0)] and len(got) == 10 + 2 + 8 + 12
+    # A resume that resends the old gap and what followed it is a replay, even past the head.
+    got, resets = offer_all(SequenceTracker(reset_window=2), old + [None] + [r(n, f"o{n}") for n in range(11, 22)])
+    assert got[-3:] == [(19, "o19"), (20, "o20"), (21, "o21")] and len(got) == 21 and resets == []
+
+
+def test_a_reset_says_the_position_before_not_the_one_its_given_up_gap_moved_to():
+    old = [r(n, f"o{n}") for n in list(range(1, 11)) + list(range(13, 21))]
+    got, resets = offer_all(SequenceTracker(), old + [None] + [r(1, "n1")])
+    assert resets == [(None, 10, 1, None, "content", True, 0)] and got[-9:] == [(n, f"o{n}") for n in range(13, 21)] + [(1, "n1")]
+
+
+def test_a_restart_whose_first_messages_repeat_the_old_ones_says_how_many_were_dropped_as_identical():
+    old = [r(n, "snap") for n in (1, 2, 3)] + [r(n, "old") for n in range(4, 11)]
+    got, resets = offer_all(SequenceTracker(), old + [None] + [r(n, "snap") for n in (1, 2, 3)] + [r(4, "new")])
+    assert resets == [(None, 10, 4, None, "content", True, 3)] and got[-1] == (4, "new")
+
+
+def test_a_stream_keeps_digests_not_messages():
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        t = SequenceTracker()
+        base = tracemalloc.get_traced_memory()[0]
+        for s in range(2000):
+            raw = (b'{"seq":1,"s":%d,"p":"' % s).ljust(1022, b"x") + b'"}'
+            t.offer(Message("t", None, 1, None, str(s), None, raw), 0)
+            del raw
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert used < 2000 * 512  # the 1 KiB frames are not kept (a stream costs a few hundred bytes)

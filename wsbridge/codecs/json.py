@@ -76,7 +76,7 @@ class JsonCodec(Codec):
 
     ``seq_field``, ``id_field``, ``stream_field`` and ``epoch_field`` name the
     fields (or dotted paths) that carry a message's sequence id (an integer),
-    its id, its stream and its epoch (a string or an integer: the generation of
+    its id, its stream and its epoch (a string or an integer, made text: the generation of
     the stream's numbering, which a server changes when it numbers afresh, as
     Centrifugo does); each is off (None) unless named, because a field the user did not
     name must never make the client drop a message as a duplicate.
@@ -201,10 +201,14 @@ class JsonCodec(Codec):
         epoch = self._epoch(self._epoch_of(obj), data) if self._epoch_of is not None else None
         return [Message(mtype, obj, seq, mid, stream, received_at, data, epoch)]
 
-    def _epoch(self, epoch: Any, data: bytes) -> Any:
-        """An epoch is a string or an integer (or missing: None); anything else is a `ProtocolError`."""
-        if epoch is None or type(epoch) is str or type(epoch) is int:
+    def _epoch(self, epoch: Any, data: bytes) -> Optional[str]:
+        """An epoch is a string or an integer, made text (or missing: None): epochs are
+        compared as text, so ``7`` and ``"7"`` are one generation and any integer fits a
+        store; anything else is a `ProtocolError`."""
+        if epoch is None or type(epoch) is str:
             return epoch
+        if type(epoch) is int:
+            return str(epoch)
         raise ProtocolError(f"{self.epoch_field!r} must be a string or an integer, found {preview(repr(epoch), 20)}", data)
 
     @property

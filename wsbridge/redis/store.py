@@ -247,7 +247,8 @@ class RedisStreamStore(Store):
             raw = cast(Fields, self._client().hgetall(self.key_epochs))
         except REDIS_ERRORS as exc:
             raise StoreError(f"cannot read the epochs from {self!r}: {exc}") from exc
-        return {(None if k == b"-" else k.decode()[2:]): json.loads(v) for k, v in raw.items()}
+        # Text, as the codec makes epochs (a store written before that may hold JSON integers).
+        return {(None if k == b"-" else k.decode()[2:]): str(json.loads(v)) for k, v in raw.items()}
 
     @property
     def handled(self) -> int:

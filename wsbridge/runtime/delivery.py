@@ -126,8 +126,14 @@ class Delivery:
         }
         """What each item type but `Message` (the hot path, inline) does: the closed set."""
         self.dispatched = self.duplicates = self.gaps = self.lost = self.resets = 0
-        self.stored = self.store_errors = self.replayed = self.abandoned = 0
+        self.given = self.store_errors = self.replayed = self.abandoned = 0  # given: messages handed to the store
         self._warned: Set[Optional[str]] = set()  # streams whose first duplicate was logged
+
+    @property
+    def stored(self) -> int:
+        """Messages stored: those handed to the store but for the ones it skipped as already
+        stored (`Store.skipped`; a store writing later counts them as it writes)."""
+        return self.given - (self.store.skipped if self.store is not None else 0)
 
     # -- one batch ------------------------------------------------------------------------
     def handle(self, batch: List[Item]) -> None:
@@ -226,7 +232,7 @@ class Delivery:
         if store is not None and store.keeps_held and not self.tracker.per_connection:
             held = self.tracker.held_messages()
             try:
-                store.keep_held(held)
+                store.keep_held(held, self._raw_is_payload)
             except Exception as exc:
                 self._store_failed(exc, len(held))
             else:
@@ -311,15 +317,21 @@ class Delivery:
         """A seq back after a reconnect, or a new epoch: logged, and said on ``reset``."""
         epoch = "" if reset.epoch is None else f", epoch {reset.epoch!r}"
         if reset.restarted:
-            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it",
-                        self.name, reset.stream, reset.why, reset.seq, reset.last, epoch)
+            identical = (f" ({reset.identical} message(s) before it on this connection were identical to the old "
+                         f"numbering's and dropped: an epoch_field would tell)") if reset.identical else ""
+            log.warning("%s: stream %r numbers afresh (%s): seq %d after position %d%s; delivering from it%s",
+                        self.name, reset.stream, reset.why, reset.seq, reset.last, epoch, identical)
+        elif reset.why == "stale":
+            log.warning("%s: stream %r: seq %d of an earlier epoch%s (now %r): a stale replay, dropped as a duplicate",
+                        self.name, reset.stream, reset.seq, epoch, self.tracker.epochs().get(reset.stream))
         else:
             log.warning("%s: stream %r went back to seq %d after position %d on a new connection%s, and nothing is "
                         "known about that seq: dropped as a duplicate (on_reset='drop'). If this server restarts its "
                         "numbering, pass on_reset='restart', seq_scope='connection' or the codec's epoch_field",
                         self.name, reset.stream, reset.seq, reset.last, epoch)
         out.append(Emit(self.signals.reset, {"stream": reset.stream, "last": reset.last, "seq": reset.seq,
-                                             "epoch": reset.epoch, "why": reset.why, "restarted": reset.restarted}))
+                                             "epoch": reset.epoch, "why": reset.why, "restarted": reset.restarted,
+                                             "identical": reset.identical}))
 
     # -- the store ----------------------------------------------------------------------------
     def _store(self, items: List[Item]) -> Tuple[Optional[Iterator[int]], int]:
@@ -336,10 +348,10 @@ class Delivery:
             if not isinstance(exc, StoreError) or not exc.stored or exc.first is None:
                 self._store_failed(exc, len(messages))
                 return None, len(items)
-            self.stored += exc.stored
+            self.given += exc.stored
             at = [i for i, item in enumerate(items) if item.__class__ is Message]  # the first not stored is the cut
             return iter(range(exc.first, exc.first + exc.stored)), at[exc.stored] if exc.stored < len(at) else len(items)
-        self.stored += len(messages)
+        self.given += len(messages)
         return iter(range(first, first + len(messages))), len(items)
 
     def _store_failed(self, exc: Exception, count: int) -> None:

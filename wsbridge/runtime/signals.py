@@ -118,12 +118,14 @@ class Signals:
                    ``first``, ``last``, ``status``: "open" when found, then
                    "filled" once they arrived or "lost" when given up)
     reset          a stream numbers afresh from this message on, or went back
-                   after a reconnect to a seq nothing is known about
-                   (``stream``, ``last``: its position before, ``seq``: the
-                   seq now, ``epoch``: its epoch now or None, ``why``:
-                   "epoch", "content" or "unknown", ``restarted``: False when
-                   dropped as a duplicate instead; see the README's Delivery
-                   section)
+                   after a reconnect to a seq nothing is known about, or to
+                   an earlier epoch (``stream``, ``last``: its position
+                   before, ``seq``: the seq now, ``epoch``: its epoch now or
+                   None (the stale one for "stale"), ``why``: "epoch",
+                   "content", "unknown" or "stale", ``restarted``: False when
+                   dropped as a duplicate instead, ``identical``: messages
+                   dropped before it as identical to the old numbering's;
+                   see the README's Delivery section)
     =============  ==========================================================
     """
 

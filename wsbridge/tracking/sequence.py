@@ -17,21 +17,28 @@ than the first one seen counts as a duplicate). Messages without ``seq`` fall ba
 Numbering that starts again (a server restarted, or one that numbers per
 connection) must not read as duplicates forever. Three ways out, all here:
 
-* an *epoch* (``Message.epoch``, the codec's ``epoch_field``): a message of
-  another epoch than its stream's starts the stream afresh at its seq;
+* an *epoch* (``Message.epoch``, the codec's ``epoch_field``; compared as
+  given, the codec makes it text): a message of another epoch than its stream's
+  starts the stream afresh at its seq; one of the stream's last `PAST` epochs
+  (a stale replay of an earlier generation) is a duplicate, said once per
+  connection as a `Reset` with ``why="stale"``, ``restarted=False``; a message
+  without an epoch is judged by content as below;
 * ``per_connection``: every connection (`new_connection`) starts every stream afresh;
 * otherwise, after a reconnect (`new_connection`) or at a start from stored
   positions, the first messages of a stream at or below its position are told
   apart by content: a digest of each message's ``raw`` is kept for the first
   ``reset_window`` seq ids of a stream's numbering (where a replay from the start
-  and a restarted numbering begin), the ``raw`` itself of its last `RECENT`
-  messages (a ring of references: nothing computed per message; streams with
-  an epoch keep neither), and ``recall(stream, seq)`` (a store's) is asked for
-  others. Same digest: the server replays what it sent, a duplicate.
-  Another digest: the numbering restarted, the stream starts afresh at this
-  message. Nothing known: ``on_reset`` decides (``"drop"``: a duplicate, reported
-  once per connection as a `Reset` with ``restarted=False``; ``"restart"``).
-  Within one connection a seq going back is a duplicate, as always.
+  and a restarted numbering begin; grown as they come, 8 bytes each), and
+  ``recall(stream, seq)`` (a store's) is asked for others. Same digest: the
+  server replays what it sent, a duplicate (counted: a restart found later says
+  how many were dropped so, `Reset.identical`). Another digest: the numbering
+  restarted, the stream starts afresh at this message. Nothing known (a replay
+  of recent messages past the window, without a store): ``on_reset`` decides
+  (``"drop"``: a duplicate, reported once per connection as a `Reset` with
+  ``restarted=False``; ``"restart"``). The judging lasts until a message goes
+  beyond everything known of the stream (its position and what its open gap
+  holds), so a restart landing inside an open gap is still found. Within one
+  connection a seq going back is a duplicate, as always.
 
 A stream started afresh gives up its open gap first (the held messages are
 of the old numbering: delivered, the ids missing before them declared lost),
@@ -40,6 +47,7 @@ and the `Outcome` carries a `Reset`.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -62,8 +70,11 @@ ARMED, REPORTED = 1, 2  # `_Stream.armed`
 RESET_WINDOW = 1024
 """The first seq ids of each stream's numbering whose message digest is kept."""
 
-RECENT = 16
-"""The last messages of each stream whose ``raw`` is kept referenced (a power of two)."""
+PAST = 8
+"""The earlier epochs each stream remembers: a message of one of them is stale."""
+
+UNKNOWN = 0
+"""In a stream's head: no digest kept at that seq (a seq skipped; a digest of 0 reads as unknown too)."""
 
 
 def digest(raw: Any) -> int:
@@ -71,6 +82,7 @@ def digest(raw: Any) -> int:
     bytes (or text) they came as. Computed only for the first `RESET_WINDOW` seq ids of
     a numbering (and when judging), so its cost does not fall on the feed's steady
     state. A codec that keeps no ``raw`` makes every message look the same: a replay.
+    An int of 64 bits (``hash`` is, on 64-bit builds): a head keeps it in an ``array``.
     Per process (``hash`` is seeded): a store's `Recall` hashes what it kept in the
     process that asks."""
     try:
@@ -114,9 +126,14 @@ class Reset(NamedTuple):
 
     ``why``: ``"epoch"`` (the message has another epoch), ``"content"`` (it differs
     from the message received before at that seq), ``"unknown"`` (nothing known
-    about that seq). ``epoch``: the stream's epoch now (None without one).
-    ``restarted``: False when the message was dropped as a duplicate instead
-    (``"unknown"`` with ``on_reset="drop"``): the stream keeps its position."""
+    about that seq), ``"stale"`` (an earlier epoch of the stream: ``epoch`` is that
+    one). ``epoch``: the stream's epoch now (None without one). ``restarted``:
+    False when the message was dropped as a duplicate instead (``"unknown"`` with
+    ``on_reset="drop"``, or ``"stale"``): the stream keeps its position.
+    ``identical``: how many messages of this connection were dropped before it as
+    identical to the old numbering's at their seq (a restart whose first messages
+    repeat the old ones byte for byte, such as a fixed hello: lost unless the
+    server carries an epoch)."""
 
     stream: Optional[str]
     last: int
@@ -124,31 +141,34 @@ class Reset(NamedTuple):
     epoch: Any
     why: str
     restarted: bool = True
+    identical: int = 0
 
 
 class _Stream:
-    __slots__ = ("last", "held", "gap_since", "gap_first", "epoch", "armed", "seqs", "raws", "first", "head_end",
-                 "head")
+    __slots__ = ("last", "held", "gap_since", "gap_first", "top", "epoch", "past", "armed", "stale", "identical",
+                 "released", "first", "head_end", "head")
 
     def __init__(self, last: int, epoch: Any = None, armed: bool = False, first: Optional[int] = None,
-                 window: int = 0) -> None:
+                 window: int = 0, past: Tuple[Any, ...] = ()) -> None:
         self.last = last
         self.held: Dict[int, Message] = {}
         self.gap_since = 0.0
         self.gap_first = 0  # first missing id of the gap open since gap_since
+        self.top = 0  # the highest seq held (while ``held`` is not empty)
         self.epoch = epoch
-        # A new connection (or start) and no new message of it yet: a seq back may be a reset (ARMED, or
-        # REPORTED once an unknown one was said); 0 otherwise.
+        self.past = past  # the stream's earlier epochs, oldest first (at most PAST): theirs are stale
+        # A new connection (or start) and no message of it beyond everything known yet: a seq back may be a
+        # reset (ARMED, or REPORTED once an unknown one was said); 0 otherwise.
         self.armed = ARMED if armed else 0
-        # The ring of the last RECENT messages: at seq % RECENT, the seq kept there (-1: none) and its raw.
-        self.seqs: List[int] = [-1] * RECENT
-        self.raws: List[Any] = [None] * RECENT
+        self.stale = False  # a stale epoch was said on this connection
+        self.identical = 0  # messages of this connection dropped as identical to the old numbering's
+        # While armed: the digests of the messages its open gap released (the old numbering's), past the head.
+        self.released: Optional[Dict[int, int]] = None
         # The head: the digests of the first `window` seq ids from ``first``, the first seq of this numbering
-        # seen (None: not seen, a position from a store), kept while the numbering lasts.
-        headed = first is not None and epoch is None  # (a stream with an epoch is judged by it)
+        # seen (None: not seen, a position from a store), grown as they come and kept while the numbering lasts.
         self.first = first if first is not None else 0
-        self.head_end = self.first + window if headed else -1  # (seq < head_end: in the head)
-        self.head: List[Optional[int]] = [None] * window if headed else []
+        self.head_end = self.first + window if first is not None else -1  # (seq < head_end: in the head)
+        self.head = array("q")
 
 
 class _Global:
@@ -240,6 +260,9 @@ class SequenceTracker:
         if not self.per_connection:
             for stream in self._streams.values():
                 stream.armed = ARMED
+                stream.stale = False
+                stream.identical = 0
+                stream.released = None
             return []
         out = self.finish(now)
         self._streams.clear()
@@ -255,28 +278,27 @@ class SequenceTracker:
         if stream is None:
             # The first message of a stream we have no position for starts it.
             stream = self._streams[msg.stream] = _Stream(seq, msg.epoch, first=seq, window=self.reset_window)
-            if stream.epoch is None:
-                self._remember(stream, seq, msg)
+            self._remember(stream, seq, msg)
             return Outcome([msg])
         epoch = msg.epoch
-        by_content = stream.epoch is None  # the position's epoch is not known: judged by content
-        if epoch is not None and epoch != stream.epoch:
-            if not by_content:
+        by_content = epoch is None  # with the stream's epoch: judged by it; without one: by content
+        if not by_content and epoch != stream.epoch:
+            if epoch in stream.past:
+                return self._stale(msg.stream, stream, msg)
+            if stream.epoch is not None:
                 return self._restart(msg.stream, stream, msg, now, "epoch")
-            stream.epoch = epoch  # the first epoch seen: the position is taken to be of it
+            stream.epoch = epoch  # the first epoch seen: the position is taken to be of it, not known to be
+            by_content = True
         last = stream.last
         if seq <= last or seq in stream.held:
             if stream.armed and seq <= last and by_content:
                 return self._judge(msg.stream, stream, msg, now)
             return Outcome([], duplicate=True)
-        if stream.armed:
-            stream.armed = 0
-        if stream.epoch is None:  # `_remember`, inline: the receive path's cost (two list stores)
-            slot = seq & (RECENT - 1)
-            stream.seqs[slot] = seq
-            stream.raws[slot] = msg.raw
-            if seq < stream.head_end:  # the first messages of the numbering only
-                stream.head[seq - stream.first] = digest(msg.raw)
+        if stream.armed and (not stream.held or seq > stream.top):
+            stream.armed = 0  # beyond everything known: this connection continues the numbering
+            stream.released = None
+        if seq < stream.head_end:  # the first messages of the numbering only
+            self._remember(stream, seq, msg)
         if seq == last + 1:
             stream.last = seq
             if not stream.held:
@@ -292,6 +314,9 @@ class SequenceTracker:
             stream.gap_since = now
             stream.gap_first = last + 1
             opened = Gap(msg.stream, last + 1, seq - 1)
+            stream.top = seq
+        elif seq > stream.top:
+            stream.top = seq
         stream.held[seq] = msg
         self.held += 1
         if len(stream.held) <= self.max_held:
@@ -344,18 +369,28 @@ class SequenceTracker:
 
     # -- internals -----------------------------------------------------------
     def _remember(self, stream: _Stream, seq: int, msg: Message) -> None:
-        """Keep what tells the message accepted at ``seq`` (see `offer`, which does it inline)."""
-        slot = seq & (RECENT - 1)
-        stream.seqs[slot] = seq
-        stream.raws[slot] = msg.raw
-        if stream.first <= seq < stream.head_end:
-            stream.head[seq - stream.first] = digest(msg.raw)
+        """Keep the digest of the message accepted at ``seq`` in the head (``seq < head_end``):
+        appended as messages come; a seq ahead pads the ids it skips (`UNKNOWN`), one
+        behind (a gap filled) is written in its place."""
+        head = stream.head
+        i = seq - stream.first
+        n = len(head)
+        if i > n:
+            head.frombytes(bytes(head.itemsize * (i - n)))
+            n = i
+        if i == n:
+            head.append(digest(msg.raw))
+        else:
+            head[i] = digest(msg.raw)
 
     def _known(self, name: Optional[str], stream: _Stream, seq: int) -> Optional[int]:
-        """The digest of the message received at ``seq`` of this numbering, from the head
-        or the store (None: not known)."""
-        if stream.first <= seq < stream.head_end and stream.head[seq - stream.first] is not None:
-            return stream.head[seq - stream.first]
+        """The digest of the message received at ``seq`` of this numbering, from the head,
+        the old gap released on this connection, or the store (None: not known)."""
+        i = seq - stream.first
+        if seq < stream.head_end and 0 <= i < len(stream.head) and stream.head[i] != UNKNOWN:
+            return stream.head[i]
+        if stream.released is not None and seq in stream.released:
+            return stream.released[seq]
         return self.recall(name, seq) if self.recall is not None else None
 
     def _judge(self, name: Optional[str], stream: _Stream, msg: Message, now: float) -> Outcome:
@@ -363,14 +398,10 @@ class SequenceTracker:
         a restarted numbering (the stream starts afresh), by content (module docstring)."""
         seq = msg.seq
         assert seq is not None
-        slot = seq & (RECENT - 1)
-        if stream.seqs[slot] == seq:  # one of the last messages: compared whole
-            if stream.raws[slot] == msg.raw:
-                return Outcome([], duplicate=True)
-            return self._restart(name, stream, msg, now, "content")
         known = self._known(name, stream, seq)
         if known is not None:
             if known == digest(msg.raw):
+                stream.identical += 1
                 return Outcome([], duplicate=True)
             return self._restart(name, stream, msg, now, "content")
         if self.on_reset == "restart":
@@ -379,28 +410,49 @@ class SequenceTracker:
         if stream.armed == REPORTED:
             return Outcome([], duplicate=True)
         stream.armed = REPORTED
-        return Outcome([], duplicate=True, reset=Reset(name, stream.last, seq, stream.epoch, "unknown", restarted=False))
+        return Outcome([], duplicate=True, reset=Reset(name, stream.last, seq, stream.epoch, "unknown", False,
+                                                       stream.identical))
+
+    def _stale(self, name: Optional[str], stream: _Stream, msg: Message) -> Outcome:
+        """A message of one of the stream's earlier epochs (a stale replay of it): a
+        duplicate, said once per connection."""
+        if stream.stale:
+            return Outcome([], duplicate=True)
+        stream.stale = True
+        assert msg.seq is not None
+        return Outcome([], duplicate=True, reset=Reset(name, stream.last, msg.seq, msg.epoch, "stale", False))
 
     def _restart(self, name: Optional[str], stream: _Stream, msg: Message, now: float, why: str) -> Outcome:
         """Start ``stream`` afresh at ``msg``: its open gaps are given up first (what
-        they held is of the old numbering: released in order, the missing ids lost)."""
+        they held is of the old numbering: released in order, the missing ids lost). The
+        new numbering's epoch is the message's (a message without one: none yet); the
+        old epoch joins the stream's past ones."""
+        last = stream.last  # the position before (giving up the gaps moves it within the old numbering)
         before = []
         while stream.held:
             before.append(self._give_up(name, stream, now))
         seq = msg.seq
         assert seq is not None
-        reset = Reset(name, stream.last, seq, msg.epoch if msg.epoch is not None else stream.epoch, why)
-        fresh = self._streams[name] = _Stream(seq, reset.epoch, first=seq, window=self.reset_window)
-        if fresh.epoch is None:
-            self._remember(fresh, seq, msg)
+        epoch, past = msg.epoch, stream.past
+        if stream.epoch is not None and stream.epoch != epoch:
+            past = (past + (stream.epoch,))[-PAST:]
+        reset = Reset(name, last, seq, epoch, why, True, stream.identical)
+        fresh = self._streams[name] = _Stream(seq, epoch, first=seq, window=self.reset_window, past=past)
+        self._remember(fresh, seq, msg)
         self.resets += 1
         return Outcome([msg], reset=reset, before=tuple(before))
 
     def _release_contiguous(self, stream: _Stream, ready: List[Message]) -> None:
         held = stream.held
         nxt = stream.last + 1
+        released = None
+        if stream.armed:  # the old numbering's, perhaps: what tells them from a restart's, past the head
+            released = stream.released = stream.released if stream.released is not None else {}
         while nxt in held:
-            ready.append(held.pop(nxt))
+            msg = held.pop(nxt)
+            ready.append(msg)
+            if released is not None and nxt >= stream.head_end and msg.raw is not None:  # (no raw: tells nothing)
+                released[nxt] = digest(msg.raw)
             self.held -= 1
             stream.last = nxt
             nxt += 1

@@ -67,7 +67,7 @@ class Store:
         raise NotImplementedError
 
     def epochs(self) -> Epochs:
-        """The epoch of each stored position (streams whose messages carry one)."""
+        """The epoch of each stored position (streams whose messages carry one), as text."""
         return {}
 
     def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
@@ -119,14 +119,19 @@ class Store:
         """`history` one message at a time (for large stores)."""
         raise NotImplementedError
 
+    skipped = 0
+    """Messages `append` was given but did not store, as stored already (a store that can
+    tell, counted as it writes): ``stats.stored`` leaves them out."""
+
     # Messages held back behind open gaps when the client stops (see `Delivery.finish`).
     keeps_held = False
     """True when the store implements `keep_held` and `held_messages`."""
 
-    def keep_held(self, messages: Sequence[Message]) -> None:
+    def keep_held(self, messages: Sequence[Message], raw_is_payload: bool = False) -> None:
         """Keep ``messages``, held behind open gaps as the client stops, in place of
         those kept before (one transaction): the next run holds them again while it
-        asks the server for the gaps. The stored positions do not move."""
+        asks the server for the gaps. The stored positions do not move. ``raw_is_payload``
+        as for `append` (their frames kept: what tells a resend of them from a restart)."""
         raise NotImplementedError
 
     def held_messages(self) -> List[Message]:
@@ -699,7 +704,7 @@ class SQLiteStore(Store):
 
     def epochs(self) -> Epochs:
         rows = self._conn().execute("SELECT stream, epoch FROM positions WHERE epoch IS NOT NULL").fetchall()
-        return {stream: epoch for stream, epoch in rows}
+        return {stream: str(epoch) for stream, epoch in rows}  # (a store written before epochs were text has ints)
 
     def digest(self, stream: Optional[str], seq: int) -> Optional[int]:
         """Known for a message stored as the frame it came as (a JSON codec's)."""
@@ -919,13 +924,13 @@ class SQLiteStore(Store):
 
     keeps_held = True
 
-    def keep_held(self, messages: Sequence[Message]) -> None:
+    def keep_held(self, messages: Sequence[Message], raw_is_payload: bool = False) -> None:
         db = self._conn()
         try:
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM held")
-                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, False))
+                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, raw_is_payload))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
