@@ -225,6 +225,9 @@ def test_pull_buffer_drop_oldest_is_counted(server, make_client):
     client.start().wait_connected(timeout=10)
     server.send_many({"type": "n", "i": i} for i in range(25))
     server.ping()
+    # All 25 in the pull buffer's hands before the take: a take already waiting would be
+    # handed message 24 directly, and only 14 would be dropped.
+    wait_until(lambda: client.stats.pull_buffered + client.stats.pull_dropped == 25, what="25 messages pulled")
     client.wait_for("n", lambda m: m.payload["i"] == 24, timeout=10)
     assert client.stats.pull_dropped == 15
     assert [m.payload["i"] for m in client.messages(timeout=0.1)] == list(range(15, 24))
