@@ -275,6 +275,12 @@ class SequenceTracker:
         if self.global_seq:
             return self._offer_global(msg, seq, now)
         stream = self._streams.get(msg.stream)
+        if (stream is not None and seq == stream.last + 1 and not stream.held and not stream.armed
+                and msg.epoch == stream.epoch):  # the steady state, first: the next one, nothing to judge
+            stream.last = seq
+            if seq < stream.head_end:
+                self._remember(stream, seq, msg)
+            return Outcome([msg])
         if stream is None:
             # The first message of a stream we have no position for starts it.
             stream = self._streams[msg.stream] = _Stream(seq, msg.epoch, first=seq, window=self.reset_window)
