@@ -352,3 +352,46 @@ def test_handle_wait_from_a_subscriber_behind_a_full_dispatch_queue(make_client)
         feed.send(json.dumps({"type": "tick"}))
         assert done.wait(20)
         assert got == {"state": "acknowledged"}
+
+
+def test_a_send_blocked_for_room_in_a_subscriber_behind_a_full_dispatch_queue(make_client) -> None:
+    """A subscriber sends under ``outbox_overflow="block"`` with a full ack window: room comes
+    only with acks, each behind 50 other messages and a dispatch queue of 10 that only that
+    subscriber drains; the reader still reads them, and all 12 go out and are acknowledged."""
+    def respond(number: int, data: Union[str, bytes]) -> List[str]:
+        message = json.loads(data)
+        return [json.dumps({"type": "noise", "n": i}) for i in range(50)] + [json.dumps({"type": "ack", "id": message["id"]})]
+
+    got: Dict[str, object] = {}
+    done = threading.Event()
+    with Feed(respond=respond) as feed:
+        client = make_client(feed.url, ack=AckRule(), ack_window=2, outbox_size=3, outbox_overflow="block",
+                             outbox_timeout=10, dispatch_queue=10)
+
+        @client.on("tick")
+        def on_tick(message: wsbridge.Message) -> None:
+            try:
+                handles = [client.send({"type": "m", "i": i}) for i in range(12)]
+                got["states"] = [handle.wait(10) for handle in handles]
+            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
+                got["error"] = exc
+            done.set()
+
+        client.start().wait_connected(10)
+        feed.send(json.dumps({"type": "tick"}))
+        assert done.wait(30)
+        assert got == {"states": ["acknowledged"] * 12}
+
+
+def test_reading_a_handle_after_stop_leaves_the_stopped_client_as_it_was(tmp_path, make_client) -> None:
+    """Past its ttl after stop(), a handle says expired, and the stopped client's buffer and
+    store are not touched (the next run expires it as it loads it)."""
+    store = wsbridge.SQLiteStore(str(tmp_path / "s.db"))
+    client = make_client("ws://127.0.0.1:9/", store=store, backoff=wsbridge.Backoff(initial=30))
+    handle = client.send({"type": "late"}, ttl=0.2)
+    client.start()
+    assert client.stop(10)
+    expired = threading.Event()
+    expired.wait(0.3)  # past the ttl (nothing else can say so)
+    assert handle.state == "expired"
+    assert len(client.unsent()) == 1 and client.stats.store_errors == 0

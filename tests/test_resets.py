@@ -345,3 +345,13 @@ def test_a_resend_of_what_a_stop_kept_behind_a_gap_is_a_replay_not_a_reset(tmp_p
     assert seqs(got, 4) == [(3, "m3"), (4, "m4"), (5, "m5"), (6, "m6")]
     assert client.stop(timeout=10)
     assert (resets.items, client.stats.duplicates, client.stats.resets) == ([], 2, 0)
+
+
+def test_an_epoch_longer_than_max_epoch_is_a_protocol_error() -> None:
+    """A stream keeps its last epochs: one of 100 KB from a hostile server would pin them."""
+    from wsbridge.codecs.json import MAX_EPOCH
+
+    codec = wsbridge.JsonCodec(seq_field="seq", epoch_field="epoch")
+    assert codec.decode(json.dumps({"type": "t", "seq": 1, "epoch": "e" * MAX_EPOCH}).encode(), False)[0].epoch
+    with pytest.raises(wsbridge.ProtocolError, match="at most 256 characters"):
+        codec.decode(json.dumps({"type": "t", "seq": 1, "epoch": "e" * (MAX_EPOCH + 1)}).encode(), False)

@@ -223,6 +223,37 @@ def test_what_does_not_fit_is_the_newest_of_the_batch_and_the_refusal_says_why(t
     assert store.size_on_disk() <= BOUND
 
 
+def test_each_part_of_a_batch_writes_the_positions_it_reaches(tmp_path):
+    """A batch stored in part (or cut by a crash between its parts) leaves the received
+    positions at what is stored, not a whole batch behind: a resume then repeats nothing
+    that was stored and handled. A stream with a message of another epoch in the part (a
+    reset inside the batch) gets no position from it; the batch's last part says."""
+    path = str(tmp_path / "feed.db")
+    with SQLiteStore(path, max_size=BOUND) as store:
+        batch = [wsbridge.Message("m", {"pad": PAD}, n) for n in range(1, 401)]
+        with pytest.raises(StoreFull) as info:
+            store.append(batch, {None: 400})
+        stored = info.value.stored
+        assert 50 < stored < 400 and store.positions() == {None: stored}
+        first = info.value.first
+        for _ in range(20):  # the rest, offered again once the stored ones are handled (as the client does)
+            store.mark_handled(first + stored - 1)
+            try:
+                store.append(batch[stored:], {None: 400})
+                break
+            except StoreFull as error:
+                stored += error.stored
+                assert store.positions() == {None: stored}
+        assert store.positions() == {None: 400}
+    other = str(tmp_path / "epochs.db")
+    with SQLiteStore(other, max_size=BOUND) as store:
+        old = [wsbridge.Message("m", {"pad": PAD}, n, epoch="A") for n in range(1, 301)]
+        new = [wsbridge.Message("m", {"pad": PAD}, n, epoch="B") for n in range(1, 101)]
+        with pytest.raises(StoreFull) as info:
+            store.append(old + new, {None: 100}, epochs={None: "B"})
+        assert info.value.stored < 300 and store.positions() == {}  # A's seqs are not B's position
+
+
 def test_a_store_full_of_queued_sends_says_so_when_it_refuses_received_messages(tmp_path):
     path = str(tmp_path / "feed.db")
     with SQLiteStore(path, max_size=BOUND) as store:

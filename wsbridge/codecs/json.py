@@ -63,6 +63,11 @@ def _put(body: Dict[str, Any], path: Path, value: Any, replace: bool = True) -> 
         node.setdefault(path[-1], value)
 
 
+MAX_EPOCH = 256
+"""The longest epoch (as text) a message may carry: a generation id, which a stream
+keeps with its last few (`wsbridge.tracking.sequence`), so a server cannot pin much memory with it."""
+
+
 class JsonCodec(Codec):
     """One JSON value per frame; ``type_field`` says where the message type is.
 
@@ -204,12 +209,14 @@ class JsonCodec(Codec):
     def _epoch(self, epoch: Any, data: bytes) -> Optional[str]:
         """An epoch is a string or an integer, made text (or missing: None): epochs are
         compared as text, so ``7`` and ``"7"`` are one generation and any integer fits a
-        store; anything else is a `ProtocolError`."""
-        if epoch is None or type(epoch) is str:
-            return epoch
+        store; anything else, or longer than `MAX_EPOCH` (a stream remembers its last
+        epochs), is a `ProtocolError`."""
         if type(epoch) is int:
-            return str(epoch)
-        raise ProtocolError(f"{self.epoch_field!r} must be a string or an integer, found {preview(repr(epoch), 20)}", data)
+            epoch = str(epoch)
+        if epoch is None or type(epoch) is str and len(epoch) <= MAX_EPOCH:
+            return epoch
+        raise ProtocolError(f"{self.epoch_field!r} must be a string (of at most {MAX_EPOCH} characters) or an "
+                            f"integer, found {preview(repr(epoch), 20)}", data)
 
     @property
     def _type_name(self) -> str:

@@ -110,8 +110,9 @@ class SendHandle:
         removed from the buffer now (and counted), as the next flush would: ``"expired"``."""
         state = self._state
         if state is QUEUED and self.expires is not None and self.expires <= time.monotonic():
-            self._owner.expire_due()
-            return self._state
+            self._owner.expire_due()  # (not after stop: the stopped client's buffer stays as it was left)
+            state = self._state
+            return EXPIRED if state is QUEUED else state
         return state
 
     @property

@@ -391,8 +391,10 @@ class Sender:
 
     def expire_due(self) -> None:
         """Remove what passed its ``ttl`` from the buffer now (`SendHandle.state`, and the
-        supervisor's tick, so the counts and the store say so while nothing is flushed)."""
-        if self.expiring:
+        supervisor's tick, so the counts and the store say so while nothing is flushed).
+        Not once the client stopped: what it left stays as `unsent` says (the next run
+        with the store expires it as it loads it)."""
+        if self.expiring and not self._closed():
             with self.cond:
                 if self.expiring:
                     self._expire()
@@ -424,12 +426,13 @@ class Sender:
     def _wait_for_room(self, timeout: Optional[float]) -> None:
         """The ``block`` policy: wait (lock released) until the flush makes room."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.outbox.full:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise OutboxFull(f"send buffer still full ({self.outbox.maxsize} messages) after {timeout} s")
-            self.cond.wait(remaining)
-            self._check_open()
+        with self.unbounded():  # from a subscriber: room may wait on acks only the reader can bring
+            while self.outbox.full:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise OutboxFull(f"send buffer still full ({self.outbox.maxsize} messages) after {timeout} s")
+                self.cond.wait(remaining)
+                self._check_open()
 
     def unsent(self) -> List[OutFrame]:
         """What the user's sends left in the buffer, the unacknowledged first (not the

@@ -738,7 +738,7 @@ class SQLiteStore(Store):
         rows = _rows(messages, first, raw_is_payload)
         places = [(stream_key(stream), stream, seq, epochs.get(stream)) for stream, seq in positions.items()]
         if self.max_size is not None:
-            return self._append_bounded(db, rows, places)
+            return self._append_bounded(db, rows, places, [m.epoch for m in messages])
         try:
             self._write_batch(db, rows, places)
         except sqlite3.Error as exc:
@@ -764,15 +764,17 @@ class SQLiteStore(Store):
                 db.execute("ROLLBACK")
             raise
 
-    def _append_bounded(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]]) -> int:
+    def _append_bounded(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]],
+                        epochs: List[Any]) -> int:
         """Store a batch within ``max_size``, in parts of at most `_part_bytes` (each its
         own transaction, so no commit takes the WAL past its share). A part that does not
         fit evicts handled messages (`_evict`, transactions of their own) until it does;
         when nothing handled is left, it is halved, so the batch is stored as far as the
         bound allows: its first messages, in order. The rest is refused (`StoreFull`,
-        with ``stored`` and ``first``); the received positions are written with the
-        batch's last message only (an earlier stop leaves them before the batch: a
-        resume repeats, never skips)."""
+        with ``stored`` and ``first``). Each part writes the received positions it reaches
+        (`_reached`; ``epochs``: each row's message's), the batch's last part the batch's:
+        a crash between parts, or a batch stored in part, leaves the positions at what is
+        stored, so a resume repeats only what was in flight, and never skips."""
         first = self._next_key
         todo = self._parts(rows)
         todo.reverse()  # a stack: the next part last
@@ -780,7 +782,8 @@ class SQLiteStore(Store):
         try:
             while todo:
                 part = todo.pop()
-                if not self._write_part(db, part, places if part[-1] is last else []):
+                reached = places if part[-1] is last else _reached(part, places, epochs, first)
+                if not self._write_part(db, part, reached):
                     if len(part) == 1:
                         raise StoreFull(self._refusal(db, part, len(rows) - (self._next_key - first)))
                     half = len(part) // 2
@@ -1042,6 +1045,31 @@ def _row_bytes(row: Tuple[Any, ...]) -> int:
     if isinstance(payload, str):
         return size + (len(payload) if payload.isascii() else 4 * len(payload))
     return size + (len(payload) if payload is not None else 0)
+
+
+def _reached(part: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]], epochs: List[Any],
+             first: int) -> List[Tuple[Any, ...]]:
+    """The positions rows (of ``places``, the batch's) that a part of the batch reaches:
+    per stream, the highest seq of the part's messages of the batch's epoch (the tracker
+    releases a stream's messages in order, each its position then), capped by the
+    batch's position. None for a stream with a message of another epoch in the part (a
+    reset inside the batch: its last part says), nor for one counter across streams
+    (``{None: n}`` with named streams: the part does not tell what is contiguous)."""
+    named = any(row[2] is not None for row in part)
+    out = []
+    for skey, stream, seq, epoch in places:
+        if stream is None and named and len(places) == 1:
+            return []
+        top = None
+        for row in part:
+            if row[2] == stream and row[3] is not None:
+                if epochs[row[0] - first] != epoch:
+                    top = None
+                    break
+                top = row[3] if top is None else max(top, row[3])
+        if top is not None:
+            out.append((skey, stream, min(seq, top), epoch))
+    return out
 
 
 def _rows(messages: Sequence[Message], first: int, raw_is_payload: bool) -> List[Tuple[Any, ...]]:
