@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import socket
@@ -260,6 +261,62 @@ class Feed:
         self.drop()
         self._server.shutdown()
         self._thread.join(10)
+
+
+class Raised:
+    """``fn()`` on a thread of its own (named ``name``), started at once: `wait` for its
+    end and get what it raised (None: it returned)."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        self.error: Optional[BaseException] = None
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+        self._ended.set()
+
+    def wait(self, timeout: float = 10.0, why: str = "the call did not end") -> Optional[BaseException]:
+        assert self._ended.wait(timeout), why
+        self._thread.join(timeout)
+        return self.error
+
+
+def noise_then(n: int, answer: Callable[[dict], Optional[dict]]) -> Callable[[int, Union[str, bytes]], List[str]]:
+    """A `Feed` ``respond``: to each JSON message, ``n`` messages of type ``noise`` and then
+    ``answer(message)`` (None: nothing at all)."""
+    def respond(number: int, data: Union[str, bytes]) -> List[str]:
+        reply = answer(json.loads(data))
+        if reply is None:
+            return []
+        return [json.dumps({"type": "noise", "n": i}) for i in range(n)] + [json.dumps(reply)]
+    return respond
+
+
+def from_a_subscriber(client: wsbridge.Client, feed: "Feed", call: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Start ``client``, have ``feed`` send a ``tick`` and run ``call()`` in its subscriber
+    (the dispatcher thread); what it returned (what it raised is raised here)."""
+    got: dict = {}
+    done = threading.Event()
+
+    def on_tick(message: wsbridge.Message) -> None:
+        try:
+            got["result"] = call()
+        except Exception as exc:  # noqa: BLE001 - raised in the test's thread below
+            got["error"] = exc
+        done.set()
+
+    client.on("tick")(on_tick)
+    client.start().wait_connected(10)
+    feed.send(json.dumps({"type": "tick"}))
+    assert done.wait(timeout), "the subscriber's call did not end"
+    if "error" in got:
+        raise got["error"]
+    return got["result"]
 
 
 def send_from_threads(client: wsbridge.Client, threads: int, each: int) -> None:

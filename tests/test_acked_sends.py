@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Dict, List, Set, Tuple, Union
+from typing import List, Set, Tuple, Union
 
 import pytest
 
 import wsbridge
 from wsbridge import AckRule, SendHandle
 
-from conftest import Feed, wait_until
+from conftest import Feed, Raised, from_a_subscriber, noise_then, wait_until
 
 THREADS, EACH, CUTS = 4, 400, 10
 
@@ -209,22 +209,9 @@ def test_options_are_checked() -> None:
 def test_a_stopped_client_ends_a_wait_on_a_queued_handle(make_client, down_server) -> None:
     client = make_client(down_server.url).start()
     handle = client.send({"type": "m"})
-    outcome: Dict[str, BaseException] = {}
-    ended = threading.Event()
-
-    def wait() -> None:
-        try:
-            handle.wait(30)
-        except BaseException as exc:  # noqa: BLE001 - examined below
-            outcome["error"] = exc
-        ended.set()
-
-    t = threading.Thread(target=wait, name="waiter")
-    t.start()
+    waiter = Raised(lambda: handle.wait(30), "waiter")
     client.stop(10)
-    assert ended.wait(10)
-    t.join(10)
-    assert isinstance(outcome.get("error"), wsbridge.ClientClosed)
+    assert isinstance(waiter.wait(10), wsbridge.ClientClosed)
 
 
 def _past(seconds: float) -> None:
@@ -331,56 +318,24 @@ def test_a_store_holding_one_id_twice_is_emptied(make_client, tmp_path) -> None:
 def test_handle_wait_from_a_subscriber_behind_a_full_dispatch_queue(make_client) -> None:
     """A subscriber waits for its message's ack, which comes behind 200 other messages and
     a dispatch queue of 10 that only that subscriber drains: the reader still reads it."""
-    def respond(number: int, data: Union[str, bytes]) -> List[str]:
-        message = json.loads(data)
-        return [json.dumps({"type": "noise", "n": i}) for i in range(200)] + [json.dumps({"type": "ack", "id": message["id"]})]
-
-    got: Dict[str, object] = {}
-    done = threading.Event()
-    with Feed(respond=respond) as feed:
+    with Feed(respond=noise_then(200, lambda m: {"type": "ack", "id": m["id"]})) as feed:
         client = make_client(feed.url, ack=AckRule(), dispatch_queue=10)
-
-        @client.on("tick")
-        def on_tick(message: wsbridge.Message) -> None:
-            try:
-                got["state"] = client.send({"type": "order"}).wait(10)
-            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
-                got["error"] = exc
-            done.set()
-
-        client.start().wait_connected(10)
-        feed.send(json.dumps({"type": "tick"}))
-        assert done.wait(20)
-        assert got == {"state": "acknowledged"}
+        assert from_a_subscriber(client, feed, lambda: client.send({"type": "order"}).wait(10)) == "acknowledged"
 
 
 def test_a_send_blocked_for_room_in_a_subscriber_behind_a_full_dispatch_queue(make_client) -> None:
     """A subscriber sends under ``outbox_overflow="block"`` with a full ack window: room comes
     only with acks, each behind 50 other messages and a dispatch queue of 10 that only that
     subscriber drains; the reader still reads them, and all 12 go out and are acknowledged."""
-    def respond(number: int, data: Union[str, bytes]) -> List[str]:
-        message = json.loads(data)
-        return [json.dumps({"type": "noise", "n": i}) for i in range(50)] + [json.dumps({"type": "ack", "id": message["id"]})]
-
-    got: Dict[str, object] = {}
-    done = threading.Event()
-    with Feed(respond=respond) as feed:
+    with Feed(respond=noise_then(50, lambda m: {"type": "ack", "id": m["id"]})) as feed:
         client = make_client(feed.url, ack=AckRule(), ack_window=2, outbox_size=3, outbox_overflow="block",
                              outbox_timeout=10, dispatch_queue=10)
 
-        @client.on("tick")
-        def on_tick(message: wsbridge.Message) -> None:
-            try:
-                handles = [client.send({"type": "m", "i": i}) for i in range(12)]
-                got["states"] = [handle.wait(10) for handle in handles]
-            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
-                got["error"] = exc
-            done.set()
+        def send_twelve() -> list:
+            handles = [client.send({"type": "m", "i": i}) for i in range(12)]
+            return [handle.wait(10) for handle in handles]
 
-        client.start().wait_connected(10)
-        feed.send(json.dumps({"type": "tick"}))
-        assert done.wait(30)
-        assert got == {"states": ["acknowledged"] * 12}
+        assert from_a_subscriber(client, feed, send_twelve, timeout=30) == ["acknowledged"] * 12
 
 
 def test_reading_a_handle_after_stop_leaves_the_stopped_client_as_it_was(tmp_path, make_client) -> None:

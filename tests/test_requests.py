@@ -12,7 +12,7 @@ import pytest
 
 import wsbridge
 
-from conftest import Feed
+from conftest import Feed, Raised, from_a_subscriber, noise_then
 
 
 def _json(data: Union[str, bytes]) -> dict:
@@ -130,27 +130,14 @@ def _silent(number: int, data: Union[str, bytes]) -> List[str]:
 def test_a_lost_connection_ends_the_request_at_once(make_client) -> None:
     """timeout=30, the connection is cut once the server has the request: ConnectionLost
     comes well within the test's own 10 s (an event, not a timing of speed)."""
-    outcome: Dict[str, BaseException] = {}
-    ended = threading.Event()
     with Feed(respond=_silent) as feed:
         client = make_client(feed.url).start()
         client.wait_connected(10)
-
-        def ask() -> None:
-            try:
-                client.request({"type": "slow"}, timeout=30)
-            except BaseException as exc:  # noqa: BLE001 - examined below
-                outcome["error"] = exc
-            ended.set()
-
-        t = threading.Thread(target=ask, name="requester")
-        t.start()
+        request = Raised(lambda: client.request({"type": "slow"}, timeout=30), "requester")
         feed.wait_received(1)
         feed.drop()
-        assert ended.wait(10), "the request waited on after its connection ended"
-        t.join(10)
-        assert isinstance(outcome.get("error"), wsbridge.ConnectionLost), outcome
-        assert isinstance(outcome["error"], ConnectionError)
+        error = request.wait(10, "the request waited on after its connection ended")
+        assert isinstance(error, wsbridge.ConnectionLost) and isinstance(error, ConnectionError), error
 
 
 def test_resend_sends_the_request_again_after_the_reconnect(make_client) -> None:
@@ -196,57 +183,26 @@ def test_request_timeout_and_what_cannot_carry_an_id(make_client) -> None:
 
 
 def test_a_stopped_client_ends_a_waiting_request(make_client) -> None:
-    outcome: Dict[str, BaseException] = {}
-    ended = threading.Event()
     with Feed(respond=_silent) as feed:
         client = make_client(feed.url).start()
         client.wait_connected(10)
-
-        def ask() -> None:
-            try:
-                client.request({"type": "slow"}, timeout=30)
-            except BaseException as exc:  # noqa: BLE001 - examined below
-                outcome["error"] = exc
-            ended.set()
-
-        t = threading.Thread(target=ask, name="requester")
-        t.start()
+        request = Raised(lambda: client.request({"type": "slow"}, timeout=30), "requester")
         feed.wait_received(1)
         client.stop(timeout=10)
-        assert ended.wait(10)
-        t.join(10)
-        assert isinstance(outcome.get("error"), wsbridge.ClientClosed), outcome
+        error = request.wait(10)
+        assert isinstance(error, wsbridge.ClientClosed), error
 
 
 def test_request_from_a_subscriber_behind_a_full_dispatch_queue(make_client, collector) -> None:
     """The subscriber waiting for its reply is the only one who drains the dispatch queue
     (10 messages): the 200 messages the server sends before the reply fill it, and the
     reader must still read on to the reply rather than wait for room."""
-    def respond(number: int, data: Union[str, bytes]) -> List[str]:
-        if _json(data).get("type") != "quote":
-            return []
-        return [json.dumps({"type": "noise", "n": i}) for i in range(200)] + [json.dumps(_json(data))]
-
-    got: Dict[str, object] = {}
-    done = threading.Event()
-    with Feed(respond=respond) as feed:
+    with Feed(respond=noise_then(200, lambda m: m if m.get("type") == "quote" else None)) as feed:
         client = make_client(feed.url, dispatch_queue=10)
         noise = collector()
         client.on("noise")(noise)
-
-        @client.on("tick")
-        def on_tick(message: wsbridge.Message) -> None:
-            try:
-                got["reply"] = client.request({"type": "quote"}, timeout=10)
-            except Exception as exc:  # noqa: BLE001 - shown by the assertion below
-                got["error"] = exc
-            done.set()
-
-        client.start().wait_connected(10)
-        feed.send(json.dumps({"type": "tick"}))
-        assert done.wait(20)
-        assert "error" not in got, got
-        assert isinstance(got["reply"], wsbridge.Message) and got["reply"].type == "quote"
+        reply = from_a_subscriber(client, feed, lambda: client.request({"type": "quote"}, timeout=10))
+        assert isinstance(reply, wsbridge.Message) and reply.type == "quote"
         # The noise is still delivered, in order, once the subscriber returned; the bound holds again.
         assert [m.payload["n"] for m in noise.wait(200, timeout=20)] == list(range(200))
 
