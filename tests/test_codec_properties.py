@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 
+import msgpack
+from feed_proto.feed_pb2 import Envelope, Push, Quote, Trade
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsbridge import JsonCodec, Message, PipeCodec, ProtocolError, RawCodec
+from wsbridge import Inflate, JsonCodec, Message, MsgpackCodec, PipeCodec, ProtobufCodec, ProtocolError, RawCodec
 
+PICKS = [Envelope, Push, Trade]
+BINARY = [Inflate(JsonCodec.conventions()), Inflate(PipeCodec(), "deflate", max_size=1000), Inflate(RawCodec(), "gzip"),
+          MsgpackCodec.conventions(epoch_field="e"), MsgpackCodec("d.t", seq_field="m.seq", id_field="i"),
+          MsgpackCodec(lambda value: value[0], default_type="x"),
+          ProtobufCodec(Envelope, payloads={"trade": Trade, "quote": Quote}, seq_field="seq", id_field="id",
+                        stream_field="stream", epoch_field="epoch"),
+          ProtobufCodec(Push, lambda push: push.WhichOneof("body"), seq_field="meta.seq", stream_field="channel"),
+          ProtobufCodec(lambda data: PICKS[data[0] % 3] if data else Trade, "symbol", default_type="t")]
 CODECS = [JsonCodec.conventions(), JsonCodec("d.t", seq_field="m.seq", stream_field="m.s", id_field="i"),
-          JsonCodec(lambda value: value[0], seq_field="s"), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec()]
+          JsonCodec(lambda value: value[0], seq_field="s"), PipeCodec(), PipeCodec(fixed={"px": 8}), RawCodec(), *BINARY]
 settings.register_profile("wsbridge", max_examples=300, deadline=None)
 settings.load_profile("wsbridge")
 
@@ -18,6 +30,12 @@ types = st.text(st.characters(blacklist_characters="|", blacklist_categories=("C
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1) | st.floats(allow_nan=False)
+    | st.text(), lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 
@@ -105,3 +123,41 @@ def test_raw_round_trip(payload):
     raw = data if binary else data.encode("utf-8")
     [back] = codec.decode(raw, binary)
     assert back.payload == payload and back.type == ("binary" if binary else "text")
+
+
+@given(st.binary(max_size=300), st.sampled_from([gzip.compress, zlib.compress, lambda data: zlib.compress(data)[2:-4]]))
+def test_any_compressed_bytes_decode_or_raise_protocol_error(data, compress):
+    for codec in BINARY[:3]:
+        decodes_or_refuses(codec, compress(data), True)
+
+
+@given(json_values)
+def test_any_msgpack_value_decodes_or_raises_protocol_error(value):
+    try:
+        data = msgpack.packb(value)
+    except OverflowError:  # an integer past 64 bits has no MessagePack form
+        return
+    for codec in BINARY[3:6]:
+        decodes_or_refuses(codec, data, True)
+
+
+@given(types,
+       st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("type", "seq", "id", "stream")),
+                       msgpack_values | st.binary(max_size=8), max_size=5),
+       st.one_of(st.none(), st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1)))
+def test_msgpack_and_compressed_round_trip(mtype, body, seq):
+    for codec in (MsgpackCodec.conventions(), Inflate(MsgpackCodec.conventions(), compress_sends=True)):
+        data, binary = codec.encode(Message(mtype, body, seq))
+        [back] = codec.decode(data, binary, 1.0)
+        assert binary and back.type == mtype and back.seq == seq
+        assert {k: v for k, v in back.payload.items() if k not in ("type", "seq")} == body
+
+
+@given(types, st.text(max_size=20), st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1),
+       st.one_of(st.none(), st.integers(min_value=-(2 ** 63), max_value=2 ** 63 - 1)), st.text(max_size=8))
+def test_protobuf_envelope_round_trip(mtype, symbol, qty, seq, stream):
+    codec = ProtobufCodec(Envelope, payloads={mtype: Trade}, seq_field="seq", stream_field="stream")
+    trade = Trade(symbol=symbol, qty=qty)
+    data, binary = codec.encode(Message(mtype, trade, seq, stream=stream or None))
+    [back] = codec.decode(data, binary, 1.0)
+    assert (back.type, back.payload, back.seq, back.stream) == (mtype, trade, seq, stream or None)

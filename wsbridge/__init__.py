@@ -11,7 +11,7 @@
 import logging as _logging
 
 from .client import Client
-from .codecs import Codec, JsonCodec, PipeCodec, RawCodec, codec_by_name
+from .codecs import Codec, Inflate, JsonCodec, MsgpackCodec, PipeCodec, ProtobufCodec, RawCodec, codec_by_name
 from .errors import (
     ClientClosed,
     ConnectError,
@@ -88,6 +88,9 @@ __all__ = [
     "Decision",
     "Ending",
     "JsonCodec",
+    "Inflate",
+    "MsgpackCodec",
+    "ProtobufCodec",
     "Message",
     "HandshakeError",
     "MessageTooLarge",

@@ -16,13 +16,13 @@ function of the decoded payload."""
 Path = Tuple[str, ...]
 
 
-def _path(option: str, field: Any) -> Path:
+def _path(option: str, field: Any, codec: str = "JsonCodec") -> Path:
     """``"data.type"`` as ``("data", "type")``; a ValueError for what is not a field name or path."""
     if not isinstance(field, str):
-        raise ValueError(f"JsonCodec {option} is a field name or a dotted path, not {field!r}")
+        raise ValueError(f"{codec} {option} is a field name or a dotted path, not {field!r}")
     parts = tuple(field.split("."))
     if len(parts) > 1 and not all(parts):
-        raise ValueError(f"JsonCodec {option}={field!r}: a dotted path with an empty part")
+        raise ValueError(f"{codec} {option}={field!r}: a dotted path with an empty part")
     return parts
 
 
@@ -100,6 +100,11 @@ class JsonCodec(Codec):
 
     name = "json"
     raw_is_payload = True
+    _format, _record = "JSON", "JSON object"
+    """The format, and what a frame of it decodes to, in error messages."""
+    _getter = staticmethod(_getter)
+    """The getter of a field path: how the codecs built on this one (`MsgpackCodec`,
+    `ProtobufCodec`) read their own records."""
 
     def __init__(
         self,
@@ -123,16 +128,18 @@ class JsonCodec(Codec):
         self._dumps = dumps or (lambda obj: json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
         # Decided once, here: plain names take `decode`'s inline path, as cheap as ever;
         # paths and functions go through the getters of `_decode_any`.
-        self._type_path: Optional[Path] = None if callable(type_field) else _path("type_field", type_field)
-        paths = {option: _path(option, field) if field is not None else None
+        codec = type(self).__name__
+        self._type_path: Optional[Path] = None if callable(type_field) else _path("type_field", type_field, codec)
+        paths = {option: _path(option, field, codec) if field is not None else None
                  for option, field in (("seq_field", seq_field), ("id_field", id_field), ("stream_field", stream_field),
                                        ("epoch_field", epoch_field))}
         self._seq_path, self._id_path, self._stream_path = paths["seq_field"], paths["id_field"], paths["stream_field"]
         self._epoch_path = paths["epoch_field"]
         self._plain = self._type_path is not None and all(p is None or len(p) == 1 for p in (self._type_path, *paths.values()))
-        self._type_of: Callable[[Any], Any] = type_field if callable(type_field) else _getter(self._type_path)  # type: ignore[arg-type]
+        self._type_of: Callable[[Any], Any] = (
+            type_field if callable(type_field) else self._getter(self._type_path))  # type: ignore[arg-type]
         self._seq_of, self._id_of, self._stream_of, self._epoch_of = (
-            _getter(p) if p is not None else None for p in paths.values())
+            self._getter(p) if p is not None else None for p in paths.values())
 
     @classmethod
     def conventions(cls, **kwargs: Any) -> "JsonCodec":
@@ -144,7 +151,7 @@ class JsonCodec(Codec):
         fields = "".join(f", {n}={v!r}" for n, v in (("seq_field", self.seq_field), ("id_field", self.id_field),
                                                       ("stream_field", self.stream_field),
                                                       ("epoch_field", self.epoch_field)) if v)
-        return f"JsonCodec(type_field={self.type_field!r}{fields})"
+        return f"{type(self).__name__}(type_field={self.type_field!r}{fields})"
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
         text = decode_text(data)
@@ -177,10 +184,10 @@ class JsonCodec(Codec):
         return [Message(mtype, obj, seq, mid, stream, received_at, data, self._epoch(obj.get(self.epoch_field), data))]
 
     def _decode_any(self, obj: Any, data: bytes, received_at: Optional[float]) -> List[Message]:
-        """`decode` past the parse when a field is a dotted path or the type a function."""
+        """`decode` past the parse when a field is a dotted path or the type a function
+        (and for the codecs built on this one, past theirs)."""
         if self._type_path is not None:
-            if type(obj) is not dict:
-                raise self._not_an_object(obj, data)
+            self._check_record(obj, data)
             mtype = self._type_of(obj)
         else:
             try:
@@ -230,13 +237,17 @@ class JsonCodec(Codec):
         if mtype is None:
             if self._type_path is None:
                 raise ProtocolError(f"type_field {self._type_name} found no type", data)
-            raise ProtocolError(f"JSON object has no {self._type_name} field", data)
+            raise ProtocolError(f"{self._record} has no {self._type_name} field", data)
         raise ProtocolError(f"{self._type_name} must be a string or an integer, found {type(mtype).__name__}", data)
 
-    @staticmethod
-    def _not_an_object(obj: Any, data: bytes) -> ProtocolError:
+    def _not_an_object(self, obj: Any, data: bytes) -> ProtocolError:
         hint = " (for arrays, pass a function of the payload as type_field)" if type(obj) is list else ""
-        return ProtocolError(f"JSON frame must be an object, found {type(obj).__name__}{hint}", data)
+        return ProtocolError(f"{self._format} frame must be an object, found {type(obj).__name__}{hint}", data)
+
+    def _check_record(self, obj: Any, data: bytes) -> None:
+        """A `ProtocolError` unless ``obj`` holds fields by name (a type read by name or path needs them)."""
+        if type(obj) is not dict:
+            raise self._not_an_object(obj, data)
 
     def typed(self, mtype: str, body: Mapping[str, Any]) -> Dict[str, Any]:
         """A copy of ``body`` with ``mtype`` at ``type_field`` (a dotted path creates the
@@ -247,11 +258,14 @@ class JsonCodec(Codec):
         return out
 
     def encode(self, obj: Union[Message, Mapping[str, Any]]) -> Frame:
+        return self._dumps(self._body(obj)), False
+
+    def _body(self, obj: Union[Message, Mapping[str, Any]]) -> Any:
+        """The value `encode` serialises: ``obj``, or a `Message` as its payload with its fields written in."""
         if self._type_path is None:  # typed by a function: sent as given
-            value: Any = obj.payload if isinstance(obj, Message) else obj
             if not isinstance(obj, Message) and not isinstance(obj, (Mapping, list, tuple)):
-                raise TypeError(f"JsonCodec sends dicts, lists or Messages, not {type(obj).__name__}")
-            return self._dumps(value), False
+                raise TypeError(f"{type(self).__name__} sends dicts, lists or Messages, not {type(obj).__name__}")
+            return obj.payload if isinstance(obj, Message) else obj
         if isinstance(obj, Message):
             payload = obj.payload
             body = self.typed(obj.type, payload if isinstance(payload, Mapping) else {"payload": payload})
@@ -262,5 +276,5 @@ class JsonCodec(Codec):
                     _put(body, path, value, replace=False)
             obj = body
         if not isinstance(obj, Mapping):
-            raise TypeError(f"JsonCodec sends dicts or Messages, not {type(obj).__name__}")
-        return self._dumps(obj), False
+            raise TypeError(f"{type(self).__name__} sends dicts or Messages, not {type(obj).__name__}")
+        return obj
