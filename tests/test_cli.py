@@ -374,7 +374,7 @@ def test_listen_says_once_why_messages_are_skipped_and_how_to_read_them():
     assert typed.returncode == 0 and typed.stdout.count(" trade ") == 5, typed.stderr
     assert defaulted.returncode == 0 and [json.loads(line)["type"] for line in defaulted.stdout.splitlines()] == ["event"] * 5
     wrong = run("listen", "ws://127.0.0.1:1/", "--codec", "raw", "--type-field", "event")
-    assert wrong.returncode == 2 and "go with --codec json or wsbridge" in wrong.stderr
+    assert wrong.returncode == 2 and "go with --codec json, wsbridge, msgpack or protobuf" in wrong.stderr
 
 
 def test_the_commands_report_store_failures_once_and_count_them(tmp_path):

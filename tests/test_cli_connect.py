@@ -287,7 +287,8 @@ def test_seq_id_and_stream_fields_turn_on_dedup_and_order_for_any_json_feed():
     assert [(r.get("stream"), r.get("seq"), r["id"]) for r in records] == [
         ("a", 1, "a1"), ("b", 1, "b1"), ("a", 2, "a2"), (None, None, "z"), (None, None, "w")]
     wrong = run("listen", "ws://127.0.0.1:9/", "--codec", "raw", "--seq-field", "n")
-    assert wrong.returncode == 2 and "--seq-field: these options go with --codec json or wsbridge" in wrong.stderr
+    assert wrong.returncode == 2
+    assert "--seq-field: these options go with --codec json, wsbridge, msgpack or protobuf" in wrong.stderr
 
 
 # -- bridge takes the connection and handshake options too ------------------------------------------------------------

@@ -6,6 +6,10 @@ and zlib's own decoders)."""
 from __future__ import annotations
 
 import gzip
+import json
+import os
+import subprocess
+import sys
 import tracemalloc
 import zlib
 from typing import Any
@@ -268,3 +272,52 @@ def test_live_protobuf_oneof_feed(make_client):
                   Push(channel="BTC", meta=Meta(seq=2), quote=Quote(ask=9.5)).SerializeToString()]
         messages, _, _ = live(make_client, feed, push_codec(), frames, 2)
         assert [(m.type, m.seq, m.stream) for m in messages] == [("trade", 1, "BTC"), ("quote", 2, "BTC")]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def listen(feed: Feed, frames: list, *options: str) -> str:
+    """What ``wsbridge listen`` prints of ``frames`` (sent once it connected) with ``options``."""
+    proc = subprocess.Popen([sys.executable, "-m", "wsbridge", "listen", feed.url, "--json-lines", "--max", str(len(frames)),
+                             "--timeout", "30", *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        feed.wait_opened(1, timeout=30)
+        feed.send(*frames)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_the_command_line_reads_gzipped_msgpack_and_protobuf():
+    with Feed() as feed:
+        frames = [gzip.compress(msgpack.packb({"kind": "trade", "n": n})) for n in (1, 2)]
+        out = listen(feed, frames, "--codec", "msgpack", "--inflate", "auto", "--type-field", "kind")
+        assert [json.loads(line)["payload"]["n"] for line in out.splitlines()] == [1, 2]
+    with Feed() as feed:
+        frames = [Push(channel=name, trade=Trade(qty=3)).SerializeToString() for name in ("BTC", "ETH")]
+        out = listen(feed, frames, "--codec", "protobuf", "--proto-class", "tests.feed_proto.feed_pb2:Push",
+                     "--type-field", "channel")
+        assert [json.loads(line)["type"] for line in out.splitlines()] == ["BTC", "ETH"]
+
+
+@pytest.mark.parametrize("options, why", [
+    (["--codec", "protobuf"], "--codec protobuf and --proto-class MODULE:CLASS go together"),
+    (["--proto-class", "tests.feed_proto.feed_pb2:Push"], "go together"),
+    (["--codec", "protobuf", "--proto-class", "feed_pb2"], "write MODULE:CLASS"),
+    (["--codec", "protobuf", "--proto-class", "no_such_module:Push"], "cannot import 'no_such_module'"),
+    (["--codec", "protobuf", "--proto-class", "tests.feed_proto.feed_pb2:Nope"], "has no 'Nope'"),
+    (["--codec", "protobuf", "--proto-class", "tests.feed_proto.feed_pb2:Push", "--type-field", "kind"],
+     "Push has no field 'kind'"),
+    (["--codec", "pipe", "--type-field", "kind"], "go with --codec json, wsbridge, msgpack or protobuf"),
+])
+def test_the_command_line_refuses_codec_options_that_cannot_work(options, why):
+    result = subprocess.run([sys.executable, "-m", "wsbridge", "listen", "ws://127.0.0.1:9/", *options], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and why in result.stderr, result.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import errno
+import importlib
 import json
 import os
 import re
@@ -19,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 import websocket
 
 from ..client import Client
-from ..codecs import CODECS, JsonCodec, PipeCodec, codec_by_name
+from ..codecs import CODECS, Codec, Inflate, JsonCodec, PipeCodec, ProtobufCodec, codec_by_name
+from ..codecs.inflate import WBITS
 from ..errors import (  # CliError: defined in errors.py, importable here as before
     CliError,
     ConnectError,
@@ -94,9 +96,16 @@ class IntermixedParser(argparse.ArgumentParser):
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--codec", choices=sorted(CODECS), default="json",
+    group.add_argument("--codec", choices=sorted([*CODECS, "protobuf"]), default="json",
                        help="wire format (default: json); 'wsbridge': JSON with wsbridge's conventions (seq, id and "
-                            "stream fields: dedup and resume; for `wsbridge serve`)")
+                            "stream fields: dedup and resume; for `wsbridge serve`); 'protobuf' with --proto-class")
+    # issue 24: compressed payloads and protobuf classes
+    group.add_argument("--inflate", choices=list(WBITS), metavar="FORMAT",
+                       help="inflate binary frames before --codec reads them: auto (gzip or zlib, by their header), "
+                            "gzip, zlib or deflate (raw), e.g. --codec json --inflate deflate")
+    group.add_argument("--proto-class", metavar="MODULE:CLASS",
+                       help="--codec protobuf: the generated class of every frame, importable from the current "
+                            "directory or PYTHONPATH, e.g. --proto-class feed_pb2:Push --type-field kind")
     group.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                        help="HTTP header for the handshake, repeatable (values are never logged)")
     group.add_argument("--header-env", action="append", default=[], metavar="NAME=VAR",
@@ -313,18 +322,44 @@ def cli_words(text: str) -> str:
 
 
 def make_codec(args: argparse.Namespace) -> Any:
-    """The codec of ``--codec``, with the ``--type-field`` ... ``--stream-field`` the command has."""
+    """The codec of ``--codec``, with the ``--type-field`` ... ``--stream-field`` the command has
+    (and ``--proto-class``, ``--inflate`` where it has them)."""
     fields = {name: getattr(args, name, None) for name in ("type_field", "default_type", "seq_field", "id_field",
                                                             "stream_field")}
     given = {name: value for name, value in fields.items() if value is not None}
-    if not given:
-        return codec_by_name(args.codec)
-    if args.codec not in ("json", "wsbridge"):
+    proto_class = getattr(args, "proto_class", None)
+    if (args.codec == "protobuf") != (proto_class is not None):
+        raise CliError("--codec protobuf and --proto-class MODULE:CLASS go together", EXIT_USAGE)
+    if given and args.codec not in ("json", "wsbridge", "msgpack", "protobuf"):
         options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise CliError(f"{options}: these options go with --codec json or wsbridge", EXIT_USAGE)
-    if args.codec == "wsbridge":
-        return JsonCodec.conventions(**given)
-    return JsonCodec(**given)
+        raise CliError(f"{options}: these options go with --codec json, wsbridge, msgpack or protobuf", EXIT_USAGE)
+    try:
+        if proto_class is not None:
+            codec: Codec = ProtobufCodec(import_class(proto_class), **given)
+        elif args.codec == "wsbridge":
+            codec = JsonCodec.conventions(**given)
+        else:
+            codec = CODECS[args.codec](**given) if given else codec_by_name(args.codec)
+    except (ValueError, ImportError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    inflate = getattr(args, "inflate", None)
+    return Inflate(codec, inflate) if inflate else codec
+
+
+def import_class(name: str) -> Any:
+    """The class ``MODULE:CLASS`` names, imported (the current directory first, as ``python -m`` does);
+    `CliError` (exit 2) when it cannot be."""
+    module_name, _, class_name = name.partition(":")
+    if not module_name or not class_name:
+        raise CliError(f"--proto-class {name!r}: write MODULE:CLASS, e.g. feed_pb2:Push", EXIT_USAGE)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise CliError(f"--proto-class {name!r}: cannot import {module_name!r} ({exc})", EXIT_USAGE) from None
+    except AttributeError:
+        raise CliError(f"--proto-class {name!r}: {module_name!r} has no {class_name!r}", EXIT_USAGE) from None
 
 
 def check_store_path(path: str, *, must_exist: bool) -> None:
