@@ -187,7 +187,8 @@ class JsonCodec(Codec):
         """`decode` past the parse when a field is a dotted path or the type a function
         (and for the codecs built on this one, past theirs)."""
         if self._type_path is not None:
-            self._check_record(obj, data)
+            if type(obj) is not dict:  # JSON's objects cost no call
+                self._check_record(obj, data)
             mtype = self._type_of(obj)
         else:
             try:
@@ -245,9 +246,9 @@ class JsonCodec(Codec):
         return ProtocolError(f"{self._format} frame must be an object, found {type(obj).__name__}{hint}", data)
 
     def _check_record(self, obj: Any, data: bytes) -> None:
-        """A `ProtocolError` unless ``obj`` holds fields by name (a type read by name or path needs them)."""
-        if type(obj) is not dict:
-            raise self._not_an_object(obj, data)
+        """For a value that is not a dict: a `ProtocolError` unless it holds fields by name
+        some other way (a type read by name or path needs them)."""
+        raise self._not_an_object(obj, data)
 
     def typed(self, mtype: str, body: Mapping[str, Any]) -> Dict[str, Any]:
         """A copy of ``body`` with ``mtype`` at ``type_field`` (a dotted path creates the

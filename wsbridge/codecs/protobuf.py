@@ -171,7 +171,7 @@ class ProtobufCodec(JsonCodec):
         return [message._replace(payload=self._parse(payload_class, body or b""))]
 
     def _check_record(self, obj: Any, data: bytes) -> None:
-        """A parsed message always holds fields by name."""
+        """A parsed message always holds fields by name: nothing to refuse."""
 
     def encode(self, obj: Union[Message, Mapping[str, Any]]) -> Frame:
         if isinstance(obj, self._message_type):
