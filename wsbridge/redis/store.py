@@ -117,8 +117,16 @@ for _, row in ipairs(rows) do
     skipped = skipped + 1
   end
 end
--- written as the strings that came in: Lua would print a number above 1e14 as 1e+14
-for i = 1, #positions, 2 do redis.call('HSET', KEYS[2], positions[i], positions[i + 1]) end
+-- written as the strings that came in: Lua would print a number above 1e14 as 1e+14. Within one
+-- epoch a stored position never moves back (a numbering restarted without an epoch is appended
+-- again only past it, whatever batches it came in)
+for i = 1, #positions, 2 do
+  local pkey, seq = positions[i], positions[i + 1]
+  local cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '')
+  if cur == nil or tonumber(seq) > cur or (epoch[pkey] ~= nil and epoch[pkey] ~= redis.call('HGET', KEYS[5], pkey)) then
+    redis.call('HSET', KEYS[2], pkey, seq)
+  end
+end
 for i = 1, #epochs, 2 do redis.call('HSET', KEYS[5], epochs[i], epochs[i + 1]) end
 if laststr then redis.call('HSET', KEYS[3], 'last', laststr) end
 redis.call('HSET', KEYS[3], 'handled', ARGV[3])
