@@ -43,6 +43,7 @@ from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
 from .tracking.sequence import Gap, SequenceTracker
 from .tracking.store import SQLiteStore, Store
+from .wire.deflate import PerMessageDeflate
 
 __version__ = "0.1.0"
 
@@ -89,6 +90,7 @@ __all__ = [
     "Ending",
     "JsonCodec",
     "Message",
+    "PerMessageDeflate",
     "HandshakeError",
     "MessageTooLarge",
     "NO_RETRY",
