@@ -77,7 +77,7 @@ def test_deflate_is_offered_by_default_and_not_with_compression_none(make_client
         client = make_client(server.url, codec=RawCodec()).start()
         client.wait_connected(timeout=10)
         offer = header(server.requests[0], b"sec-websocket-extensions")
-        assert offer == b"permessage-deflate; client_max_window_bits"
+        assert offer == b"permessage-deflate; client_no_context_takeover; client_max_window_bits"
         assert client.deflate is None  # the server did not accept it
         other = make_client(server.url, codec=RawCodec(), compression=None).start()
         other.wait_connected(timeout=10)
@@ -212,16 +212,19 @@ def test_a_server_that_ends_its_deflate_stream_is_read_on(make_client, collector
     assert [m.payload for m in got.wait(2)] == ["the end", "and after"]
 
 
-@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragmented"])
-def test_a_decompression_bomb_is_refused_with_1009_at_the_limit(make_client, collector, fragmented):
+@pytest.mark.parametrize("shape", ["one-frame", "fragmented", "one-byte-past"])
+def test_a_decompression_bomb_is_refused_with_1009_at_the_limit(make_client, collector, shape):
+    """A bomb in a frame still arriving (the general reader), in fragments, and one byte
+    past the limit in a small frame lying whole in the buffer (the fast path)."""
     with RawServer(respond=answering(b"permessage-deflate")) as server:
         client, got, errors = start(make_client, server.url, collector, max_message_size=1_000_000)
-        bomb = deflated(b"\x00" * 100_000_000)[0]  # 100 MB in about 100 KB: well within the limit on the wire
+        size = 1_000_001 if shape == "one-byte-past" else 100_000_000
+        bomb = deflated(b"\x00" * size)[0]  # 100 MB in about 100 KB: well within the limit on the wire
         assert len(bomb) < 200_000
         conn = server.wait_connection()
         conn.sendall(frame(deflated(b"a" * 1_000_000)[0], BINARY, rsv=4))  # exactly at the limit: fine
         assert got.wait(1)[0].payload == b"a" * 1_000_000
-        if fragmented:
+        if shape == "fragmented":
             half = len(bomb) // 2
             wire = frame(bomb[:half], BINARY, fin=False, rsv=4) + frame(bomb[half:], CONTINUATION)
         else:

@@ -3,14 +3,15 @@ client makes, the check of the server's answer to it (`negotiate`), and the two
 halves of the codec (`Inflater` for what the server sends, `Deflater` for what
 the client sends).
 
-The client offers ``permessage-deflate; client_max_window_bits`` (the server may
-then choose the window the client compresses with). Messages from the server
-are inflated with a 15-bit window, which reads any smaller one, keeping the
-window across messages unless the server said ``server_no_context_takeover``.
-Each message the client sends is compressed on its own (a full flush: as if
-``client_no_context_takeover`` were always agreed, which RFC 7692 §7.1.1.2 lets
-a client do unasked): sends come from any thread and may be written in another
-order than compressed, and a send that writes nothing leaves no state behind.
+The client offers ``permessage-deflate; client_no_context_takeover;
+client_max_window_bits``: the server may choose the window the client compresses
+with, and learns that the client never refers to an earlier message (§7.1.1.2),
+so it may drop its window between them. Each message the client sends is indeed
+compressed on its own (a full flush): sends come from any thread and may be
+written in another order than compressed, and a send that writes nothing leaves
+no state behind. Messages from the server are inflated with a 15-bit window,
+which reads any smaller one, kept across messages unless the server said
+``server_no_context_takeover``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from ..errors import HandshakeError, MessageTooLarge, WireError
 
 EXTENSION = "permessage-deflate"
-OFFER = f"{EXTENSION}; client_max_window_bits"
+OFFER = f"{EXTENSION}; client_no_context_takeover; client_max_window_bits"
 """The ``Sec-WebSocket-Extensions`` value the client sends when compression is on."""
 
 TAIL = b"\x00\x00\xff\xff"
@@ -166,10 +167,13 @@ class Inflater:
         """A compressed frame's payload inflated (``fin``: the message's last frame);
         `MessageTooLarge` when it inflates to more than ``room`` bytes."""
         inflater = self._zlib
-        if fin:
+        tail = fin and len(data) > 2048  # a large payload is not copied to append the tail
+        if fin and not tail:
             data = data + TAIL
         try:
-            out = inflater.decompress(data, room + 1)
+            out = inflater.decompress(data, room + 1)  # never more than one byte past the room
+            if tail and len(out) <= room:
+                out += inflater.decompress(TAIL, room + 1 - len(out))
         except zlib.error as exc:
             raise WireError(f"a compressed message does not inflate ({exc})", data[:64], close_code=1007) from None
         if len(out) > room:
