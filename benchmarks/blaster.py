@@ -7,6 +7,10 @@ bare `WebSocketApp` does by default).
 Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
 ``json100``, ``json4k``, ``bin64k``, ``frag64k`` (64 KiB binary messages,
 each in 16 fragments of 4 KiB). After COUNT frames it sends a close frame.
+``feed`` and ``zfeed`` are the same JSON market-data feed (book updates of
+about 300 B), plain and compressed with permessage-deflate as a server does by
+default (one window across messages); ``zfeed`` answers the client's offer of
+permessage-deflate (and sends plain frames to a client that made none).
 ``/sink`` sends nothing and reads (and drops) whatever arrives, as fast as it comes.
 ``/paced/RATE/COUNT`` sends COUNT small JSON frames at RATE per second, each
 carrying ``t``, the ``time.time()`` at which it was written (for latency).
@@ -15,12 +19,35 @@ carrying ``t``, the ``time.time()`` at which it was written (for latency).
 from __future__ import annotations
 
 import json
+import random
 import socket
 import sys
 import threading
 import time
+import zlib
+from typing import List
 
-from wsbridge.testing.raw import accept_handshake, fragments, frame
+from wsbridge.testing.raw import accept_response, fragments, frame, header, read_request
+
+
+def feed(count: int) -> List[bytes]:
+    """``count`` book updates of a market-data feed, as JSON (the same for every run)."""
+    rng = random.Random(24)
+    mid = 64_000.0
+    out = []
+    for i in range(1, count + 1):
+        mid += rng.choice((-0.5, 0, 0.5))
+        bids, asks = ([[round(mid + sign * (0.5 + k * 0.5), 1), round(rng.uniform(0.001, 3), 4)] for k in range(5)]
+                      for sign in (-1, 1))
+        out.append(json.dumps({"type": "book", "seq": i, "channel": "level2", "symbol": "BTC-USD",
+                               "bids": bids, "asks": asks, "ts": 1_700_000_000_000 + i * 7}).encode())
+    return out
+
+
+def deflated(messages: List[bytes]) -> List[bytes]:
+    """Each message as a permessage-deflate payload, one compressor across them (context takeover)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return [(compressor.compress(m) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4] for m in messages]
 
 
 def payloads(kind: str, count: int) -> bytes:
@@ -37,6 +64,11 @@ def payloads(kind: str, count: int) -> bytes:
         def make(i: int) -> bytes:
             return json.dumps({"type": "doc", "seq": i, "body": pad}).encode()
         opcode = 1
+    elif kind in ("feed", "zfeed"):
+        messages = feed(count)
+        if kind == "zfeed":
+            return b"".join(frame(m, 1, rsv=4) for m in deflated(messages))
+        return b"".join(frame(m, 1) for m in messages)
     elif kind in ("bin64k", "frag64k"):
         blob = bytes(range(256)) * 256
         if kind == "frag64k":
@@ -52,9 +84,16 @@ def payloads(kind: str, count: int) -> bytes:
 
 def serve_one(conn: socket.socket) -> None:
     with conn:
-        path = accept_handshake(conn)
-        if path is None:
+        request = read_request(conn)
+        if request is None:
             return
+        path = request.split(b"\r\n")[0].split()[1].decode()
+        deflate = b"permessage-deflate" in (header(request, b"sec-websocket-extensions") or b"")
+        if path.startswith("/zfeed/") and deflate:
+            conn.sendall(accept_response(request, b"Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+        else:
+            conn.sendall(accept_response(request))
+            path = path.replace("/zfeed/", "/feed/")
         if path == "/sink":
             try:
                 while conn.recv(1 << 20):

@@ -23,6 +23,11 @@ variant parses the JSON to read the stamp; the first half second is left out);
 and the peak RSS of the process. Every (row, run) is a fresh process, and the
 runs of all rows are interleaved, so drift on the machine hits all rows alike.
 Numbers are medians over the runs.
+
+A second table compares wsbridge with the ``websockets.sync`` client on a JSON
+market-data feed (book updates of about 300 B), sent plain and compressed with
+permessage-deflate (RFC 7692, a window shared across messages, as servers
+compress by default): msg/s, and the bytes each message takes on the wire.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("json100", "json4k", "bin64k", "frag64k")
+FEED_KINDS = ("feed", "zfeed")
+"""The JSON feed, plain and compressed (the second table)."""
 NO_ACCEL = "(no wsaccel)"
 
 
@@ -124,12 +131,17 @@ def recv_loop(url: str, kind: str, handler: Any) -> None:
         ws.close()
 
 
-def websockets_sync(url: str, kind: str, handler: Any) -> None:
+def websockets_sync(url: str, kind: str, handler: Any, done: Optional[threading.Event] = None) -> None:
     from websockets.sync.client import connect
 
-    with connect(url, max_size=None, compression=None) as ws:
-        while not handler.done.is_set():
+    with connect(url, max_size=None, compression="deflate" if kind == "zfeed" else None) as ws:
+        while not (done or handler.done).is_set():
             handler(ws.recv())
+
+
+def websockets_sync_json(url: str, kind: str, handler: Any) -> None:
+    """`websockets_sync`, each message parsed with ``json.loads`` (as wsbridge's pipeline does)."""
+    websockets_sync(url, kind, lambda data: handler(json.loads(data)), handler.done)
 
 
 def wsbridge_client(url: str, kind: str, handler: Any, store: bool = False, loads: Any = None) -> None:
@@ -180,6 +192,9 @@ ROWS = [
     (f"  same {NO_ACCEL}", wsbridge_client, KINDS, True),
     ("  same + SQLiteStore", wsbridge_store, ("json100",), False),
     ("  same, JsonCodec(loads=orjson.loads)", wsbridge_orjson, ("json100", "json4k"), False),
+    ("websockets.sync.client recv() loop", websockets_sync, FEED_KINDS, False),
+    ("  same + json.loads", websockets_sync_json, FEED_KINDS, False),
+    ("wsbridge, full pipeline", wsbridge_client, FEED_KINDS, False),
 ]
 
 
@@ -204,7 +219,7 @@ def child(row: int, base: str, count: int, rate: float, seconds: float, gc_mode:
     out: Dict[str, Any] = {}
     for kind in kinds:
         n = {"json100": count, "json4k": max(1000, count // 5), "bin64k": max(500, count // 50),
-             "frag64k": max(500, count // 50)}[kind]
+             "frag64k": max(500, count // 50), "feed": max(1000, count // 2), "zfeed": max(1000, count // 2)}[kind]
         watch = Stopwatch(n)
         client(f"{base}/{kind}/{n}", kind, watch)
         out[kind] = watch.result()
@@ -228,7 +243,8 @@ def cpu_times() -> List[int]:
 
 
 def available(client: Callable[..., None]) -> Optional[str]:
-    module = {websockets_sync: "websockets.sync.client", wsbridge_orjson: "orjson"}.get(client)
+    module = {websockets_sync: "websockets.sync.client", websockets_sync_json: "websockets.sync.client",
+              wsbridge_orjson: "orjson"}.get(client)
     if module:
         try:
             __import__(module)
@@ -299,7 +315,9 @@ def main() -> None:
     head = f"{'client':<42}" + "".join(f"{h:>19}" for h in ("~100 B JSON", "4 KiB JSON", "64 KiB binary", "64K in 4K frags"))
     print(head + f"{'p50 ms':>9}{'p99 ms':>9}{'RSS MB':>8}")
     median = lambda row, key: statistics.median(r[key] for r in results[row]) if results[row] and key in results[row][0] else None  # noqa: E731
-    for row, (label, client, _kinds, hide) in enumerate(ROWS):
+    for row, (label, client, kinds, hide) in enumerate(ROWS):
+        if kinds == FEED_KINDS:
+            continue  # the second table's
         why = available(client)
         if why:
             print(f"{label:<42}  ({why})")
@@ -314,6 +332,23 @@ def main() -> None:
         lat = [median(row, k) for k in ("p50", "p99")]
         print(f"{label:<42}" + "".join(f"{c:>19}" for c in cells)
               + "".join(f"{x:>9.2f}" if x is not None else f"{'-':>9}" for x in lat) + f"{median(row, 'rss'):>8.1f}")
+    feed_table(args.count, results, median)
+
+
+def feed_table(count: int, results: List[List[Dict[str, Any]]], median: Callable[[int, str], Optional[float]]) -> None:
+    """The second table: the JSON feed, plain and with permessage-deflate."""
+    from blaster import payloads
+
+    n = max(1000, count // 2)
+    size = {kind: len(payloads(kind, n)) / n for kind in FEED_KINDS}
+    print(f"\nJSON feed ({n:,} book updates): plain, and with permessage-deflate; msg/s and bytes a message on the wire")
+    print(f"{'client':<42}{'plain msg/s':>14}{'B/msg':>8}{'deflate msg/s':>16}{'B/msg':>8}{'deflate/plain':>15}")
+    for row, (label, _client, kinds, _hide) in enumerate(ROWS):
+        if kinds != FEED_KINDS or not results[row]:
+            continue
+        plain, packed = median(row, "feed"), median(row, "zfeed")
+        assert plain and packed
+        print(f"{label:<42}{plain:>14,.0f}{size['feed']:>8.0f}{packed:>16,.0f}{size['zfeed']:>8.0f}{packed / plain:>14.2f}x")
 
 
 if __name__ == "__main__":

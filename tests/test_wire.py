@@ -239,7 +239,7 @@ def gives_up(make_client: Callable[..., wsbridge.Client], url: str, collector: A
         (lambda req: accept_response(req).replace(b"Accept: ", b"Accept: x", 1), "does not answer the key"),
         (lambda req: accept_response(req).swapcase().replace(b"http/1.1", b"HTTP/1.1", 1), "does not answer the key"),
         (lambda req: accept_response(req, b"Sec-WebSocket-Protocol: chat\r\n"), "subprotocol 'chat'"),
-        (lambda req: accept_response(req, b"Sec-WebSocket-Extensions: permessage-deflate\r\n"), "permessage-deflate"),
+        (lambda req: accept_response(req, b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n"), "x-webkit-deflate-frame"),
         (lambda req: accept_response(req, b"X-Long: " + b"a" * 9000 + b"\r\n"), "exceeds 8192 bytes"),
         (lambda req: accept_response(req, b"".join(b"X-%d: %s\r\n" % (i, b"b" * 4000) for i in range(20))),
          "exceeds 65536 bytes"),

@@ -43,6 +43,7 @@ from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
 from .tracking.sequence import Gap, SequenceTracker
 from .tracking.store import SQLiteStore, Store
+from .wire.deflate import PerMessageDeflate
 
 __version__ = "0.1.0"
 
@@ -92,6 +93,7 @@ __all__ = [
     "MsgpackCodec",
     "ProtobufCodec",
     "Message",
+    "PerMessageDeflate",
     "HandshakeError",
     "MessageTooLarge",
     "NO_RETRY",

@@ -53,6 +53,7 @@ from .tracking.outbox import Outbox
 from .tracking.resume import default_resume_request
 from .tracking.sequence import Epochs, Positions, Recall, SequenceTracker
 from .tracking.store import Store
+from .wire.deflate import PerMessageDeflate
 from .wire.options import ConnectOptions, Cookie, Headers, Subprotocols, Url
 from .wire.proxies import split_no_proxy
 
@@ -104,7 +105,9 @@ class Client(Subscribable, Pulling):
     type -> key: see `conflate`); ``request_id_field``
     (default ``"id"``: where `request` puts its id and finds the reply's), ``ack`` (an
     `AckRule`: sends are kept until the server acks their id, and sent again after a
-    reconnect), ``ack_window`` (default 1,000: the most unacknowledged at once).
+    reconnect), ``ack_window`` (default 1,000: the most unacknowledged at once);
+    ``compression`` (default ``"deflate"``: permessage-deflate, RFC 7692, is offered,
+    and used when the server agrees (see `deflate`); None: not offered).
     """
 
     def __init__(
@@ -154,13 +157,15 @@ class Client(Subscribable, Pulling):
         request_id_field: str = "id",
         ack: Optional[AckRule] = None,
         ack_window: int = 1000,
+        # Compression on the wire (issue 24, point 1): "deflate" offers permessage-deflate, None does not
+        compression: Optional[str] = "deflate",
     ) -> None:
         self.options = ConnectOptions(  # checks them all: a ValueError says which is wrong
             url if callable(url) else _lower_scheme(url), headers if callable(headers) else dict(headers or {}), sslopt,
             subprotocols, ping_interval, ping_timeout if ping_interval else 0.0,
             idle_timeout, connect_timeout, close_timeout, max_message_size,
             cookie=cookie, origin=origin, host=host, suppress_origin=suppress_origin, proxy=proxy,
-            no_proxy=split_no_proxy(no_proxy),
+            no_proxy=split_no_proxy(no_proxy), compression=compression,
         )
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.name = name or f"wsbridge-{next(_ids)}"
@@ -277,6 +282,14 @@ class Client(Subscribable, Pulling):
         from those given as ``subprotocols`` (None: none chosen, or not connected yet)."""
         conn = self._supervisor.conn
         return conn.subprotocol if conn is not None else None
+
+    @property
+    def deflate(self) -> Optional[PerMessageDeflate]:
+        """The permessage-deflate parameters the server agreed to for the current (or
+        last) connection (``str()`` of it: as the header gave them); None: the messages
+        are not compressed (``compression=None``, the server declined, or not connected yet)."""
+        conn = self._supervisor.conn
+        return conn.deflate if conn is not None else None
 
     def start(self) -> "Client":
         """Start the threads and connect in the background; returns at once."""

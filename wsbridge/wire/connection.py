@@ -34,6 +34,7 @@ import websocket
 from ..errors import CloseFrameSent
 from ..redact import without_traceback
 from .buffered import BufferedSocket, frame_complete
+from .deflate import Deflater, Inflater, PerMessageDeflate
 from .dial import open_socket
 from .frames import close_payload
 from .handshake import Handshake
@@ -115,6 +116,9 @@ class Connection:
         self.handshake = Handshake()
         self.subprotocol: Optional[str] = None
         """The subprotocol the server chose; set before ``opened``."""
+        self.deflate: Optional[PerMessageDeflate] = None
+        """The permessage-deflate the server agreed to (None: none); set before ``opened``."""
+        self._deflater: Optional[Deflater] = None  # set by the reader thread before ``opened``; senders' after
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.opened_at: Optional[float] = None
@@ -209,6 +213,12 @@ class Connection:
             # that stops reading or stalls mid-frame is dead, not slow.
             raw.settimeout(self.options.io_timeout)
         self.subprotocol = self.handshake.subprotocol
+        self.deflate = deflate = self.handshake.deflate
+        if deflate is not None:
+            assert self.reader is not None, "websocket-client makes the read loop before it connects"
+            self.reader.use_deflate(Inflater(deflate))
+            if Deflater.usable(deflate):
+                self._deflater = Deflater(deflate)
         self.opened_at = self.last_frame_at = time.monotonic()
         self.opened.set()
         self.hooks.on_open(self)
@@ -293,13 +303,21 @@ class Connection:
         return (self.opened.is_set() and not self.ended.is_set() and not self._aborted.is_set()
                 and ws is not None and not close_sent(ws))
 
+    def _frame(self, ws: websocket.WebSocket, data: Union[str, bytes], binary: bool) -> bytes:
+        """A data frame of ``data``, compressed when permessage-deflate is in use."""
+        deflater = self._deflater
+        if deflater is None:
+            return frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT)
+        payload = deflater.deflate(data.encode("utf-8") if isinstance(data, str) else data)
+        return frame_bytes(ws, payload, OPCODE_BINARY if binary else OPCODE_TEXT, rsv1=1)
+
     def send(self, data: Union[str, bytes], binary: bool) -> None:
         """Write one frame; raises if the socket did not take all of it, `CloseFrameSent`
         (nothing written) once a close frame went out."""
         ws = self.app.sock
         if ws is None or ws.sock is None:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        view = memoryview(frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT))
+        view = memoryview(self._frame(ws, data, binary))
         with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
             _check_no_close_sent(ws)
             while len(view):  # as websocket-client writes a frame: each write waits up to the socket's timeout
@@ -319,7 +337,7 @@ class Connection:
         sock = ws.sock if ws is not None else None
         if ws is None or not isinstance(sock, BufferedSocket):
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        view = memoryview(frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT))
+        view = memoryview(self._frame(ws, data, binary))
         lock = ws.lock
         if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False  # another write holds the socket
@@ -382,7 +400,7 @@ class Connection:
         ws = self.app.sock
         if ws is None or ws.sock is None:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        out = [frame_bytes(ws, data, OPCODE_BINARY if binary else OPCODE_TEXT) for data, binary in frames]
+        out = [self._frame(ws, data, binary) for data, binary in frames]
         with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
             _check_no_close_sent(ws)
             ws.sock.sendall(b"".join(out))

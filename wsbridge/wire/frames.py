@@ -14,6 +14,7 @@ import codecs
 from typing import Any, Callable, Optional, Tuple
 
 from ..errors import MessageTooLarge, WireError
+from .deflate import Inflater
 
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -25,22 +26,26 @@ MAX_CONTROL = 125
 """The largest payload a control frame may carry (RFC 6455 §5.5)."""
 
 
-def check_header(first: int, second: int) -> None:
+def check_header(first: int, second: int, rsv: int = 0) -> None:
     """The first two bytes of a frame from the server, against RFC 6455 §5.2.
 
-    No extension is ever negotiated, so any RSV bit is an error; so is a
-    masked frame (§5.1: a client MUST fail on one), a reserved opcode, and a
-    control frame that is fragmented or longer than 125 bytes (§5.5).
+    An RSV bit is an error unless in ``rsv`` (0x40, RSV1: permessage-deflate was
+    negotiated, and then only on a data frame, RFC 7692 §6); so is a masked
+    frame (§5.1: a client MUST fail on one), a reserved opcode, and a control
+    frame that is fragmented or longer than 125 bytes (§5.5).
     """
     head = bytes((first, second))
-    if first & 0x70:
-        raise WireError(f"RSV bits {(first >> 4) & 7:03b} set, but no extension was negotiated", head, close_code=PROTOCOL_ERROR)
+    if first & 0x70 & ~rsv:
+        what = "no extension was negotiated" if not rsv else "permessage-deflate defines only RSV1"
+        raise WireError(f"RSV bits {(first >> 4) & 7:03b} set, but {what}", head, close_code=PROTOCOL_ERROR)
     if second & 0x80:
         raise WireError("the server sent a masked frame", head, close_code=PROTOCOL_ERROR)
     opcode = first & 0x0F
     if opcode >= 0x8:
         if opcode > PONG:
             raise WireError(f"reserved control opcode {opcode:#x}", head, close_code=PROTOCOL_ERROR)
+        if first & 0x40:
+            raise WireError(f"RSV1 set on a control frame (opcode {opcode:#x})", head, close_code=PROTOCOL_ERROR)
         if not first & 0x80:
             raise WireError(f"a fragmented control frame (opcode {opcode:#x})", head, close_code=PROTOCOL_ERROR)
         if second & 0x7F > MAX_CONTROL:
@@ -97,7 +102,7 @@ def _never_valid(pending: bytes) -> bool:
 
 class Reassembler:
     """Checks the data frames of a connection in order and joins fragmented
-    messages (RFC 6455 §5.4).
+    messages (RFC 6455 §5.4), inflating compressed ones (RFC 7692).
 
     For each data frame: `begin` with its header, before the payload is read
     (order of fragments, the size limit on the running total); the payload's
@@ -105,17 +110,24 @@ class Reassembler:
     so a message fails as soon as the bytes that make it invalid arrive, even
     mid-frame); then `add` the whole payload. Fragments are joined in one
     `bytearray`, so memory is the message's size however many fragments (empty
-    ones included) carry it. Owned by one reader thread.
+    ones included) carry it.
+
+    With an ``inflater`` (permessage-deflate negotiated), a message whose first
+    frame has RSV1 set is compressed: each frame's payload is inflated in `add`,
+    within what is left of ``max_size`` (a bomb stops at the limit, 1009), and its
+    text checked as it is inflated. Owned by one reader thread.
     """
 
-    __slots__ = ("max_size", "opcode", "_buf", "_utf8")
+    __slots__ = ("max_size", "opcode", "inflater", "_buf", "_utf8", "_compressed")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, inflater: Optional[Inflater] = None) -> None:
         self.max_size = max_size
         self.opcode = 0
         """The message's opcode while a fragmented one is in progress (TEXT or BINARY), else 0."""
+        self.inflater = inflater
         self._buf = bytearray()
         self._utf8: Optional[codecs.IncrementalDecoder] = None
+        self._compressed = False  # the message in progress came with RSV1
 
     @property
     def size(self) -> int:
@@ -125,25 +137,33 @@ class Reassembler:
     def begin(self, first: int, length: int) -> Optional[Callable[[Any], None]]:
         """Check a data frame's header (``first`` byte, payload ``length``)
         before its payload is read; return the check for its payload's pieces
-        (None: binary, nothing to check)."""
+        (None: binary or compressed, nothing to check as it arrives)."""
         opcode = first & 0x0F
         if opcode == CONTINUATION:
             if not self.opcode:
                 raise WireError("a continuation frame with no message to continue", bytes((first,)), close_code=PROTOCOL_ERROR)
+            if first & 0x40:
+                raise WireError("RSV1 set on a continuation frame (it marks a message's first frame only)",
+                                bytes((first,)), close_code=PROTOCOL_ERROR)
         elif self.opcode:
             raise WireError(
                 f"a new message (opcode {opcode:#x}) before the fragmented one ended", bytes((first,)), close_code=PROTOCOL_ERROR
             )
-        total = len(self._buf) + length if opcode == CONTINUATION else length
+        else:
+            self._compressed = bool(first & 0x40)
+        # A compressed frame is bounded alone here; what it inflates to, in `add`.
+        total = len(self._buf) + length if opcode == CONTINUATION and not self._compressed else length
         if total > self.max_size:
             what = "a message of" if first & 0x80 and opcode != CONTINUATION else "a fragmented message of at least"
+            if self._compressed:
+                what = "a compressed frame of"
             raise MessageTooLarge(
                 f"{what} {total} bytes exceeds max_message_size ({self.max_size} bytes)",
                 bytes(self._buf[:64]) if self._buf else None,
             )
         if opcode == TEXT:
             self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        return self._check_text if self._utf8 is not None else None
+        return self._check_text if self._utf8 is not None and not self._compressed else None
 
     def _check_text(self, piece: Any, final: bool = False) -> None:
         decoder = self._utf8
@@ -163,6 +183,11 @@ class Reassembler:
         """Take a data frame whose payload went through `begin`'s check; return
         ``(message, opcode)`` once the message is whole, else None."""
         opcode = first & 0x0F
+        if self._compressed:
+            assert self.inflater is not None, "check_header refuses RSV1 unless negotiated"
+            payload = self.inflater.inflate(payload, bool(first & 0x80), self.max_size - len(self._buf))
+            if self._utf8 is not None:
+                self._check_text(payload)
         if first & 0x80:
             if self._utf8 is not None:
                 self._check_text(b"", final=True)  # a message may not end inside a character
@@ -178,7 +203,17 @@ class Reassembler:
         self._buf += payload
         return None
 
+    def inflate_whole(self, data: bytes, opcode: int) -> bytes:
+        """A compressed message of one frame (the reader's fast path), inflated within
+        ``max_size``; text checked as UTF-8."""
+        assert self.inflater is not None, "the fast path takes RSV1 only once deflate is negotiated"
+        data = self.inflater.inflate(data, True, self.max_size)
+        if opcode == TEXT and not data.isascii():
+            check_text(data)
+        return data
+
     def reset(self) -> None:
         self.opcode = 0
         self._buf = bytearray()
         self._utf8 = None
+        self._compressed = False

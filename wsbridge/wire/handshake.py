@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import HandshakeError, UpgradeRefused, preview
 from ..redact import redact_protocols, redact_url
+from .deflate import PerMessageDeflate, negotiate
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -161,7 +162,7 @@ class Handshake(HttpHead):
     connection opened (``subprotocol``). Its ``repr`` is the default one, on
     purpose: the request holds the headers (``Authorization``)."""
 
-    __slots__ = ("request", "head", "subprotocol")
+    __slots__ = ("request", "head", "subprotocol", "deflate")
 
     def __init__(self) -> None:
         super().__init__("the server's upgrade response")
@@ -171,6 +172,8 @@ class Handshake(HttpHead):
         """The response head, once whole and checked."""
         self.subprotocol: Optional[str] = None
         """The subprotocol the server chose (None: none)."""
+        self.deflate: Optional[PerMessageDeflate] = None
+        """The permessage-deflate parameters the server agreed to (None: no compression)."""
 
     def check_response(self, head: bytes) -> bytes:
         """Check a whole response head against the request (RFC 6455 §4.1);
@@ -209,9 +212,8 @@ class Handshake(HttpHead):
                 raise HandshakeError(f"the server chose none of the subprotocols offered ({offers})")
             picked = ", ".join(shown.get(p) or redact_protocols([p])[0] for p in chosen)
             raise HandshakeError(f"the server chose subprotocol {picked[:80]!r}, but the client offered {offers}")
-        extensions = _tokens(fields.get("sec-websocket-extensions", []))
-        if extensions:  # none is implemented, so none can be in use
-            raise HandshakeError(f"the server uses WebSocket extension(s) wsbridge does not support: {extensions!r}")
+        # RFC 6455 §9.1: only an extension offered may be used (permessage-deflate, when offered)
+        self.deflate = negotiate(fields.get("sec-websocket-extensions", []), request.get("sec-websocket-extensions", []))
         self.subprotocol = chosen[0] if chosen else None
         self.head = head
         return head

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from ..errors import ConnectError, HandshakeError
 from ..redact import MASK, redact_headers, redact_protocols, redact_url
+from .deflate import OFFER as DEFLATE_OFFER
 from .proxies import ProxyURL, check_no_proxy, choose_proxy, parse_proxy
 from .wsclient import parse_url
 
@@ -32,6 +33,9 @@ Headers = Union[Mapping[str, str], Callable[[], Mapping[str, str]]]
 Url = Union[str, Callable[[], str]]
 Subprotocols = Union[None, Sequence[str], Callable[[], Optional[Sequence[str]]]]
 Cookie = Union[None, str, Callable[[], Optional[str]]]
+
+COMPRESSIONS = ("deflate", None)
+"""The values of the ``compression`` option."""
 
 CALLABLE = "<callable>"
 """What a ``repr`` shows for an option given as a callable."""
@@ -61,6 +65,8 @@ class ConnectOptions:
     if the proxy wants them (None: the environment's, as websocket-client reads it)."""
     no_proxy: Optional[Tuple[str, ...]] = None
     """Hosts reached without the proxy (None: the environment's ``no_proxy``)."""
+    compression: Optional[str] = "deflate"
+    """``"deflate"``: offer permessage-deflate (RFC 7692); None: offer no compression."""
     proxy_url: Optional[ProxyURL] = field(init=False, default=None)
     """``proxy``, parsed."""
 
@@ -119,10 +125,20 @@ class ConnectOptions:
                 raise ValueError("an Origin header and origin= (or suppress_origin=True) together: give one")
             if "host" in given and self.host is not None:
                 raise ValueError("a Host header and host= together: give one")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression={self.compression!r}: give 'deflate' (permessage-deflate) or None (no compression)")
+        if not callable(self.headers):
+            self._check_extensions(self.headers)
         if not callable(self.subprotocols):
             checked_subprotocols(self.subprotocols)
         if not callable(self.cookie):
             checked_cookie(self.cookie)
+
+    def _check_extensions(self, headers: Mapping[str, str]) -> None:
+        """`ValueError` for a ``Sec-WebSocket-Extensions`` header while compression is
+        on: the client writes that header itself then (the two would contradict)."""
+        if self.compression and any(name.lower() == "sec-websocket-extensions" for name in headers):
+            raise ValueError("a Sec-WebSocket-Extensions header while compression is on: give compression=None to send your own")
 
     def attempt(self, deadline: float, note: Callable[[Optional[str]], None]) -> "Attempt":
         """What the next attempt sends: each callable option called (``note`` is told
@@ -132,6 +148,10 @@ class ConnectOptions:
         to retry); `TimeoutError` when one returned after ``deadline`` (`time.monotonic`)."""
         url = _call("url", self.url, checked_url, deadline, note)
         headers = _call("headers", self.headers, checked_headers, deadline, note)
+        try:
+            self._check_extensions(headers)
+        except ValueError as exc:  # a value given up front was checked at construction
+            raise ConnectError(f"headers: the callable returned a value that is refused: {exc}") from None
         subprotocols = _call("subprotocols", self.subprotocols, checked_subprotocols, deadline, note)
         cookie = _call("cookie", self.cookie, checked_cookie, deadline, note)
         lines: List[str] = []
@@ -147,6 +167,8 @@ class ConnectOptions:
                 cookies.append(value)
             else:
                 lines.append(f"{name}: {value}")
+        if self.compression:
+            lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
         hostname, _, _, secure = parse_url(url)
         try:
             proxy = choose_proxy(hostname, secure, self.proxy_url, self.no_proxy)

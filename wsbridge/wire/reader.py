@@ -8,7 +8,8 @@ rest (the handshake, sending, pings, the callbacks and teardown).
 
 `ReadLoop` is the loop websocket-client runs in (its "dispatcher" hook). Its
 fast path cuts a complete, unfragmented, unmasked text or binary frame lying
-whole in the buffer out in a few operations (text checked as UTF-8); every
+whole in the buffer out in a few operations (text checked as UTF-8; a compressed
+one inflated, once permessage-deflate is negotiated); every
 other frame (control frames, fragments, anything unusual, a frame still
 arriving) goes through `ReadLoop.read_frame` and the rules of `wsbridge.wire.frames`.
 """
@@ -22,6 +23,7 @@ from websocket import WebSocketException
 
 from ..errors import WireError
 from .buffered import BufferedSocket
+from .deflate import Inflater
 from .frames import CLOSE, PING, PONG, PROTOCOL_ERROR, Reassembler, check_header, check_text, close_payload, parse_close
 from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket_send
 
@@ -75,6 +77,9 @@ class ReadLoop:
         self.on_control = on_control
         """Called after each control frame (ping, pong): the peer is alive."""
         self.assembler = Reassembler(max_message_size)
+        self.rsv = 0
+        """The RSV bits a data frame may carry: RSV1 once permessage-deflate is negotiated
+        (`use_deflate`). Frames with it set leave the fast path for `read_frame`."""
         self.disconnect = disconnect
         """websocket-client's end of a connection (``handleDisconnect``: on_error, teardown, on_close)."""
         self.before_fail = before_fail
@@ -87,6 +92,13 @@ class ReadLoop:
         self.close_sent = False
         """Has a close frame gone out (ours, or our echo of the server's)? Set by this thread
         and, before it starts waiting for the echo, by the supervisor's polite close."""
+
+    def use_deflate(self, inflater: Inflater) -> None:
+        """permessage-deflate was negotiated: data frames may carry RSV1, and
+        ``inflater`` inflates them. Called once the upgrade is checked, before
+        the first frame is read (websocket-client makes this loop before it connects)."""
+        self.assembler.inflater = inflater
+        self.rsv = 0x40
 
     def read(self, sock: Any, read_callback: Callable[[], bool], check_callback: Callable[[], Any]) -> None:
         buffered = self.buffered
@@ -119,7 +131,7 @@ class ReadLoop:
         sock = self.buffered
         head = sock.read_exact(2)
         first, second = head[0], head[1]
-        check_header(first, second)
+        check_header(first, second, self.rsv)
         length = second & 0x7F
         if length == 126:
             length = int.from_bytes(sock.read_exact(2), "big")
@@ -189,25 +201,37 @@ class ReadLoop:
             ws.lock.release()
         return True
 
+    def _deliver_inflated(self, data: bytes, opcode: int) -> None:
+        """The fast path's delivery once permessage-deflate is negotiated: ``opcode``
+        carries RSV1 (0x40) for a compressed message, inflated (and its text checked) here."""
+        if opcode & 0x40:
+            opcode &= 0x0F
+            data = self.assembler.inflate_whole(data, opcode)
+        self.deliver(data, opcode)
+
     def take_data_frames(self) -> int:
-        """Deliver the whole, plain data frames at the front of the buffer;
-        return how many (0: the next frame is `read_frame`'s)."""
+        """Deliver the whole, plain data frames at the front of the buffer (and,
+        once permessage-deflate is negotiated, whole compressed messages of one
+        frame); return how many (0: the next frame is `read_frame`'s)."""
         if self.assembler.opcode:
             return 0  # inside a fragmented message
         sock = self.buffered
         buf, pos = sock._buf, sock._pos
         end = len(buf)
-        deliver = self.deliver
+        rsv = self.rsv
+        # Without deflate: the same masks and delivery as ever (no cost per frame).
+        deliver = self._deliver_inflated if rsv else self.deliver
+        head_mask, kind_mask = 0xF0 ^ rsv, 0x0F | rsv  # with deflate: RSV1 may be set, and rides with the opcode
         read_now = sock.read_now
         count = topups = 0
         drained = False
         while True:
             if end - pos >= 2:
                 first, second = buf[pos], buf[pos + 1]
-                if first & 0xF0 != 0x80 or second & 0x80:
+                if first & head_mask != 0x80 or second & 0x80:
                     break  # not FIN, extension bits, or masked: read_frame decides
-                opcode = first & 0x0F
-                if opcode != 1 and opcode != 2:
+                opcode = first & kind_mask
+                if opcode != 1 and opcode != 2 and opcode != 0x41 and opcode != 0x42:
                     break  # control frame, continuation or reserved: read_frame's
                 size, start = second, pos + 2
                 if size == 126:

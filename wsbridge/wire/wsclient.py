@@ -148,9 +148,10 @@ def close_sent(ws: websocket.WebSocket) -> bool:
     return not ws.connected
 
 
-def frame_bytes(ws: websocket.WebSocket, payload: Union[str, bytes], opcode: int) -> bytes:
-    """One frame as the client sends it (masked with the app's mask source)."""
-    frame = ABNF.create_frame(payload, opcode)
+def frame_bytes(ws: websocket.WebSocket, payload: Union[str, bytes], opcode: int, rsv1: int = 0) -> bytes:
+    """One frame as the client sends it (masked with the app's mask source); ``rsv1``:
+    a compressed message's payload (bytes; permessage-deflate)."""
+    frame = ABNF(1, 1, 0, 0, opcode, 1, payload) if rsv1 else ABNF.create_frame(payload, opcode)
     if ws.get_mask_key:
         frame.get_mask_key = ws.get_mask_key
     return frame.format()
@@ -203,5 +204,7 @@ CONTRACT: List[Tuple[str, Callable[[], bool]]] = [
      lambda: _params(socket_send) == ["sock", "data"]),
     ("ABNF.create_frame(data, opcode) and ABNF.format()",
      lambda: ABNF.create_frame(b"x", ABNF.OPCODE_TEXT).format()[:1] == b"\x81"),
+    ("ABNF(fin, rsv1, rsv2, rsv3, opcode, mask, data).format() sets RSV1 (a compressed message)",
+     lambda: ABNF(1, 1, 0, 0, ABNF.OPCODE_TEXT, 1, b"x").format()[:1] == b"\xc1"),
 ]
 """What wsbridge relies on, each with a check that it still holds."""
