@@ -129,6 +129,7 @@ REFUSED = [
     (b"permessage-deflate; server_max_window_bits=16", "it must be 8 to 15"),
     (b"permessage-deflate; server_max_window_bits=7", "it must be 8 to 15"),
     (b"permessage-deflate; server_max_window_bits=010", "it must be 8 to 15"),
+    (b"permessage-deflate; client_max_window_bits=08", "it must be 8 to 15"),  # no leading zero (RFC 7692 §7.1.2.2)
     (b"permessage-deflate; server_no_context_takeover=1", "takes no value"),
     (b"permessage-deflate; client_no_context_takeover=true", "takes no value"),
     (b"permessage-deflate; server_no_context_takeover; server_no_context_takeover", "given twice"),
@@ -254,6 +255,12 @@ def test_a_bomb_in_many_fragments_is_refused_at_the_limit(make_client, collector
     assert isinstance(errors.wait(1)[0]["error"], wsbridge.MessageTooLarge) and not got.items
 
 
+def _final(data: bytes) -> bytes:
+    """``data`` deflated as a stream that ends (its last block final)."""
+    deflater = zlib.compressobj(wbits=-15)
+    return deflater.compress(data) + deflater.flush(zlib.Z_FINISH)
+
+
 COMPRESSED_VIOLATIONS = [
     # (what the server sends after the deflate answer, close code, words)
     (frame(b"a", TEXT, fin=False, rsv=4) + frame(b"b", CONTINUATION, rsv=4), 1002, "RSV1 set on a continuation frame"),
@@ -263,6 +270,9 @@ COMPRESSED_VIOLATIONS = [
     (frame(b"hi", TEXT, rsv=6), 1002, "permessage-deflate defines only RSV1"),
     (frame(deflated(b'{"x": "\xff\xfe"}')[0], TEXT, rsv=4), 1007, "not valid UTF-8"),
     (frame(b"\xff\xff\xff\xff", BINARY, rsv=4), 1007, "does not inflate"),
+    (frame(_final(b"hello") + b"xyz", TEXT, rsv=4), 1007, "bytes follow the end"),
+    (frame(_final(b"hello "), TEXT, fin=False, rsv=4) + frame(deflated(b"world")[0], CONTINUATION), 1007,
+     "goes on after the end"),
 ]
 
 
@@ -398,3 +408,22 @@ def test_a_websockets_server_without_compression(make_client, collector):
         assert [m.payload for m in got.wait(3)] == FEED[:3]
         client.send("hi")
         assert got.wait(4)[3].payload == "echo:hi"
+
+
+def test_a_bomb_in_one_frame_is_refused_with_no_more_than_the_limit_allocated():
+    """zlib builds a large output in pieces and joins them (twice the limit at once): the
+    inflater takes it a step at a time, so refusing 1 GiB of zeros at 16 MiB allocates
+    little more than 16 MiB."""
+    from wsbridge.wire.deflate import STEP, Inflater, PerMessageDeflate
+
+    deflater = zlib.compressobj(wbits=-15)
+    bomb = b"".join(deflater.compress(b"\0" * (1 << 24)) for _ in range(64)) + deflater.flush(zlib.Z_SYNC_FLUSH)[:-4]
+    room = 16 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(wsbridge.MessageTooLarge):
+            Inflater(PerMessageDeflate()).inflate(bomb, True, room)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < room * 1.25 + 2 * STEP, peak

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import threading
 import zlib
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ..errors import HandshakeError, MessageTooLarge, WireError
 
 EXTENSION = "permessage-deflate"
 OFFER = f"{EXTENSION}; client_no_context_takeover; client_max_window_bits"
 """The ``Sec-WebSocket-Extensions`` value the client sends when compression is on."""
+
+STEP = 256 * 1024
+"""Most bytes taken from zlib in one call when a message inflates to more."""
 
 TAIL = b"\x00\x00\xff\xff"
 """The end of a sync flush, which a sender strips from each message and the receiver puts back (§7.2.1)."""
@@ -104,7 +107,7 @@ def parse_extensions(values: List[str]) -> List[Tuple[str, Dict[str, Optional[st
 
 
 def _bits(value: Optional[str], name: str) -> int:
-    if value is None or not value.isdigit() or len(value) > 2 or not 8 <= int(value) <= 15:
+    if value is None or not value.isdigit() or value[0] == "0" or not 8 <= int(value) <= 15:  # no leading zero (§7.1.2)
         raise HandshakeError(f"{name}={value} in the server's permessage-deflate: it must be 8 to 15")
     return int(value)
 
@@ -155,7 +158,10 @@ class Inflater:
     """Inflates the messages the server compressed, one frame at a time, never
     producing more than the message's size limit allows: a message that would
     inflate past it is refused (`MessageTooLarge`, close code 1009) once the limit
-    is reached, before the rest is inflated. Owned by the connection's reader thread."""
+    is reached, before the rest is inflated, and with no more than the limit and one
+    `STEP` allocated (zlib's output is taken a step at a time). Bytes after the end of
+    the deflate stream (its final block) are refused (1007): a message is never cut
+    short silently. Owned by the connection's reader thread."""
 
     __slots__ = ("reset_each", "_zlib")
 
@@ -167,20 +173,42 @@ class Inflater:
         """A compressed frame's payload inflated (``fin``: the message's last frame);
         `MessageTooLarge` when it inflates to more than ``room`` bytes."""
         inflater = self._zlib
+        if inflater.eof and data:
+            raise WireError("a compressed message goes on after the end of its deflate stream", data[:64], close_code=1007)
         tail = fin and len(data) > 2048  # a large payload is not copied to append the tail
         if fin and not tail:
             data = data + TAIL
         try:
-            out = inflater.decompress(data, room + 1)  # never more than one byte past the room
+            out = self._take(inflater, data, room)
             if tail and len(out) <= room:
-                out += inflater.decompress(TAIL, room + 1 - len(out))
+                out += self._take(inflater, TAIL, room - len(out))
         except zlib.error as exc:
             raise WireError(f"a compressed message does not inflate ({exc})", data[:64], close_code=1007) from None
         if len(out) > room:
-            raise MessageTooLarge(f"a compressed message inflates past max_message_size (more than {room} bytes left)", out[:64])
+            raise MessageTooLarge(f"a compressed message inflates past max_message_size (more than {room} bytes left)",
+                                  bytes(out[:64]))
+        if inflater.eof and inflater.unused_data not in (b"", TAIL):
+            raise WireError("bytes follow the end of a compressed message's deflate stream", inflater.unused_data[:64],
+                            close_code=1007)
         if fin and (self.reset_each or inflater.eof):  # a final deflate block ends the stream: start a new one
             self._zlib = zlib.decompressobj(wbits=-15)
-        return out
+        return out if out.__class__ is bytes else bytes(out)  # (within the room `_take` gives bytes)
+
+    @staticmethod
+    def _take(inflater: "zlib._Decompress", data: bytes, room: int) -> Union[bytes, bytearray]:
+        """``data`` inflated, at most ``room`` + 1 bytes of it: one call for a message up to
+        `STEP`, else a step at a time into one buffer (zlib would build a large output in
+        pieces and join them: twice the limit at once)."""
+        out = inflater.decompress(data, min(room + 1, STEP))
+        if len(out) < STEP or len(out) > room:
+            return out
+        buf = bytearray(out)
+        while len(buf) <= room:
+            more = inflater.decompress(inflater.unconsumed_tail, min(room + 1 - len(buf), STEP))
+            if not more:
+                break
+            buf += more
+        return bytes(buf) if len(buf) <= room else buf  # (past the room it is refused: not copied)
 
 
 class Deflater:
