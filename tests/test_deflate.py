@@ -24,7 +24,7 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 import wsbridge
 from wsbridge.codecs import RawCodec
 from wsbridge.testing import RawServer
-from wsbridge.testing.raw import BINARY, CONTINUATION, PING, TEXT, accept_response, frame, header, read_close
+from wsbridge.testing.raw import BINARY, CONTINUATION, PING, TEXT, accept_response, frame, header, read_close, read_frame_bits
 
 from conftest import wait_until
 
@@ -48,28 +48,8 @@ def answering(extension: bytes) -> Callable[[bytes], bytes]:
 
 def read_client_frame(conn: Any, timeout: float = 10.0) -> Tuple[int, bytes]:
     """One frame the client sent, as ``(first byte, unmasked payload)``."""
-    conn.settimeout(timeout)
-
-    def exact(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("the client closed the TCP connection")
-            data += chunk
-        return data
-
-    first, second = exact(2)
-    n = second & 0x7F
-    if n == 126:
-        n = int.from_bytes(exact(2), "big")
-    elif n == 127:
-        n = int.from_bytes(exact(8), "big")
-    key = exact(4)
-    return first, bytes(b ^ key[i % 4] for i, b in enumerate(exact(n)))
-
-
-# -- negotiation ------------------------------------------------------------------------
+    first, _, payload = read_frame_bits(conn, None, timeout)
+    return first, payload
 
 
 def test_deflate_is_offered_by_default_and_not_with_compression_none(make_client):

@@ -89,6 +89,12 @@ def read_frame_head(conn: socket.socket, keep: Optional[int] = None, timeout: fl
     """One frame the client sent: ``(opcode, payload length, the first ``keep`` bytes of
     the payload unmasked)`` (None: all of it); the rest is read and dropped (unmasking
     megabytes in Python takes seconds). `ConnectionError` if the client closed TCP first."""
+    first, n, head = read_frame_bits(conn, keep, timeout)
+    return first & 0x0F, n, head
+
+
+def read_frame_bits(conn: socket.socket, keep: Optional[int] = None, timeout: float = 10.0) -> Tuple[int, int, bytes]:
+    """`read_frame_head` with the frame's whole first byte (FIN and RSV bits too) for its opcode."""
     conn.settimeout(timeout)
 
     def exact(n: int) -> bytes:
@@ -111,7 +117,7 @@ def read_frame_head(conn: socket.socket, keep: Optional[int] = None, timeout: fl
     left = n - len(head)
     while left:
         left -= len(exact(min(left, 1 << 20)))
-    return first & 0x0F, n, bytes(b ^ key[i % 4] for i, b in enumerate(head))
+    return first, n, bytes(b ^ key[i % 4] for i, b in enumerate(head))
 
 
 def read_close(conn: socket.socket, timeout: float = 10.0) -> Optional[int]:
