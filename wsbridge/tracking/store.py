@@ -25,7 +25,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from ..errors import StoreError, StoreFull, StoreInUse  # defined in errors.py; importable from here as before
 from ..message import Message
@@ -1056,19 +1056,27 @@ def _reached(part: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]], epochs:
     reset inside the batch: its last part says), nor for one counter across streams
     (``{None: n}`` with named streams: the part does not tell what is contiguous)."""
     named = any(row[2] is not None for row in part)
+    if named and len(places) == 1 and places[0][1] is None:
+        return []
+    wanted = {stream: epoch for _, stream, _, epoch in places}
+    top: Dict[Any, Optional[int]] = {}  # per stream: the highest seq, None once another epoch's met
+    for row in part:  # one pass, however many streams
+        stream, seq = row[2], row[3]
+        if seq is None or stream not in wanted:
+            continue
+        if epochs[row[0] - first] != wanted[stream]:
+            top[stream] = None
+        elif stream not in top:
+            top[stream] = seq
+        else:
+            best = top[stream]
+            if best is not None and seq > best:
+                top[stream] = seq
     out = []
     for skey, stream, seq, epoch in places:
-        if stream is None and named and len(places) == 1:
-            return []
-        top = None
-        for row in part:
-            if row[2] == stream and row[3] is not None:
-                if epochs[row[0] - first] != epoch:
-                    top = None
-                    break
-                top = row[3] if top is None else max(top, row[3])
-        if top is not None:
-            out.append((skey, stream, min(seq, top), epoch))
+        reached = top.get(stream)
+        if reached is not None:
+            out.append((skey, stream, min(seq, reached), epoch))
     return out
 
 
