@@ -201,14 +201,6 @@ class ReadLoop:
             ws.lock.release()
         return True
 
-    def _deliver_inflated(self, data: bytes, opcode: int) -> None:
-        """The fast path's delivery once permessage-deflate is negotiated: ``opcode``
-        carries RSV1 (0x40) for a compressed message, inflated (and its text checked) here."""
-        if opcode & 0x40:
-            opcode &= 0x0F
-            data = self.assembler.inflate_whole(data, opcode)
-        self.deliver(data, opcode)
-
     def take_data_frames(self) -> int:
         """Deliver the whole, plain data frames at the front of the buffer (and,
         once permessage-deflate is negotiated, whole compressed messages of one
@@ -219,8 +211,7 @@ class ReadLoop:
         buf, pos = sock._buf, sock._pos
         end = len(buf)
         rsv = self.rsv
-        # Without deflate: the same masks and delivery as ever (no cost per frame).
-        deliver = self._deliver_inflated if rsv else self.deliver
+        deliver, inflate_whole = self.deliver, self.assembler.inflate_whole
         head_mask, kind_mask = 0xF0 ^ rsv, 0x0F | rsv  # with deflate: RSV1 may be set, and rides with the opcode
         read_now = sock.read_now
         count = topups = 0
@@ -248,8 +239,12 @@ class ReadLoop:
                     sock._pos = pos  # the buffer's state is right before anyone else looks
                     count += 1
                     data = buf[start:stop]
-                    if opcode == 1 and not data.isascii():
-                        check_text(data)
+                    if opcode == 1:
+                        if not data.isascii():
+                            check_text(data)
+                    elif opcode != 2:  # 0x41, 0x42: compressed (RSV1 rides with the opcode); text checked inflated
+                        opcode &= 0x0F
+                        data = inflate_whole(data, opcode)
                     deliver(data, opcode)
                     if not self.running:
                         break
