@@ -5,7 +5,7 @@ Run as a separate process: ``python benchmarks/blaster.py`` prints its port.
 It answers no ping (so clients measured against it run with pings off, as a
 bare `WebSocketApp` does by default).
 Each connection's path says what to send: ``/KIND/COUNT`` with KIND one of
-``json100``, ``json4k``, ``bin64k``, ``frag64k`` (64 KiB binary messages,
+``json100``, ``json1k``, ``json4k``, ``bin64k``, ``frag64k`` (64 KiB binary messages,
 each in 16 fragments of 4 KiB). After COUNT frames it sends a close frame.
 ``feed`` and ``zfeed`` are the same JSON market-data feed (book updates of
 about 300 B), plain and compressed with permessage-deflate as a server does by
@@ -50,36 +50,29 @@ def deflated(messages: List[bytes]) -> List[bytes]:
     return [(compressor.compress(m) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4] for m in messages]
 
 
-def payloads(kind: str, count: int) -> bytes:
-    """``count`` frames of ``kind``, each with its own seq, as one buffer."""
+def messages(kind: str, count: int) -> List[bytes]:
+    """The ``count`` JSON messages of ``kind`` (json100, json1k, json4k, feed), each with its own seq."""
     if kind == "json100":
         tick = {"type": "tick", "seq": 0, "sym": "ACME", "px": 101.25, "qty": 300, "side": "buy", "venue": "X"}
+        return [json.dumps({**tick, "seq": i}).encode() for i in range(1, count + 1)]  # the literal's key order
+    if kind in ("json1k", "json4k"):
+        pad = "x" * (900 if kind == "json1k" else 4000)
+        return [json.dumps({"type": "doc", "seq": i, "body": pad}).encode() for i in range(1, count + 1)]
+    if kind in ("feed", "zfeed"):
+        return feed(count)
+    raise ValueError(kind)
 
-        def make(i: int) -> bytes:
-            return json.dumps({**tick, "seq": i}).encode()  # the key order (and so the bytes) of the literal
-        opcode = 1
-    elif kind == "json4k":
-        pad = "x" * 4000
 
-        def make(i: int) -> bytes:
-            return json.dumps({"type": "doc", "seq": i, "body": pad}).encode()
-        opcode = 1
-    elif kind in ("feed", "zfeed"):
-        messages = feed(count)
-        if kind == "zfeed":
-            return b"".join(frame(m, 1, rsv=4) for m in deflated(messages))
-        return b"".join(frame(m, 1) for m in messages)
-    elif kind in ("bin64k", "frag64k"):
+def payloads(kind: str, count: int) -> bytes:
+    """``count`` frames of ``kind``, each with its own seq, as one buffer."""
+    if kind == "zfeed":
+        return b"".join(frame(m, 1, rsv=4) for m in deflated(feed(count)))
+    if kind in ("bin64k", "frag64k"):
         blob = bytes(range(256)) * 256
         if kind == "frag64k":
             return fragments(blob, 4096, 2) * count
-
-        def make(i: int) -> bytes:
-            return blob
-        opcode = 2
-    else:
-        raise ValueError(kind)
-    return b"".join(frame(make(i), opcode) for i in range(1, count + 1))
+        return frame(blob, 2) * count
+    return b"".join(frame(m, 1) for m in messages(kind, count))
 
 
 def serve_one(conn: socket.socket) -> None:

@@ -13,7 +13,10 @@ the kernel takes them, so the client is the bottleneck. Each row is a client:
 * wsbridge with every feature of this release on (decode, sequence tracking,
   ordered dispatch to one subscriber, the pull buffer), with and without
   wsaccel, with an `SQLiteStore` written before dispatch, and with orjson as
-  the JSON parser (opt-in, if installed).
+  the JSON parser (opt-in, if installed),
+* the decoder's limit: `JsonCodec.decode` alone over the same messages in
+  memory (with ``json`` and with orjson); a line under the table says what share
+  of it the pipeline reaches.
 
 Columns: msg/s for ~100 B JSON text, 4 KiB JSON text, 64 KiB binary, and 64 KiB
 binary sent as one message in 16 fragments of 4 KiB (the
@@ -27,7 +30,9 @@ Numbers are medians over the runs.
 A second table compares wsbridge with the ``websockets.sync`` client on a JSON
 market-data feed (book updates of about 300 B), sent plain and compressed with
 permessage-deflate (RFC 7692, a window shared across messages, as servers
-compress by default): msg/s, and the bytes each message takes on the wire.
+compress by default): msg/s, and the bytes each message takes on the wire. Its
+like-for-like pairs: the ``recv()`` loop and wsbridge with `RawCodec` (neither
+decodes), the loop + ``json.loads`` and wsbridge's full pipeline.
 """
 
 from __future__ import annotations
@@ -175,6 +180,38 @@ def wsbridge_orjson(url: str, kind: str, handler: Any) -> None:
     wsbridge_client(url, kind, handler, loads=orjson.loads)
 
 
+def wsbridge_raw(url: str, kind: str, handler: Any) -> None:
+    """wsbridge with `RawCodec`: no decoding, as a ``recv()`` loop does none."""
+    import wsbridge
+
+    client = wsbridge.Client(url, codec=wsbridge.RawCodec(), backoff=wsbridge.NO_RETRY, ping_interval=0)
+    client.on_any(handler)
+    client.start()
+    try:
+        wait(handler)
+    finally:
+        client.stop()
+
+
+def decode_only(url: str, kind: str, handler: Any, loads: Any = None) -> None:
+    """The decoder's limit: `JsonCodec.decode` alone over the same messages, in memory
+    (no socket, no thread), each handed to the handler as the pipeline hands it."""
+    from blaster import messages
+
+    import wsbridge
+
+    codec = wsbridge.JsonCodec.conventions(loads=loads or json.loads)
+    decode = codec.decode
+    for data in messages(kind, int(url.rsplit("/", 1)[1])):
+        handler(decode(data, False, time.time())[0])
+
+
+def decode_only_orjson(url: str, kind: str, handler: Any) -> None:
+    import orjson
+
+    decode_only(url, kind, handler, loads=orjson.loads)
+
+
 def wait(handler: Any) -> None:
     if not handler.done.wait(300):
         raise RuntimeError("the client did not receive every message within 300 s")
@@ -192,10 +229,15 @@ ROWS = [
     (f"  same {NO_ACCEL}", wsbridge_client, KINDS, True),
     ("  same + SQLiteStore", wsbridge_store, ("json100",), False),
     ("  same, JsonCodec(loads=orjson.loads)", wsbridge_orjson, ("json100", "json4k"), False),
+    ("JsonCodec.decode alone, in memory", decode_only, ("json100", "json4k"), False),
+    ("  same, loads=orjson.loads", decode_only_orjson, ("json100", "json4k"), False),
     ("websockets.sync.client recv() loop", websockets_sync, FEED_KINDS, False),
     ("  same + json.loads", websockets_sync_json, FEED_KINDS, False),
     ("wsbridge, full pipeline", wsbridge_client, FEED_KINDS, False),
+    ("  same, RawCodec (no decoding)", wsbridge_raw, FEED_KINDS, False),
 ]
+DECODERS = {decode_only: wsbridge_client, decode_only_orjson: wsbridge_orjson}
+"""The decoder's-limit rows, and the pipeline row measured against each."""
 
 
 def parse_for(client: Callable[..., None]) -> Callable[[Any], dict]:
@@ -224,7 +266,7 @@ def child(row: int, base: str, count: int, rate: float, seconds: float, gc_mode:
         client(f"{base}/{kind}/{n}", kind, watch)
         out[kind] = watch.result()
         gc.collect()  # the last client's garbage is not the next measurement's to collect
-    if "json100" in kinds:
+    if "json100" in kinds and client not in DECODERS:
         n = int(rate * seconds)
         probe = LatencyProbe(n, int(rate / 2), parse_for(client))
         client(f"{base}/paced/{rate}/{n}", "json100", probe)
@@ -244,7 +286,7 @@ def cpu_times() -> List[int]:
 
 def available(client: Callable[..., None]) -> Optional[str]:
     module = {websockets_sync: "websockets.sync.client", websockets_sync_json: "websockets.sync.client",
-              wsbridge_orjson: "orjson"}.get(client)
+              wsbridge_orjson: "orjson", decode_only_orjson: "orjson"}.get(client)
     if module:
         try:
             __import__(module)
@@ -332,6 +374,12 @@ def main() -> None:
         lat = [median(row, k) for k in ("p50", "p99")]
         print(f"{label:<42}" + "".join(f"{c:>19}" for c in cells)
               + "".join(f"{x:>9.2f}" if x is not None else f"{'-':>9}" for x in lat) + f"{median(row, 'rss'):>8.1f}")
+    rows = {client: row for row, (_label, client, _kinds, _hide) in enumerate(ROWS)}
+    for decoder, pipeline in DECODERS.items():
+        limit, ours = rows[decoder], rows[pipeline]
+        if results[limit] and results[ours]:
+            print(f"{ROWS[ours][0].strip()} / {ROWS[limit][0].strip()}: "
+                  + ", ".join(f"{kind} {median(ours, kind) / median(limit, kind):.2f}x" for kind in ROWS[limit][2]))
     feed_table(args.count, results, median)
 
 

@@ -60,7 +60,7 @@ def run_slow_feed(make_client: Any, n: int, key: Any = None, **options: Any) -> 
         feed.send(frames[0])
         assert slow.first.wait(10)
         feed.send(*frames[1:])  # all of it reaches the client while the subscriber is held
-        wait_until(lambda: client.stats.received == len(frames), 30, "every frame received")
+        wait_until(lambda: client.stats.frames == len(frames), 30, "every frame received")
         slow.release.set()
         wait_until(lambda: client.stats.dispatched + client.stats.conflated == len(frames), 30, "all delivered")
         stats = client.stats
@@ -117,7 +117,7 @@ def test_held_messages_are_not_conflated_and_the_store_keeps_every_message(make_
         client.start().wait_connected(10)
         server.publish(*[{"type": "tick", "sym": SYMBOLS[i % 3], "i": i} for i in range(n)])
         assert slow.first.wait(10)
-        wait_until(lambda: client.stats.received >= n - 1, 30, "every tick but the skipped one received")
+        wait_until(lambda: client.stats.frames >= n - 1, 30, "every tick but the skipped one received")
         slow.release.set()
         wait_until(lambda: client.stats.dispatched + client.stats.conflated == n, 30, "all delivered")
         got = [m.seq for m in slow.got]

@@ -282,7 +282,7 @@ def test_the_hook_is_not_held_behind_a_backlog_of_slow_subscribers(feed, make_cl
     client.subscribe({"op": "subscribe", "channel": "trades"}, ack="subscribed")
     client.start().wait_connected(timeout=10)
     feed.publish("trades", 40)
-    wait_until(lambda: client.stats.received >= 42, what="the ticks received")  # login_ok, subscribed, 40 ticks
+    wait_until(lambda: client.stats.frames >= 42, what="the ticks received")  # login_ok, subscribed, 40 ticks
     watcher = threading.Thread(target=watch_feed, name="test-watch-feed")
     watcher.start()
     feed.restart()

@@ -94,12 +94,11 @@ def test_each_message_of_a_pipe_frame_weighs_its_own_bytes(make_client):
     with RawServer() as server:
         # 4 MiB: the 5,000 messages weigh 1.3 MB with their records' overhead (`message.OVERHEAD`),
         # the old weighing 46 times the bound (the reader waited for room)
+        # No subscriber: the pull buffer keeps every message from the start (not only a window).
         client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=4 * 1024 * 1024)
-        seen = Collector()
-        client.on_any(seen)
         client.start()
         server.wait_connection().sendall(frame(data))
-        seen.wait(5000, timeout=30)
+        wait_until(lambda: client.stats.pull_buffered + client.stats.pull_dropped == 5000, 30, "every message buffered")
         got = [client.recv(timeout=5) for _ in range(5000)]
         stats = client.stats
     assert [m.payload for m in got] == [str(i) for i in range(5000)]

@@ -302,12 +302,10 @@ def test_a_small_dispatch_queue_bytes_holds_the_reader_back_for_a_frame_of_tiny_
 def test_a_small_pull_buffer_bytes_keeps_what_fits_of_a_frame_of_tiny_messages(make_client):
     bound = 64 * 1024
     with RawServer() as server:
-        client = make_client(server.url, codec=wsbridge.PipeCodec(), pull_buffer_bytes=bound)
-        seen = Collector()
-        client.on_any(seen)
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), pull_buffer_bytes=bound)  # no subscriber: all kept
         client.start()
         server.wait_connection().sendall(tiny_frame(5000))
-        seen.wait(5000, timeout=60)
+        wait_until(lambda: client.stats.pull_buffered + client.stats.pull_dropped == 5000, 60, "every message buffered")
         stats = client.stats
         assert stats.pull_dropped > 0, "25 KB as they came, but 1.3 MB in memory: over the bound"
         from wsbridge.message import OVERHEAD

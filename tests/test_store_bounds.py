@@ -177,7 +177,7 @@ def test_a_burst_larger_than_the_store_is_stored_in_parts_each_before_its_subscr
         client.start().wait_connected(timeout=10)
         for k in range(10):
             feed.send(*(json.dumps({"type": "m", "n": n, "pad": PAD}) for n in range(400 * k, 400 * k + 400)))
-            wait_until(lambda end=400 * k + 400: client.stats.received >= end, timeout=30, what=f"burst {k} received")
+            wait_until(lambda end=400 * k + 400: client.stats.frames >= end, timeout=30, what=f"burst {k} received")
             queued[k].set()
         assert [m.payload["n"] for m in got.wait(4000, timeout=60)] == list(range(4000))
         assert client.stop(10)

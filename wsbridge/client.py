@@ -137,8 +137,8 @@ class Client(Subscribable, Pulling):
         pull_buffer: int = 10_000,
         pull_buffer_bytes: int = 16 * 1024 * 1024,
         pull_overflow: str = "drop_oldest",
-        dispatch_queue: int = 100_000,
-        dispatch_queue_bytes: int = 256 * 1024 * 1024,
+        dispatch_queue: int = 10_000,
+        dispatch_queue_bytes: int = 32 * 1024 * 1024,
         retry_fatal: bool = False,
         policy: Optional[ReconnectPolicy] = None,  # the retry rules whole (then no backoff, retry_fatal)
         store: Optional[Store] = None,
@@ -186,7 +186,7 @@ class Client(Subscribable, Pulling):
             SequenceTracker(gap_timeout=gap_timeout, max_held=max_held, on_reset=on_reset, recall=_recall(store),
                             global_seq=_scope(seq_scope) == "global", per_connection=seq_scope == "connection"),
             self._pull,
-            store, self.codec.raw_is_payload, self._want_resume, self.name,
+            store, self.codec, self._want_resume, self.name,
         )
         self._dispatcher = self._delivery.dispatcher = Dispatcher(
             self._delivery.handle, dispatch_queue, dispatch_queue_bytes,
@@ -519,6 +519,11 @@ class Client(Subscribable, Pulling):
                 "thread, so it would wait for itself. Use the message the subscriber was given, or pull from another thread."
             )
 
+    def _pull_started(self) -> None:
+        dropped = self._pull.started()
+        if dropped:
+            self._emit(self.signals.dropped, what="pull", count=dropped)
+
     # -- sending -------------------------------------------------------------------------------
     def send(self, obj: Sendable, *, timeout: Optional[float] = None, ttl: Optional[float] = None) -> SendHandle:
         """Send ``obj``: ``str`` as a text frame, ``bytes`` as a binary frame,
@@ -798,8 +803,9 @@ class Client(Subscribable, Pulling):
         """A snapshot of the counters (each written by one thread, read without a lock)."""
         d, i, s, sup, sent = self._delivery, self._intake, self._sender, self._supervisor, self._sender.counts
         return Stats(
-            state=str(self.state), frames=i.frames, bytes=i.bytes, received=i.received, dispatched=d.dispatched,
-            protocol_errors=i.protocol_errors + sup.wire_errors, subscriber_errors=self._reporter.subscriber_errors,
+            state=str(self.state), frames=i.frames, bytes=i.bytes, received=i.received + d.received,
+            dispatched=d.dispatched, protocol_errors=i.protocol_errors + d.protocol_errors + sup.wire_errors,
+            subscriber_errors=self._reporter.subscriber_errors,
             sent=sent.sent, queued=sent.queued, outbox=len(s.outbox), flushed=sent.flushed, outbox_dropped=sent.dropped,
             outbox_expired=sent.expired, acked=sent.acked, unacked=len(s.unacked), resent=sent.resent,
             pull_buffered=len(self._pull), pull_dropped=self._pull.dropped, dispatch_pending=len(self._dispatcher),

@@ -39,6 +39,12 @@ class Codec:
     raw_is_payload = False
     """True when a message's ``raw`` frame, parsed as JSON, is its payload (a
     store may then keep the frame as it came instead of encoding the payload)."""
+    one_per_frame = False
+    """True when `decode` never returns more than one message for a frame. The
+    dispatcher thread may then decode it, just before delivery (the dispatch queue
+    weighs the frame, which is the message's bytes). Frames of a codec that may
+    split one into many (the pipe format) are decoded by the reader, so that the
+    queue's bounds weigh and hold back each message."""
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
         raise NotImplementedError

@@ -50,6 +50,7 @@ class Inflate(Codec):
         self.max_size = max_size
         self.compress_sends = bool(compress_sends)
         self.raw_is_payload = codec.raw_is_payload
+        self.one_per_frame = codec.one_per_frame
         self._wbits = WBITS[format]
         self._send_wbits = WBITS["gzip" if format == "auto" else format]
 

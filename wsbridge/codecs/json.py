@@ -100,6 +100,7 @@ class JsonCodec(Codec):
 
     name = "json"
     raw_is_payload = True
+    one_per_frame = True
     _format, _record = "JSON", "JSON object"
     """The format, and what a frame of it decodes to, in error messages."""
     _getter = staticmethod(_getter)

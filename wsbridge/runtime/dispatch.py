@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Iterator, List, Optional
+from typing import Any, Callable, Deque, Iterator, List, NamedTuple, Optional
 
 from ..message import OVERHEAD, Message
 from ..message import weight as message_weight
@@ -36,10 +36,28 @@ BATCH = 4096
 WAKE_EVERY = 256
 
 
+class Undecoded(NamedTuple):
+    """A frame's data as it came, for the dispatcher to decode (`Delivery.handle`).
+
+    Decoding on the dispatcher thread, just before delivery, lets a decoded message
+    die young: one decoded by the reader waits in the queue for a GIL hand-off
+    (hundreds of messages), long enough to survive into the collector's older
+    generations, whose full collections then cost a nested-JSON feed a fifth of its
+    time. Left undecoded, the queue holds bytes, which the collector does not track and
+    the byte bound weighs exactly. Build with ``tuple.__new__(Undecoded, (...))``: the
+    named constructor is a Python call per frame."""
+
+    data: bytes
+    binary: bool
+    received_at: float
+
+
 def weight(item: Any) -> int:
     """The bytes an item counts for against the byte bound: a message's (its frame data
     and the record's overhead, `message.weight`), or the ``size`` an item declares (a
     report that carries a frame)."""
+    if item.__class__ is Undecoded:
+        return OVERHEAD + len(item.data)
     message = item if item.__class__ is Message else getattr(item, "message", None)
     if message is None:
         return getattr(item, "size", 0)
@@ -50,7 +68,9 @@ def _weigh(batch: List[Any]) -> int:
     """`weight` of a whole batch (messages inline: this runs for every message)."""
     total = 0
     for item in batch:
-        if item.__class__ is Message:
+        if item.__class__ is Undecoded:
+            total += OVERHEAD + len(item[0])
+        elif item.__class__ is Message:
             raw = item.raw
             total += OVERHEAD if raw is None else OVERHEAD + len(raw)
         else:
@@ -68,8 +88,8 @@ class Dispatcher:
     def __init__(
         self,
         handle: Callable[[List[Any]], None],
-        maxsize: int = 100_000,
-        max_bytes: int = 256 * 1024 * 1024,
+        maxsize: int = 10_000,
+        max_bytes: int = 32 * 1024 * 1024,
         name: str = "wsbridge-dispatcher",
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
@@ -192,11 +212,14 @@ class Dispatcher:
             while True:
                 if queue:
                     batch = [popleft() for _ in range(min(len(queue), BATCH))]
-                    self._out_bytes += _weigh(batch)
                     try:
                         self._handle(batch)
                     except Exception:  # the handler isolates every item; this is a bug guard
                         log.exception("wsbridge dispatcher failed on a batch of %d items", len(batch))
+                    # Counted off once handled: the bound holds the batch in hand too, so a
+                    # stalled subscriber holds at most max_bytes, not that and a batch more.
+                    self._out_bytes += _weigh(batch)
+                    del batch
                     if self._space_wanted:
                         self._space_wanted = False
                         self._space.set()

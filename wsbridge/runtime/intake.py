@@ -2,15 +2,18 @@
 
 `Intake.on_frame` runs on the reader thread of the connection of the moment
 for every whole message the wire delivered (checked already: size, UTF-8;
-see `wsbridge.wire.frames`). It decodes with the codec and queues the messages
-for the dispatcher, which blocks here while the dispatch queue is full (TCP
-backpressure). A frame the codec refuses is reported and the stream goes on.
+see `wsbridge.wire.frames`). It queues the frame for the dispatcher, which
+decodes it (`dispatch.Undecoded` says why there), or, for a codec that may split
+a frame into several messages (`Codec.one_per_frame`), decodes it and queues the
+messages; either blocks here while the dispatch queue is full (TCP backpressure). A frame the codec refuses is
+reported and the stream goes on.
 While a connection's handshake runs, each message is first handed to the
 handshake's inbox (`watch`), so a connect hook sees its reply at once, however
 long the queue. Once requests or acks are in use, each message is first shown to
 the sender (`correlate`), which matches replies and acks as they arrive, before the
-subscribers: a subscriber waiting for a reply gets it. The counters are written by
-the reader thread only (one connection at a time).
+subscribers: a subscriber waiting for a reply gets it. In these two cases the reader
+decodes the frame itself. The counters are written by the reader thread only (one
+connection at a time); the dispatcher counts what it decodes (`Delivery`).
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from typing import Any, Callable, Optional
 from ..codecs import Codec
 from ..errors import ProtocolError
 from ..message import OVERHEAD, Message
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Undecoded
 
 
 class Intake:
-    __slots__ = ("codec", "_queue", "put", "_report", "frames", "bytes", "received", "protocol_errors",
+    __slots__ = ("codec", "_queue", "put", "_deferred", "_report", "frames", "bytes", "received", "protocol_errors",
                  "_inbox", "_match", "_lock")
 
     def __init__(self, codec: Codec, dispatcher: Dispatcher, report: Callable[..., Any]) -> None:
         self.codec = codec
         self._queue = dispatcher.put
-        self.put: Callable[[Message, int], None] = dispatcher.put
+        self.put: Callable[[Any, int], None] = self._queue
+        self._deferred = self._queue if codec.one_per_frame else None
+        """`put` when the dispatcher is to decode each frame (`Codec.one_per_frame`)."""
         """Where each decoded message goes: the dispatch queue (see `watch`). Replaced
         by the supervisor between connections and as a handshake ends."""
         self._report = report
@@ -76,13 +81,16 @@ class Intake:
         self.frames += 1
         size = len(data)
         self.bytes += size
+        put = self.put
+        if put is self._deferred:  # nothing to show each message to: the dispatcher decodes it (`Undecoded`)
+            put(tuple.__new__(Undecoded, (data, binary, time.time())), OVERHEAD + size)
+            return
         try:
             messages = self.codec.decode(data, binary, time.time())
         except Exception as exc:  # a codec bug must not kill the reader either
             self.protocol_errors += 1
             self._report(decode_error(self.codec, exc, data), "decode", frame=data, size=size)  # bounded like data
             return
-        put = self.put
         for message in messages:
             raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
             put(message, OVERHEAD if raw is None else OVERHEAD + len(raw))

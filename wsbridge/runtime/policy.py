@@ -50,7 +50,8 @@ class Ending:
     open_for: Optional[float] = None
     """Seconds the connection was open (None: it never opened)."""
     delivered: int = 0
-    """Messages received on the connection (decoded from its frames)."""
+    """Messages received on the connection, as they came (data frames: the dispatcher
+    decodes them later, so one the codec refuses counts too)."""
     handshake_done: bool = False
     """The connection passed the connect hook (the client's handshake on every connect)."""
 

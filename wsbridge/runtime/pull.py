@@ -1,5 +1,16 @@
 """The pull API's buffer: blocking ``recv`` for scripts that do not want callbacks.
 
+It costs nothing a callback-only client would notice: while the client has
+subscribers and nobody has called ``recv`` or ``messages`` yet, it keeps only a
+*window*, the last `WINDOW` messages of each type, which ``wait_for`` searches
+(so a reply that arrives between ``send`` and ``wait_for`` is found however
+busy other types are). Keeping 10,000 decoded messages nobody reads made every
+message survive into the garbage collector's oldest generation: a feed of
+nested JSON ran at half speed. The first ``recv``/``messages`` call turns the
+whole buffer on, starting with the window's messages in arrival order; a
+client without subscribers (a pull script) or with ``overflow="block"`` has
+it on from the start.
+
 The dispatcher adds each batch under one lock acquisition. Consumers take
 the oldest message, optionally filtered by type or predicate; a filtered take
 leaves non-matching messages in place for later calls, so ``wait_for("ack")``
@@ -18,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Collection, Deque, Iterable, Iterator, List, Optional
+from typing import Callable, Collection, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import ClientClosed, UsageError
 from ..message import OVERHEAD, Message, weight
@@ -29,6 +40,12 @@ log = logging.getLogger("wsbridge")
 PULL_POLICIES = ("drop_oldest", "block")
 
 Predicate = Callable[[Message], bool]
+
+WINDOW = 64
+"""Messages of each type the window keeps (fewer if ``maxsize`` is smaller)."""
+WINDOW_TYPES = 256
+"""Types the window keeps messages of: beyond, the type first seen is forgotten
+(a codec may take types from the data, one per symbol)."""
 
 
 class _Take:
@@ -49,6 +66,16 @@ class _Take:
         return f" of type {', '.join(sorted(self.types))}" if self.types else ""
 
 
+class _Window:
+    """The last messages of one type, with their arrival numbers (window mode)."""
+
+    __slots__ = ("messages", "order")
+
+    def __init__(self, size: int) -> None:
+        self.messages: Deque[Message] = deque(maxlen=size)
+        self.order: Deque[int] = deque(maxlen=size)
+
+
 class PullBuffer:
     """Bounded buffer of received messages for `recv`, `messages` and `wait_for`.
 
@@ -60,6 +87,11 @@ class PullBuffer:
     ``overflow="block"``: the dispatcher waits for a reader, which in turn makes the
     socket reader wait (TCP backpressure) — lossless, for programs that pull every message.
     A take already waiting gets its message first, whatever the policy.
+
+    While the client has subscribers and no ``recv``/``messages`` call was made,
+    only a window is kept (see the module's docstring): what falls out of it is
+    not a drop. Drops before the first such call are counted, and reported
+    (`started` returns them) when it comes: a buffer nobody reads never signals.
     """
 
     def __init__(self, maxsize: int = 10_000, overflow: str = "drop_oldest", max_bytes: int = 16 * 1024 * 1024) -> None:
@@ -70,8 +102,17 @@ class PullBuffer:
         self.maxsize = maxsize
         self.max_bytes = max_bytes
         self.overflow = overflow
+        # All of the following is guarded by self._cond; the dispatcher thread is the only one that adds.
         self._bytes = 0
+        """What ``_items`` or the windows weigh (whichever is in use)."""
         self._items: Deque[Message] = deque()
+        self._windows: Dict[Optional[str], _Window] = {}
+        """The window of each type, in window mode (else empty)."""
+        self._windowed = 0
+        """Messages in the windows."""
+        self._order = 0
+        """Arrival number of the last message a window took."""
+        self._window_mode = False
         self._takes: List[_Take] = []
         """Callers waiting, oldest first; none of them wants a buffered message."""
         self._cond = threading.Condition()
@@ -79,54 +120,45 @@ class PullBuffer:
         self._unbounded = False
         self.dropped = 0
         self._pulling = False
+        """A recv() or messages() call was made: the whole buffer is on for good."""
+        self._unreported = 0
+        """Drops before the first recv()/messages() call: `started` hands them over."""
         self._warned = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + self._windowed
 
     @property
     def enabled(self) -> bool:
         return self.maxsize > 0
 
-    def extend(self, messages: Iterable[Message]) -> int:
-        """Add messages (dispatcher thread); return how many old ones were dropped."""
-        dropped = 0
-        items = self._items
+    def extend(self, messages: Iterable[Message], subscribed: bool = False) -> int:
+        """Add messages (dispatcher thread); return how many old ones were dropped
+        that someone reads about (none before the first recv()/messages() call).
+        ``subscribed``: the client has subscribers, so until a recv()/messages()
+        call, only the window is kept."""
         with self._cond:
+            window = subscribed and not self._pulling and self.overflow != "block"
+            if window != self._window_mode:
+                self._switch(window)
+            dropped = 0
             if self.overflow == "block":
-                for message in messages:
-                    if self._takes and self._hand(message):
-                        continue
-                    size = weight(message)
-                    while self._full(size):
-                        self._starve()
-                        self._cond.notify_all()
-                        self._cond.wait(0.1)
-                        if self._takes and self._hand(message):
-                            break
-                    else:
-                        items.append(message)
-                        self._bytes += size
+                self._block_extend(messages)
             else:
                 if self._takes:
                     messages = [message for message in messages if not self._hand(message)]
-                # Append the whole batch, then trim the oldest in one pass.
-                added = 0
-                for message in messages:
-                    raw = message.raw
-                    added += OVERHEAD if raw is None else OVERHEAD + len(raw)
-                    items.append(message)
-                self._bytes += added
-                if not self._unbounded:
-                    maxsize, max_bytes = self.maxsize, self.max_bytes
-                    popleft = items.popleft
-                    while len(items) > 1 and (len(items) > maxsize or self._bytes > max_bytes):
-                        self._bytes -= weight(popleft())
-                        dropped += 1
+                if window:
+                    self._to_windows(messages)
+                else:
+                    dropped = self._drop_extend(messages)
             self._cond.notify_all()
+            if dropped and not self._pulling:
+                self.dropped += dropped
+                self._unreported += dropped
+                return 0
         if dropped:
             self.dropped += dropped
-            if self._pulling and not self._warned:
+            if not self._warned:
                 # Once, and at INFO: a program may pull once (wait_for an
                 # ack) and then live on callbacks; the count is in stats.
                 self._warned = True
@@ -136,6 +168,109 @@ class PullBuffer:
                     self.maxsize,
                 )
         return dropped
+
+    def _drop_extend(self, messages: Iterable[Message]) -> int:
+        """Append the whole batch, then trim the oldest in one pass (lock held)."""
+        items = self._items
+        added = 0
+        for message in messages:
+            raw = message.raw
+            added += OVERHEAD if raw is None else OVERHEAD + len(raw)
+            items.append(message)
+        self._bytes += added
+        dropped = 0
+        if not self._unbounded:
+            maxsize, max_bytes = self.maxsize, self.max_bytes
+            popleft = items.popleft
+            while len(items) > 1 and (len(items) > maxsize or self._bytes > max_bytes):
+                self._bytes -= weight(popleft())
+                dropped += 1
+        return dropped
+
+    def _block_extend(self, messages: Iterable[Message]) -> None:
+        """Append each message once there is room for it (lock held; waits, releasing it)."""
+        items = self._items
+        for message in messages:
+            if self._takes and self._hand(message):
+                continue
+            size = weight(message)
+            while self._full(size):
+                self._starve()
+                self._cond.notify_all()
+                self._cond.wait(0.1)
+                if self._takes and self._hand(message):
+                    break
+            else:
+                items.append(message)
+                self._bytes += size
+
+    def _to_windows(self, messages: Iterable[Message]) -> None:
+        """Keep the last messages of each type (lock held). A window's deque drops
+        its oldest itself; the bounds of the whole buffer still apply."""
+        windows = self._windows
+        size = 0  # what the messages in the windows weigh, less what was there before
+        order = self._order
+        for message in messages:
+            box = windows.get(message.type)
+            if box is None:
+                box = self._new_window(message.type)
+            kept = box.messages
+            if len(kept) == kept.maxlen:
+                raw = kept[0].raw
+                size -= OVERHEAD if raw is None else OVERHEAD + len(raw)
+            else:
+                self._windowed += 1
+            raw = message.raw
+            size += OVERHEAD if raw is None else OVERHEAD + len(raw)
+            order += 1
+            kept.append(message)
+            box.order.append(order)
+        self._order = order
+        self._bytes += size
+        while self._windowed > 1 and (self._windowed > self.maxsize or self._bytes > self.max_bytes):
+            self._pop_oldest_windowed()
+
+    def _new_window(self, mtype: Optional[str]) -> _Window:
+        windows = self._windows
+        if len(windows) >= WINDOW_TYPES:
+            first = windows.pop(next(iter(windows)))
+            self._windowed -= len(first.messages)
+            self._bytes -= sum(weight(m) for m in first.messages)
+        box = windows[mtype] = _Window(min(WINDOW, self.maxsize))
+        return box
+
+    def _pop_oldest_windowed(self) -> None:
+        """Forget the oldest message of all windows (lock held; only over a bound)."""
+        box = min((b for b in self._windows.values() if b.order), key=lambda b: b.order[0])
+        box.order.popleft()
+        self._bytes -= weight(box.messages.popleft())
+        self._windowed -= 1
+
+    def _switch(self, window: bool) -> None:
+        """Move what is kept between the windows and the whole buffer (lock held)."""
+        if window:
+            items, self._items, self._bytes = self._items, deque(), 0
+            self._window_mode = True
+            self._to_windows(items)
+            return
+        merged = sorted(
+            ((n, m) for box in self._windows.values() for n, m in zip(box.order, box.messages, strict=True)), key=lambda nm: nm[0]
+        )
+        self._windows.clear()
+        self._windowed = 0
+        self._window_mode = False
+        self._items.extend(m for _, m in merged)  # the bytes they weigh are the same
+
+    def started(self) -> int:
+        """A recv()/messages() call: turn the whole buffer on for good, and return
+        the drops nobody was told about yet (once)."""
+        with self._cond:
+            if not self._pulling:
+                self._pulling = True
+                if self._window_mode:
+                    self._switch(False)
+            unreported, self._unreported = self._unreported, 0
+        return unreported
 
     def _hand(self, message: Message) -> bool:
         """Give ``message`` to the oldest waiting take that wants it (lock held).
@@ -194,7 +329,6 @@ class PullBuffer:
             raise RuntimeError("the pull API is off (pull_buffer=0)")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._pulling = True
             message = self._take(types, predicate)
             if message is not None:
                 if self.overflow == "block":
@@ -224,6 +358,8 @@ class PullBuffer:
         return take.message
 
     def _take(self, types: Optional[Collection[str]], predicate: Optional[Predicate]) -> Optional[Message]:
+        if self._window_mode:
+            return self._take_windowed(types, predicate)
         items = self._items
         if not items:
             return None
@@ -233,6 +369,27 @@ class PullBuffer:
             if (types is None or message.type in types) and (predicate is None or predicate(message)):
                 return self._pop(index)
         return None
+
+    def _take_windowed(self, types: Optional[Collection[str]], predicate: Optional[Predicate]) -> Optional[Message]:
+        """`_take` in window mode: the oldest match among the windows of ``types`` (lock held)."""
+        windows = self._windows
+        boxes = [windows[t] for t in types if t in windows] if types is not None else list(windows.values())
+        best: Optional[Tuple[int, _Window, int]] = None  # (arrival number, window, index)
+        for box in boxes:
+            for index, message in enumerate(box.messages):
+                if predicate is None or predicate(message):
+                    if best is None or box.order[index] < best[0]:
+                        best = (box.order[index], box, index)
+                    break
+        if best is None:
+            return None
+        _, box, index = best
+        message = box.messages[index]
+        del box.messages[index]
+        del box.order[index]
+        self._windowed -= 1
+        self._bytes -= weight(message)
+        return message
 
     def unblock(self) -> None:
         """Stop making the dispatcher wait (the client is stopping: what
@@ -258,6 +415,11 @@ class Pulling:
     def _check_pull(self, what: str) -> None:
         raise NotImplementedError
 
+    def _pull_started(self) -> None:
+        """A recv()/messages() call: the whole buffer is on from now (`PullBuffer.started`);
+        drops nobody was told of yet are reported now."""
+        raise NotImplementedError
+
     def recv(self, timeout: Optional[float] = None) -> Message:
         """The next message, waiting up to ``timeout`` s (`TimeoutError`; None or
         ``inf``: no limit; negative or NaN: `ValueError`).
@@ -266,6 +428,7 @@ class Pulling:
         every buffered message was taken; `UsageError` from a subscriber.
         """
         self._check_pull("recv")
+        self._pull_started()
         return self._pull.get(timeout_arg(timeout))
 
     def messages(self, types: Optional[Collection[str]] = None, timeout: Optional[float] = None) -> Iterator[Message]:
@@ -276,6 +439,7 @@ class Pulling:
         buffered for `recv`.
         """
         self._check_pull("messages")
+        self._pull_started()
         wanted = frozenset(types) if types is not None else None
         timeout = timeout_arg(timeout)
 

@@ -55,14 +55,19 @@ class Reporter:
         """Report a recoverable error on the ``error`` signal (and the log, rate-limited,
         when nobody listens); from any thread, never waiting, unless it carries
         ``size`` bytes of frame data: then it waits for room like the data it is."""
-        if log.isEnabledFor(logging.WARNING if not self._signals.error.receivers else logging.DEBUG):
-            self._log(context, type(error), error, logging.DEBUG if self._signals.error.receivers else logging.WARNING)
-        with self._lock:  # reports come from any thread
-            self.reported += 1
+        self.record(error, context)
         if size and self._emit_data is not None:
             self._emit_data(self._signals.error, size, error=error, context=context, **extra)
         else:
             self._emit(self._signals.error, error=error, context=context, **extra)
+
+    def record(self, error: BaseException, context: str) -> None:
+        """Log (rate-limited) and count a report; its signal is the caller's to send
+        (`report` queues it; the dispatcher sends a decode error's in line)."""
+        if log.isEnabledFor(logging.WARNING if not self._signals.error.receivers else logging.DEBUG):
+            self._log(context, type(error), error, logging.DEBUG if self._signals.error.receivers else logging.WARNING)
+        with self._lock:  # reports come from any thread
+            self.reported += 1
 
     def _log(self, what: Any, kind: type, error: BaseException, level: int, message: Any = None) -> None:
         """Log ``error`` of ``what`` the first time, then at most once every

@@ -166,6 +166,10 @@ class Signals:
                     self.types = {**self.types, mtype: signal}
         return signal
 
+    def subscribed(self) -> bool:
+        """Has anything subscribed to messages (`on`, `on_any`, a view)? (Any thread.)"""
+        return bool(self.message.receivers) or any(signal.receivers for signal in self.types.values())
+
     def subscribe(self, signal: Signal, fn: MessageHandler) -> Subscriber:
         subscriber = Subscriber(fn)
         signal.connect(subscriber)

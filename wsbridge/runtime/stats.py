@@ -13,8 +13,11 @@ class Stats:
 
     state: str = "new"
     frames: int = 0
+    """Data messages read from the socket, as they came (the reader's count)."""
     bytes: int = 0
     received: int = 0
+    """Messages decoded from those frames (the dispatcher decodes a frame just before
+    delivering it; one frame may hold several messages)."""
     dispatched: int = 0
     protocol_errors: int = 0
     subscriber_errors: int = 0
