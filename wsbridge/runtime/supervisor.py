@@ -4,9 +4,9 @@ It makes a `Connection` for every attempt, waits for it to open (within
 ``connect_timeout``), runs the handshake (the connect hooks and the recorded
 subscriptions, `wsbridge.runtime.session`, on a thread of its own that it waits
 for within the handshake's time), flushes the send buffer and only
-then says ``connected``; it runs the heartbeat while the connection lives
-(`Connection.heartbeat`: the pings, from the handshake on; then the dead-peer rule) (and
-flushes again when a send's timeout left frames in the buffer); when it
+then says ``connected``; while the connection lives it runs the heartbeat (the
+pings, `Connection.heartbeat`, from the handshake on; the dead-peer rule, `_dead`)
+and flushes again when a send's timeout left frames in the buffer; when it
 ends, it asks the `ReconnectPolicy` whether and when to try again (unless
 `reconnect` asked for a new connection at once). Liveness
 deadlines pause while the reader is held back by wsbridge's own full dispatch
