@@ -343,7 +343,7 @@ def test_no_thread_outlives_the_client_including_websocket_clients_own(server):
         server.send({"type": "x"})
         client.recv(timeout=10)
         assert client.stop(timeout=10)
-    # websocket-client's ping thread is joined by its teardown, before stop() returns.
+    # The pings come from the supervisor (no ping thread of websocket-client's); every thread is joined.
     assert set(threading.enumerate()) - before == set()
 
 

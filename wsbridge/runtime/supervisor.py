@@ -4,8 +4,9 @@ It makes a `Connection` for every attempt, waits for it to open (within
 ``connect_timeout``), runs the handshake (the connect hooks and the recorded
 subscriptions, `wsbridge.runtime.session`, on a thread of its own that it waits
 for within the handshake's time), flushes the send buffer and only
-then says ``connected``; it watches the heartbeat while the connection lives (and
-flushes again when a send's timeout left frames in the buffer); when it
+then says ``connected``; while the connection lives it runs the heartbeat (the
+pings, `Connection.heartbeat`, from the handshake on; the dead-peer rule, `_dead`)
+and flushes again when a send's timeout left frames in the buffer; when it
 ends, it asks the `ReconnectPolicy` whether and when to try again (unless
 `reconnect` asked for a new connection at once). Liveness
 deadlines pause while the reader is held back by wsbridge's own full dispatch
@@ -342,6 +343,7 @@ class Supervisor:
                 self.sender.send_resume(conn, self.delivery.positions)
             if self.delivery.tracker.waiting and len(self.dispatcher) < self.dispatcher.maxsize:
                 self.dispatcher.put_control(EXPIRE)
+            conn.heartbeat(now)
             dead = self._dead(conn, now)
             if dead:
                 conn.error = TimeoutError(dead)
@@ -401,6 +403,7 @@ class Supervisor:
                 run.abandon("the client is stopping" if self.stopping.is_set() else "reconnect() was called")
                 run.done.wait(max(0.0, min(grace, self.stop_deadline - now)))
                 return None
+            conn.heartbeat(now)  # a long handshake keeps pinging, as the connection does after it
             deadline = run.session.deadline  # the run moves it on for each subscription
             if now < deadline and not conn.ended.is_set():
                 late_since = None

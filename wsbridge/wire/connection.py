@@ -18,6 +18,9 @@ send lock; a frame that a send with a timeout left half written is finished
 by a writer thread of the connection (`send_within`), joined with the reader.
 Under that lock, every data frame is refused once a close frame went out
 (`CloseFrameSent`: nothing written), whoever wrote it.
+
+Pings are sent by the supervisor thread (`heartbeat`), under the same lock,
+not by websocket-client's ping thread: a connection costs one thread, its reader.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .wsclient import (
     close_sent,
     frame_bytes,
     mark_reader_thread,
+    ping_sent,
     ping_times,
     prepare_socket,
     socket_send,
@@ -69,6 +73,7 @@ log = logging.getLogger("wsbridge")
 
 OPCODE_BINARY = ABNF.OPCODE_BINARY
 OPCODE_TEXT = ABNF.OPCODE_TEXT
+OPCODE_PING = ABNF.OPCODE_PING
 
 
 class Hooks(NamedTuple):
@@ -137,6 +142,8 @@ class Connection:
         self.writers: List[threading.Thread] = []
         """Threads finishing a frame a timed send left half written (see `send_within`);
         set by the thread that holds the send lock."""
+        self._ping_due: Optional[float] = None  # `time.monotonic` of the next ping; the supervisor thread's
+        self._ping_waiting = False  # the due ping found the send lock or the socket busy; the supervisor thread's
 
     # -- reader thread -------------------------------------------------
     def start(self) -> None:
@@ -155,7 +162,7 @@ class Connection:
             app.url, app.header, app.cookie, app.subprotocols = attempt.url, attempt.header, attempt.cookie, attempt.subprotocols
             app.run_forever(
                 sslopt=self.options.sslopt,
-                ping_interval=self.options.ping_interval,
+                ping_interval=0,  # no ping thread: the supervisor sends them (`heartbeat`)
                 ping_timeout=None,  # the supervisor judges pongs (it knows when backpressure, not the peer, is why)
                 skip_utf8_validation=True,
                 reconnect=0,
@@ -334,10 +341,16 @@ class Connection:
         between) and calls ``on_lost`` if the connection fails first. Raises if the
         socket is gone, `CloseFrameSent` once a close frame went out."""
         ws = self.app.sock
-        sock = ws.sock if ws is not None else None
-        if ws is None or not isinstance(sock, BufferedSocket):
+        if ws is None:
             raise websocket.WebSocketConnectionClosedException("connection is closed")
-        view = memoryview(self._frame(ws, data, binary))
+        return self._write_within(ws, self._frame(ws, data, binary), deadline, on_lost)
+
+    def _write_within(self, ws: websocket.WebSocket, frame: bytes, deadline: float, on_lost: Callable[[], None]) -> bool:
+        """`send_within` for a frame already made (a data frame, a ping)."""
+        sock = ws.sock
+        if not isinstance(sock, BufferedSocket):
+            raise websocket.WebSocketConnectionClosedException("connection is closed")
+        view = memoryview(frame)
         lock = ws.lock
         if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False  # another write holds the socket
@@ -404,6 +417,34 @@ class Connection:
         with ws.lock:  # websocket-client's own send lock: no frame of another thread in between
             _check_no_close_sent(ws)
             ws.sock.sendall(b"".join(out))
+
+    def heartbeat(self, now: float) -> None:
+        """Send a ping if one is due (``now``: `time.monotonic`): ``ping_interval`` after
+        the connection opened, then after the last ping went out. Supervisor thread, which
+        calls it every `tick`: the ping goes out under the send lock, between whole frames,
+        if the lock and the socket free up within a `tick` (waiting for the lock, not
+        trying once: senders writing back to back would always hold it). Otherwise it is
+        tried again on the next call, counted as sent from when it was due
+        (`ping_overdue`), as websocket-client's own ping thread counted one waiting for the
+        lock: a write stuck on a dead peer does not keep it from being cut."""
+        interval, opened_at = self.options.ping_interval, self.opened_at
+        if not interval or opened_at is None:
+            return
+        if self._ping_due is None:
+            self._ping_due = opened_at + interval
+        ws = self.app.sock
+        if now < self._ping_due or ws is None:
+            return
+        if not self._ping_waiting:
+            ping_sent(self.app)
+            self._ping_waiting = True
+        try:  # a ping half written is finished by a writer thread, as a data frame is
+            written = self._write_within(ws, frame_bytes(ws, b"", OPCODE_PING), now + self.options.tick, lambda: None)
+        except (CloseFrameSent, OSError, websocket.WebSocketException):
+            return  # the connection is ending: its reader says why
+        if written:
+            self._ping_waiting = False
+            self._ping_due = now + interval
 
     def ping_overdue(self, now_wall: float) -> bool:
         """Has a ping gone unanswered for longer than ``ping_timeout``?"""

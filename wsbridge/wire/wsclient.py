@@ -1,8 +1,8 @@
 """Everything wsbridge relies on in websocket-client beyond its documented API.
 
 wsbridge runs each connection in a `websocket.WebSocketApp` (its thread,
-handshake, ping thread, callbacks and teardown) but dials the socket, reads
-every frame and checks the upgrade itself. Doing so touches names and
+handshake, callbacks and teardown) but dials the socket, reads every frame,
+checks the upgrade and sends the pings (no ping thread) itself. Doing so touches names and
 attributes websocket-client does not document; they are all here, and only
 here, listed in `CONTRACT`, which ``tests/test_wsclient_contract.py`` checks
 against the installed release so that a release that changes one of them
@@ -27,7 +27,7 @@ from websocket._url import parse_url
 
 __all__ = [
     "ABNF", "App", "CONTRACT", "mark_reader_thread", "parse_url", "prepare_socket", "ssl_socket", "socket_send",
-    "close_frame_sent", "close_sent", "frame_bytes", "ping_times", "pong_received", "stop_running",
+    "close_frame_sent", "close_sent", "frame_bytes", "ping_sent", "ping_times", "pong_received", "stop_running",
 ]
 
 
@@ -123,6 +123,10 @@ def prepare_socket(app: WebSocketApp, sock: Any) -> None:
 
 def stop_running(app: WebSocketApp) -> None:
     app.keep_running = False
+
+
+def ping_sent(app: WebSocketApp) -> None:
+    app.last_ping_tm = time.time()
 
 
 def pong_received(app: WebSocketApp) -> None:
