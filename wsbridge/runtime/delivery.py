@@ -99,6 +99,10 @@ book updates makes about 200, which die (unless kept) before the next chunk is
 decoded, so most chunks cause no collection at all (`dispatch.Undecoded`). A batch
 of 4,096 decoded at once would make collections that all of it survives."""
 
+STORE_CHUNK = 256
+"""`CHUNK` with a store, which writes each chunk in one transaction before delivering
+it: a commit every 16 messages would cost more than the collections it saves."""
+
 
 class Delivery:
     """Runs on the dispatcher thread; owns the tracker, the positions and the counters below."""
@@ -126,6 +130,7 @@ class Delivery:
         self.pull = pull
         self.store = store
         self.codec = codec
+        self.chunk = CHUNK if store is None else STORE_CHUNK
         self._raw_is_payload = codec.raw_is_payload
         self._want_resume = want_resume
         self.name = name
@@ -149,8 +154,9 @@ class Delivery:
     # -- one batch ------------------------------------------------------------------------
     def handle(self, batch: List[Item]) -> None:
         """Decode, dedup and order the batch, store it, then deliver it item by item,
-        a `CHUNK` at a time (the whole batch at once when a type is conflated)."""
-        chunk = CHUNK if not self.conflation.rules else len(batch)  # conflation looks at the whole batch
+        a `CHUNK` at a time (`STORE_CHUNK` with a store; the whole batch at once when a
+        type is conflated)."""
+        chunk = self.chunk if not self.conflation.rules else len(batch)  # conflation looks at the whole batch
         if len(batch) <= chunk:
             self._handle(self._decoded(batch))
             return
