@@ -333,3 +333,23 @@ def test_a_stream_keeps_digests_not_messages():
     finally:
         tracemalloc.stop()
     assert used < 2000 * 512  # the 1 KiB frames are not kept (a stream costs a few hundred bytes)
+
+
+def test_advance_takes_only_the_steady_state_and_changes_nothing_otherwise():
+    """`advance` (the dispatcher's fast path) is `offer` for the next message of a stream
+    with nothing to judge; for anything else it leaves the tracker as it was."""
+    t = SequenceTracker({"a": 3})
+    assert not t.advance(m(4, "a"))  # after a start from a position, the next seq is judged first
+    assert [x.seq for x in t.offer(m(4, "a"), 0.0).ready] == [4]
+    assert t.advance(m(5, "a")) and t.positions() == {"a": 5}
+    t = SequenceTracker()
+    t.offer(m(3, "a"), 0.0)
+    assert t.advance(m(4, "a")) and t.positions() == {"a": 4}
+    for other in (m(4, "a"), m(6, "a"), m(1, "b"), m(None, "a", id="x")):  # duplicate, gap, new stream, no seq
+        assert not t.advance(other)
+        assert t.positions() == {"a": 4} and t.held == 0
+    assert t.offer(m(6, "a"), 0.0).opened == Gap("a", 5, 5)  # a gap: held
+    assert not t.advance(m(7, "a"))  # something is held: offer judges it
+    assert [x.seq for x in t.offer(m(5, "a"), 0.0).ready] == [5, 6]
+    assert t.advance(m(7, "a")) and t.positions() == {"a": 7}
+    assert not SequenceTracker(global_seq=True).advance(m(1, "a"))

@@ -268,6 +268,20 @@ class SequenceTracker:
         self._streams.clear()
         return out
 
+    def advance(self, msg: Message) -> bool:
+        """`offer`'s steady state without an `Outcome` to build: ``msg`` is the next of its
+        stream, with nothing held, armed or of another epoch. Taken (True), or nothing
+        changed (False: `offer` it)."""
+        seq = msg.seq
+        stream = self._streams.get(msg.stream)
+        if (stream is None or seq is None or seq != stream.last + 1 or self.global_seq or stream.held
+                or stream.armed or msg.epoch != stream.epoch):
+            return False
+        stream.last = seq
+        if seq < stream.head_end:
+            self._remember(stream, seq, msg)
+        return True
+
     def offer(self, msg: Message, now: float) -> Outcome:
         seq = msg.seq
         if seq is None:
