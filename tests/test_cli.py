@@ -15,7 +15,7 @@ import trustme
 import wsbridge
 from wsbridge.testing import RawServer, Server
 
-from conftest import Lines
+from conftest import Feed, Lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "wsbridge"]
@@ -468,3 +468,20 @@ def test_a_plain_http_server_exits_3_saying_it_is_no_websocket_server():
     with RawServer(respond=lambda req: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") as server:
         result = run("listen", server.url, "--timeout", "30")
     assert result.returncode == 3 and "is not a WebSocket server" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-compression"]])
+def test_listen_offers_permessage_deflate_unless_told_not_to(flag):
+    """A `websockets` server (compression on, as by default) sees the offer, or none."""
+    with Feed() as feed:
+        proc = start("listen", feed.url, "--max", "1", "--timeout", "30", *flag)
+        try:
+            [request] = feed.wait_requests(1, timeout=30)
+            feed.send('{"type": "tick", "n": 1}')
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    offered = request.headers.get("Sec-WebSocket-Extensions") or ""
+    assert ("permessage-deflate" in offered) == (not flag), offered
+    assert proc.returncode == 0, err
+    assert out.endswith(' tick {"type": "tick", "n": 1}\n')

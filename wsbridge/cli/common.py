@@ -136,6 +136,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                        help="send a ping every S seconds; a pong must come within S/2 (at most 10 s) or the "
                             "connection counts as dead and is made again; 0: no pings (default: 20), "
                             "e.g. --ping-interval 5")
+    group.add_argument("--no-compression", dest="compression", action="store_const", const=None, default="deflate",
+                       help="do not offer permessage-deflate (offered by default, and used when the server agrees)")
 
 
 def add_codec_options(parser: argparse.ArgumentParser, *, tracking: bool) -> None:
@@ -288,6 +290,7 @@ def client_options(args: argparse.Namespace) -> Dict[str, Any]:
         proxy=args.proxy,
         ping_interval=args.ping_interval,
         ping_timeout=min(10.0, args.ping_interval / 2),
+        compression=args.compression,
     )
     messages = getattr(args, "send_on_connect", None)
     if messages:
