@@ -137,7 +137,7 @@ class Client(Subscribable, Pulling):
         pull_buffer: int = 10_000,
         pull_buffer_bytes: int = 16 * 1024 * 1024,
         pull_overflow: str = "drop_oldest",
-        dispatch_queue: int = 10_000,
+        dispatch_queue: int = 4096,
         dispatch_queue_bytes: int = 32 * 1024 * 1024,
         retry_fatal: bool = False,
         policy: Optional[ReconnectPolicy] = None,  # the retry rules whole (then no backoff, retry_fatal)

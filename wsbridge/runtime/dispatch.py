@@ -88,7 +88,7 @@ class Dispatcher:
     def __init__(
         self,
         handle: Callable[[List[Any]], None],
-        maxsize: int = 10_000,
+        maxsize: int = BATCH,
         max_bytes: int = 32 * 1024 * 1024,
         name: str = "wsbridge-dispatcher",
         on_exit: Callable[[], None] = lambda: None,

@@ -30,7 +30,6 @@ import hashlib
 import re
 import time
 from datetime import timezone
-from email.utils import parsedate_to_datetime
 from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import HandshakeError, UpgradeRefused, preview
@@ -100,6 +99,8 @@ def retry_after(fields: Dict[str, List[str]]) -> Optional[float]:
     value = fields.get("retry-after", [""])[0].strip()
     if value.isascii() and value.isdigit():
         return float(value)
+    from email.utils import parsedate_to_datetime  # here: 1.2 MB of modules, for a refusal that carries a date
+
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
