@@ -141,8 +141,9 @@ class WhereDecoded(wsbridge.JsonCodec):
 @pytest.mark.parametrize("one_per_frame", [True, False])
 def test_the_dispatcher_decodes_a_frame_unless_the_codec_may_split_it(make_client, one_per_frame):
     """One message per frame: the dispatcher thread decodes it, just before delivery (its
-    objects die young); a codec that may split a frame is run by the reader, so the dispatch
-    queue's bounds weigh each message. A frame the codec refuses is reported in order."""
+    objects die young), from a connection's first message on; a codec that may split a frame
+    is run by the reader, so the dispatch queue's bounds weigh each message. A frame the codec
+    refuses is reported in order."""
     codec = WhereDecoded(one_per_frame)
     events = Collector()
     with Feed() as feed:
@@ -153,5 +154,68 @@ def test_the_dispatcher_decodes_a_frame_unless_the_codec_may_split_it(make_clien
         feed.send('{"type": "m", "n": 1}', "not json{", '{"type": "m", "n": 2}')
         got = events.wait(3, timeout=10)
     assert got == [1, ("decode", b"not json{"), 2]
-    thread = client.name + ("-dispatcher" if one_per_frame else "-reader-1")
-    assert codec.threads == [thread] * 3
+    # (the reader decodes a connection's frames until one gives a message: the policy's "delivered")
+    reader, dispatcher = client.name + "-reader-1", client.name + "-dispatcher"
+    assert codec.threads == [reader] + [dispatcher if one_per_frame else reader] * 2
+
+
+@pytest.mark.timeout(60)
+def test_a_pull_script_that_subscribes_later_keeps_what_it_buffered(make_client):
+    """A hostile review: 500 buffered without subscribers, then `on()`: the buffer was cut to
+    the window (65 left), silently. Once the whole buffer kept a message, it stays on."""
+    with Feed() as feed:
+        client = make_client(feed.url)
+        client.start().wait_connected(timeout=10)
+        feed.send(*ticks("tick", range(500)))
+        wait_until(lambda: client.stats.pull_buffered == 500, what="500 buffered")
+        other = Collector()
+        client.on("other", other)
+        feed.send(*ticks("other", range(1)))
+        other.wait(1, timeout=10)
+        got = [client.recv(timeout=5) for _ in range(501)]
+    assert [(m.type, m.payload["n"]) for m in got] == [("tick", n) for n in range(500)] + [("other", 0)]
+    assert client.stats.pull_dropped == 0
+
+
+@pytest.mark.timeout(60)
+def test_wait_for_finds_a_reply_behind_hundreds_of_other_types(make_client):
+    """A hostile review: types taken from the data (one per symbol); 300 types after the reply
+    evicted its window (256 types at most, the first created first)."""
+
+    def respond(number: int, data: str) -> List[str]:
+        return [json.dumps({"type": "reply"}), *(json.dumps({"type": f"sym{k}", "n": k}) for k in range(300))]
+
+    seen = Collector()
+    with Feed(respond=respond) as feed:
+        client = make_client(feed.url)
+        client.on_any(seen)
+        client.start().wait_connected(timeout=10)
+        client.send({"type": "ask"})
+        seen.wait(301, timeout=30)
+        assert client.wait_for("reply", timeout=5).type == "reply"
+
+
+@pytest.mark.timeout(60)
+def test_stop_does_not_decode_a_backlog_it_has_no_time_to_deliver(make_client):
+    """A hostile review: a stalled subscriber and 4,096 frames queued; stop(timeout=1) left the
+    dispatcher decoding every queued frame (slowly) after its time, for nothing."""
+    release = threading.Event()
+
+    never = threading.Event()
+
+    def slow_loads(text: str):
+        never.wait(0.002)  # a slow decoder: 2 ms a frame
+        return json.loads(text)
+
+    with Feed() as feed:
+        client = make_client(feed.url, codec=wsbridge.JsonCodec(loads=slow_loads))
+        client.on_any(lambda message: release.wait(30))
+        client.start().wait_connected(timeout=10)
+        feed.send(*ticks("tick", range(6000)))
+        wait_until(lambda: client.stats.backpressure_waits >= 1, 20, "a full dispatch queue")
+        stopper = threading.Timer(0.5, release.set)  # the subscriber returns once stop() has begun
+        stopper.start()
+        assert client.stop(timeout=1), "threads left running"
+        stopper.join(5)
+    stats = client.stats
+    assert stats.undelivered > 0 and stats.received < 1000, stats

@@ -103,6 +103,27 @@ def test_connections_that_deliver_nothing_still_back_off(make_client, collector)
     assert [(r["attempt"], r["delay"]) for r in retries[:4]] == [(1, 0.01), (2, 0.02), (3, 0.04), (4, 0.04)]
 
 
+def test_connections_that_deliver_only_frames_the_codec_refuses_still_back_off(make_client, collector):
+    """A hostile review: one undecodable frame a connection counted as delivering (the frames
+    were counted, the dispatcher decoding them later), so the backoff never grew: 30
+    connections in 6 s against 5. The reader decodes a connection's frames until one gives
+    a message; a refused frame gives none."""
+
+    def handler(ws: Any) -> None:
+        ws.send("not json {")
+        ws.close(1012, "restarting")
+
+    with websockets_server(handler) as server:
+        client = make_client(url_of(server), backoff=Backoff(initial=0.01, factor=2.0, max_delay=0.04, jitter=0))
+        events = timeline(client, collector, "disconnected", "reconnecting")
+        client.start()
+        events.wait(8)
+        client.stop()
+    retries = after_each_disconnect(events.items)
+    assert [(r["attempt"], r["delay"]) for r in retries[:4]] == [(1, 0.01), (2, 0.02), (3, 0.04), (4, 0.04)]
+    assert client.stats.protocol_errors >= 4
+
+
 def test_retry_statuses_retries_a_404_of_a_server_between_deployments(make_client):
     refusals = iter(range(2))
     requests: List[str] = []

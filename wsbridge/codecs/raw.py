@@ -13,6 +13,7 @@ class RawCodec(Codec):
     payload, binary frames type ``binary`` with a `bytes` payload."""
 
     name = "raw"
+    one_per_frame = True
 
     def decode(self, data: bytes, binary: bool, received_at: Optional[float] = None) -> List[Message]:
         if binary:

@@ -168,6 +168,12 @@ class Delivery:
         the error that refused it (in line: the ``error`` signal comes in order)."""
         out: List[Item] = []
         decode = self.codec.decode
+        dispatcher = self.dispatcher
+        if dispatcher is not None and dispatcher.cut_at is not None and dispatcher.expired():
+            # stop() ran out of time: what is not decoded yet is not (counted as undelivered frames)
+            out = [item for item in items if item.__class__ is not Undecoded]
+            self.abandoned += len(items) - len(out)
+            return out
         for item in items:
             if item.__class__ is not Undecoded:
                 out.append(item)

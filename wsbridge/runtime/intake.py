@@ -36,15 +36,23 @@ class Intake:
         self.codec = codec
         self._queue = dispatcher.put
         self.put: Callable[[Any, int], None] = self._queue
-        self._deferred = self._queue if codec.one_per_frame else None
-        """`put` when the dispatcher is to decode each frame (`Codec.one_per_frame`)."""
         """Where each decoded message goes: the dispatch queue (see `watch`). Replaced
         by the supervisor between connections and as a handshake ends."""
+        self._deferred: Optional[Callable[[Any, int], None]] = None
+        """`put` when the dispatcher is to decode each frame (`Codec.one_per_frame`), from
+        the first message of a connection on (`new_connection`); else None (the reader's)."""
         self._report = report
         self.frames = self.bytes = self.received = self.protocol_errors = 0
         self._inbox: Optional[Callable[[Message, int], None]] = None
         self._match: Optional[Callable[[Message], None]] = None
         self._lock = threading.Lock()  # `watch` (supervisor) and `correlate` (any thread) compose ``put``
+
+    def new_connection(self) -> None:
+        """A connection starts (the supervisor, before its reader): the reader decodes
+        its frames until one gives a message, so that `received` tells whether the
+        connection delivered anything (a server that sends only frames the codec
+        refuses is backed off from); the dispatcher decodes the rest."""
+        self._deferred = None
 
     def watch(self, inbox: Optional[Callable[[Message, int], None]]) -> None:
         """Hand each message to ``inbox`` before queuing it (None: queue it only). The
@@ -95,6 +103,8 @@ class Intake:
             raw = message.raw  # the dispatcher counts the same size off (`dispatch.weight`)
             put(message, OVERHEAD if raw is None else OVERHEAD + len(raw))
         self.received += len(messages)
+        if messages and self.codec.one_per_frame:
+            self._deferred = self._queue  # the connection delivers: the dispatcher decodes from now on
 
 
 def decode_error(codec: Codec, exc: Exception, data: bytes) -> ProtocolError:

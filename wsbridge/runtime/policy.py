@@ -50,8 +50,9 @@ class Ending:
     open_for: Optional[float] = None
     """Seconds the connection was open (None: it never opened)."""
     delivered: int = 0
-    """Messages received on the connection, as they came (data frames: the dispatcher
-    decodes them later, so one the codec refuses counts too)."""
+    """Messages the reader decoded on the connection: > 0 when it delivered any (the
+    reader decodes its frames until one gives a message, then the dispatcher decodes
+    the rest; a frame the codec refuses delivers nothing)."""
     handshake_done: bool = False
     """The connection passed the connect hook (the client's handshake on every connect)."""
 

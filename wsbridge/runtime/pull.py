@@ -25,6 +25,7 @@ the only one that adds.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -42,10 +43,13 @@ PULL_POLICIES = ("drop_oldest", "block")
 Predicate = Callable[[Message], bool]
 
 WINDOW = 64
-"""Messages of each type the window keeps (fewer if ``maxsize`` is smaller)."""
-WINDOW_TYPES = 256
-"""Types the window keeps messages of: beyond, the type first seen is forgotten
-(a codec may take types from the data, one per symbol)."""
+"""Messages of each type the window keeps, at most: fewer once there are more types
+than ``maxsize / 64`` (each type then keeps ``maxsize // types``, at least one),
+so the windows together stay within ``maxsize`` without trimming per message."""
+WINDOW_TYPES = 1024
+"""Types with a window, at most (a codec may take types from the data, one per symbol;
+an empty window costs about a kilobyte): past it, the tenth of them that had a message
+least recently is forgotten in one pass."""
 
 
 class _Take:
@@ -71,9 +75,13 @@ class _Window:
 
     __slots__ = ("messages", "order")
 
-    def __init__(self, size: int) -> None:
-        self.messages: Deque[Message] = deque(maxlen=size)
-        self.order: Deque[int] = deque(maxlen=size)
+    def __init__(self, size: int, messages: Iterable[Message] = (), order: Iterable[int] = ()) -> None:
+        self.messages: Deque[Message] = deque(messages, maxlen=size)
+        self.order: Deque[int] = deque(order, maxlen=size)
+
+    @property
+    def last(self) -> int:
+        return self.order[-1] if self.order else 0
 
 
 class PullBuffer:
@@ -90,7 +98,9 @@ class PullBuffer:
 
     While the client has subscribers and no ``recv``/``messages`` call was made,
     only a window is kept (see the module's docstring): what falls out of it is
-    not a drop. Drops before the first such call are counted, and reported
+    not a drop. Once the whole buffer has kept a message (no subscriber then), it
+    stays on: a subscriber added later never costs a pull script what it buffered.
+    Drops before the first ``recv``/``messages`` call are counted, and reported
     (`started` returns them) when it comes: a buffer nobody reads never signals.
     """
 
@@ -113,6 +123,10 @@ class PullBuffer:
         self._order = 0
         """Arrival number of the last message a window took."""
         self._window_mode = False
+        self._whole = False
+        """The whole buffer is on for good: it kept a message, or a recv()/messages() call came."""
+        self._per_type = min(WINDOW, maxsize)
+        """What each window keeps now (`WINDOW`)."""
         self._takes: List[_Take] = []
         """Callers waiting, oldest first; none of them wants a buffered message."""
         self._cond = threading.Condition()
@@ -138,7 +152,7 @@ class PullBuffer:
         ``subscribed``: the client has subscribers, so until a recv()/messages()
         call, only the window is kept."""
         with self._cond:
-            window = subscribed and not self._pulling and self.overflow != "block"
+            window = subscribed and not self._whole and self.overflow != "block"
             if window != self._window_mode:
                 self._switch(window)
             dropped = 0
@@ -151,6 +165,7 @@ class PullBuffer:
                     self._to_windows(messages)
                 else:
                     dropped = self._drop_extend(messages)
+                    self._whole = self._whole or bool(self._items)
             self._cond.notify_all()
             if dropped and not self._pulling:
                 self.dropped += dropped
@@ -203,6 +218,7 @@ class PullBuffer:
             else:
                 items.append(message)
                 self._bytes += size
+                self._whole = True
 
     def _to_windows(self, messages: Iterable[Message]) -> None:
         """Keep the last messages of each type (lock held). A window's deque drops
@@ -227,24 +243,48 @@ class PullBuffer:
             box.order.append(order)
         self._order = order
         self._bytes += size
-        while self._windowed > 1 and (self._windowed > self.maxsize or self._bytes > self.max_bytes):
-            self._pop_oldest_windowed()
+        if self._bytes > self.max_bytes and self._windowed > 1:
+            self._trim_windows()
 
     def _new_window(self, mtype: Optional[str]) -> _Window:
+        """A window for a type not seen yet (lock held). With many types, each keeps
+        fewer (`WINDOW`); past `WINDOW_TYPES`, the tenth of them seen least
+        recently is forgotten in one pass."""
         windows = self._windows
-        if len(windows) >= WINDOW_TYPES:
-            first = windows.pop(next(iter(windows)))
-            self._windowed -= len(first.messages)
-            self._bytes -= sum(weight(m) for m in first.messages)
-        box = windows[mtype] = _Window(min(WINDOW, self.maxsize))
+        if len(windows) >= min(WINDOW_TYPES, self.maxsize):
+            for key, _ in heapq.nsmallest(max(1, len(windows) // 10), windows.items(), key=lambda kv: kv[1].last):
+                self._forget(windows.pop(key).messages)
+        per_type = max(1, min(WINDOW, self.maxsize // (len(windows) + 1)))
+        if per_type < self._per_type:  # rare: about 2 * sqrt(maxsize) times over the life of a buffer
+            self._per_type = per_type
+            for key, box in list(windows.items()):
+                if len(box.messages) > per_type:
+                    self._forget(list(box.messages)[:-per_type])
+                windows[key] = _Window(per_type, box.messages, box.order)
+        box = windows[mtype] = _Window(self._per_type)
         return box
 
-    def _pop_oldest_windowed(self) -> None:
-        """Forget the oldest message of all windows (lock held; only over a bound)."""
-        box = min((b for b in self._windows.values() if b.order), key=lambda b: b.order[0])
-        box.order.popleft()
-        self._bytes -= weight(box.messages.popleft())
-        self._windowed -= 1
+    def _forget(self, messages: Iterable[Message]) -> None:
+        """Messages that left the windows other than by a deque's own trim (lock held)."""
+        for message in messages:
+            self._windowed -= 1
+            self._bytes -= weight(message)
+
+    def _trim_windows(self) -> None:
+        """Over the byte bound (large messages): forget the oldest messages of all
+        windows, in arrival order, down to nine tenths of it: one pass for many
+        messages, not a scan of every window per message (lock held)."""
+        windows = self._windows
+        heads = [(box.order[0], key) for key, box in windows.items() if box.order]  # arrival numbers are unique
+        heapq.heapify(heads)
+        target = self.max_bytes * 9 // 10
+        while heads and self._windowed > 1 and self._bytes > target:
+            _, key = heapq.heappop(heads)
+            box = windows[key]
+            box.order.popleft()
+            self._forget((box.messages.popleft(),))
+            if box.order:
+                heapq.heappush(heads, (box.order[0], key))
 
     def _switch(self, window: bool) -> None:
         """Move what is kept between the windows and the whole buffer (lock held)."""
@@ -266,7 +306,7 @@ class PullBuffer:
         the drops nobody was told about yet (once)."""
         with self._cond:
             if not self._pulling:
-                self._pulling = True
+                self._pulling = self._whole = True
                 if self._window_mode:
                     self._switch(False)
             unreported, self._unreported = self._unreported, 0

@@ -177,14 +177,15 @@ class Supervisor:
                 self.dispatcher.put_control(NEW_CONNECTION)  # before the reader starts: ahead of its messages
                 # replaced, never mutated: a snapshot (numbered per connection: nothing to resume)
                 resume_from = {} if self.delivery.tracker.per_connection else self.delivery.positions
-                received = self.intake.frames  # frames before this connection (its reader adds to it)
+                self.intake.new_connection()
+                received = self.intake.received  # messages before this connection (its reader adds to it)
                 self._watch(conn, resume_from, inbox)  # starts the reader once no earlier one is in user code
                 calling = conn.calling
                 if calling is not None:  # user code holds the reader: it ends when that returns
                     self._straggle(conn.thread, calling)
                 elif not conn.join(self.options.close_timeout + 5.0):
                     log.warning("%s: the reader of the last connection did not end", self.name)
-                ending = self._ended(conn, self.intake.frames - received)
+                ending = self._ended(conn, self.intake.received - received)
                 if self.stopping.is_set():
                     break
                 # reconnect() asked for a new connection: not a failure, and no wait.
