@@ -43,9 +43,10 @@ client's error signal). The handled mark is written with every batch, so a
 crash repeats at most the last batch's messages to subscribers.
 
 The script's cost per message is what Redis spends on it, while the
-dispatcher waits: one ``XADD`` with its arguments in the call, a row of six
-strings unpacked (nine when the message has a stream name or an id), no
-table or string built in Lua; the trim is one ``XTRIM`` a batch.
+dispatcher waits: six strings unpacked from one flat array (a small table
+more only for a message with a stream name or an id) and one ``XADD`` with
+them in the call, no table or string built in Lua (what Lua allocates, its
+collector walks again); the trim is one ``XTRIM`` a batch.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 from ..errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, importable from here as before
 from ..message import Message
@@ -80,15 +81,17 @@ _RAW_KIND = _KINDS[JSON_FRAME]
 _APPEND = """
 -- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced), epochs
 -- ARGV: token, maxlen ('' none), handled, lease ttl (ms), the batch: a MessagePack array
---       {positions, rows, epochs, first}: positions {position key, seq, ...}, what the client
---       tracks after the batch; rows {entry id, seq ('' none), type, kind, payload, at}, and when
---       the message has a stream name or an id, then {position key, stream ('' none), id ('' none)}
---       (else the position key is '-'), the position key naming the position that covers the row;
---       the entry ids 'KEY-0', the keys consecutive from first; every field a string (numbers as
---       text, so no digit is lost to Lua's doubles); epochs {position key, epoch as JSON, ...}:
---       a stored position of another epoch covers nothing.
--- Per row only what must be per row: one XADD with its arguments in the call (no table, no
--- string built in Lua), an empty id or stream left out; the trim is one XTRIM after the batch.
+--       {positions, rows, epochs, first, extras}: positions {position key, seq, ...}, what the
+--       client tracks after the batch; rows one flat array, six strings a message: entry id,
+--       seq ('' none), type, kind, payload, at; extras {row number -> {position key, stream ('' none),
+--       id ('' none)}} for the messages with a stream name or an id (the others' position key is
+--       '-'), the position key naming the position that covers the row; the entry ids 'KEY-0', the
+--       keys consecutive from first; every field a string (numbers as text, so no digit is lost to
+--       Lua's doubles); epochs {position key, epoch as JSON, ...}: a stored position of another
+--       epoch covers nothing.
+-- Per message only what must be: one XADD with its arguments in the call (no table, no string
+-- built in Lua: what Lua allocates, its collector walks), an unset id or stream left out; the
+-- trim is one XTRIM after the batch.
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if holder == false then
@@ -97,8 +100,8 @@ if ARGV[1] ~= '' then
     return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
   end
 end
-local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}, {}, '1'}
-local positions, rows, epochs = batch[1], batch[2], batch[3]
+local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}, {}, '1', {}}
+local positions, rows, epochs, extras = batch[1], batch[2], batch[3], batch[5]
 local epoch = {}
 for i = 1, #epochs, 2 do epoch[epochs[i]] = epochs[i + 1] end
 local stored = {}  -- per position key: the position stored before this batch (none, or another epoch's: -inf)
@@ -107,12 +110,13 @@ local appended = 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
 local lastrow = nil
 -- the keys are consecutive: the rows at or below the stored last key are a prefix
-for i = math.max(1, last - tonumber(batch[4]) + 2), #rows do
-  local row = rows[i]
-  local seq = row[2]
+local count = #rows / 6
+for i = math.max(1, last - tonumber(batch[4]) + 2), count do
+  local o = 6 * i - 6
+  local seq, extra = rows[o + 2], extras[i]
   local fresh = true
   if seq ~= '' then
-    local pkey = row[7] or '-'
+    local pkey = extra and extra[1] or '-'
     local cur = stored[pkey]
     if cur == nil then
       cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '') or -math.huge
@@ -122,17 +126,20 @@ for i = math.max(1, last - tonumber(batch[4]) + 2), #rows do
     fresh = tonumber(seq) > cur
   end
   if fresh then
-    if row[7] == nil then
-      call('XADD', xkey, row[1], 'type', row[3], 'seq', seq, 'kind', row[4], 'payload', row[5], 'at', row[6])
-    elseif row[8] == '' then
-      call('XADD', xkey, row[1], 'type', row[3], 'seq', seq, 'kind', row[4], 'payload', row[5], 'at', row[6], 'id', row[9])
-    elseif row[9] == '' then
-      call('XADD', xkey, row[1], 'type', row[3], 'seq', seq, 'kind', row[4], 'payload', row[5], 'at', row[6], 'stream', row[8])
+    local id = rows[o + 1]
+    if extra == nil then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6])
+    elseif extra[2] == '' then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'id', extra[3])
+    elseif extra[3] == '' then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'stream', extra[2])
     else
-      call('XADD', xkey, row[1], 'type', row[3], 'seq', seq, 'kind', row[4], 'payload', row[5], 'at', row[6],
-           'id', row[9], 'stream', row[8])
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'id', extra[3], 'stream', extra[2])
     end
-    lastrow = row[1]
+    lastrow = id
     appended = appended + 1
   end
 end
@@ -150,7 +157,7 @@ end
 for i = 1, #epochs, 2 do redis.call('HSET', KEYS[5], epochs[i], epochs[i + 1]) end
 if lastrow then redis.call('HSET', KEYS[3], 'last', string.sub(lastrow, 1, -3)) end
 redis.call('HSET', KEYS[3], 'handled', ARGV[3])
-return {appended, #rows - appended}
+return {appended, count - appended}
 """
 
 
@@ -298,8 +305,9 @@ class RedisStreamStore(Store):
         an epoch (a ``reset`` judged by content) is appended again only once its seq
         passes the position stored before."""
         first = self._next_key
-        rows: List[Tuple[Any, ...]] = []
-        add = rows.append
+        rows: List[Any] = []  # six fields a message, one flat list: no table a message in Lua
+        extras: Dict[int, Tuple[str, str, str]] = {}  # row number (from 1) -> position key, stream, id
+        add = rows.extend
         key = first
         for m in messages:
             mtype, payload, seq, mid, stream, at, raw = m[:7]
@@ -308,12 +316,11 @@ class RedisStreamStore(Store):
             else:
                 code, payload = encode_payload(payload)
                 kind, payload = _KINDS[code], "" if payload is None else payload
-            row: Tuple[Any, ...] = ("%d-0" % key, "" if seq is None else str(seq), mtype, kind, payload,
-                                    "" if at is None else repr(at))
-            if stream is not None or mid is not None:  # nine fields; six for the unnamed stream without ids
+            add(("%d-0" % key, "" if seq is None else str(seq), mtype, kind, payload, "" if at is None else repr(at)))
+            if stream is not None or mid is not None:
                 mid = encode_id(mid)
-                row += (stream_key(stream if stream in positions else None), stream or "", "" if mid is None else str(mid))
-            add(row)
+                extras[key - first + 1] = (stream_key(stream if stream in positions else None), stream or "",
+                                           "" if mid is None else str(mid))
             key += 1
         self._next_key = key
         tracked = [part for stream, seq in positions.items() for part in (stream_key(stream), str(seq))]
@@ -322,7 +329,7 @@ class RedisStreamStore(Store):
         # One MessagePack argument for the batch: redis-py packs each argument in Python
         # (13.8 us a message for nine of them, measured), msgpack the whole batch in C;
         # raw strings (no bin type), as Redis's cmsgpack reads them.
-        self._write(len(messages), msgpack.packb([tracked, rows, kept, str(first)], use_bin_type=False))
+        self._write(len(messages), msgpack.packb([tracked, rows, kept, str(first), extras], use_bin_type=False))
         return first
 
     def _write(self, count: int, batch: bytes) -> None:
