@@ -15,6 +15,10 @@ in processes of their own. Rows, medians over the runs:
   the bridge's start to the last message acknowledged, while the bridge
   appends. On 2 cores the bridge, the blaster, Redis and the consumers share
   the CPU, so more consumers add contention as much as capacity.
+
+Beside each rate, the CPU time Redis spent per message in that row (its
+``used_cpu_user`` and ``used_cpu_sys``, medians): the cost the store's append
+script adds on the Redis side, which a busy machine's wall clock hides.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
+from typing import Any, Callable, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -105,6 +109,12 @@ def end_to_end(blaster: str, redis_url: str, feed: str, count: int, consumers: i
             p.wait(10)
 
 
+def redis_cpu(admin: Any) -> float:
+    """CPU seconds the Redis server has used so far (user and system)."""
+    info = admin.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def consumer_child(redis_url: str, feed: str, name: str) -> None:
     import signal
 
@@ -135,12 +145,19 @@ def main() -> None:
             blaster = f"ws://127.0.0.1:{int(blaster_proc.stdout.readline())}"
             url = redis_server.url
             admin = connect(url)
+            cpu: List[List[float]] = [[] for _ in rows]  # Redis's CPU seconds per row and run
+
+            def measure(row: int, run_row: Callable[..., float], *row_args: Any) -> None:
+                before = redis_cpu(admin)
+                rows[row][1].append(run_row(*row_args))
+                cpu[row].append(redis_cpu(admin) - before)
+
             for run in range(args.runs):
-                rows[0][1].append(pipeline_baseline(url, args.count))
-                rows[1][1].append(bridge(blaster, url, f"b{run}", args.count, False))
-                rows[2][1].append(bridge(blaster, url, f"f{run}", args.count, True))
+                measure(0, pipeline_baseline, url, args.count)
+                measure(1, bridge, blaster, url, f"b{run}", args.count, False)
+                measure(2, bridge, blaster, url, f"f{run}", args.count, True)
                 for i, n in enumerate((1, 2, 4)):
-                    rows[3 + i][1].append(end_to_end(blaster, url, f"e{run}-{n}", args.count, n))
+                    measure(3 + i, end_to_end, blaster, url, f"e{run}-{n}", args.count, n)
                 admin.flushall()
                 print(f"  run {run + 1} of {args.runs} done", file=sys.stderr, flush=True)
             version = admin.info("server")["redis_version"]
@@ -151,9 +168,10 @@ def main() -> None:
     print(f"wsbridge {wsbridge.__version__}, Redis {version} (append-only file, fsync every second), "
           f"{os.cpu_count()} cores; {args.count:,} ~100 B messages, median of {args.runs} runs")
     base = statistics.median(rows[0][1])
-    for label, rates in rows:
+    for (label, rates), seconds in zip(rows, cpu, strict=True):
         rate = statistics.median(rates)
-        print(f"  {label:<46} {rate:>10,.0f} msg/s {rate / base:>6.2f}x")
+        used = statistics.median(seconds) / args.count * 1e6
+        print(f"  {label:<46} {rate:>10,.0f} msg/s {rate / base:>6.2f}x   Redis CPU {used:5.1f} us/msg")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,36 @@ def test_maxlen_keeps_about_that_many(rs, r):
     assert stream_seqs(r, "f")[-1] == 2000
 
 
+def test_a_batch_costs_redis_one_xadd_a_message_with_the_fields_set_and_one_trim(rs, r):
+    """The append script's work per message (issue 25): one XADD, an unset id and stream
+    left out of the entry, the trim once a batch; every field reads back as it went in."""
+    sent = [msg(n) for n in range(1, 101)] + [msg(101, "b", id="k"), msg(102, id=7), msg(1, "c", "x", "text")]
+    with RedisStreamStore(rs.url, feed="f", maxlen=1000) as store:
+        r.config_resetstat()
+        store.append(sent, {None: 102, "b": 101, "c": 1})
+        stats = r.info("commandstats")
+        assert (stats["cmdstat_xadd"]["calls"], stats["cmdstat_xtrim"]["calls"]) == (103, 1)
+        assert [(m.type, m.payload, m.seq, m.id, m.stream, m.received_at) for m in store.history()] == [
+            (m.type, m.payload, m.seq, m.id, m.stream, m.received_at) for m in sent]
+    entries = [fields for _id, fields in r.xrange("wsbridge:f:messages")]
+    assert set(entries[0]) == {b"type", b"seq", b"kind", b"payload", b"at"}
+    assert (entries[100][b"id"], entries[100][b"stream"]) == (b"k", b"b")
+    assert entries[101][b"id"] == b"7" and b"stream" not in entries[101]
+    assert entries[102][b"stream"] == b"c" and b"id" not in entries[102]
+
+
+def test_rows_at_or_below_the_newest_stored_key_are_dropped_and_the_rest_appended(rs, r):
+    """A writer whose keys fell behind the stored ones (it opened before another wrote)
+    overwrites nothing: its rows up to the newest stored key are dropped, the rest appended."""
+    with RedisStreamStore(rs.url, feed="f") as late, RedisStreamStore(rs.url, feed="f") as first:
+        first.append([msg(n) for n in range(1, 6)], {None: 5})  # keys 1 to 5
+        assert late.append([msg(n) for n in range(6, 14)], {None: 13}) == 1  # its keys 1 to 8
+        assert (late.appended, late.skipped) == (3, 5)
+    assert [int(i.split(b"-")[0]) for i, _f in r.xrange("wsbridge:f:messages")] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert stream_seqs(r, "f") == [1, 2, 3, 4, 5, 11, 12, 13]
+    assert r.hget("wsbridge:f:meta", "last") == b"8"
+
+
 def test_an_unopened_store_and_an_unreachable_redis_say_so(rs):
     with pytest.raises(wsbridge.StoreError, match="not open"):
         RedisStreamStore(rs.url).positions()

@@ -4,10 +4,11 @@ Keys, all under ``PREFIX:FEED:``:
 
 ``messages``
     The stream. One entry per message, entry id ``KEY-0`` where KEY is the
-    store key the client knows it by; fields ``type``, ``stream``, ``seq``,
-    ``id``, ``kind`` (how ``payload`` is encoded: 0 none, 1 text, 2 bytes,
-    3 and 4 JSON), ``payload``, ``at`` (``received_at``); empty when unset
-    (an empty stream name reads back as no stream). Trimmed with ``MAXLEN ~ maxlen`` when it is set.
+    store key the client knows it by; fields ``type``, ``seq``, ``kind`` (how
+    ``payload`` is encoded: 0 none, 1 text, 2 bytes, 3 and 4 JSON),
+    ``payload``, ``at`` (``received_at``), empty when unset, then ``id`` and
+    ``stream``, left out when unset (an empty stream name reads back as no
+    stream). Trimmed with ``XTRIM MAXLEN ~ maxlen`` after each batch when it is set.
 ``positions``
     Hash: ``s:STREAM`` (``-`` for messages without a stream name, and for
     every message with one counter across streams) -> the last contiguous
@@ -40,6 +41,12 @@ answers again (retried with a `Backoff`). Until then the client goes on
 receiving; a full buffer fails the batch with a `StoreError` (reported on the
 client's error signal). The handled mark is written with every batch, so a
 crash repeats at most the last batch's messages to subscribers.
+
+The script's cost per message is what Redis spends on it, while the
+dispatcher waits: six strings unpacked from one flat array (a small table
+more only for a message with a stream name or an id) and one ``XADD`` with
+them in the call, no table or string built in Lua (what Lua allocates, its
+collector walks again); the trim is one ``XTRIM`` a batch.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Optional, Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 from ..errors import LeaseLost, StoreError  # LeaseLost: defined in errors.py, importable from here as before
 from ..message import Message
@@ -67,14 +74,24 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("wsbridge")
 
 
+_KINDS = tuple(str(kind) for kind in range(JSON_FRAME + 1))
+"""The payload kinds as the append script takes them (text), by number."""
+_RAW_KIND = _KINDS[JSON_FRAME]
+
 _APPEND = """
 -- KEYS: messages, positions, meta, lease (unused when ARGV[1] is '': not fenced), epochs
 -- ARGV: token, maxlen ('' none), handled, lease ttl (ms), the batch: a MessagePack array
---       {positions, rows}: positions {position key, seq, position key, seq, ...}, what the
---       client tracks after the batch; rows {key, position key, stream ('' none), seq ('' none),
---       type, id, kind, payload, at}, the position key naming the position that covers the row;
---       every field a string (numbers as text, so no digit is lost to Lua's doubles);
---       then epochs {position key, epoch as JSON, ...}: a stored position of another epoch covers nothing
+--       {positions, rows, epochs, first, extras}: positions {position key, seq, ...}, what the
+--       client tracks after the batch; rows one flat array, six strings a message: entry id,
+--       seq ('' none), type, kind, payload, at; extras {row number -> {position key, stream ('' none),
+--       id ('' none)}} for the messages with a stream name or an id (the others' position key is
+--       '-'), the position key naming the position that covers the row; the entry ids 'KEY-0', the
+--       keys consecutive from first; every field a string (numbers as text, so no digit is lost to
+--       Lua's doubles); epochs {position key, epoch as JSON, ...}: a stored position of another
+--       epoch covers nothing.
+-- Per message only what must be: one XADD with its arguments in the call (no table, no string
+-- built in Lua: what Lua allocates, its collector walks), an unset id or stream left out; the
+-- trim is one XTRIM after the batch.
 if ARGV[1] ~= '' then
   local holder = redis.call('GET', KEYS[4])
   if holder == false then
@@ -83,40 +100,50 @@ if ARGV[1] ~= '' then
     return redis.error_reply('LEASE another process holds the lease ' .. KEYS[4])
   end
 end
-local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}}
-local positions, rows, epochs = batch[1], batch[2], batch[3] or {}
+local batch = ARGV[5] and cmsgpack.unpack(ARGV[5]) or {{}, {}, {}, '1', {}}
+local positions, rows, epochs, extras = batch[1], batch[2], batch[3], batch[5]
 local epoch = {}
 for i = 1, #epochs, 2 do epoch[epochs[i]] = epochs[i + 1] end
 local stored = {}  -- per position key: the position stored before this batch (none, or another epoch's: -inf)
-local appended, skipped = 0, 0
+local call, xkey = redis.call, KEYS[1]
+local appended = 0
 local last = tonumber(redis.call('HGET', KEYS[3], 'last') or '0')
-local laststr = nil
-for _, row in ipairs(rows) do
-  local key, pkey, seq = tonumber(row[1]), row[2], row[4]
-  local fresh = key > last
-  if fresh and seq ~= '' then
+local lastrow = nil
+-- the keys are consecutive: the rows at or below the stored last key are a prefix
+local count = #rows / 6
+for i = math.max(1, last - tonumber(batch[4]) + 2), count do
+  local o = 6 * i - 6
+  local seq, extra = rows[o + 2], extras[i]
+  local fresh = true
+  if seq ~= '' then
+    local pkey = extra and extra[1] or '-'
     local cur = stored[pkey]
     if cur == nil then
       cur = tonumber(redis.call('HGET', KEYS[2], pkey) or '') or -math.huge
       if epoch[pkey] ~= nil and epoch[pkey] ~= redis.call('HGET', KEYS[5], pkey) then cur = -math.huge end
       stored[pkey] = cur
     end
-    if tonumber(seq) <= cur then fresh = false end
+    fresh = tonumber(seq) > cur
   end
   if fresh then
-    local fields = {'type', row[5], 'seq', seq, 'id', row[6], 'kind', row[7], 'payload', row[8], 'at', row[9]}
-    if row[3] ~= '' then fields[#fields + 1] = 'stream'; fields[#fields + 1] = row[3] end
-    if ARGV[2] ~= '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], row[1] .. '-0', unpack(fields))
+    local id = rows[o + 1]
+    if extra == nil then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6])
+    elseif extra[2] == '' then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'id', extra[3])
+    elseif extra[3] == '' then
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'stream', extra[2])
     else
-      redis.call('XADD', KEYS[1], row[1] .. '-0', unpack(fields))
+      call('XADD', xkey, id, 'type', rows[o + 3], 'seq', seq, 'kind', rows[o + 4], 'payload', rows[o + 5], 'at', rows[o + 6],
+           'id', extra[3], 'stream', extra[2])
     end
-    last, laststr = key, row[1]
+    lastrow = id
     appended = appended + 1
-  else
-    skipped = skipped + 1
   end
 end
+if appended > 0 and ARGV[2] ~= '' then redis.call('XTRIM', xkey, 'MAXLEN', '~', ARGV[2]) end
 -- written as the strings that came in: Lua would print a number above 1e14 as 1e+14. Within one
 -- epoch a stored position never moves back (a numbering restarted without an epoch is appended
 -- again only past it, whatever batches it came in)
@@ -128,9 +155,9 @@ for i = 1, #positions, 2 do
   end
 end
 for i = 1, #epochs, 2 do redis.call('HSET', KEYS[5], epochs[i], epochs[i + 1]) end
-if laststr then redis.call('HSET', KEYS[3], 'last', laststr) end
+if lastrow then redis.call('HSET', KEYS[3], 'last', string.sub(lastrow, 1, -3)) end
 redis.call('HSET', KEYS[3], 'handled', ARGV[3])
-return {appended, skipped}
+return {appended, count - appended}
 """
 
 
@@ -278,26 +305,31 @@ class RedisStreamStore(Store):
         an epoch (a ``reset`` judged by content) is appended again only once its seq
         passes the position stored before."""
         first = self._next_key
-        rows: List[Tuple[Any, ...]] = []
+        rows: List[Any] = []  # six fields a message, one flat list: no table a message in Lua
+        extras: Dict[int, Tuple[str, str, str]] = {}  # row number (from 1) -> position key, stream, id
+        add = rows.extend
         key = first
         for m in messages:
-            if raw_is_payload and m.raw.__class__ is bytes:
-                kind, payload = JSON_FRAME, m.raw
+            mtype, payload, seq, mid, stream, at, raw = m[:7]
+            if raw_is_payload and raw.__class__ is bytes:
+                kind, payload = _RAW_KIND, raw
             else:
-                kind, payload = encode_payload(m.payload)
-            mid = encode_id(m.id)
-            rows.append((str(key), stream_key(m.stream if m.stream in positions else None), m.stream or "",
-                         "" if m.seq is None else str(m.seq), m.type,
-                         "" if mid is None else str(mid), str(kind), "" if payload is None else payload,
-                         "" if m.received_at is None else repr(m.received_at)))
+                code, payload = encode_payload(payload)
+                kind, payload = _KINDS[code], "" if payload is None else payload
+            add(("%d-0" % key, "" if seq is None else str(seq), mtype, kind, payload, "" if at is None else repr(at)))
+            if stream is not None or mid is not None:
+                mid = encode_id(mid)
+                extras[key - first + 1] = (stream_key(stream if stream in positions else None), stream or "",
+                                           "" if mid is None else str(mid))
             key += 1
         self._next_key = key
         tracked = [part for stream, seq in positions.items() for part in (stream_key(stream), str(seq))]
         kept = [part for stream, epoch in (epochs or {}).items() if stream in positions
                 for part in (stream_key(stream), json.dumps(epoch))]
         # One MessagePack argument for the batch: redis-py packs each argument in Python
-        # (13.8 us a message for nine of them, measured), msgpack the whole batch in C.
-        self._write(len(messages), msgpack.packb([tracked, rows, kept], use_bin_type=False))  # raw, as Redis's cmsgpack reads
+        # (13.8 us a message for nine of them, measured), msgpack the whole batch in C;
+        # raw strings (no bin type), as Redis's cmsgpack reads them.
+        self._write(len(messages), msgpack.packb([tracked, rows, kept, str(first), extras], use_bin_type=False))
         return first
 
     def _write(self, count: int, batch: bytes) -> None:
