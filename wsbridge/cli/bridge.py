@@ -57,7 +57,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--feed", default="default", metavar="NAME", help="the feed's name in Redis (default: default)")
     parser.add_argument("--prefix", default="wsbridge", metavar="P", help="key prefix in Redis (default: wsbridge)")
     parser.add_argument("--maxlen", type=positive_int, metavar="N",
-                        help="keep about N entries in the stream (XADD MAXLEN ~); default: all")
+                        help="keep about N entries in the stream (XTRIM MAXLEN ~ after each batch); default: all")
     parser.add_argument("--buffer", type=positive_int, default=100_000, metavar="N",
                         help="messages kept locally while Redis is unreachable (default: 100000)")
     parser.add_argument("--lease-ttl", type=positive_float, default=5.0, metavar="S",
