@@ -1,6 +1,7 @@
 """The receive benchmark: one table of every client variant and wsbridge, measured in the same run.
 
     python benchmarks/receive.py [--runs 5] [--count 100000] [--rate 10000] [--seconds 3] [--gc on|freeze|off]
+                                 [--rows 0,6,...] [--baseline DIR]
 
 A server in another process (`blaster.py`) writes pre-built frames as fast as
 the kernel takes them, so the client is the bottleneck. Each row is a client:
@@ -25,7 +26,9 @@ p50/p99 from the server's write to the handler's call at RATE msg/s (every
 variant parses the JSON to read the stamp; the first half second is left out);
 and the peak RSS of the process. Every (row, run) is a fresh process, and the
 runs of all rows are interleaved, so drift on the machine hits all rows alike.
-Numbers are medians over the runs.
+Numbers are medians over the runs. ``--baseline DIR`` adds, after each wsbridge
+row, the same row run with the wsbridge package of DIR (another checkout), so a
+change is measured beside what it changes, in the same run.
 
 A second table compares wsbridge with the ``websockets.sync`` client on a JSON
 market-data feed (book updates of about 300 B), sent plain and compressed with
@@ -238,6 +241,21 @@ ROWS = [
 ]
 DECODERS = {decode_only: wsbridge_client, decode_only_orjson: wsbridge_orjson}
 """The decoder's-limit rows, and the pipeline row measured against each."""
+WSBRIDGE_ROWS = (wsbridge_client, wsbridge_store, wsbridge_orjson, wsbridge_raw)
+ORIGIN = list(range(len(ROWS)))
+"""The number of each row in ROWS as written (what ``--rows`` names), baseline rows included."""
+BEFORE = "  before: "
+
+
+def with_baseline(baseline: Optional[str]) -> None:
+    """With ``--baseline DIR``: after each wsbridge row, the same row with the wsbridge of
+    DIR (another checkout, e.g. a detached worktree of the last release), measured in the
+    same run, interleaved with the others."""
+    if baseline:
+        expanded = [(n, r) for n, row in enumerate(ROWS) for r in ([row, (BEFORE + row[0].strip(), *row[1:])]
+                                                                   if row[1] in WSBRIDGE_ROWS else [row])]
+        ORIGIN[:] = [n for n, _ in expanded]
+        ROWS[:] = [r for _, r in expanded]
 
 
 def parse_for(client: Callable[..., None]) -> Callable[[Any], dict]:
@@ -306,9 +324,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3, help="length of the latency run")
     parser.add_argument("--gc", choices=("on", "freeze", "off"), default="on",
                         help="the garbage collector in every client process: as is, gc.freeze() after imports, or off")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure each wsbridge row with the wsbridge package of DIR (a checkout to compare with)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    with_baseline(args.baseline)
     if args.child is not None:
         child(args.child, args.base, args.count, args.rate, args.seconds, args.gc)
         return
@@ -324,12 +345,14 @@ def main() -> None:
         base = f"ws://127.0.0.1:{int(server.stdout.readline())}"
         for run in range(args.runs):
             for row, (label, client, _kinds, _hide) in enumerate(ROWS):
-                if available(client) or (args.rows and str(row) not in args.rows.split(",")):
+                if available(client) or (args.rows and str(ORIGIN[row]) not in args.rows.split(",")):
                     continue
+                env = dict(os.environ, PYTHONPATH=os.path.abspath(args.baseline)) if label.startswith(BEFORE) else None
                 done = subprocess.run(
                     [sys.executable, __file__, "--child", str(row), "--base", base, "--count", str(args.count),
-                     "--rate", str(args.rate), "--seconds", str(args.seconds), "--gc", args.gc],
-                    capture_output=True, text=True, timeout=900,
+                     "--rate", str(args.rate), "--seconds", str(args.seconds), "--gc", args.gc,
+                     *(["--baseline", args.baseline] if args.baseline else [])],
+                    capture_output=True, text=True, timeout=900, env=env,
                 )
                 if done.returncode:
                     raise SystemExit(f"{label.strip()} failed:\n{done.stderr}")
@@ -374,7 +397,10 @@ def main() -> None:
         lat = [median(row, k) for k in ("p50", "p99")]
         print(f"{label:<42}" + "".join(f"{c:>19}" for c in cells)
               + "".join(f"{x:>9.2f}" if x is not None else f"{'-':>9}" for x in lat) + f"{median(row, 'rss'):>8.1f}")
-    rows = {client: row for row, (_label, client, _kinds, _hide) in enumerate(ROWS)}
+    rows: Dict[Callable[..., None], int] = {}
+    for row, (label, client, _kinds, _hide) in enumerate(ROWS):
+        if not label.startswith(BEFORE):
+            rows.setdefault(client, row)
     for decoder, pipeline in DECODERS.items():
         limit, ours = rows[decoder], rows[pipeline]
         if results[limit] and results[ours]:

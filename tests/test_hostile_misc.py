@@ -95,7 +95,8 @@ def test_each_message_of_a_pipe_frame_weighs_its_own_bytes(make_client):
         # 4 MiB: the 5,000 messages weigh 1.3 MB with their records' overhead (`message.OVERHEAD`),
         # the old weighing 46 times the bound (the reader waited for room)
         # No subscriber: the pull buffer keeps every message from the start (not only a window).
-        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue_bytes=4 * 1024 * 1024)
+        client = make_client(server.url, codec=wsbridge.PipeCodec(), dispatch_queue=10_000,
+                             dispatch_queue_bytes=4 * 1024 * 1024)
         client.start()
         server.wait_connection().sendall(frame(data))
         wait_until(lambda: client.stats.pull_buffered + client.stats.pull_dropped == 5000, 30, "every message buffered")

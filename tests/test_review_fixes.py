@@ -321,7 +321,8 @@ def test_the_default_bounds_take_5000_tiny_pipe_messages_of_one_frame_without_dr
         server.wait_connection().sendall(tiny_frame(5000))
         got = [client.recv(timeout=10) for _ in range(5000)]
         stats = client.stats
-    assert len(got) == 5000 and (stats.pull_dropped, stats.backpressure_waits) == (0, 0)
+    # (5,000 messages are over dispatch_queue's 4,096: the reader may wait for room, and loses nothing)
+    assert len(got) == 5000 and stats.pull_dropped == 0
 
 
 # -- 11c: a refused upgrade whose body never comes ---------------------------------------------------

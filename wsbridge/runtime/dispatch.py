@@ -102,6 +102,7 @@ class Dispatcher:
         self._queue: Deque[Any] = deque()
         self._in_bytes = 0  # written by the thread that puts data (the reader)
         self._out_bytes = 0  # written by the dispatcher thread
+        self._taken = 0  # what the batch in hand weighs (dispatcher thread)
         self._wake = threading.Event()
         self._idle = False
         self._space = threading.Event()
@@ -207,18 +208,17 @@ class Dispatcher:
 
     def _run(self) -> None:
         queue = self._queue
-        popleft = queue.popleft
         try:
             while True:
                 if queue:
-                    batch = [popleft() for _ in range(min(len(queue), BATCH))]
+                    batch = self._take()
                     try:
                         self._handle(batch)
                     except Exception:  # the handler isolates every item; this is a bug guard
                         log.exception("wsbridge dispatcher failed on a batch of %d items", len(batch))
                     # Counted off once handled: the bound holds the batch in hand too, so a
                     # stalled subscriber holds at most max_bytes, not that and a batch more.
-                    self._out_bytes += _weigh(batch)
+                    self._out_bytes += self._taken
                     del batch
                     if self._space_wanted:
                         self._space_wanted = False
@@ -238,6 +238,28 @@ class Dispatcher:
                 self._on_exit()
             except Exception:
                 log.exception("wsbridge dispatcher exit handler failed")
+
+    def _take(self) -> List[Any]:
+        """The next batch: up to `BATCH` items and, past the first, a quarter of
+        ``max_bytes``, so that the reader fills the rest of the bound while the batch is
+        delivered (the bound counts the batch in hand). Its weight in ``_taken``."""
+        queue = self._queue
+        popleft = queue.popleft
+        batch = [popleft() for _ in range(min(len(queue), BATCH))]
+        total = _weigh(batch)
+        budget = self.max_bytes // 4
+        if total > budget and len(batch) > 1:  # large messages: the first of them up to the budget
+            total, n = 0, 0
+            for item in batch:
+                size = weight(item)
+                if n and total + size > budget:
+                    break
+                total += size
+                n += 1
+            queue.extendleft(reversed(batch[n:]))  # back in front (the reader appends at the other end)
+            del batch[n:]
+        self._taken = total
+        return batch
 
     def expired(self) -> bool:
         """Has `stop`'s time run out? (Checked by the handler before each item.)"""
