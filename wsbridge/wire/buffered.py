@@ -1,16 +1,19 @@
 """A socket with a read buffer, under wsbridge's frame reader (`wsbridge.wire.reader`).
 
 websocket-client's own reader makes at least two ``recv`` calls per frame (the
-2-byte header, then the payload, 16 KiB at a time) after one ``select``.
-`BufferedSocket` takes what the kernel has in one ``recv`` of up to 256 KiB
-and serves frames from memory; large payloads are read straight into their
-final buffer (``recv_into``). During the upgrade it shows `wsbridge.wire.handshake`
+2-byte header, then the payload, 16 KiB at a time) after one ``select``, and
+joins the pieces. `BufferedSocket` has the kernel write what it has straight
+into one read buffer per connection (up to 1 MiB in one call), and frames are
+cut from there: a message's bytes are its one copy after the kernel's, and a
+fragment is copied from the buffer into its message. A payload over 64 KiB that
+is still arriving is read straight into a buffer of its own size. During the upgrade it shows `wsbridge.wire.handshake`
 the request and the bounded response head before websocket-client reads it.
 Only the connection's reader thread reads from it.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import select
 import socket
@@ -21,8 +24,12 @@ from ..codecs import DEFAULT_MAX_LENGTH
 from .handshake import Handshake
 from .nested_tls import TLS_SOCKETS, NestedTLS
 
-CHUNK = 256 * 1024
-"""Most bytes taken from the kernel in one call."""
+CAPACITY = 1024 * 1024
+"""The read buffer's size: most bytes taken from the kernel in one call."""
+
+LARGE = 64 * 1024 + 16
+"""The largest payload read through the buffer (a 64 KiB one and its header fit); a
+longer one is read by the kernel straight into a buffer of its own size."""
 
 PIECE = 16 * 1024
 """Most bytes `BufferedSocket.send_some` hands a TLS socket at once (TLS writes a
@@ -35,7 +42,7 @@ POLL_MAX = 2**31 - 1
 class BufferedSocket:
     """A socket (plain or TLS) with a read buffer; everything but reading is the socket's own."""
 
-    __slots__ = ("sock", "max_frame", "handshake", "_buf", "_pos", "_tls", "_timeout", "_direct")
+    __slots__ = ("sock", "max_frame", "handshake", "_view", "_pos", "_end", "_tls", "_timeout", "_direct")
 
     def __init__(
         self,
@@ -50,8 +57,11 @@ class BufferedSocket:
         self.max_frame = max_frame
         """The largest data frame the read loop's fast path takes; a longer one
         goes to `ReadLoop.read_frame`, which refuses it from its header."""
-        self._buf = b""
-        self._pos = 0
+        # The read buffer: an anonymous mapping, so memory is taken only as far as it is
+        # written (an idle connection's is a page or two); the bytes held are
+        # _view[_pos:_end]. Frames are cut from it with one copy each.
+        self._view = memoryview(mmap.mmap(-1, CAPACITY))
+        self._pos = self._end = 0
         self._tls = isinstance(sock, TLS_SOCKETS)
         self._timeout = sock.gettimeout()
         self._direct = self._may_read_directly()
@@ -65,72 +75,103 @@ class BufferedSocket:
     # -- reading -----------------------------------------------------------
     def buffered(self) -> int:
         """Bytes read from the kernel (or TLS) and not yet handed out."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def pending(self) -> bool:
         """Can a read proceed without waiting for the network?"""
-        return self._pos < len(self._buf) or (self._tls and self.sock.pending() > 0)  # type: ignore[union-attr]
+        return self._pos < self._end or (self._tls and self.sock.pending() > 0)  # type: ignore[union-attr]
 
     def frame_buffered(self) -> bool:
         """Is the whole next frame in the buffer? (Called after every frame: kept lean.)"""
-        buf, pos = self._buf, self._pos
-        available = len(buf) - pos
+        view, pos = self._view, self._pos
+        available = self._end - pos
         if available < 2:
             return False
-        second = buf[pos + 1]
+        second = view[pos + 1]
         size = second & 0x7F
         if size < 126:
             return available >= 2 + size + (4 if second & 0x80 else 0)
         if size == 126 and available >= 4:
-            return available >= 4 + ((buf[pos + 2] << 8) | buf[pos + 3]) + (4 if second & 0x80 else 0)
-        return frame_complete(buf[pos : pos + 10], available)
+            return available >= 4 + ((view[pos + 2] << 8) | view[pos + 3]) + (4 if second & 0x80 else 0)
+        return frame_complete(self.peek(10), available)
 
-    def read_now(self) -> bytes:
-        """What the kernel holds for this socket right now (up to `CHUNK`), or
-        b"" when it holds nothing, without waiting. One ``read`` system call:
-        ``socket.recv`` on a socket with a timeout polls first (a second call).
-        At the end of the stream, or on an error, also b"": the frame parser's
-        own blocking read then meets the end or the error and reports it.
+    def read_now(self) -> int:
+        """Add what the kernel holds for this socket right now to the buffer
+        (up to its free room, at least `LARGE`) without waiting;
+        return how many bytes (0 when it holds nothing). One ``readv`` system
+        call straight into the buffer: ``socket.recv_into`` on a socket with a
+        timeout polls first (a second call). At the end of the stream, or on an
+        error, also 0: the frame parser's own blocking read then meets the end
+        or the error and reports it.
 
         The descriptor is asked for at each call (-1 once closed). Only the
         reader thread reads and closes this socket (other threads shut it
         down, which frees no descriptor), so the number cannot meanwhile
         belong to another file."""
         if not self._direct:
-            return b""
+            return 0
         fd = self.sock.fileno()
         if fd < 0:
-            return b""
+            return 0
+        end = self._room()
         try:
-            return os.read(fd, CHUNK)
+            count = os.readv(fd, (self._view[end:],))
         except OSError:  # BlockingIOError (nothing yet) included
-            return b""
+            return 0
+        self._end = end + count
+        return count
+
+    def _room(self) -> int:
+        """Make room at the buffer's end for a read (at least `LARGE`); return where it
+        starts. Kept bytes move to the front only when the room left is shorter: they are
+        one partial frame of at most `LARGE` (a read is made only when the next frame is
+        not whole in the buffer), so the move is short and leaves room enough."""
+        pos, end = self._pos, self._end
+        if pos == end:
+            self._pos = self._end = 0
+            return 0
+        if CAPACITY - end < LARGE:
+            kept = end - pos
+            self._view[:kept] = self._view[pos:end]
+            self._pos, self._end = 0, kept
+            return kept
+        return end
+
+    def _fill(self) -> int:
+        """Add what the socket has to the buffer, waiting for it (within the socket's
+        timeout, which raises); return how many bytes (0: the end of the stream)."""
+        end = self._room()
+        count = self.sock.recv_into(self._view[end:])
+        self._end = end + count
+        return count
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` buffered bytes (there are as many), as their own bytes."""
+        pos = self._pos
+        stop = pos + n
+        data = self._view[pos:stop].tobytes()
+        if stop == self._end:
+            self._pos = self._end = 0
+        else:
+            self._pos = stop
+        return data
 
     def peek(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, left in place."""
-        return self._buf[self._pos : self._pos + n]
+        pos = self._pos
+        return self._view[pos : min(pos + n, self._end)].tobytes()
 
     def recv(self, n: int, flags: int = 0) -> bytes:
-        """Up to ``n`` bytes: from the buffer, else one read of up to `CHUNK` from the socket."""
+        """Up to ``n`` bytes: from the buffer, else from one read of what the socket has."""
         if flags:
             return self.sock.recv(n, flags)
         if self.handshake is not None:
             self._read_head(self.handshake)
         if n <= 0:
             return b""
-        pos, buf = self._pos, self._buf
-        if pos >= len(buf):
-            buf = (self.read_now() if n <= CHUNK else b"") or self.sock.recv(max(n, CHUNK))
-            if len(buf) <= n:
-                self._buf, self._pos = b"", 0
-                return buf
-            self._buf, pos = buf, 0
-        end = pos + n
-        self._pos = end
-        if end >= len(buf):
-            self._buf, self._pos = b"", 0
-            return buf[pos:] if pos else buf
-        return buf[pos:end]
+        if self._pos >= self._end and not self.read_now() and not self._fill():
+            return b""  # the end of the stream, as a socket's recv reports it
+        return self._take(min(n, self._end - self._pos))
 
     def _read_head(self, handshake: Handshake) -> None:
         """Read the upgrade response's head whole (within `Handshake`'s limits),
@@ -138,7 +179,7 @@ class BufferedSocket:
         websocket-client never reads a byte of a head that was not checked: one
         cut short by the end of the stream is not handed on (it could read a
         line of spaces as its end, and a redirect in it)."""
-        data = bytearray(self._buf[self._pos :])
+        data = bytearray(self._view[self._pos : self._end])
         end = handshake.head_end(data)
         while end < 0:
             chunk = self.sock.recv(16384)
@@ -148,35 +189,23 @@ class BufferedSocket:
             end = handshake.head_end(data)
         self.handshake = None
         head = handshake.check_response(bytes(data[:end]))
-        self._buf, self._pos = head + bytes(data[end:]), 0
+        rest = head + bytes(data[end:])  # within MAX_HEAD and one read past it: fits the buffer
+        self._view[: len(rest)] = rest
+        self._pos, self._end = 0, len(rest)
 
     def read_exact(self, n: int, check: Optional[Callable[[Any], Any]] = None) -> bytes:
         """Exactly ``n`` bytes; raises like websocket-client does when the peer
         closes mid-frame. ``check`` sees each piece as it arrives, before the
         next is waited for (so invalid text fails before the rest comes)."""
-        available = len(self._buf) - self._pos
-        if available >= n:
-            data = self.recv(n) if n else b""
-            if check is not None:
-                check(data)
-            return data
-        if n <= 65536:
-            parts = []
-            need = n
-            while need:
-                part = self._recv_some(need)
-                if check is not None:
-                    check(part)
-                parts.append(part)
-                need -= len(part)
-            return b"".join(parts)
+        if n <= LARGE:
+            return self._take(self._gather(n, check))
         # A large payload: one buffer of its final size, filled by the kernel directly.
         out = bytearray(n)
         view = memoryview(out)
-        got = 0
-        if available:
-            view[:available] = self._buf[self._pos :]
-            self._buf, self._pos, got = b"", 0, available
+        got = min(n, self._end - self._pos)
+        if got:
+            view[:got] = self._view[self._pos : self._pos + got]
+            self._pos += got
             if check is not None:
                 check(view[:got])
         while got < n:
@@ -186,14 +215,35 @@ class BufferedSocket:
             got += count
         return bytes(out)
 
-    def _recv_some(self, n: int) -> bytes:
-        try:
-            data = self.recv(n)
-        except socket.timeout:
-            raise _timed_out() from None
-        if not data:
-            raise _closed()
-        return data
+    def read_view(self, n: int, check: Optional[Callable[[Any], Any]] = None) -> Union[bytes, memoryview]:
+        """`read_exact`, but for ``n`` up to `LARGE` the bytes where they lie in the
+        buffer (no copy), valid until the next read: for a caller that copies them on
+        at once (a fragment joined to its message)."""
+        if n > LARGE:
+            return self.read_exact(n, check)
+        count = self._gather(n, check)
+        pos = self._pos
+        self._pos = pos + count
+        return self._view[pos : pos + count]
+
+    def _gather(self, n: int, check: Optional[Callable[[Any], Any]]) -> int:
+        """Read until the buffer holds ``n`` (at most `LARGE`) bytes, showing ``check``
+        each piece of them as it arrives; returns ``n``."""
+        checked = 0
+        while True:
+            pos = self._pos
+            have = min(n, self._end - pos)
+            if check is not None and have > checked:
+                check(self._view[pos + checked : pos + have])
+                checked = have
+            if have == n:
+                return n
+            try:
+                count = self.read_now() or self._fill()
+            except socket.timeout:
+                raise _timed_out() from None
+            if not count:
+                raise _closed()
 
     def _recv_into(self, view: memoryview) -> int:
         try:

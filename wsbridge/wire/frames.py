@@ -11,7 +11,7 @@ order and size of fragments (`Reassembler`). Every violation raises
 from __future__ import annotations
 
 import codecs
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Union
 
 from ..errors import MessageTooLarge, WireError
 from .deflate import Inflater
@@ -179,12 +179,20 @@ class Reassembler:
         self.reset()
         raise WireError(f"a text message is not valid UTF-8 ({reason})", data[-256:], close_code=INVALID_DATA)
 
-    def add(self, first: int, payload: bytes) -> Optional[Tuple[bytes, int]]:
+    def joins(self, first: int) -> bool:
+        """Will `add` copy this frame's payload (its header went through `begin`) into
+        the message being joined, as it is? Then the payload may be a view of the read
+        buffer, valid only until `add` returns (no bytes of its own: one copy fewer)."""
+        return not self._compressed and (not first & 0x80 or not first & 0x0F)
+
+    def add(self, first: int, payload: Union[bytes, memoryview]) -> Optional[Tuple[bytes, int]]:
         """Take a data frame whose payload went through `begin`'s check; return
-        ``(message, opcode)`` once the message is whole, else None."""
+        ``(message, opcode)`` once the message is whole, else None. The payload
+        may be a view (see `joins`), never kept."""
         opcode = first & 0x0F
         if self._compressed:
             assert self.inflater is not None, "check_header refuses RSV1 unless negotiated"
+            payload = bytes(payload)  # its own bytes already (see joins): no copy
             payload = self.inflater.inflate(payload, bool(first & 0x80), self.max_size - len(self._buf))
             if self._utf8 is not None:
                 self._check_text(payload)
@@ -192,8 +200,8 @@ class Reassembler:
             if self._utf8 is not None:
                 self._check_text(b"", final=True)  # a message may not end inside a character
                 self._utf8 = None
-            if opcode != CONTINUATION:  # a whole message in one frame
-                return payload, opcode
+            if opcode != CONTINUATION:  # a whole message in one frame (its own bytes, see joins: no copy)
+                return bytes(payload), opcode
             self._buf += payload
             message = (bytes(self._buf), self.opcode)
             self.reset()

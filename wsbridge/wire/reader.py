@@ -29,14 +29,14 @@ from .wsclient import ABNF, close_frame_sent, frame_bytes, pong_received, socket
 
 TOPUP_MAX = 64 * 1024
 """The fast path tops a partly received frame up from the kernel itself when
-the frame is at most this big (larger ones are read into their final buffer)."""
+the frame is at most this big (larger ones are `ReadLoop.read_frame`'s)."""
 
 MAX_TOPUPS = 64
+"""Top-ups in one run of the fast path before it returns to the read loop
+(which checks pings and the stop flag between runs)."""
 
 CLOSE_LOCK_WAIT = 1.0
 """Longest wait for the send lock to echo the server's close frame."""
-"""Top-ups in one run of the fast path before it returns to the read loop
-(which checks pings and the stop flag between runs)."""
 
 
 class ReadLoop:
@@ -141,8 +141,11 @@ class ReadLoop:
                 raise WireError("a 64-bit frame length with its top bit set", head, close_code=PROTOCOL_ERROR)
         opcode = first & 0x0F
         if opcode < CLOSE:
-            check = self.assembler.begin(first, length)  # refuses a message past the limit before its payload is read
-            message = self.assembler.add(first, sock.read_exact(length, check) if length else b"")
+            assembler = self.assembler
+            check = assembler.begin(first, length)  # refuses a message past the limit before its payload is read
+            # A fragment joined to its message is copied there from the read buffer; other payloads get bytes of their own.
+            read = sock.read_view if assembler.joins(first) else sock.read_exact
+            message = assembler.add(first, read(length, check) if length else b"")
             if message is not None:
                 self.deliver(*message)
                 self.after_run(False)
@@ -208,8 +211,7 @@ class ReadLoop:
         if self.assembler.opcode:
             return 0  # inside a fragmented message
         sock = self.buffered
-        buf, pos = sock._buf, sock._pos
-        end = len(buf)
+        view, pos, end = sock._view, sock._pos, sock._end
         rsv = self.rsv
         deliver, inflate_whole = self.deliver, self.assembler.inflate_whole
         head_mask, kind_mask = 0xF0 ^ rsv, 0x0F | rsv  # with deflate: RSV1 may be set, and rides with the opcode
@@ -218,7 +220,7 @@ class ReadLoop:
         drained = False
         while True:
             if end - pos >= 2:
-                first, second = buf[pos], buf[pos + 1]
+                first, second = view[pos], view[pos + 1]
                 if first & head_mask != 0x80 or second & 0x80:
                     break  # not FIN, extension bits, or masked: read_frame decides
                 opcode = first & kind_mask
@@ -226,10 +228,10 @@ class ReadLoop:
                     break  # control frame, continuation or reserved: read_frame's
                 size, start = second, pos + 2
                 if size == 126:
-                    size, start = ((buf[pos + 2] << 8) | buf[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
+                    size, start = ((view[pos + 2] << 8) | view[pos + 3], pos + 4) if end - pos >= 4 else (TOPUP_MAX, end + 1)
                 elif size == 127:
                     size, start = (
-                        (int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
+                        (int.from_bytes(view[pos + 2 : pos + 10], "big"), pos + 10) if end - pos >= 10 else (TOPUP_MAX, end + 1)
                     )
                 stop = start + size
                 if size > sock.max_frame:
@@ -238,7 +240,7 @@ class ReadLoop:
                     pos = stop
                     sock._pos = pos  # the buffer's state is right before anyone else looks
                     count += 1
-                    data = buf[start:stop]
+                    data = view[start:stop].tobytes()  # the message's own bytes: the one copy after the kernel's
                     if opcode == 1:
                         if not data.isascii():
                             check_text(data)
@@ -255,16 +257,11 @@ class ReadLoop:
             # the kernel has now, rather than a select and a blocking read.
             if topups >= MAX_TOPUPS:
                 break
-            more = read_now()
-            if not more:
+            if not read_now():
                 drained = sock._direct
                 break
             topups += 1
-            buf = buf[pos:] + more if pos < end else more
-            pos, end = 0, len(buf)
-            sock._buf, sock._pos = buf, 0
-        if pos >= end:
-            sock._buf, sock._pos = b"", 0
+            pos, end = sock._pos, sock._end  # the kept bytes may have moved to the buffer's front
         if count:
             self.after_run(drained)
         return count
