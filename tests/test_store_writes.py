@@ -1,0 +1,98 @@
+"""SQLiteStore keeping up with a feed: a batch is written in few statements, and the WAL is
+checkpointed by a thread of the store's own, not at the dispatcher's commits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import List
+
+from wsbridge import JsonCodec, Message, SQLiteStore
+
+from conftest import Feed, wait_until
+
+TYPE = "tick"
+
+
+def frames(first: int, count: int, pad: int = 0) -> List[str]:
+    return [json.dumps({"type": TYPE, "seq": n, "pad": "x" * pad}) for n in range(first, first + count)]
+
+
+def test_a_burst_is_stored_in_statements_of_many_rows_each(tmp_path, make_client):
+    """The sqlite3 module lets go of the GIL around each statement's step and takes it back
+    after, and ``executemany`` steps once per row: with the reader thread running, that was
+    a GIL hand-off per stored message. Now one INSERT writes up to 64 rows."""
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path)
+    statements: List[str] = []
+    release, got, done = threading.Event(), [], threading.Event()
+
+    def subscriber(message: Message) -> None:
+        if message.seq == 1:
+            release.wait(10)  # the rest piles up meanwhile: it comes as one batch
+        got.append(message.seq)
+        if len(got) == 2000:
+            done.set()
+
+    with Feed() as feed:
+        client = make_client(feed.url, store=store, codec=JsonCodec.conventions())
+        client.on(TYPE, subscriber)
+        client.start().wait_connected(timeout=10)
+        store._db.set_trace_callback(statements.append)  # type: ignore[union-attr]  # the dispatcher's connection
+        feed.send(*frames(1, 2000))
+        release.set()
+        assert done.wait(20), f"{len(got)} of 2000 delivered"
+        client.stop(timeout=10)
+    assert got == list(range(1, 2001))
+    assert [m.seq for m in SQLiteStore(path).history()] == list(range(1, 2001))
+    inserts = [s for s in statements if s.startswith("INSERT INTO messages")]
+    commits = statements.count("COMMIT")
+    # up to 64 rows a statement, and at most 6 for the rest of a batch (32, 16, ... 1 rows)
+    assert len(inserts) <= 2000 // 64 + 7 * commits, (len(inserts), commits)
+
+
+def test_what_the_client_stored_reaches_the_database_file_while_it_idles(tmp_path, make_client):
+    """A checkpoint (the WAL copied into the database, both synced) took milliseconds at the
+    commit that passed SQLite's threshold, holding up the messages behind it; below the
+    threshold, what was stored stayed in the WAL however long the feed then idled. Now the
+    store's checkpointer thread copies it soon after the writes, off the dispatcher."""
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path)
+    got, done = [], threading.Event()
+
+    def subscriber(message: Message) -> None:
+        got.append(message.seq)
+        if len(got) == 300:
+            done.set()
+
+    with Feed() as feed:
+        client = make_client(feed.url, store=store, codec=JsonCodec.conventions())
+        client.on(TYPE, subscriber)
+        client.start().wait_connected(timeout=10)
+        before = os.path.getsize(path)
+        feed.send(*frames(1, 300, pad=2048))  # about 300 pages of 4 KiB: far below the 1,000 of SQLite's threshold
+        assert done.wait(20), f"{len(got)} of 300 delivered"
+        wait_until(lambda: os.path.getsize(path) >= before + 300 * 2048, timeout=10,
+                   what="the stored messages checkpointed into the database file")
+        assert client.name + "-store-checkpoint" in [t.name for t in threading.enumerate()]
+        # read from the database file alone, as a reader that ignores the WAL would
+        with open(path, "rb") as f:
+            assert b'"seq": 300,' in f.read()
+        client.stop(timeout=10)
+    assert not [t for t in threading.enumerate() if t.name.endswith("-store-checkpoint")]
+    assert [m.seq for m in SQLiteStore(path).history()] == list(range(1, 301))
+
+
+def test_a_store_opened_and_closed_without_a_client_leaves_no_thread_nor_wal(tmp_path):
+    path = str(tmp_path / "feed.db")
+    store = SQLiteStore(path)
+    for _ in range(2):  # a store may be opened again after close
+        with store:
+            store.append([Message(TYPE, {"n": 1}, 1, None, None, 1.0)], {None: 1})
+            assert [t.name for t in threading.enumerate()].count("wsbridge-store-checkpoint") == 1
+        assert "wsbridge-store-checkpoint" not in [t.name for t in threading.enumerate()]
+        assert not os.path.exists(path + "-wal")  # the last connection closed emptied it
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT key FROM messages").fetchall() == [(1,), (2,)]
