@@ -15,6 +15,7 @@ from typing import List
 
 from wsbridge import JsonCodec, Message, SQLiteStore
 from wsbridge.testing import Server
+from wsbridge.tracking import store as store_module
 
 from conftest import Feed, Lines, wait_until
 
@@ -141,3 +142,20 @@ def test_a_client_killed_mid_stream_while_the_checkpointer_runs_loses_nothing(tm
     assert killed_at < total, "the kill came after the stream ended: nothing was tested"
     assert sorted(set(seqs)) == list(range(1, total + 1))  # nothing lost
     assert len(seqs) - total <= 1 and seqs == sorted(seqs), seqs[killed_at - 3:killed_at + 3]  # at most one repeated
+
+
+def test_the_wal_stays_bounded_when_the_checkpointer_falls_behind(tmp_path, monkeypatch):
+    """The writer's backstop: past `WRITER_CHECKPOINT_PAGES` of WAL it checkpoints at its
+    commit itself (here 64 pages, and a checkpointer that runs once at open, then sleeps)."""
+    monkeypatch.setattr(store_module, "WRITER_CHECKPOINT_PAGES", 64)
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 3600.0)
+    path = str(tmp_path / "feed.db")
+    peak, pad = 0, "x" * 1024
+    with SQLiteStore(path) as store:
+        for batch in range(40):  # 100 rows of 1 KiB a batch: about 30 pages each, 1,200 in all
+            first = batch * 100 + 1
+            store.append([Message(TYPE, {"pad": pad}, n, None, None, 1.0) for n in range(first, first + 100)],
+                         {None: first + 99})
+            peak = max(peak, os.path.getsize(path + "-wal"))
+    page = 4096 + 24  # a WAL frame: a page and its header
+    assert peak <= 32 + (64 + 40) * page, peak  # the threshold, and one batch past it
