@@ -146,9 +146,9 @@ def test_a_client_killed_mid_stream_while_the_checkpointer_runs_loses_nothing(tm
 
 def test_the_wal_stays_bounded_when_the_checkpointer_falls_behind(tmp_path, monkeypatch):
     """The writer's backstop: past `WRITER_CHECKPOINT_PAGES` of WAL it checkpoints at its
-    commit itself (here 64 pages, and a checkpointer that runs once at open, then sleeps)."""
+    commit itself (here 64 pages, and a checkpointer thread that never checkpoints)."""
     monkeypatch.setattr(store_module, "WRITER_CHECKPOINT_PAGES", 64)
-    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 3600.0)
+    monkeypatch.setattr(SQLiteStore, "_checkpoints", lambda self, cdb: None)
     path = str(tmp_path / "feed.db")
     peak, pad = 0, "x" * 1024
     with SQLiteStore(path) as store:
@@ -159,3 +159,33 @@ def test_the_wal_stays_bounded_when_the_checkpointer_falls_behind(tmp_path, monk
             peak = max(peak, os.path.getsize(path + "-wal"))
     page = 4096 + 24  # a WAL frame: a page and its header
     assert peak <= 32 + (64 + 40) * page, peak  # the threshold, and one batch past it
+
+
+def test_a_batch_where_only_some_messages_have_a_stream_or_an_id_keeps_them(tmp_path, make_client):
+    """A batch without streams and ids is written with NULL in the statement; one where a
+    single message has either binds them all: each row keeps its own."""
+    path = str(tmp_path / "feed.db")
+    release, done, got = threading.Event(), threading.Event(), []
+
+    def subscriber(message: Message) -> None:
+        if not got:
+            release.wait(10)  # the rest comes as one batch
+        got.append(message)
+        if len(got) == 301:
+            done.set()
+
+    plain = [json.dumps({"type": TYPE, "n": n}) for n in range(300)]
+    odd = [json.dumps({"type": TYPE, "seq": 1, "stream": "s", "id": "x-1"})]
+    with Feed() as feed:
+        client = make_client(feed.url, store=SQLiteStore(path), codec=JsonCodec.conventions())
+        client.on(TYPE, subscriber)
+        client.start().wait_connected(timeout=10)
+        feed.send(plain[0])
+        feed.send(*plain[1:150], *odd, *plain[150:])
+        release.set()
+        assert done.wait(20), f"{len(got)} of 301 delivered"
+        client.stop(timeout=10)
+    stored = SQLiteStore(path).history()
+    assert [(m.stream, m.id, m.seq) for m in stored] == [(m.stream, m.id, m.seq) for m in got]
+    assert [(m.stream, m.id, m.seq) for m in stored if m.stream is not None or m.id is not None] == [("s", "x-1", 1)]
+    assert [m.payload.get("n") for m in stored] == [*range(150), None, *range(150, 300)]
