@@ -79,15 +79,15 @@ def test_what_the_client_stored_reaches_the_database_file_while_it_idles(tmp_pat
         client = make_client(feed.url, store=store, codec=JsonCodec.conventions())
         client.on(TYPE, subscriber)
         client.start().wait_connected(timeout=10)
-        before = os.path.getsize(path)
         feed.send(*frames(1, 300, pad=2048))  # about 300 pages of 4 KiB: far below the 1,000 of SQLite's threshold
         assert done.wait(20), f"{len(got)} of 300 delivered"
-        wait_until(lambda: os.path.getsize(path) >= before + 300 * 2048, timeout=10,
-                   what="the stored messages checkpointed into the database file")
+
+        def in_the_database_file() -> bool:  # read from the file alone, as a reader that ignores the WAL would
+            with open(path, "rb") as f:
+                return b'"seq": 300,' in f.read()
+
+        wait_until(in_the_database_file, timeout=10, what="the last message checkpointed into the database file")
         assert client.name + "-store-checkpoint" in [t.name for t in threading.enumerate()]
-        # read from the database file alone, as a reader that ignores the WAL would
-        with open(path, "rb") as f:
-            assert b'"seq": 300,' in f.read()
         client.stop(timeout=10)
     assert not [t for t in threading.enumerate() if t.name.endswith("-store-checkpoint")]
     assert [m.seq for m in SQLiteStore(path).history()] == list(range(1, 301))
