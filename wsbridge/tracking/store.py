@@ -1113,9 +1113,21 @@ class SQLiteStore(Store):
         return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, stored_raw(kind, payload))
 
 
-ROWS_PER_INSERT = 64
-"""The most rows one INSERT statement writes (8 values each: 512, within the 999 bound
-variables of the oldest SQLite Python 3.10 may come with)."""
+def _rows_per_insert() -> int:
+    """The most rows (8 values each) one INSERT may bind, a power of two up to 512: SQLite
+    allows 32,766 bound variables since 3.32 (999 before), or what it was built with."""
+    db = sqlite3.connect(":memory:")
+    try:
+        getlimit = getattr(db, "getlimit", None)  # Python 3.11+
+        limit = getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER")) if getlimit is not None else (  # noqa: B009
+            32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999)
+    finally:
+        db.close()
+    return max(1, min(512, 1 << ((limit // 8).bit_length() - 1)))
+
+
+ROWS_PER_INSERT = _rows_per_insert()
+"""The most rows one INSERT statement writes (512 with any SQLite of the last years)."""
 
 _INSERTS: Dict[Tuple[str, int, bool], str] = {}
 """The INSERT statement of each (table, count of rows, without stream and id): a power
