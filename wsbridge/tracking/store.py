@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 import weakref
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -242,6 +243,16 @@ _ROW_EXTRA = 64
 MIN_SIZE = 64 * 1024
 """The smallest ``max_size``: the WAL index, a WAL and the tables' first pages."""
 
+CHECKPOINT_EVERY = 0.1
+"""Seconds between two checkpoints of an unbounded store's checkpointer thread (while
+writes come): the WAL's pages are copied into the database, and synced, off the
+dispatcher thread."""
+
+WRITER_CHECKPOINT_PAGES = 8192
+"""An unbounded store's writer checkpoints at a commit itself only once the WAL holds
+this many pages (32 MiB of 4 KiB; SQLite's ``wal_autocheckpoint``, 1,000 by default):
+a backstop for a checkpointer that cannot keep up, so the WAL stays bounded."""
+
 SMALL_PAGES = 256 * 1024
 """A new store whose ``max_size`` is below this gets 1 KiB pages (not 4 KiB), or its
 tables' first pages would not fit."""
@@ -370,7 +381,11 @@ class SQLiteStore(Store):
 
     WAL mode, so other processes can read `history` while the client writes;
     ``synchronous=NORMAL``: a process crash loses nothing committed, a power
-    loss may lose the last batches (which a resume fetches again).
+    loss may lose the last batches (which a resume fetches again). A batch is
+    one transaction of multi-row INSERTs (`_insert_rows`). Without ``max_size``,
+    a thread of the store's own (``<client>-store-checkpoint``, started by `open`,
+    joined by `close`) checkpoints the WAL soon after writes, so the writer's
+    commits never wait for a checkpoint's copy and syncs (`_start_checkpointer`).
 
     A store is the database, SQLite's ``-wal`` and ``-shm``, and ``<path>-lock``.
     The lock file carries the writer lock (an OS lock: SQLite's own locks last a
@@ -441,6 +456,10 @@ class SQLiteStore(Store):
         self._part_bytes = 0  # the most bytes of rows one transaction writes (set at open)
         self._db_bytes = 0  # the most bytes the database may take (set at open)
         self._over = False  # the files passed max_size and the WAL could not be truncated (writers')
+        self._checkpointer: Optional[threading.Thread] = None  # no max_size: started by open, joined by close
+        self._cdb: Optional[sqlite3.Connection] = None  # the checkpointer thread's connection
+        self._written = threading.Event()  # set after a commit (writers), cleared by the checkpointer
+        self._closing = threading.Event()  # set by close: the checkpointer ends
         self.evicted = 0
         """Messages evicted to keep within ``max_size`` since `open` (the dispatcher's)."""
 
@@ -538,6 +557,8 @@ class SQLiteStore(Store):
             frames = (self._wal_share - 32) // (page + 24)
             self._part_bytes = max(page, (frames - PART_PAGES) * page * 3 // 4)
             self._db_bytes = pages * page
+        else:
+            db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")  # the checkpointer's work
 
     def _bounds(self, page: int) -> Tuple[int, int]:
         """``max_size`` shared out: (pages of the database, bytes of the WAL)."""
@@ -585,6 +606,57 @@ class SQLiteStore(Store):
             db.close()
             raise
         self._db, self._odb = db, odb
+        if self.max_size is None:
+            self._start_checkpointer()
+
+    def _start_checkpointer(self) -> None:
+        """Checkpoint on a thread of its own: a checkpoint copies the WAL into the database
+        and syncs both files (milliseconds, each ``wal_autocheckpoint`` pages), which at the
+        writer's commit would hold up the messages behind it. (With ``max_size`` the writer
+        checkpoints after each commit itself: the bound needs that WAL emptied first.)"""
+        try:
+            cdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
+            self._tune(cdb)
+        except sqlite3.Error as exc:  # (open closes what did open)
+            raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
+        self._cdb = cdb
+        self._closing.clear()
+        self._written.set()  # once at the start: what an earlier writer left in the WAL
+        name = f"{self.owner}-store-checkpoint" if self.owner else "wsbridge-store-checkpoint"
+        self._checkpointer = threading.Thread(target=self._checkpoints, args=(cdb,), name=name, daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoints(self, cdb: sqlite3.Connection) -> None:
+        """The checkpointer thread: after writes, a passive checkpoint (it never waits for
+        the writer, nor the writer for it), at most every `CHECKPOINT_EVERY` seconds; once
+        it has caught up, the writer's next transaction starts the WAL over from its start.
+        A failed one is logged at debug level: the next, or the writer's backstop
+        (`WRITER_CHECKPOINT_PAGES`), does its work."""
+        written, closing = self._written, self._closing
+        while True:
+            written.wait()
+            if closing.is_set():
+                return
+            written.clear()
+            try:
+                cdb.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                log.debug("%r: a checkpoint failed: %s", self, exc)
+            if closing.wait(CHECKPOINT_EVERY):
+                return
+
+    def _stop_checkpointer(self) -> None:
+        """End the checkpointer thread (a checkpoint under way finishes first: it waits for
+        no lock) and close its connection."""
+        thread, self._checkpointer = self._checkpointer, None
+        if thread is not None:
+            self._closing.set()
+            self._written.set()
+            if thread is not threading.current_thread() and thread.ident is not None:
+                thread.join()
+        cdb, self._cdb = self._cdb, None
+        if cdb is not None:
+            cdb.close()
 
     def _take_over(self, db: sqlite3.Connection) -> int:
         """With the lock held, in one transaction: fold the last writer's slot and the
@@ -674,6 +746,7 @@ class SQLiteStore(Store):
         self._mark = mark
 
     def close(self) -> None:
+        self._stop_checkpointer()  # first: the last connection to close empties the WAL
         db, self._db = self._db, None
         odb, self._odb = self._odb, None
         if odb is not None:
@@ -751,7 +824,7 @@ class SQLiteStore(Store):
         """One transaction: store ``rows`` and the positions (``places``: rows of the positions table)."""
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            _insert_rows(db, "messages", rows)
             db.executemany(
                 "INSERT INTO positions VALUES (?, ?, ?, ?) ON CONFLICT (skey) DO UPDATE SET received = excluded.received, "
                 "epoch = excluded.epoch",
@@ -763,6 +836,7 @@ class SQLiteStore(Store):
             if db.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
                 db.execute("ROLLBACK")
             raise
+        self._written.set()
 
     def _append_bounded(self, db: sqlite3.Connection, rows: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]],
                         epochs: List[Any]) -> int:
@@ -933,7 +1007,7 @@ class SQLiteStore(Store):
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM held")
-                db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(messages, 1, raw_is_payload))
+                _insert_rows(db, "held", _rows(messages, 1, raw_is_payload))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -968,6 +1042,7 @@ class SQLiteStore(Store):
                             + ("" if self.max_size is None else self._why_full())) from exc
             if self.max_size is not None:
                 self._settle(db)
+            self._written.set()
             return cursor
 
     def outbox_items(self) -> List[Tuple[int, Union[str, bytes], bool, Optional[float]]]:
@@ -1038,6 +1113,54 @@ class SQLiteStore(Store):
         return Message(mtype, decode_payload(kind, payload), seq, mid, stream, received_at, stored_raw(kind, payload))
 
 
+def _rows_per_insert() -> int:
+    """The most rows (8 values each) one INSERT may bind, a power of two up to 512: SQLite
+    allows 32,766 bound variables since 3.32 (999 before), or what it was built with."""
+    db = sqlite3.connect(":memory:")
+    try:
+        getlimit = getattr(db, "getlimit", None)  # Python 3.11+
+        limit = getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER")) if getlimit is not None else (  # noqa: B009
+            32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999)
+    finally:
+        db.close()
+    return max(1, min(512, 1 << ((limit // 8).bit_length() - 1)))
+
+
+ROWS_PER_INSERT = _rows_per_insert()
+"""The most rows one INSERT statement writes (512 with any SQLite of the last years)."""
+
+_INSERTS: Dict[Tuple[str, int, bool], str] = {}
+"""The INSERT statement of each (table, count of rows, without stream and id): a power
+of two up to `ROWS_PER_INSERT`."""
+
+_STREAM, _ID = itemgetter(2), itemgetter(4)
+_BOUND = itemgetter(0, 1, 3, 5, 6, 7)
+"""A row's values but its stream and id (both None: written as NULL literals)."""
+
+
+def _insert_rows(db: sqlite3.Connection, table: str, rows: List[Tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (of `_rows`) into ``table`` in statements of many rows each. The
+    ``sqlite3`` module lets go of the GIL around every step of a statement and takes it
+    back after: `executemany` does that once per row, and while the reader thread runs,
+    taking it back waits for the reader (a GIL hand-off per stored message). One
+    statement per `ROWS_PER_INSERT` rows (and one per power of two for the rest, so a
+    handful of statements are ever compiled) does it once per statement. When no row
+    has a stream or an id (most feeds), those are NULL in the statement, not bound: the
+    module binds a None (as a bytes payload) only after looking for an adapter for it,
+    a third of the cost of a row."""
+    bare = {*map(_STREAM, rows), *map(_ID, rows)} == {None}
+    at, left = 0, len(rows)
+    while left:
+        count = min(ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+        sql = _INSERTS.get((table, count, bare))
+        if sql is None:
+            values = "(?, ?, NULL, ?, NULL, ?, ?, ?)" if bare else "(?, ?, ?, ?, ?, ?, ?, ?)"
+            sql = _INSERTS[(table, count, bare)] = f"INSERT INTO {table} VALUES " + ",".join([values] * count)
+        chunk = rows[at:at + count]
+        db.execute(sql, [value for row in (map(_BOUND, chunk) if bare else chunk) for value in row])
+        at, left = at + count, left - count
+
+
 def _row_bytes(row: Tuple[Any, ...]) -> int:
     """About the bytes a row of `_rows` takes once stored (more, for text that is not ASCII)."""
     _, mtype, stream, _, mid, _, payload, _ = row
@@ -1082,13 +1205,16 @@ def _reached(part: List[Tuple[Any, ...]], places: List[Tuple[Any, ...]], epochs:
 
 def _rows(messages: Sequence[Message], first: int, raw_is_payload: bool) -> List[Tuple[Any, ...]]:
     """The rows of ``messages`` for the messages (or held) table, keys from ``first``."""
-    rows = []
-    for key, m in enumerate(messages, first):
-        if raw_is_payload and m.raw.__class__ is bytes:
-            kind, payload = JSON_FRAME, m.raw
+    rows: List[Tuple[Any, ...]] = []
+    append = rows.append
+    for key, (mtype, payload, seq, mid, stream, received_at, raw, _) in enumerate(messages, first):  # (per message)
+        if raw_is_payload and raw.__class__ is bytes:
+            kind, payload = JSON_FRAME, raw
         else:
-            kind, payload = encode_payload(m.payload)
-        rows.append((key, m.type, m.stream, m.seq, encode_id(m.id), kind, payload, m.received_at))
+            kind, payload = encode_payload(payload)
+        if mid is not None and mid.__class__ is not int and mid.__class__ is not str:
+            mid = encode_id(mid)
+        append((key, mtype, stream, seq, mid, kind, payload, received_at))
     return rows
 
 
