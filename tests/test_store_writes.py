@@ -1,5 +1,5 @@
 """SQLiteStore keeping up with a feed: a batch is written in few statements, and the WAL is
-checkpointed by a thread of the store's own, not at the dispatcher's commits."""
+checkpointed by the client's supervisor thread (`Store.idle`), not at the dispatcher's commits."""
 
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ def test_what_the_client_stored_reaches_the_database_file_while_it_idles(tmp_pat
     """A checkpoint (the WAL copied into the database, both synced) took milliseconds at the
     commit that passed SQLite's threshold, holding up the messages behind it; below the
     threshold, what was stored stayed in the WAL however long the feed then idled. Now the
-    store's checkpointer thread copies it soon after the writes, off the dispatcher."""
+    supervisor copies it soon after the writes (`SQLiteStore.idle`), off the dispatcher, and
+    without a thread more."""
     path = str(tmp_path / "feed.db")
     store = SQLiteStore(path)
     got, done = [], threading.Event()
@@ -87,20 +88,18 @@ def test_what_the_client_stored_reaches_the_database_file_while_it_idles(tmp_pat
                 return b'"seq": 300,' in f.read()
 
         wait_until(in_the_database_file, timeout=10, what="the last message checkpointed into the database file")
-        assert client.name + "-store-checkpoint" in [t.name for t in threading.enumerate()]
+        assert len(client.threads()) == 3  # supervisor, dispatcher, reader
         client.stop(timeout=10)
-    assert not [t for t in threading.enumerate() if t.name.endswith("-store-checkpoint")]
     assert [m.seq for m in SQLiteStore(path).history()] == list(range(1, 301))
 
 
-def test_a_store_opened_and_closed_without_a_client_leaves_no_thread_nor_wal(tmp_path):
+def test_a_store_opened_and_closed_without_a_client_leaves_no_wal(tmp_path):
     path = str(tmp_path / "feed.db")
     store = SQLiteStore(path)
     for _ in range(2):  # a store may be opened again after close
         with store:
             store.append([Message(TYPE, {"n": 1}, 1, None, None, 1.0)], {None: 1})
-            assert [t.name for t in threading.enumerate()].count("wsbridge-store-checkpoint") == 1
-        assert "wsbridge-store-checkpoint" not in [t.name for t in threading.enumerate()]
+            store.idle()
         assert not os.path.exists(path + "-wal")  # the last connection closed emptied it
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT key FROM messages").fetchall() == [(1,), (2,)]
@@ -146,9 +145,8 @@ def test_a_client_killed_mid_stream_while_the_checkpointer_runs_loses_nothing(tm
 
 def test_the_wal_stays_bounded_when_the_checkpointer_falls_behind(tmp_path, monkeypatch):
     """The writer's backstop: past `WRITER_CHECKPOINT_PAGES` of WAL it checkpoints at its
-    commit itself (here 64 pages, and a checkpointer thread that never checkpoints)."""
+    commit itself (here 64 pages, and no `idle` call: a store used without a client)."""
     monkeypatch.setattr(store_module, "WRITER_CHECKPOINT_PAGES", 64)
-    monkeypatch.setattr(SQLiteStore, "_checkpoints", lambda self, cdb: None)
     path = str(tmp_path / "feed.db")
     peak, pad = 0, "x" * 1024
     with SQLiteStore(path) as store:

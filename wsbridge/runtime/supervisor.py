@@ -345,6 +345,8 @@ class Supervisor:
             if self.delivery.tracker.waiting and len(self.dispatcher) < self.dispatcher.maxsize:
                 self.dispatcher.put_control(EXPIRE)
             conn.heartbeat(now)
+            if self.store is not None:
+                self._store_upkeep()
             dead = self._dead(conn, now)
             if dead:
                 conn.error = TimeoutError(dead)
@@ -420,6 +422,14 @@ class Supervisor:
             if run.done.is_set():
                 return run.error
             return ConnectHookError(f"{run.what} had not returned {why}; going on without it")
+
+    def _store_upkeep(self) -> None:
+        """The store's `Store.idle` (its checkpoints), on this thread: a failure is the
+        store's to log; it never ends the connection."""
+        try:
+            self.store.idle()  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - upkeep must not cost the connection
+            log.debug("%s: store upkeep failed", self.name, exc_info=True)
 
     def _dead(self, conn: Connection, now: float) -> Optional[str]:
         """Why the peer is presumed dead, or None. While wsbridge's own full queue

@@ -56,6 +56,10 @@ class Store:
     def close(self) -> None:
         raise NotImplementedError
 
+    def idle(self) -> None:
+        """Upkeep off the writer's path (`SQLiteStore`: checkpoints), called about four
+        times a second by the client's supervisor thread while connected."""
+
     def __enter__(self: "S") -> "S":
         self.open()
         return self
@@ -243,15 +247,11 @@ _ROW_EXTRA = 64
 MIN_SIZE = 64 * 1024
 """The smallest ``max_size``: the WAL index, a WAL and the tables' first pages."""
 
-CHECKPOINT_EVERY = 0.1
-"""Seconds between two checkpoints of an unbounded store's checkpointer thread (while
-writes come): the WAL's pages are copied into the database, and synced, off the
-dispatcher thread."""
-
 WRITER_CHECKPOINT_PAGES = 8192
 """An unbounded store's writer checkpoints at a commit itself only once the WAL holds
 this many pages (32 MiB of 4 KiB; SQLite's ``wal_autocheckpoint``, 1,000 by default):
-a backstop for a checkpointer that cannot keep up, so the WAL stays bounded."""
+a backstop for when `SQLiteStore.idle` is not called (a store used without a client)
+or cannot keep up, so the WAL stays bounded."""
 
 SMALL_PAGES = 256 * 1024
 """A new store whose ``max_size`` is below this gets 1 KiB pages (not 4 KiB), or its
@@ -383,9 +383,8 @@ class SQLiteStore(Store):
     ``synchronous=NORMAL``: a process crash loses nothing committed, a power
     loss may lose the last batches (which a resume fetches again). A batch is
     one transaction of multi-row INSERTs (`_insert_rows`). Without ``max_size``,
-    a thread of the store's own (``<client>-store-checkpoint``, started by `open`,
-    joined by `close`) checkpoints the WAL soon after writes, so the writer's
-    commits never wait for a checkpoint's copy and syncs (`_start_checkpointer`).
+    the client's supervisor thread checkpoints the WAL soon after writes (`idle`),
+    so the writer's commits never wait for a checkpoint's copy and syncs.
 
     A store is the database, SQLite's ``-wal`` and ``-shm``, and ``<path>-lock``.
     The lock file carries the writer lock (an OS lock: SQLite's own locks last a
@@ -456,10 +455,9 @@ class SQLiteStore(Store):
         self._part_bytes = 0  # the most bytes of rows one transaction writes (set at open)
         self._db_bytes = 0  # the most bytes the database may take (set at open)
         self._over = False  # the files passed max_size and the WAL could not be truncated (writers')
-        self._checkpointer: Optional[threading.Thread] = None  # no max_size: started by open, joined by close
-        self._cdb: Optional[sqlite3.Connection] = None  # the checkpointer thread's connection
-        self._written = threading.Event()  # set after a commit (writers), cleared by the checkpointer
-        self._closing = threading.Event()  # set by close: the checkpointer ends
+        self._cdb: Optional[sqlite3.Connection] = None  # no max_size: `idle`'s connection (open, close)
+        self._checkpointing = threading.Lock()  # `idle` (the supervisor) against `close` (the dispatcher)
+        self._written = threading.Event()  # set after a commit (writers), cleared by `idle`
         self.evicted = 0
         """Messages evicted to keep within ``max_size`` since `open` (the dispatcher's)."""
 
@@ -607,54 +605,44 @@ class SQLiteStore(Store):
             raise
         self._db, self._odb = db, odb
         if self.max_size is None:
-            self._start_checkpointer()
+            self._open_checkpointer()
 
-    def _start_checkpointer(self) -> None:
-        """Checkpoint on a thread of its own: a checkpoint copies the WAL into the database
-        and syncs both files (milliseconds, each ``wal_autocheckpoint`` pages), which at the
-        writer's commit would hold up the messages behind it. (With ``max_size`` the writer
-        checkpoints after each commit itself: the bound needs that WAL emptied first.)"""
+    def _open_checkpointer(self) -> None:
+        """The connection `idle` checkpoints with: a checkpoint copies the WAL into the
+        database and syncs both files (milliseconds, each ``wal_autocheckpoint`` pages),
+        which at the writer's commit would hold up the messages behind it. (With
+        ``max_size`` the writer checkpoints after each commit itself: the bound needs that
+        WAL emptied first.)"""
         try:
             cdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
             self._tune(cdb)
         except sqlite3.Error as exc:  # (open closes what did open)
             raise StoreError(f"cannot open the store {self.path!r}: {exc}") from exc
         self._cdb = cdb
-        self._closing.clear()
         self._written.set()  # once at the start: what an earlier writer left in the WAL
-        name = f"{self.owner}-store-checkpoint" if self.owner else "wsbridge-store-checkpoint"
-        self._checkpointer = threading.Thread(target=self._checkpoints, args=(cdb,), name=name, daemon=True)
-        self._checkpointer.start()
 
-    def _checkpoints(self, cdb: sqlite3.Connection) -> None:
-        """The checkpointer thread: after writes, a passive checkpoint (it never waits for
-        the writer, nor the writer for it), at most every `CHECKPOINT_EVERY` seconds; once
-        it has caught up, the writer's next transaction starts the WAL over from its start.
-        A failed one is logged at debug level: the next, or the writer's backstop
-        (`WRITER_CHECKPOINT_PAGES`), does its work."""
-        written, closing = self._written, self._closing
-        while True:
-            written.wait()
-            if closing.is_set():
+    def idle(self) -> None:
+        """After writes, a passive checkpoint (it never waits for the writer, nor the writer
+        for it): the client's supervisor calls this about four times a second, off the
+        dispatcher; once it has caught up, the writer's next transaction starts the WAL over
+        from its start. A failed one is logged at debug level: the next, or the writer's
+        backstop (`WRITER_CHECKPOINT_PAGES`), does its work. Any thread, one at a time."""
+        if not self._written.is_set():
+            return
+        with self._checkpointing:
+            cdb = self._cdb
+            if cdb is None:
                 return
-            written.clear()
+            self._written.clear()
             try:
                 cdb.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:
                 log.debug("%r: a checkpoint failed: %s", self, exc)
-            if closing.wait(CHECKPOINT_EVERY):
-                return
 
-    def _stop_checkpointer(self) -> None:
-        """End the checkpointer thread (a checkpoint under way finishes first: it waits for
-        no lock) and close its connection."""
-        thread, self._checkpointer = self._checkpointer, None
-        if thread is not None:
-            self._closing.set()
-            self._written.set()
-            if thread is not threading.current_thread() and thread.ident is not None:
-                thread.join()
-        cdb, self._cdb = self._cdb, None
+    def _close_checkpointer(self) -> None:
+        """Close `idle`'s connection (a checkpoint under way finishes first)."""
+        with self._checkpointing:
+            cdb, self._cdb = self._cdb, None
         if cdb is not None:
             cdb.close()
 
@@ -746,7 +734,7 @@ class SQLiteStore(Store):
         self._mark = mark
 
     def close(self) -> None:
-        self._stop_checkpointer()  # first: the last connection to close empties the WAL
+        self._close_checkpointer()  # first: the last connection to close empties the WAL
         db, self._db = self._db, None
         odb, self._odb = self._odb, None
         if odb is not None:
