@@ -15,7 +15,7 @@ from typing import List
 
 from wsbridge import JsonCodec, Message, SQLiteStore
 from wsbridge.testing import Server
-from wsbridge.tracking import store as store_module
+from wsbridge.tracking import sqlite as store_module
 
 from conftest import Feed, Lines, wait_until
 

@@ -9,6 +9,7 @@
 """
 
 import logging as _logging
+from typing import TYPE_CHECKING
 
 from .client import Client
 from .codecs import Codec, Inflate, JsonCodec, MsgpackCodec, PipeCodec, ProtobufCodec, RawCodec, codec_by_name
@@ -42,15 +43,19 @@ from .runtime.stats import Stats
 from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
 from .tracking.sequence import Gap, SequenceTracker
-from .tracking.store import SQLiteStore, Store
+from .tracking.store import Store
 from .wire.deflate import PerMessageDeflate
+
+if TYPE_CHECKING:  # imported on first use (`__getattr__`), typed as it is
+    from .tracking.sqlite import SQLiteStore
 
 __version__ = "0.1.0"
 
 # The library prints nothing unless the application configures logging.
 _logging.getLogger("wsbridge").addHandler(_logging.NullHandler())
 
-_REDIS = {
+_LAZY = {
+    "SQLiteStore": "tracking.sqlite",  # loads sqlite3: only for the programs that keep a store
     "RedisStreamStore": "redis.store",
     "StreamConsumer": "redis.consumer",
     "Lease": "redis.lease",
@@ -59,8 +64,9 @@ _REDIS = {
 
 
 def __getattr__(name: str) -> object:
-    """The Redis pieces, imported on first use (they need the ``redis`` extra)."""
-    module = _REDIS.get(name)
+    """`SQLiteStore` and the Redis pieces, imported on first use (the Redis ones need
+    the ``redis`` extra)."""
+    module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'wsbridge' has no attribute {name!r}")
     import importlib

@@ -8,7 +8,8 @@ import sys
 from typing import Any, Optional
 
 from ..errors import StoreError
-from ..tracking.store import SQLiteStore, Store
+from ..tracking.sqlite import SQLiteStore
+from ..tracking.store import Store
 from .common import (
     EXIT_OK,
     EXIT_USAGE,

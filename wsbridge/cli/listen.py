@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 from ..errors import StoreError, StoreInUse
 from ..message import Message
 from ..redact import redact_url
-from ..tracking.store import SQLiteStore
+from ..tracking.sqlite import SQLiteStore
 from .common import (
     EXIT_CONNECT,
     EXIT_FAILURE,
