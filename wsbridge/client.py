@@ -138,7 +138,7 @@ class Client(Subscribable, Pulling):
         pull_buffer_bytes: int = 16 * 1024 * 1024,
         pull_overflow: str = "drop_oldest",
         dispatch_queue: int = 4096,
-        dispatch_queue_bytes: int = 32 * 1024 * 1024,
+        dispatch_queue_bytes: int = 4 * 1024 * 1024,
         retry_fatal: bool = False,
         policy: Optional[ReconnectPolicy] = None,  # the retry rules whole (then no backoff, retry_fatal)
         store: Optional[Store] = None,

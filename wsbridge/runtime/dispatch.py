@@ -89,7 +89,7 @@ class Dispatcher:
         self,
         handle: Callable[[List[Any]], None],
         maxsize: int = BATCH,
-        max_bytes: int = 32 * 1024 * 1024,
+        max_bytes: int = 4 * 1024 * 1024,
         name: str = "wsbridge-dispatcher",
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:

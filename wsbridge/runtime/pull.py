@@ -46,6 +46,9 @@ WINDOW = 64
 """Messages of each type the window keeps, at most: fewer once there are more types
 than ``maxsize / 64`` (each type then keeps ``maxsize // types``, at least one),
 so the windows together stay within ``maxsize`` without trimming per message."""
+WINDOW_BYTES = 1024 * 1024
+"""What the windows weigh together, at most (`message.weight`; less if ``max_bytes`` is
+less): a window is for replies and acks, not for keeping large messages alive."""
 WINDOW_TYPES = 1024
 """Types with a window, at most (a codec may take types from the data, one per symbol;
 an empty window costs about a kilobyte): past it, the tenth of them that had a message
@@ -126,6 +129,7 @@ class PullBuffer:
         self._whole = False
         """The whole buffer is on for good: it kept a message, or a recv()/messages() call came."""
         self._per_type = min(WINDOW, maxsize)
+        self._window_bytes = min(WINDOW_BYTES, max_bytes)
         """What each window keeps now (`WINDOW`)."""
         self._takes: List[_Take] = []
         """Callers waiting, oldest first; none of them wants a buffered message."""
@@ -243,7 +247,7 @@ class PullBuffer:
             box.order.append(order)
         self._order = order
         self._bytes += size
-        if self._bytes > self.max_bytes and self._windowed > 1:
+        if self._bytes > self._window_bytes and self._windowed > 1:
             self._trim_windows()
 
     def _new_window(self, mtype: Optional[str]) -> _Window:
@@ -271,13 +275,13 @@ class PullBuffer:
             self._bytes -= weight(message)
 
     def _trim_windows(self) -> None:
-        """Over the byte bound (large messages): forget the oldest messages of all
+        """Over `WINDOW_BYTES` (large messages): forget the oldest messages of all
         windows, in arrival order, down to nine tenths of it: one pass for many
         messages, not a scan of every window per message (lock held)."""
         windows = self._windows
         heads = [(box.order[0], key) for key, box in windows.items() if box.order]  # arrival numbers are unique
         heapq.heapify(heads)
-        target = self.max_bytes * 9 // 10
+        target = self._window_bytes * 9 // 10
         while heads and self._windowed > 1 and self._bytes > target:
             _, key = heapq.heappop(heads)
             box = windows[key]
