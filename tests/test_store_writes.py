@@ -187,21 +187,3 @@ def test_a_batch_where_only_some_messages_have_a_stream_or_an_id_keeps_them(tmp_
     assert [(m.stream, m.id, m.seq) for m in stored] == [(m.stream, m.id, m.seq) for m in got]
     assert [(m.stream, m.id, m.seq) for m in stored if m.stream is not None or m.id is not None] == [("s", "x-1", 1)]
     assert [m.payload.get("n") for m in stored] == [*range(150), None, *range(150, 300)]
-
-
-def test_a_wal_the_backstop_let_grow_is_cut_back_once_checkpointed(tmp_path, monkeypatch):
-    """A hostile review: a store used without a client kept a 32 MiB WAL file for good (the
-    backstop's size; 4 MiB before). ``journal_size_limit`` cuts it back when a checkpoint
-    resets it (here: the backstop at 64 pages, cut back to 16 KiB)."""
-    monkeypatch.setattr(store_module, "WRITER_CHECKPOINT_PAGES", 64)
-    monkeypatch.setattr(store_module, "WAL_KEPT", 16 * 1024)
-    path = str(tmp_path / "feed.db")
-    pad = "x" * 1024
-    with SQLiteStore(path) as store:
-        for batch in range(40):  # about 30 pages a batch: past the backstop every few batches
-            first = batch * 100 + 1
-            store.append([Message(TYPE, {"pad": pad}, n, None, None, 1.0) for n in range(first, first + 100)],
-                         {None: first + 99})
-        store.idle()  # everything checkpointed: the next write starts the WAL afresh, cut back first
-        store.append([Message(TYPE, {"pad": "y"}, 4001, None, None, 1.0)], {None: 4001})
-        assert os.path.getsize(path + "-wal") <= 16 * 1024 + 4 * (4096 + 24), os.path.getsize(path + "-wal")

@@ -111,12 +111,9 @@ WRITER_CHECKPOINT_PAGES = 8192
 """An unbounded store's writer checkpoints at a commit itself only once the WAL holds
 this many pages (32 MiB of 4 KiB; SQLite's ``wal_autocheckpoint``, 1,000 by default):
 a backstop for when `SQLiteStore.idle` is not called (a store used without a client)
-or cannot keep up, so the WAL stays bounded."""
-
-WAL_KEPT = 4 * 1024 * 1024
-"""An unbounded store's WAL file is cut back to this size when a checkpoint resets it
-(SQLite's ``journal_size_limit``): the backstop may let it grow to 32 MiB for a while,
-not for good."""
+or cannot keep up, so the WAL stays bounded. The file keeps the size it reached until
+the store closes: cutting it back (``journal_size_limit``) as each checkpoint resets it
+took the p99 latency at 10,000 msg/s from under 3 ms to 12 ms."""
 
 SMALL_PAGES = 256 * 1024
 """A new store whose ``max_size`` is below this gets 1 KiB pages (not 4 KiB), or its
@@ -371,8 +368,6 @@ class SQLiteStore(Store):
             self._db_bytes = pages * page
         else:
             db.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")  # the checkpointer's work
-            # once checkpointed, a WAL that grew past 4 MiB (the backstop lets it reach 32) is cut back
-            db.execute(f"PRAGMA journal_size_limit = {WAL_KEPT}")
 
     def _bounds(self, page: int) -> Tuple[int, int]:
         """``max_size`` shared out: (pages of the database, bytes of the WAL)."""
