@@ -185,15 +185,7 @@ def wsbridge_orjson(url: str, kind: str, handler: Any) -> None:
 
 def wsbridge_raw(url: str, kind: str, handler: Any) -> None:
     """wsbridge with `RawCodec`: no decoding, as a ``recv()`` loop does none."""
-    import wsbridge
-
-    client = wsbridge.Client(url, codec=wsbridge.RawCodec(), backoff=wsbridge.NO_RETRY, ping_interval=0)
-    client.on_any(handler)
-    client.start()
-    try:
-        wait(handler)
-    finally:
-        client.stop()
+    wsbridge_client(url, "bin64k", handler)  # (the kind that picks RawCodec)
 
 
 def decode_only(url: str, kind: str, handler: Any, loads: Any = None) -> None:
