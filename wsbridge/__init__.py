@@ -39,6 +39,20 @@ from .runtime.policy import Decision, Ending, ReconnectPolicy
 from .runtime.registry import live as clients
 from .runtime.registry import stop_all
 from .runtime.session import Session
+from .runtime.signals import (
+    ConnectedReceiver,
+    ConnectingReceiver,
+    DisconnectedReceiver,
+    DroppedReceiver,
+    ErrorReceiver,
+    GapReceiver,
+    GaveUpReceiver,
+    MessageReceiver,
+    ReconnectingReceiver,
+    ResetReceiver,
+    StoppedReceiver,
+)
+from .runtime.state import State
 from .runtime.stats import Stats
 from .runtime.subscriptions import Subscription
 from .tracking.outbox import Outbox
@@ -46,7 +60,11 @@ from .tracking.sequence import Gap, SequenceTracker
 from .tracking.store import Store
 from .wire.deflate import PerMessageDeflate
 
-if TYPE_CHECKING:  # imported on first use (`__getattr__`), typed as it is
+if TYPE_CHECKING:  # imported on first use (`__getattr__`); type checkers see them here, typed as they are
+    from .redis.bridge import Bridge
+    from .redis.consumer import StreamConsumer
+    from .redis.lease import Lease
+    from .redis.store import RedisStreamStore
     from .tracking.sqlite import SQLiteStore
 
 __version__ = "0.1.0"
@@ -63,15 +81,17 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """`SQLiteStore` and the Redis pieces, imported on first use (the Redis ones need
-    the ``redis`` extra)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsbridge' has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name is an error for them
 
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    def __getattr__(name: str) -> object:
+        """`SQLiteStore` and the Redis pieces, imported on first use (the Redis ones need
+        the ``redis`` extra)."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'wsbridge' has no attribute {name!r}")
+        import importlib
+
+        return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 __all__ = [
@@ -112,6 +132,18 @@ __all__ = [
     "SQLiteStore",
     "SequenceTracker",
     "Session",
+    "State",
+    "ConnectingReceiver",
+    "ConnectedReceiver",
+    "DisconnectedReceiver",
+    "ReconnectingReceiver",
+    "GaveUpReceiver",
+    "StoppedReceiver",
+    "MessageReceiver",
+    "ErrorReceiver",
+    "DroppedReceiver",
+    "GapReceiver",
+    "ResetReceiver",
     "Stats",
     "Store",
     "StoreError",

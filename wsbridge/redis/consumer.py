@@ -122,7 +122,7 @@ class StreamConsumer(Subscribable):
                     if not connected:
                         self._ensure_group()
                         connected, attempt = True, 0
-                        self._emit(self.signals.connected)
+                        self._emit(self.signals.connected, url=redact_url(self.redis_url))
                     if own_pending:
                         entries = self._read("0")
                         if not entries:
@@ -135,7 +135,7 @@ class StreamConsumer(Subscribable):
                     own_pending = True  # a batch whose XACK failed is pending under our name: first again
                     if connected:
                         connected = False
-                        self._emit(self.signals.disconnected, error=exc)
+                        self._emit(self.signals.disconnected, code=None, reason=None, error=exc)
                     attempt += 1
                     delay = self.backoff.delay(attempt) if self.backoff.allows(attempt) else self.backoff.max_delay
                     log.warning("%r: Redis unreachable (%s); retry in %.2f s", self, exc, delay)
@@ -145,7 +145,7 @@ class StreamConsumer(Subscribable):
             log.exception("%r: consumer failed", self)
             self._report(exc, "consumer")
         finally:
-            self._emit(self.signals.stopped)
+            self._emit(self.signals.stopped, replaced_by=None)
 
     def _ensure_group(self) -> None:
         import redis

@@ -10,16 +10,96 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Generic, Optional, Protocol, Tuple, TypeVar, overload
 
 from blinker import ANY, Signal
 
 from ..message import Message
 
 MessageHandler = Callable[[Message], Any]
+H = TypeVar("H", bound=MessageHandler)
+"""A subscriber's own type, kept by `on` / `on_any` (a decorated function stays typed)."""
+R = TypeVar("R", bound=Callable[..., Any])
+"""The receivers a signal takes (one of the ``*Receiver`` protocols below)."""
 
 
-class StrongSignal(Signal):
+# What each signal passes its receivers, as `typing.Protocol`s: ``client.signals.NAME.connect(fn)``
+# checks ``fn`` against them. A receiver takes the sender positionally and the keywords by name; its
+# ``**kw`` takes the keywords a later version adds (and those it does not name). As in blinker, the
+# first parameter is named ``sender`` (a `Client`, or a `StreamConsumer`: its signals send the same).
+
+class ConnectingReceiver(Protocol):
+    """``connecting``: an attempt starts (``attempt``: failures in a row before it)."""
+
+    def __call__(self, sender: Any, *, attempt: int, **kw: Any) -> object: ...
+
+
+class ConnectedReceiver(Protocol):
+    """``connected``: the socket is open, the handshake done (``url``, credentials redacted)."""
+
+    def __call__(self, sender: Any, *, url: str, **kw: Any) -> object: ...
+
+
+class DisconnectedReceiver(Protocol):
+    """``disconnected``: the connection ended (``code``, ``reason``: the close frame's, else None;
+    ``error``: why, else None)."""
+
+    def __call__(self, sender: Any, *, code: Optional[int], reason: Optional[str], error: Optional[BaseException],
+                 **kw: Any) -> object: ...
+
+
+class ReconnectingReceiver(Protocol):
+    """``reconnecting``: a retry is scheduled after ``delay`` seconds."""
+
+    def __call__(self, sender: Any, *, attempt: int, delay: float, **kw: Any) -> object: ...
+
+
+class GaveUpReceiver(Protocol):
+    """``gave_up``: the client will not reconnect (``error``: the last failure, else None)."""
+
+    def __call__(self, sender: Any, *, error: Optional[BaseException], **kw: Any) -> object: ...
+
+
+class StoppedReceiver(Protocol):
+    """``stopped``: the last signal (``replaced_by``: the `Client` that took this one's name, else None)."""
+
+    def __call__(self, sender: Any, *, replaced_by: Any, **kw: Any) -> object: ...
+
+
+class MessageReceiver(Protocol):
+    """``message`` and ``duplicate``: a message delivered, or one dropped as already received."""
+
+    def __call__(self, sender: Any, *, message: Message, **kw: Any) -> object: ...
+
+
+class ErrorReceiver(Protocol):
+    """``error``: something went wrong and the stream goes on (``context``: "decode", "subscriber",
+    "send", ...; plus ``message`` or ``frame`` when there is one)."""
+
+    def __call__(self, sender: Any, *, error: BaseException, context: str, **kw: Any) -> object: ...
+
+
+class DroppedReceiver(Protocol):
+    """``dropped``: ``count`` items discarded by the overflow policy of ``what`` ("outbox", "pull", ...)."""
+
+    def __call__(self, sender: Any, *, what: str, count: int, **kw: Any) -> object: ...
+
+
+class GapReceiver(Protocol):
+    """``gap``: seqs ``first``..``last`` of ``stream`` are missing (``status``: "open", "filled", "lost")."""
+
+    def __call__(self, sender: Any, *, stream: Optional[str], first: int, last: int, status: str,
+                 **kw: Any) -> object: ...
+
+
+class ResetReceiver(Protocol):
+    """``reset``: ``stream`` numbers afresh (see `Signals` and the README's Delivery section)."""
+
+    def __call__(self, sender: Any, *, stream: Optional[str], last: int, seq: int, epoch: Any, why: str,
+                 restarted: bool, identical: int, **kw: Any) -> object: ...
+
+
+class StrongSignal(Signal, Generic[R]):
     """A blinker `Signal` that holds its receivers strongly by default, and is
     safe to connect to and disconnect from while another thread sends.
 
@@ -42,7 +122,7 @@ class StrongSignal(Signal):
         self._snapshot: Optional[Tuple[Any, ...]] = ()
         self._by_sender_too = False  # has anything connected for one sender only?
 
-    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = False) -> Any:
+    def connect(self, receiver: R, sender: Any = ANY, weak: bool = False) -> R:  # type: ignore[override]
         with self._lock:
             self._by_sender_too = self._by_sender_too or sender is not ANY
             result = super().connect(receiver, sender, weak)
@@ -142,18 +222,18 @@ class Signals:
         the dispatcher without a lock)."""
         self._lock = threading.Lock()
 
-    connecting: Signal
-    connected: Signal
-    disconnected: Signal
-    reconnecting: Signal
-    gave_up: Signal
-    stopped: Signal
-    message: Signal
-    error: Signal
-    dropped: Signal
-    duplicate: Signal
-    gap: Signal
-    reset: Signal
+    connecting: StrongSignal[ConnectingReceiver]
+    connected: StrongSignal[ConnectedReceiver]
+    disconnected: StrongSignal[DisconnectedReceiver]
+    reconnecting: StrongSignal[ReconnectingReceiver]
+    gave_up: StrongSignal[GaveUpReceiver]
+    stopped: StrongSignal[StoppedReceiver]
+    message: StrongSignal[MessageReceiver]
+    error: StrongSignal[ErrorReceiver]
+    dropped: StrongSignal[DroppedReceiver]
+    duplicate: StrongSignal[MessageReceiver]
+    gap: StrongSignal[GapReceiver]
+    reset: StrongSignal[ResetReceiver]
 
     def for_type(self, mtype: str) -> Signal:
         """The signal of one message type, created on first use."""
@@ -201,7 +281,13 @@ class Subscribable:
     def _check_process(self) -> None:
         """Raise if this object may not be used here (a client inherited through fork())."""
 
-    def on(self, mtype: str, fn: Optional[MessageHandler] = None) -> Any:
+    @overload
+    def on(self, mtype: str) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, mtype: str, fn: H) -> H: ...
+
+    def on(self, mtype: str, fn: Optional[H] = None) -> Any:
         """Subscribe ``fn(message)`` to messages of type ``mtype``.
 
         Use as ``x.on("chat", fn)`` or as a decorator ``@x.on("chat")``.
@@ -210,13 +296,13 @@ class Subscribable:
         """
         self._check_process()
 
-        def register(fn: MessageHandler) -> MessageHandler:
+        def register(fn: H) -> H:
             self.signals.subscribe(self.signals.for_type(mtype), fn)
             return fn
 
         return register if fn is None else register(fn)
 
-    def on_any(self, fn: MessageHandler) -> MessageHandler:
+    def on_any(self, fn: H) -> H:
         """Subscribe ``fn(message)`` to every message."""
         self._check_process()
         self.signals.subscribe(self.signals.message, fn)
