@@ -68,9 +68,9 @@ MAX_EPOCH = 256
 keeps with its last few (`wsbridge.tracking.sequence`), so a server cannot pin much memory with it."""
 
 
-MISSING_TYPE_HINT = (" (type_field= names the field that holds the type, or a dotted path to it; "
-                     "default_type= types the records without one)")
-"""Appended to the error of a record without a type: what to pass instead."""
+MISSING_TYPE_HINT = " (pass type_field=NAME, or default_type=T for records without one)"
+"""Appended to the error of a record without a type: what to pass instead (short: the
+message, frame preview included, stays under 400 characters)."""
 
 
 class JsonCodec(Codec):
