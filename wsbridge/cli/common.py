@@ -22,6 +22,7 @@ import websocket
 from ..client import Client
 from ..codecs import CODECS, Codec, Inflate, JsonCodec, PipeCodec, ProtobufCodec, codec_by_name
 from ..codecs.inflate import WBITS
+from ..codecs.json import MISSING_TYPE_HINT
 from ..errors import (  # CliError: defined in errors.py, importable here as before
     CliError,
     ConnectError,
@@ -170,10 +171,11 @@ def add_handshake_options(parser: argparse.ArgumentParser) -> None:
                             "--send-on-connect '{\"op\": \"subscribe\", \"channel\": \"trades\"}'")
 
 
-def check_message(text: str, codec: str) -> None:
+def check_message(text: str, codec: str, json_hint: str = "") -> None:
     """`CliError` (exit 2) for a message the codec would refuse, or that is not text
     (a byte that is not UTF-8 reaches Python as a lone surrogate: it cannot be sent).
-    The message says where, never what the text holds (a login may carry a secret)."""
+    The message says where, never what the text holds (a login may carry a secret);
+    ``json_hint`` follows it for text that is not JSON (what the command can do instead)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -184,7 +186,7 @@ def check_message(text: str, codec: str) -> None:
         try:
             json.loads(text)
         except ValueError as exc:  # where it fails, not what it holds: a message may carry a secret
-            raise CliError(f"not valid JSON ({exc})", EXIT_USAGE) from None
+            raise CliError(f"not valid JSON ({exc}){json_hint}", EXIT_USAGE) from None
     elif codec == "pipe":
         try:
             PipeCodec().decode(text.encode("utf-8"), False)
@@ -502,7 +504,8 @@ class Lifecycle:
         if count == 1:
             text = str(error)
             hint = ERROR_HINTS.get(context, "the stream goes on")
-            if context == "decode" and "field" in text:  # JSON whose type is elsewhere, or missing
+            if context == "decode" and MISSING_TYPE_HINT in text:  # the library's advice, in the CLI's words
+                text = text.replace(MISSING_TYPE_HINT, "")
                 hint += "; --type-field NAME names the field that holds the type, --default-type T types the rest"
             text = text if len(text) <= 300 else text[:300] + "..."
             self.say(printable(f"{context} error: {text} ({hint}; more are counted in the summary)"))
@@ -514,10 +517,12 @@ ERROR_HINTS = {
 }
 
 
-def summary(client: Client) -> str:
+def summary(client: Client, counted: Optional[str] = None) -> str:
+    """The stats a person reads at the end; ``counted`` instead of ``received N`` (what a
+    filtered command printed and left out)."""
     s = client.stats
     store = f", store errors {s.store_errors:,}" if s.store_errors else ""
-    return (f"received {s.dispatched:,}, duplicates {s.duplicates:,}, gaps {s.gaps}, lost {s.lost}, "
+    return (f"{counted or f'received {s.dispatched:,}'}, duplicates {s.duplicates:,}, gaps {s.gaps}, lost {s.lost}, "
             f"reconnects {s.reconnects}, protocol errors {s.protocol_errors}{store}")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
+import time
 from typing import Any, Optional
 
 from ..errors import StoreError
@@ -33,6 +35,7 @@ EPILOG = """\
 examples:
   wsbridge history feed.db --type trade --limit 20
   wsbridge history feed.db --since 2026-11-28T09:00 --json-lines | jq .payload.px
+  wsbridge history feed.db --since 21:00 --until 10m --type trade
   wsbridge history feed.db --stream btc --after-seq 41000
   wsbridge history redis://127.0.0.1:6379/0 --feed trades --limit 10
 
@@ -49,7 +52,8 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     parser.add_argument("--type", metavar="T", help="only messages of type T")
     parser.add_argument("--stream", metavar="S", help="only stream S")
     parser.add_argument("--since", metavar="TIME",
-                        help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
+                        help="received at or after TIME: " + TIME_FORMS + ", e.g. --since 10m or --since 21:01")
+    parser.add_argument("--until", metavar="TIME", help="received at or before TIME (the forms of --since), e.g. --until 5m")
     parser.add_argument("--after-seq", type=non_negative_int, metavar="N", help="only sequence ids above N")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="at most N messages")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message")
@@ -57,18 +61,40 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_time(text: Optional[str]) -> Optional[float]:
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
+TIME_FORMS = "10m, 2h, 30s or 1d ago; 21:01 or 21:01:30 (the last time the clock showed it); ISO 8601 " \
+             "(2026-11-28T09:00, local time unless it says); or seconds since the epoch"
+
+
+def parse_time(text: Optional[str], option: str = "--since", now: Optional[float] = None) -> Optional[float]:
+    """``text`` as seconds since the epoch (None stays None): a relative time (``10m``
+    ago), a clock time (today in local time, or yesterday if that is still to come),
+    ISO 8601 or epoch seconds. ``now`` (default: the time now) is what they count from."""
     if text is None:
         return None
     try:
         return float(text)
     except ValueError:
         pass
+    moment = time.time() if now is None else now
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return moment - float(relative.group(1)) * _UNITS[relative.group(2)]
+    clock = _CLOCK.fullmatch(text.strip())
+    if clock:
+        hour, minute, second = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
+        if hour > 23 or minute > 59 or second > 59:
+            raise CliError(f"{option}: {text!r} is not a time of day", EXIT_USAGE)
+        today = datetime.datetime.fromtimestamp(moment).replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if today.timestamp() > moment:
+            today -= datetime.timedelta(days=1)  # a time still to come today: yesterday's
+        return today.timestamp()  # naive: local time
     try:
-        moment = datetime.datetime.fromisoformat(text)
+        return datetime.datetime.fromisoformat(text).timestamp()  # naive: local time
     except ValueError:
-        raise CliError(f"--since wants ISO 8601 (2026-11-28T09:00) or epoch seconds, not {text!r}", EXIT_USAGE) from None
-    return moment.timestamp()  # naive: local time
+        raise CliError(f"{option} wants {TIME_FORMS}; not {text!r}", EXIT_USAGE) from None
 
 
 def open_store(args: argparse.Namespace) -> Store:
@@ -83,13 +109,20 @@ def open_store(args: argparse.Namespace) -> Store:
 
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
-    since = parse_time(args.since)
+    now = time.time()  # --since and --until count from the same moment
+    since, until = parse_time(args.since, "--since", now), parse_time(args.until, "--until", now)
     render = message_json if args.json_lines else message_line
     count = 0
     try:
-        for msg in store.iter_history(args.type, args.stream, since, args.after_seq, args.limit):
+        # --until is read here: the stores filter by --since; --limit counts what is printed.
+        limit = args.limit if until is None else None
+        for msg in store.iter_history(args.type, args.stream, since, args.after_seq, limit):
+            if until is not None and (msg.received_at or 0.0) > until:
+                continue
             sys.stdout.write(render(msg) + "\n")
             count += 1
+            if count == args.limit:
+                break
     except StoreError as exc:
         raise CliError(str(exc)) from None
     except BrokenPipeError:

@@ -149,9 +149,17 @@ def run(args: argparse.Namespace) -> int:
             client.stop(timeout=0)
             done.set()
 
+    filtered = [0]  # messages of types --type did not ask for (dispatcher thread)
     if args.types:
         for mtype in args.types:
             client.on(mtype, show)
+        wanted = frozenset(args.types)
+
+        def tally(msg: Message) -> None:
+            if msg.type not in wanted:
+                filtered[0] += 1
+
+        client.on_any(tally)
     else:
         client.on_any(show)
     gave_up = threading.Event()
@@ -184,8 +192,13 @@ def run(args: argparse.Namespace) -> int:
     opened = lifecycle.ever_connected or stats.connects > 0 or stats.frames > 0
     if opened and not lifecycle.ever_connected:
         lifecycle.connected(client, url=redact_url(client.url))
-    if opened or reached:
-        lifecycle.say(summary(client) + (", not printed 1" if unprinted else ""))
+    if interrupted and not opened:
+        lifecycle.say("interrupted before a connection opened" +
+                      (f": {explain(client.last_error, client.url)}" if client.last_error is not None else ""))
+    if opened or reached or interrupted:
+        # With --type: what it printed and what it left out, not all that was received.
+        counted = f"printed {count[0]:,}, filtered out {filtered[0]:,} (other types)" if args.types else None
+        lifecycle.say(summary(client, counted) + (", not printed 1" if unprinted else ""))
     if interrupted:
         return EXIT_INTERRUPTED
     if unprinted:

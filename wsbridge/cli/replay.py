@@ -19,7 +19,7 @@ from .common import (
     message_json,
     message_line,
 )
-from .history import open_store, parse_time
+from .history import TIME_FORMS, open_store, parse_time
 
 DESCRIPTION = """\
 Play the messages kept in STORE (an SQLite store written by `wsbridge listen --store`
@@ -66,7 +66,7 @@ def add_parser(sub: Any, epilog_tail: str) -> argparse.ArgumentParser:
                         help="1: the recorded pace (default), N: N times faster, max: as fast as possible")
     parser.add_argument("--type", dest="types", action="append", metavar="T", help="only messages of type T (repeatable)")
     parser.add_argument("--since", metavar="TIME",
-                        help="received at or after TIME: ISO 8601 (local time unless it says) or seconds since the epoch")
+                        help="received at or after TIME: " + TIME_FORMS + ", e.g. --since 1h")
     parser.add_argument("--json-lines", action="store_true", help="one JSON object per message on stdout")
     parser.add_argument("--codec", choices=("json", "wsbridge"), default="json",
                         help="how the kept frames are read again: json (the type only), or wsbridge (also seq, id and "

@@ -68,6 +68,11 @@ MAX_EPOCH = 256
 keeps with its last few (`wsbridge.tracking.sequence`), so a server cannot pin much memory with it."""
 
 
+MISSING_TYPE_HINT = " (pass type_field=NAME, or default_type=T for records without one)"
+"""Appended to the error of a record without a type: what to pass instead (short: the
+message, frame preview included, stays under 400 characters)."""
+
+
 class JsonCodec(Codec):
     """One JSON value per frame; ``type_field`` says where the message type is.
 
@@ -236,10 +241,10 @@ class JsonCodec(Codec):
         """A type that is not a string: an integer as its text, else a `ProtocolError`."""
         if type(mtype) is int:
             return str(mtype)
-        if mtype is None:
+        if mtype is None:  # says what to change: the field to read, or a type for such records
             if self._type_path is None:
-                raise ProtocolError(f"type_field {self._type_name} found no type", data)
-            raise ProtocolError(f"{self._record} has no {self._type_name} field", data)
+                raise ProtocolError(f"type_field {self._type_name} found no type{MISSING_TYPE_HINT}", data)
+            raise ProtocolError(f"{self._record} has no {self._type_name} field{MISSING_TYPE_HINT}", data)
         raise ProtocolError(f"{self._type_name} must be a string or an integer, found {type(mtype).__name__}", data)
 
     def _not_an_object(self, obj: Any, data: bytes) -> ProtocolError:
