@@ -63,3 +63,53 @@ def test_a_cell_that_makes_a_named_client_can_be_run_again_without_leaking():
     assert text.count("threads after a run: 3") == 3, text  # supervisor, dispatcher, reader: never more
     assert "the widget shows the new client: True" in text, text
     assert "clients: ['feed']" in text and "stopped: True" in text and "left: []" in text, text
+
+
+def test_the_status_widget_stays_live_and_handlers_follow_a_rerun_client_cell():
+    """Issue 26, point 3. (a) The status widget redraws at its own pace while messages flow:
+    "received" counts them with no lifecycle event in between (it stayed at 0). (b) A plain
+    `client.on` handler registered in another cell follows the client its cell made again (it
+    was left on the stopped one), and that cell run again replaces the moved handler: each
+    message reaches it once."""
+    setup = (
+        "import threading, time, wsbridge\nfrom wsbridge.testing import Server\n"
+        "from wsbridge.views import StatusView\nserver = Server(echo=True).start()\n"
+        "seen = []\narrived = threading.Condition()\n"
+        "def send_and_wait(text, count=1):\n"
+        "    for i in range(count):\n"
+        "        client.send({'type': 'chat', 'text': text})\n"
+        "    with arrived:\n"
+        "        return arrived.wait_for(lambda: seen.count(text) >= count, timeout=10)"
+    )
+    client_cell = "client = wsbridge.Client(server.url, name='feed')\nclient.start().wait_connected(timeout=10)"
+    status_cell = "status = StatusView(client)\nrenderer = status.display()"
+    handler_cell = (
+        "def on_chat(message):\n"
+        "    with arrived:\n"
+        "        seen.append(message.payload['text'])\n"
+        "        arrived.notify_all()\n"
+        "client.on('chat', on_chat)"
+    )
+    live_check = (
+        "print('delivered:', send_and_wait('one', 5))\n"
+        "deadline = time.monotonic() + 10\n"
+        "while 'received 5 ' not in renderer.widget.value and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "print('the status widget counts them:', 'received 5 ' in renderer.widget.value)"
+    )
+    follow_check = "print('the moved handler still hears:', send_and_wait('two'))"
+    once_check = (
+        "print('the handler made again hears:', send_and_wait('three'), send_and_wait('four'))\n"
+        "print('runs per message:', seen.count('three'), seen.count('four'))"
+    )
+    check = "print('stopped:', wsbridge.stop_all(timeout=10))\nserver.stop()"
+    nb = nbformat.v4.new_notebook()
+    sources = [setup, client_cell, status_cell, handler_cell, live_check, client_cell, follow_check,
+               handler_cell, once_check, check]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(cwd=str(NOTEBOOK.parent))
+    text = "".join(out.get("text", "") for c in nb.cells for out in c.get("outputs", []) if out.get("output_type") == "stream")
+    assert "delivered: True" in text and "the status widget counts them: True" in text, text
+    assert "the moved handler still hears: True" in text, text
+    assert "the handler made again hears: True True" in text and "runs per message: 1 1" in text, text
+    assert "stopped: True" in text, text

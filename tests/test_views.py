@@ -207,6 +207,68 @@ def test_views_and_their_widget_follow_a_client_replaced_by_one_of_the_same_name
     assert renderer._closed  # the new client's own end still ends the widget
 
 
+def test_the_status_widget_redraws_at_its_own_pace_while_messages_flow(make_client, server):
+    """Issue 26: the status line reads the client's counters when drawn, and changes only on
+    lifecycle events; the widget redrew only on changes, so it showed "received 0" while
+    messages flowed. Its pacing thread redraws it; `stop` ends (and joins) that thread."""
+    from wsbridge.views.jupyter import JupyterRenderer
+
+    client = make_client(server.url)
+    status = StatusView(client)
+    renderer = JupyterRenderer(status)  # redraws twice a second by default
+    client.start().wait_connected(timeout=10)
+    server.wait_clients(1)
+    wait_until(lambda: status.changes >= 1, what="the connected signal's change")
+    changes = status.changes
+    server.send_many({"type": "tick", "n": i} for i in range(50))
+    wait_until(lambda: "received 50 " in renderer.widget.value, what="the count in the status widget")
+    assert status.changes == changes  # no lifecycle event drew it
+    assert client.stop(timeout=10)
+    assert not [t for t in threading.enumerate() if t.name == "wsbridge-view-pacer"]
+    for bad in (0, -1, "2", True, 1000):
+        with pytest.raises(ValueError, match="refresh_per_second"):
+            JupyterRenderer(status, refresh_per_second=bad)
+
+
+def test_plain_subscribers_follow_a_same_named_client_and_one_made_again_replaces_the_moved_one(
+        make_client, server):
+    """Issue 26: `on` / `on_any` handlers of a client replaced by one of the same name move to
+    it (they stayed on the stopped client); the same handler registered again (same module and
+    qualified name: the cell run again) takes the moved one's place, before or after `start`."""
+    calls = []
+
+    def make_handlers():
+        def on_chat(message):
+            calls.append(("chat", message.payload["text"]))
+
+        def on_every(message):
+            calls.append(("any", message.payload["text"]))
+
+        return on_chat, on_every
+
+    def other(message):
+        calls.append(("other", message.payload["text"]))
+
+    first = make_client(server.url, name="feed")
+    on_chat, on_every = make_handlers()
+    first.on("chat", on_chat)
+    first.on_any(on_every)
+    first.on("chat", other)
+    first.start().wait_connected(timeout=10)
+    second = make_client(server.url, name="feed")
+    second.on("chat", make_handlers()[0])  # made again before start: the moved one stays behind
+    second.start().wait_connected(timeout=10)
+    assert first.state == "stopped"
+    server.wait_clients(1)
+    server.send({"type": "chat", "text": "a"})
+    wait_until(lambda: len(calls) >= 3, what="the handlers of the new client")
+    second.on_any(make_handlers()[1])  # made again after start: the moved one gives way
+    server.send_many([{"type": "chat", "text": "b"}, {"type": "end", "text": "end"}])
+    wait_until(lambda: ("any", "end") in calls, what="the last message")
+    assert sorted(calls) == sorted([("chat", "a"), ("any", "a"), ("other", "a"),
+                                    ("chat", "b"), ("any", "b"), ("other", "b"), ("any", "end")])
+
+
 def test_a_cell_that_makes_a_client_and_its_views_run_again_leaves_one_of_each(make_client, server):
     """Found in review: the views of the earlier run moved to the new client beside the
     views the re-run made, so every run added a ticker and a status line to the feed."""

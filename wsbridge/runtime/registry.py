@@ -12,8 +12,11 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from blinker import ANY
+
+from .signals import Subscriber
 from .state import WAIT_MAX, timeout_arg
 
 log = logging.getLogger("wsbridge")
@@ -37,11 +40,40 @@ def on_replace(hook: Callable[[Any, Any], None]) -> None:
 
 
 def replaced(earlier: Any, client: Any) -> None:
+    """``client`` takes the place of ``earlier`` (on the thread that starts it): the hooks
+    run (the views move), then the plain subscribers move."""
     for hook in list(_replace_hooks):
         try:
             hook(earlier, client)
         except Exception:  # a hook's bug must not stop the new client from starting
             log.exception("wsbridge: replacing %s: hook %r failed", earlier.name, hook)
+    _move_subscribers(earlier, client)
+
+
+def _move_subscribers(earlier: Any, client: Any) -> None:
+    """Move the ``on`` / ``on_any`` subscribers of ``earlier`` to ``client`` (or to the
+    client that replaced it in turn), as the views move: a handler registered in another
+    notebook cell keeps its messages when the client's cell is run again. One that
+    ``client`` already has (same module and qualified name: the re-run cell registered it
+    again before starting) stays behind; one registered again later takes the moved one's
+    place (`Signals.subscribe`). Either way it runs once a message."""
+    while client.replaced_by is not None:
+        client = client.replaced_by
+    old, new = earlier.signals, client.signals
+    sources: List[Tuple[Any, Optional[str]]] = [(old.message, None), *((s, t) for t, s in old.types.items())]
+    for source, mtype in sources:
+        moving = [r for r in source.receivers_for(ANY) if isinstance(r, Subscriber)]
+        if not moving:
+            continue
+        target = new.message if mtype is None else new.for_type(mtype)
+        made_again = [r.key() for r in target.receivers_for(ANY) if isinstance(r, Subscriber) and not r.moved]
+        for subscriber in moving:
+            source.disconnect(subscriber)
+            if subscriber.key() in made_again:
+                made_again.remove(subscriber.key())
+                continue
+            subscriber.moved = True
+            target.connect(subscriber)
 
 
 def discard(client: Any) -> None:

@@ -134,6 +134,12 @@ class StrongSignal(Signal, Generic[R]):
             super().disconnect(receiver, sender)
             self._publish()
 
+    def swap(self, old: Any, new: R) -> None:
+        """Disconnect ``old`` and connect ``new`` in one change: a send calls one of them."""
+        with self._lock:
+            Signal.connect(self, new, ANY, False)  # not published yet
+            self.disconnect(old)  # publishes both changes
+
     def _disconnect(self, receiver_id: Any, sender_id: Any) -> None:  # also blinker's weak-reference cleanup
         with self._lock:
             super()._disconnect(receiver_id, sender_id)
@@ -162,10 +168,17 @@ class Subscriber:
     at once); `Client.off` disconnects it.
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "moved")
 
     def __init__(self, fn: MessageHandler) -> None:
         self.fn = fn
+        self.moved = False
+        """Moved here from a client this one replaced (see `Signals.subscribe`)."""
+
+    def key(self) -> Tuple[Any, ...]:
+        """What makes two handlers the same one made again: module and qualified name."""
+        fn = getattr(self.fn, "__func__", self.fn)  # a bound method: its function's
+        return getattr(fn, "__module__", None), getattr(fn, "__qualname__", None) or id(fn)
 
     def __call__(self, sender: Any, message: Message, **_: Any) -> Any:
         return self.fn(message)
@@ -251,8 +264,16 @@ class Signals:
         return bool(self.message.receivers) or any(signal.receivers for signal in self.types.values())
 
     def subscribe(self, signal: Signal, fn: MessageHandler) -> Subscriber:
+        """Connect ``fn``; it takes the place of a subscriber that moved here from a
+        replaced client and is the same handler made again (`Subscriber.key`): a
+        notebook cell run again registers it anew, and it must not run twice."""
         subscriber = Subscriber(fn)
-        signal.connect(subscriber)
+        twin = next((r for r in signal.receivers_for(ANY) if isinstance(r, Subscriber) and r.moved
+                     and r.key() == subscriber.key()), None)
+        if twin is not None and isinstance(signal, StrongSignal):
+            signal.swap(twin, subscriber)  # one change: no message runs both, or neither
+        else:
+            signal.connect(subscriber)
         return subscriber
 
     def unsubscribe(self, fn: Callable[..., Any], mtype: Optional[str] = None) -> int:

@@ -4,11 +4,14 @@ Registered on import as what `View.display` builds (see `register_notebook_rende
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Optional
 
 from .base import View, register_notebook_renderer
+
+log = logging.getLogger("wsbridge")
 
 
 class JupyterRenderer:
@@ -21,22 +24,47 @@ class JupyterRenderer:
     the view's client ends the updates; when the view moves to a client that
     replaced its own, the widget follows it, and when the view is retired
     (`View.retired`), the widget keeps its last state.
+
+    Besides, a named thread redraws ``refresh_per_second`` times a second (as
+    `TerminalRenderer` does) when the view's rendering differs from what the
+    widget shows: a view read from the client's counters when drawn (the
+    `StatusView`'s "received", its rate) stays live between its own changes.
     """
 
-    def __init__(self, view: View, *, min_interval: float = 0.1) -> None:
+    def __init__(self, view: View, *, min_interval: float = 0.1, refresh_per_second: float = 2.0) -> None:
+        if isinstance(min_interval, bool) or not isinstance(min_interval, (int, float)) or not min_interval >= 0:
+            raise ValueError(f"min_interval is seconds >= 0, not {min_interval!r}")
+        if (isinstance(refresh_per_second, bool) or not isinstance(refresh_per_second, (int, float))
+                or not 0 < refresh_per_second <= 100):
+            raise ValueError(f"refresh_per_second is a number of redraws a second, > 0 and <= 100, not {refresh_per_second!r}")
         import ipywidgets
 
         self.view = view
         self.min_interval = min_interval
+        self.refresh_per_second = refresh_per_second
         self.widget = ipywidgets.HTML(value=view.to_html())
         self.updates = 0
         self._lock = threading.Lock()
         self._last = 0.0
         self._timer: Optional[threading.Timer] = None
         self._closed = False
+        self._closing = threading.Event()  # set by `close`: the pacing thread ends
+        self._pacer = threading.Thread(target=self._pace, name="wsbridge-view-pacer", daemon=True)
         view.add_listener(self._changed)
         self._client: Any = None
         self._follow()
+        self._pacer.start()  # owns nothing: it reads the view and sets the widget, as the dispatcher does
+
+    def _pace(self) -> None:
+        """The pacing thread: redraw at the renderer's own rate while the rendering changes."""
+        period = 1.0 / self.refresh_per_second
+        while not self._closing.wait(period):
+            try:
+                html = self.view.to_html()
+                if html != self.widget.value:
+                    self._draw(html)
+            except Exception:  # a view's bug must not end the widget's updates
+                log.exception("wsbridge: drawing %r failed", self.view)
 
     def _follow(self) -> None:
         """Hear the `stopped` of the view's client (the view may have moved to another)."""
@@ -58,11 +86,14 @@ class JupyterRenderer:
 
     def refresh(self) -> None:
         """Draw the view's current state now."""
+        self._draw(self.view.to_html())
+
+    def _draw(self, html: str) -> None:
         with self._lock:
             if self._closed:
                 return
             self._last = time.monotonic()
-        self.widget.value = self.view.to_html()
+        self.widget.value = html
         self.updates += 1
 
     def _changed(self, view: View) -> None:
@@ -107,6 +138,9 @@ class JupyterRenderer:
         if timer is not None:
             timer.cancel()
             timer.join(5)
+        self._closing.set()
+        if self._pacer.is_alive() and self._pacer is not threading.current_thread():
+            self._pacer.join(5)
 
     def _repr_html_(self) -> str:  # shown where widgets are not rendered
         return self.view.to_html()
