@@ -291,11 +291,12 @@ class PullBuffer:
                 heapq.heappush(heads, (box.order[0], key))
 
     def _switch(self, window: bool) -> None:
-        """Move what is kept between the windows and the whole buffer (lock held)."""
+        """Move what is kept between the windows and the whole buffer (lock held). Into
+        window mode there is nothing to move: the whole buffer, once it kept a message,
+        stays on (``_whole``)."""
         if window:
-            items, self._items, self._bytes = self._items, deque(), 0
+            assert not self._items
             self._window_mode = True
-            self._to_windows(items)
             return
         merged = sorted(
             ((n, m) for box in self._windows.values() for n, m in zip(box.order, box.messages, strict=True)), key=lambda nm: nm[0]
