@@ -107,6 +107,7 @@ def test_a_message_the_codec_refuses_exits_2_before_connecting(command, codec, m
                      else "login|0|", "--send-on-connect", message)
         assert server.accepted == 0
     assert result.returncode == 2 and f"--send-on-connect 2: {words}" in result.stderr, result.stderr
+    assert ("--codec raw sends text as it is" in result.stderr) == (codec == "json"), result.stderr
 
 
 def test_the_command_line_does_not_show_the_messages_sent_on_connect_nor_secret_subprotocols():
@@ -353,7 +354,8 @@ def test_connect_with_json_refuses_a_line_that_is_not_json_and_goes_on():
         try:
             err.next("connected to")
             type_line(proc, "not json")
-            assert "not sent: not valid JSON" in err.next("not sent")
+            refused = err.next("not sent")
+            assert "not sent: not valid JSON" in refused and "without --json, a line is sent as typed" in refused
             type_line(proc, '{"type": "a"}')
             assert json.loads(out.next('"a"'))["payload"] == {"type": "a"}
             proc.stdin.close()

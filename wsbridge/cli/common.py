@@ -298,7 +298,7 @@ def client_options(args: argparse.Namespace) -> Dict[str, Any]:
     if messages:
         for number, text in enumerate(messages, 1):
             try:
-                check_message(text, args.codec)
+                check_message(text, args.codec, "; --codec raw sends text as it is (and prints frames as they come)")
             except CliError as exc:
                 raise CliError(f"--send-on-connect {number}: {exc}", exc.code) from None
         options["on_connect"] = SendOnConnect(messages)

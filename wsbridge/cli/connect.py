@@ -225,7 +225,7 @@ class Input:
                 if not text.strip():
                     continue
                 try:
-                    check_message(text, self.check)  # raw: text, UTF-8
+                    check_message(text, self.check, JSON_ONLY_HINT)  # raw: text, UTF-8
                     self.client.send(text)
                 except (CliError, OutboxFull) as exc:
                     self.refused += 1
@@ -238,6 +238,9 @@ class Input:
             self.failed = f"{type(exc).__name__}: {exc}"
         finally:
             self.done.set()
+
+
+JSON_ONLY_HINT = "; without --json, a line is sent as typed"
 
 
 def run(args: argparse.Namespace) -> int:
