@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pytest
@@ -42,6 +43,14 @@ class Collector:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def documentation_files() -> List[Path]:
+    """The README and every page of the documentation site (docs/), whose examples the tests run and type-check."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def send_quietly(client: wsbridge.Client, data: Any) -> None:

@@ -78,7 +78,7 @@ def test_acked_sends_all_arrive_across_ten_cuts(make_client) -> None:
 
 def test_without_acks_the_handles_say_sent(make_client) -> None:
     """The same cuts without an ack rule: every handle resolves to sent (the socket took
-    it), none is acknowledged; what the server read may be fewer (the README's loss window)."""
+    it), none is acknowledged; what the server read may be fewer (the loss window of docs/guide/queues.md)."""
     with Feed(respond=_silent, close_timeout=1) as feed:
         client = make_client(feed.url, outbox_overflow="block").start()
         client.wait_connected(10)

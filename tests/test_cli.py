@@ -301,7 +301,7 @@ def test_serve_a_chat_room_until_ctrl_c(make_client):
         a.send({"type": "chat", "text": "hello room"})
         assert b.wait_for("chat", timeout=10).payload["text"] == "hello room"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 130  # Ctrl-C: interrupted, after a clean stop (the README's exit codes)
+        assert proc.wait(15) == 130  # Ctrl-C: interrupted, after a clean stop (the exit codes of docs/cli.md)
         assert any("2 connection(s), 1 message(s) received" in line for line in out.rest())
     finally:
         proc.kill()

@@ -239,19 +239,22 @@ def test_listen_counts_what_it_cannot_print_and_leaves_it_unhandled_in_the_store
 
 
 # -- 17: how much a lost connection takes with it ----------------------------------------------------
-def test_the_readme_states_the_loss_window_with_the_flush_batch_the_code_uses():
-    """Issue 20, 17: within the contract, but the README did not say how large the window is."""
+def test_the_guide_states_the_loss_window_with_the_flush_batch_the_code_uses():
+    """Issue 20, 17: within the contract, but the README did not say how large the window is (now the
+    guide's queues page does)."""
     from wsbridge.runtime.sender import FLUSH_BATCH, FLUSH_BATCH_BYTES
 
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    start = readme.index("**What a lost connection takes with it.**")
-    paragraph = " ".join(readme[start:readme.index("\n\n", start)].split())
+    readme = open(os.path.join(ROOT, "docs", "guide", "queues.md"), encoding="utf-8").read()
+    heading = "## What a lost connection takes with it\n\n"
+    start = readme.index(heading) + len(heading)
+    end = readme.find("\n\n", start)
+    paragraph = " ".join(readme[start:end if end >= 0 else None].split())
     assert f"batches of up to {FLUSH_BATCH} frames or {FLUSH_BATCH_BYTES // 1024} KiB" in paragraph
     assert "send buffer" in paragraph and "receive buffer" in paragraph and "Acknowledged sends" in paragraph
 
 
 def test_whole_flush_batches_the_socket_took_are_lost_with_the_connection(make_client, collector):
-    """What the README says, shown: frames the socket took count as sent and are not sent again
+    """What the guide says (docs/guide/queues.md), shown: frames the socket took count as sent and are not sent again
     after a reconnect, though the server never read them."""
     from wsbridge.runtime.sender import FLUSH_BATCH
 

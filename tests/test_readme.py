@@ -1,4 +1,4 @@
-"""The README's examples run as written: each ``python`` block marked
+"""The examples of the README and of the documentation site (docs/*.md) run as written: each ``python`` block marked
 ``<!-- readme-test: wsbridge serve ARGS [| expect: TEXT] -->`` runs in a fresh
 interpreter against ``wsbridge serve ARGS`` and must print TEXT. The server takes a
 free port; its address stands in for the documented 127.0.0.1:8765 in the code. An
@@ -12,28 +12,29 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import Lines
+from conftest import ROOT, Lines, documentation_files
 
-ROOT = Path(__file__).resolve().parent.parent
 MARK = re.compile(
     r"<!-- readme-test: wsbridge serve(?P<args>[^|>]*)(\| expect: (?P<expect>[^>]*?))?\s*-->\s*```python\n(?P<code>.*?)```",
     re.S,
 )
-EXAMPLES = [(m.group("args").split(), m.group("expect"), m.group("code"))
-            for m in MARK.finditer((ROOT / "README.md").read_text())]
+MARKED = [(path.relative_to(ROOT).as_posix(), m) for path in documentation_files()
+          for m in MARK.finditer(path.read_text(encoding="utf-8"))]
+EXAMPLES = [(m.group("args").split(), m.group("expect"), m.group("code")) for _, m in MARKED]
+IDS = [f"{name}-{index}" for index, (name, _) in enumerate(MARKED)]
 REDIS = "redis://127.0.0.1:6379"
 
 
 def test_the_readme_has_runnable_examples():
-    assert EXAMPLES, "no marked example in README.md"
+    assert any(name == "README.md" for name, _ in MARKED), "no marked example in README.md"
+    assert len(EXAMPLES) >= 5, IDS
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("args,expect,code", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+@pytest.mark.parametrize("args,expect,code", EXAMPLES, ids=IDS)
 def test_a_readme_example_runs_as_written(args, expect, code):
     with contextlib.ExitStack() as stack:
         if REDIS in code:

@@ -384,7 +384,7 @@ def test_send_refuses_a_message_argument_that_is_not_utf8_before_connecting(free
 
 def test_send_says_how_many_messages_it_wrote_to_the_socket():
     """Also checked by the review: a server that closes with 1000 after reading 3 of 8 lines
-    leaves exit 0 (the README's loss window); the summary says "written", not "delivered"."""
+    leaves exit 0 (the loss window of docs/guide/queues.md); the summary says "written", not "delivered"."""
     with RawServer() as server:
         result = run_send(server.url, '{"type": "a"}', '{"type": "b"}')
         assert frames_until_close(server.wait_connection()) == [b'{"type": "a"}', b'{"type": "b"}']

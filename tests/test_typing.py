@@ -1,5 +1,6 @@
-"""The public API type-checks from a user's side: ``mypy --strict`` on the README's python
-examples, on a script that uses every name in ``wsbridge.__all__`` (tests/typing_user/every_name.py),
+"""The public API type-checks from a user's side: ``mypy --strict`` on the python examples of the
+README and of the documentation site (docs/*.md), on a script that uses every name in
+``wsbridge.__all__`` (tests/typing_user/every_name.py),
 and on one whose marked mistakes it must report (tests/typing_user/mistakes.py): a misspelt
 name, a decorated subscriber's result misused, a signal receiver with the wrong keywords."""
 
@@ -17,6 +18,8 @@ import pytest
 
 import wsbridge
 
+from conftest import documentation_files
+
 ROOT = Path(__file__).resolve().parent.parent
 USER = Path(__file__).resolve().parent / "typing_user"
 PREAMBLE = '''from typing import Any
@@ -29,9 +32,9 @@ ERROR = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[a-z-]+
 
 
 def readme_examples() -> List[str]:
-    """Every ```python block of the README, dedented (some sit in a bullet list)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return [textwrap.dedent(block) for block in re.findall(r"^ *```python\n(.*?)^ *```", text, re.S | re.M)]
+    """Every ```python block of the README and the docs, dedented (some sit in a bullet list)."""
+    return [textwrap.dedent(block) for path in documentation_files()
+            for block in re.findall(r"^ *```python\n(.*?)^ *```", path.read_text(encoding="utf-8"), re.S | re.M)]
 
 
 def mypy_strict(files: List[Path], cwd: Path) -> Tuple[int, str]:

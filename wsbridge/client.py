@@ -77,7 +77,7 @@ class Client(Subscribable, Pulling):
     and buffers while disconnected. ``stop()`` closes the connection,
     delivers what was already received, and joins every thread.
 
-    Parameters (keyword-only after ``url``); the README documents each:
+    Parameters (keyword-only after ``url``); the guide (docs/) documents each:
     ``codec`` (default `JsonCodec`), ``backoff`` (`Backoff`; ``NO_RETRY``
     connects once), ``retry_fatal``, or ``policy`` (a `ReconnectPolicy`: the
     retry rules, backoff included, as one object); ``outbox_size``, ``outbox_overflow``
@@ -97,7 +97,7 @@ class Client(Subscribable, Pulling):
     gap holds nothing back; ``"connection"``: a counter per stream that every
     connection starts afresh), ``on_reset`` (``"drop"`` or ``"restart"``: what a
     seq back after a reconnect that is neither known as a replay nor as a restart
-    means; see the README's Delivery section); `wsbridge.conventions` sets codec and resume for
+    means; see the guide's Delivery page); `wsbridge.conventions` sets codec and resume for
     servers that speak wsbridge's conventions;
     ``max_message_size`` (default 16 MiB); ``name``; ``on_connect`` (a hook
     ``fn(session)`` run on every connect before anything else is sent: see
@@ -241,14 +241,46 @@ class Client(Subscribable, Pulling):
         conn = self._supervisor.conn
         return (conn.url if conn is not None else None) or ""
 
-    backoff = property(lambda self: self.policy.backoff)
-    retry_fatal = property(lambda self: self.policy.retry_fatal)
-    ping_interval = property(lambda self: self.options.ping_interval)
-    ping_timeout = property(lambda self: self.options.ping_timeout)
-    idle_timeout = property(lambda self: self.options.idle_timeout)
-    connect_timeout = property(lambda self: self.options.connect_timeout)
-    close_timeout = property(lambda self: self.options.close_timeout)
-    max_message_size = property(lambda self: self.options.max_message_size)
+    # The options as given (read-only: `options` holds them all, `policy` the retry rules).
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between attempts (`policy.backoff`)."""
+        return self.policy.backoff
+
+    @property
+    def retry_fatal(self) -> bool:
+        """Whether endings that will not heal by themselves are retried too (`policy.retry_fatal`)."""
+        return self.policy.retry_fatal
+
+    @property
+    def ping_interval(self) -> float:
+        """Seconds between pings (0: none)."""
+        return self.options.ping_interval
+
+    @property
+    def ping_timeout(self) -> float:
+        """Seconds a ping waits for a pong (or any frame) before the peer is presumed dead."""
+        return self.options.ping_timeout
+
+    @property
+    def idle_timeout(self) -> Optional[float]:
+        """Seconds without any frame after which the connection is cut (None: no limit)."""
+        return self.options.idle_timeout
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds a whole connection attempt may take: TCP, proxy, TLS and the upgrade."""
+        return self.options.connect_timeout
+
+    @property
+    def close_timeout(self) -> float:
+        """Seconds `stop` waits for the server's close frame before it cuts the socket."""
+        return self.options.close_timeout
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message accepted, in bytes (inflated size; larger ones close with 1009)."""
+        return self.options.max_message_size
 
     # -- lifecycle ------------------------------------------------------------------------
     def __repr__(self) -> str:

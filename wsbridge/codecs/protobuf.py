@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Mapping, Optional, Union
+from typing import Any, Callable, List, Mapping, Optional, Type, Union
 
 from ..errors import ProtocolError
 from ..message import Message
@@ -83,10 +83,10 @@ class ProtobufCodec(JsonCodec):
 
     def __init__(
         self,
-        message: Union[type, Callable[[bytes], type]],
+        message: Union[Type[Any], Callable[[bytes], Type[Any]]],
         type_field: TypeField = "type",
         *,
-        payloads: Optional[Mapping[str, type]] = None,
+        payloads: Optional[Mapping[str, Type[Any]]] = None,
         payload_field: str = "payload",
         seq_field: Optional[str] = None,
         id_field: Optional[str] = None,
@@ -97,8 +97,8 @@ class ProtobufCodec(JsonCodec):
         pb = _protobuf()
         self._message_type = pb.Message
         self._decode_errors = (pb.DecodeError, ValueError, RuntimeError)
-        self.message_class: Optional[type] = None
-        self._pick: Optional[Callable[[bytes], type]] = None
+        self.message_class: Optional[Type[Any]] = None
+        self._pick: Optional[Callable[[bytes], Type[Any]]] = None
         if isinstance(message, type) and self._is_class(message):
             self.message_class = message
         elif callable(message) and not isinstance(message, type):

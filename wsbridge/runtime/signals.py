@@ -86,14 +86,14 @@ class DroppedReceiver(Protocol):
 
 
 class GapReceiver(Protocol):
-    """``gap``: seqs ``first``..``last`` of ``stream`` are missing (``status``: "open", "filled", "lost")."""
+    """``gap``: seqs ``first`` to ``last`` of ``stream`` are missing (``status``: "open", "filled", "lost")."""
 
     def __call__(self, sender: Any, *, stream: Optional[str], first: int, last: int, status: str,
                  **kw: Any) -> object: ...
 
 
 class ResetReceiver(Protocol):
-    """``reset``: ``stream`` numbers afresh (see `Signals` and the README's Delivery section)."""
+    """``reset``: ``stream`` numbers afresh (see `Signals` and the guide's Delivery page)."""
 
     def __call__(self, sender: Any, *, stream: Optional[str], last: int, seq: int, epoch: Any, why: str,
                  restarted: bool, identical: int, **kw: Any) -> object: ...
@@ -218,7 +218,7 @@ class Signals:
                    "content", "unknown" or "stale", ``restarted``: False when
                    dropped as a duplicate instead, ``identical``: messages
                    dropped before it as identical to the old numbering's;
-                   see the README's Delivery section)
+                   see the guide's Delivery page)
     =============  ==========================================================
     """
 

@@ -92,7 +92,7 @@ def digest(raw: Any) -> int:
 
 
 class Gap(NamedTuple):
-    """Sequence ids ``first``..``last`` (inclusive) of ``stream`` are missing."""
+    """Sequence ids ``first`` to ``last`` (inclusive) of ``stream`` are missing."""
 
     stream: Optional[str]
     first: int
@@ -112,7 +112,7 @@ class Outcome(NamedTuple):
     opened: Optional[Gap] = None
     """A gap this message revealed (the client should ask for a resend)."""
     filled: Optional[Gap] = None
-    """The open gap this message closed: ``first``..``last`` are now all in, in order."""
+    """The open gap this message closed: ``first`` to ``last`` are now all in, in order."""
     lost: Optional[Gap] = None
     """A gap given up because too many messages were held behind it."""
     reset: Optional["Reset"] = None
@@ -233,7 +233,7 @@ class SequenceTracker:
         self.held = 0
         """Messages held back behind open gaps, all streams."""
         self.resets = 0
-        """Streams started afresh (`Reset`s), all streams."""
+        """Streams started afresh (each a `Reset`), all streams."""
         self.global_seq = global_seq
         self._global: Optional[_Global] = None
         if global_seq and positions and None in positions:

@@ -1,4 +1,4 @@
-"""Views: plain state fed by a client's messages, shown in a terminal or a notebook.
+"""Views: plain state fed by a client's messages, shown in a terminal or a notebook::
 
     from wsbridge.views import ChatView, DocumentView, StatusView, TerminalRenderer
 
