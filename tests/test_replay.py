@@ -76,8 +76,12 @@ def test_a_recorded_feed_replays_through_subscribers_a_view_and_the_pull_api(mak
     ticks: List[wsbridge.Message] = []
     client.on("tick", ticks.append)
     chat = ChatView(client, type="chat")
+    # Pulling starts before the replay: with subscribers, the pull buffer keeps only a window (the last
+    # 64 messages a type) until the first recv()/messages() call, and a replay at full speed can be
+    # far ahead of a later call. messages() turns the whole buffer on when called, not when iterated.
+    stream = client.messages(timeout=30)
     replay = client.replay(SQLiteStore(path), speed=None)
-    pulled = list(client.messages(timeout=30))  # ends with the replay: the client stops by itself
+    pulled = list(stream)  # ends with the replay: the client stops by itself
     assert replay.wait(30) and client.state == "stopped"
     assert [(m.type, m.payload) for m in pulled] == [(m.type, m.payload) for m in stored]  # all, in order
     assert [m.received_at for m in pulled] == [m.received_at for m in stored]  # the recorded times

@@ -43,10 +43,11 @@ def test_messages_queued_at_give_up_all_reach_the_pull_api(make_client, raw_serv
     client = make_client(raw_server.url, codec=RawCodec(), backoff=wsbridge.NO_RETRY)
     client.on_any(lambda msg: time.sleep(0.0003))
     client.start().wait_connected(timeout=10)
+    stream = client.messages(timeout=HOLD)  # before the feed: with a subscriber, only a window is kept until then
     conn = raw_server.wait_connection()
     conn.sendall(b"".join(frame(b"%d" % i) for i in range(count)) + frame((1000).to_bytes(2, "big"), CLOSE))
     assert read_close(conn) == 1000
-    got = [msg.payload for msg in client.messages(timeout=HOLD)]  # ends when the client gave up and all are taken
+    got = [msg.payload for msg in stream]  # ends when the client gave up and all are taken
     assert got == [str(i) for i in range(count)]
     assert client.state == "gave_up"
 
