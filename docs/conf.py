@@ -24,7 +24,6 @@ version = release = wsbridge.__version__
 extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
     "cli_reference",  # docs/_ext: the command-line reference from wsbridge.cli.build_parser
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -39,11 +38,33 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_default_options = {"members": True}
+# Members inherited from wsbridge's own mixins are part of a class's API (`Client.on` comes from
+# `Subscribable`); those of the builtins and the standard library are not repeated.
+autodoc_default_options = {
+    "members": True,
+    "undoc-members": True,
+    "inherited-members": "object,BaseException,Exception,tuple,str,int,dict,Enum,Protocol,Generic",
+}
 autodoc_preserve_defaults = True
-napoleon_google_docstring = True
-napoleon_numpy_docstring = False
 
 html_theme = "furo"
 html_title = f"wsbridge {release}"
 html_show_sourcelink = False
+
+
+def _protocol_signature(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001, ANN202
+    """A signal receiver protocol is not instantiated: its page shows ``__call__``, not ``(*args, **kwargs)``."""
+    if what == "class" and getattr(obj, "_is_protocol", False):
+        return "", None
+    return None
+
+
+def _drop_builtin_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, ANN202
+    """``__call__`` of a protocol has no docstring of its own; Python's "Call self as a function." says nothing."""
+    if [line.strip() for line in lines if line.strip()] == ["Call self as a function."]:
+        lines.clear()
+
+
+def setup(app):  # noqa: ANN001, ANN201
+    app.connect("autodoc-process-signature", _protocol_signature)
+    app.connect("autodoc-process-docstring", _drop_builtin_docstring)

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def documentation_files() -> List[Path]:
     """The README and every page of the documentation site (docs/), whose examples the tests run and type-check."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return [ROOT / "README.md", *sorted(path for path in (ROOT / "docs").rglob("*.md") if "_build" not in path.parts)]
 
 
 def send_quietly(client: wsbridge.Client, data: Any) -> None:

@@ -359,7 +359,8 @@ def test_connect_with_json_refuses_a_line_that_is_not_json_and_goes_on():
             type_line(proc, '{"type": "a"}')
             assert json.loads(out.next('"a"'))["payload"] == {"type": "a"}
             proc.stdin.close()
-            assert proc.wait(30) == 0
+            assert proc.wait(30) == 1  # a line was not sent: 1, as send exits for a line it skipped
+            assert any("sent 1 line(s), not sent 1" in line for line in err.rest()), err.seen
         finally:
             stop(proc)
         assert feed.on(1) == ['{"type": "a"}']

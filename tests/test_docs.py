@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -19,7 +20,7 @@ import wsbridge.testing
 import wsbridge.views
 from wsbridge.cli import build_parser
 
-from conftest import ROOT
+from conftest import ROOT, documentation_files
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +47,33 @@ def test_the_site_builds_without_a_warning(site: Path) -> None:
         assert (site / f"{page}.html").is_file(), page
 
 
+PUBLIC = ((wsbridge, "wsbridge"), (wsbridge.views, "wsbridge.views"), (wsbridge.testing, "wsbridge.testing"))
+
+
+def public_members(cls: type) -> List[str]:
+    """What a user reaches on ``cls``: its public names and those of wsbridge's own bases (mixins such as
+    `Subscribable` give `Client.on`), not those of the builtins or the standard library."""
+    names = {name for klass in cls.__mro__ if klass.__module__.startswith("wsbridge")
+             for name in vars(klass) if not name.startswith("_")}
+    return sorted(names)
+
+
 @pytest.mark.timeout(300)
-def test_the_api_reference_has_an_entry_for_every_public_name(site: Path) -> None:
+def test_the_api_reference_has_an_entry_for_every_public_name_and_member(site: Path) -> None:
     ids = set()
     for page in (site / "api").glob("*.html"):
         ids.update(re.findall(r'<dt class="sig[^"]*" id="([\w.]+)"', page.read_text(encoding="utf-8")))
-    missing = [f"{prefix}.{name}"
-               for module, prefix in ((wsbridge, "wsbridge"), (wsbridge.views, "wsbridge.views"),
-                                      (wsbridge.testing, "wsbridge.testing"))
-               for name in module.__all__ if f"{prefix}.{name}" not in ids]
+    missing = []
+    for module, prefix in PUBLIC:
+        for name in module.__all__:
+            if f"{prefix}.{name}" not in ids:
+                missing.append(f"{prefix}.{name}")
+            value = getattr(module, name)
+            if isinstance(value, type):
+                missing += [f"{prefix}.{name}.{member}" for member in public_members(value)
+                            if f"{prefix}.{name}.{member}" not in ids]
     assert missing == []
-    # and the client's whole public surface, method by method
-    public = [name for name in vars(wsbridge.Client) if not name.startswith("_")]
-    assert [name for name in public if f"wsbridge.Client.{name}" not in ids] == []
+    assert "wsbridge.Client.on" in ids and "wsbridge.Client.messages" in ids  # from the mixins
 
 
 @pytest.mark.timeout(300)
@@ -74,16 +89,50 @@ def test_the_cli_reference_holds_every_commands_help_as_the_program_prints_it(si
         assert result.returncode == 0, result.stderr
         printed = " ".join(result.stdout.split())
         assert printed in page, f"`wsbridge {' '.join(command)} --help` is not in docs/cli.md's reference"
+        if command:  # and its usage line in the synopsis at the top, as well as in its --help
+            usage = " ".join(result.stdout.split("\n\n", 1)[0].removeprefix("usage: ").split())
+            assert page.count(usage) >= 2, usage
+
+
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub and MyST (``myst_heading_anchors``) make it."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> List[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)  # no "#" of code
+    return [slug(heading) for heading in re.findall(r"^#+ (.+)$", text, re.M)]
 
 
 def test_the_readme_is_a_first_hour_page_whose_links_lead_somewhere() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 200, "the README keeps to what a first hour needs; the rest goes in docs/"
-    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
-    assert links
-    for target in links:
-        if not re.match(r"[a-z]+://", target):
-            assert (ROOT / target).exists(), target
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert len(links) >= 10
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = ROOT / target if target else readme
+        assert path.exists(), link
+        if anchor:
+            assert anchor in anchors(path), f"{link}: no such heading in {path.name}"
+
+
+def test_every_table_row_has_as_many_cells_as_its_header() -> None:
+    """An unescaped ``|`` splits a cell even inside backticks (GitHub and MyST alike): a row that comes out
+    with more cells than its header loses its last column."""
+    for path in [*documentation_files(), ROOT / "SECURITY.md"]:
+        header = None
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = len(re.findall(r"(?<!\\)\|", line))
+            if header is None:
+                header = cells
+            assert cells == header, f"{path.name}:{number}: {cells - 1} cells, its header {header - 1}"
 
 
 def test_every_benchmark_script_is_documented() -> None:
@@ -91,3 +140,14 @@ def test_every_benchmark_script_is_documented() -> None:
     helpers = {"feedserver.py", "blaster.py"}  # servers the benchmarks start, not benchmarks
     scripts = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name not in helpers)
     assert [name for name in scripts if f"benchmarks/{name}" not in page] == []
+
+
+def test_every_install_line_names_the_distribution() -> None:
+    """PyPI's `wsbridge` is another project: an install hint that says `pip install 'wsbridge[...]'` (in an
+    error message or a page) installs it. Every one names `wsbridge-sync`."""
+    files = [*documentation_files(), ROOT / "SECURITY.md", *(ROOT / "wsbridge").rglob("*.py"),
+             *(ROOT / "samples").rglob("*.py")]
+    hint = re.compile(r"pip install [^\n]*?['\" ]wsbridge(\[[\w,]*\])?(?=['\" \n]|$)")
+    wrong = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in files
+             for match in hint.finditer(path.read_text(encoding="utf-8"))]
+    assert wrong == []

@@ -1,6 +1,6 @@
 """The examples of the README and of the documentation site (docs/*.md) run as written: each ``python`` block marked
-``<!-- readme-test: wsbridge serve ARGS [| expect: TEXT] -->`` runs in a fresh
-interpreter against ``wsbridge serve ARGS`` and must print TEXT. The server takes a
+``<!-- readme-test: wsbridge serve ARGS [| expect: TEXT [&& TEXT ...]] -->`` runs in a fresh
+interpreter against ``wsbridge serve ARGS`` and must print every TEXT. The server takes a
 free port; its address stands in for the documented 127.0.0.1:8765 in the code. An
 example that names ``redis://127.0.0.1:6379`` gets a redis-server of its own there
 (`RedisServer`, on a free port too). The code is otherwise run as it is."""
@@ -52,4 +52,5 @@ def test_a_readme_example_runs_as_written(args, expect, code):
         result = subprocess.run([sys.executable, "-c", code.replace("127.0.0.1:8765", address)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=40)
         assert result.returncode == 0, result.stderr
-        assert expect is None or expect in result.stdout, result.stdout
+        for text in (expect or "").split(" && "):
+            assert text.strip() in result.stdout, result.stdout

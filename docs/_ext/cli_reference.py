@@ -1,6 +1,7 @@
 """``.. cli-reference:: MODULE:FUNCTION``: the command-line reference, generated from the
 argparse parser that FUNCTION builds: a section per command with its one-line help and its
 ``--help`` exactly as the terminal prints it (descriptions, options, examples, exit codes).
+``.. cli-synopsis:: MODULE:FUNCTION``: every command's usage line, in one block.
 
 The help text is argparse's own, so it can never drift from what the program accepts;
 it is rendered verbatim because it is written for a terminal, not as reStructuredText."""
@@ -30,11 +31,11 @@ def commands(parser: argparse.ArgumentParser) -> Iterator[Tuple[str, str, argpar
                     yield full, (summary if parser_ is not sub else helps.get(name, "")), parser_
 
 
-def help_text(parser: argparse.ArgumentParser) -> str:
+def help_text(parser: argparse.ArgumentParser, usage_only: bool = False) -> str:
     saved = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = WIDTH
     try:
-        return parser.format_help()
+        return parser.format_usage() if usage_only else parser.format_help()
     finally:
         if saved is None:
             del os.environ["COLUMNS"]
@@ -42,13 +43,34 @@ def help_text(parser: argparse.ArgumentParser) -> str:
             os.environ["COLUMNS"] = saved
 
 
+def build(target: str) -> argparse.ArgumentParser:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)()
+
+
+class CliSynopsis(SphinxDirective):
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> List[nodes.Node]:
+        parser = build(self.arguments[0])
+        prefix = "usage: "
+        lines = []
+        for _, _, sub in commands(parser):
+            if sub is not parser:  # argparse indents continuation lines under the text after "usage: "
+                first, *rest = help_text(sub, usage_only=True).rstrip("\n").splitlines()
+                lines += [first.removeprefix(prefix)] + [line.removeprefix(" " * len(prefix)) for line in rest]
+        block = nodes.literal_block(text="\n".join(lines))
+        block["language"] = "text"
+        return [block]
+
+
 class CliReference(SphinxDirective):
     required_arguments = 1
     has_content = False
 
     def run(self) -> List[nodes.Node]:
-        module, _, function = self.arguments[0].partition(":")
-        parser = getattr(importlib.import_module(module), function)()
+        parser = build(self.arguments[0])
         sections: List[nodes.Node] = []
         for full, summary, sub in commands(parser):
             section = nodes.section(ids=[nodes.make_id(f"cli {full}")], names=[nodes.fully_normalize_name(full)])
@@ -65,4 +87,5 @@ class CliReference(SphinxDirective):
 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("cli-reference", CliReference)
+    app.add_directive("cli-synopsis", CliSynopsis)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -37,7 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         from ..demo import run_demo
     except ImportError:
-        raise CliError("the demo needs the bundled server and the views: pip install 'wsbridge[server,views]'") from None
+        raise CliError("the demo needs the bundled server and the views: pip install 'wsbridge-sync[server,views]'") from None
     live = sys.stdout.isatty() and not args.plain
     tally = run_demo(lambda line: print(line, flush=True), burst=args.burst, seconds=args.seconds, live=live)
     ok = tally["ended"] and tally["lost"] == 0 and tally["in_order"]

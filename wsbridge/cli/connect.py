@@ -52,9 +52,9 @@ certificates. On a terminal, incoming messages are printed above the line being
 typed, which is then shown again as it was.
 
 Ctrl-D (the end of stdin) ends the session: lines still waiting in the send buffer get
-up to --connect-timeout seconds to go out (exit 1 if some could not); Ctrl-C ends it
-at once (exit 130). Either way a summary goes to stderr. For one request and its
-reply in a script, `wsbridge send --wait-for` is the better tool."""
+up to --connect-timeout seconds to go out (exit 1 if some could not, or if a line was
+refused); Ctrl-C ends it at once (exit 130). Either way a summary goes to stderr. For
+one request and its reply in a script, `wsbridge send --wait-for` is the better tool."""
 
 EPILOG = """\
 examples:
@@ -311,4 +311,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"stopped: stdin could not be read ({printable(typing.failed)})", EXIT_FAILURE)
     if unsent:
         raise CliError(f"{unsent} of {typed} line(s) were not sent (the connection was not back in time)", EXIT_FAILURE)
+    if refused:  # each was said as it was typed (not JSON, a full send buffer): exit 1, as send does for such a line
+        return EXIT_FAILURE
     return EXIT_OK

@@ -26,13 +26,13 @@ from .common import (
 
 DESCRIPTION = """\
 Connect to URL, send each MESSAGE (or, with none given, each line of stdin, as it
-arrives) as one text frame, in order, and close. With the json codec every message must be valid JSON
-(a stdin line that is not is reported with its number and skipped: the rest is sent, and the exit
-code is 1); with pipe, TYPE|LENGTH|PAYLOAD; raw sends the text as is. Ctrl-C stops and says how
-many messages were written (exit 130). With --wait-for T, wait for
-the first message of type T after sending and print it as one JSON object (with
---type-field, the type is read from another field). Options may come before, between
-or after the messages."""
+arrives) as one text frame, in order, and close. With the json codec every message
+must be valid JSON (a stdin line that is not is reported with its number and skipped:
+the rest is sent, and the exit code is 1); with pipe, TYPE|LENGTH|PAYLOAD; raw sends
+the text as is. Ctrl-C stops and says how many messages were written (exit 130). With
+--wait-for T, wait for the first message of type T after sending and print it as one
+JSON object (with --type-field, the type is read from another field). Options may come
+before, between or after the messages."""
 
 EPILOG = """\
 examples:

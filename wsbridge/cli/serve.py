@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..testing import DocumentServer, Server
     except ImportError:
-        raise CliError("serve needs the bundled server: pip install 'wsbridge[server]'") from None
+        raise CliError("serve needs the bundled server: pip install 'wsbridge-sync[server]'") from None
     try:
         skip = {int(x) for x in args.skip.split(",") if x.strip()}
     except ValueError:

@@ -15,7 +15,7 @@ def _msgpack() -> Any:
     try:
         import msgpack
     except ImportError:
-        raise ImportError("MsgpackCodec needs msgpack: pip install 'wsbridge[msgpack]'") from None
+        raise ImportError("MsgpackCodec needs msgpack: pip install 'wsbridge-sync[msgpack]'") from None
     return msgpack
 
 

@@ -15,7 +15,7 @@ def _protobuf() -> Any:
     try:
         from google.protobuf import message
     except ImportError:
-        raise ImportError("ProtobufCodec needs protobuf: pip install 'wsbridge[protobuf]'") from None
+        raise ImportError("ProtobufCodec needs protobuf: pip install 'wsbridge-sync[protobuf]'") from None
     return message
 
 

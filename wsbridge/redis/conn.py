@@ -29,7 +29,7 @@ REDIS_ERRORS: Tuple[Type[BaseException], ...] = (_redis.ConnectionError, _redis.
 def load_redis() -> Any:
     """redis-py, or a clear error when the extra is missing."""
     if _redis is None:  # pragma: no cover - the extra is installed for the tests
-        raise StoreError("Redis support needs redis-py and msgpack: pip install 'wsbridge[redis]'")
+        raise StoreError("Redis support needs redis-py and msgpack: pip install 'wsbridge-sync[redis]'")
     return _redis
 
 

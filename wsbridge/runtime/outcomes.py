@@ -79,8 +79,8 @@ class Owner(Protocol):
 
 class SendHandle:
     """What became of one `Client.send`: ``state`` is ``"queued"``, ``"sent"``,
-    ``"acknowledged"``, ``"dropped"`` or ``"expired"`` (module docstring). Written by the
-    sender under its lock; read anywhere.
+    ``"acknowledged"``, ``"dropped"`` or ``"expired"`` (the guide's Delivery page, *Send
+    outcomes*). Written by the sender under its lock; read anywhere.
 
     It is the frame's record in the send buffer too: ``data`` and ``binary`` (the frame),
     ``key`` (its place in the store, if kept there) and ``bound`` (a subscription's frame,

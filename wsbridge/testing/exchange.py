@@ -44,7 +44,7 @@ from .server import Server, _Peer
 
 class ExchangeServer(Server):
     """A feed on 127.0.0.1 that wants a fresh token, subscriptions and its own resume
-    request (module docstring: the protocol). ``path`` is where the WebSocket is
+    request (the protocol: this module's docstring, and the guide's Test server page). ``path`` is where the WebSocket is
     served (``GET /token`` gives tokens); ``token_ttl`` how long a token is valid."""
 
     def __init__(self, *, token_ttl: float = 60.0, path: str = "/ws", name: str = "wsbridge-exchange",

@@ -194,7 +194,8 @@ class SequenceTracker:
     ``per_connection``: the server numbers each connection's messages afresh;
     `new_connection` forgets every stream. ``epochs``: the epoch of each of
     ``positions``' streams (from a store). ``on_reset``, ``reset_window``,
-    ``recall``: how a seq going back after a reconnect is judged (module docstring)."""
+    ``recall``: how a seq going back after a reconnect is judged (this module's docstring;
+    the guide's Delivery page, *Numbering that starts again*)."""
 
     def __init__(
         self,
@@ -256,7 +257,7 @@ class SequenceTracker:
     def new_connection(self, now: float) -> List[Outcome]:
         """A new connection starts. Per connection: every stream is forgotten (open gaps
         lost, what they held released, in order). Otherwise each stream's next message
-        at or below its position is judged a replay or a restart (module docstring)."""
+        at or below its position is judged a replay or a restart (the guide's Delivery page, *Numbering that starts again*)."""
         if not self.per_connection:
             for stream in self._streams.values():
                 stream.armed = ARMED
@@ -415,7 +416,8 @@ class SequenceTracker:
 
     def _judge(self, name: Optional[str], stream: _Stream, msg: Message, now: float) -> Outcome:
         """A seq at or below the position after a reconnect: a replay (a duplicate), or
-        a restarted numbering (the stream starts afresh), by content (module docstring)."""
+        a restarted numbering (the stream starts afresh), by content (the guide's Delivery page,
+        *Numbering that starts again*)."""
         seq = msg.seq
         assert seq is not None
         known = self._known(name, stream, seq)
