@@ -7,7 +7,9 @@ docstrings (autodoc), the command-line reference from ``wsbridge.cli.build_parse
 
 from __future__ import annotations
 
+import inspect
 import sys
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,10 +54,30 @@ html_title = f"wsbridge {release}"
 html_show_sourcelink = False
 
 
-def _protocol_signature(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001, ANN202
-    """A signal receiver protocol is not instantiated: its page shows ``__call__``, not ``(*args, **kwargs)``."""
-    if what == "class" and getattr(obj, "_is_protocol", False):
+MADE_FOR_YOU = {"wsbridge.Session", "wsbridge.Subscription", "wsbridge.SendHandle", "wsbridge.Stats",
+                "wsbridge.PerMessageDeflate"}
+"""Classes a user is handed (by a hook, `subscribe`, `send`, `stats`, `deflate`), never builds: their
+constructors name internals, so the page shows none."""
+
+
+def _signature(app, what, name, obj, options, signature, return_annotation):  # noqa: ANN001, ANN202
+    """No constructor for a receiver protocol (its page shows ``__call__``, not ``(*args, **kwargs)``) nor for
+    a class in `MADE_FOR_YOU`; a method with overloads shows them (``on``), not its implementation's signature."""
+    if what == "class" and (getattr(obj, "_is_protocol", False) or name in MADE_FOR_YOU):
         return "", None
+    if what == "method" and hasattr(typing, "get_overloads"):
+        overloads = typing.get_overloads(inspect.unwrap(obj))
+        if overloads:
+            shown = []
+            for overload in overloads:
+                sig = inspect.signature(overload)
+                sig = sig.replace(parameters=list(sig.parameters.values())[1:])  # without self
+                shown.append(str(sig).replace("'", ""))
+            # Sphinx 9 takes one signature from this event: the others go on lines of their own in the directive,
+            # indented under the first and named as autodoc names it (the class-qualified name).
+            dotted = name.split(".", 1)[1] if name.startswith("wsbridge.") else name
+            indent = " " * len(".. py:method:: ")
+            return f"\n{indent}{dotted}".join(shown), None
     return None
 
 
@@ -66,5 +88,5 @@ def _drop_builtin_docstring(app, what, name, obj, options, lines):  # noqa: ANN0
 
 
 def setup(app):  # noqa: ANN001, ANN201
-    app.connect("autodoc-process-signature", _protocol_signature)
+    app.connect("autodoc-process-signature", _signature)
     app.connect("autodoc-process-docstring", _drop_builtin_docstring)

@@ -13,10 +13,12 @@ import threading
 import time
 from typing import Any, List
 
+import pytest
 from test_cli import CLI, ROOT, run, start, ticks
 
 import wsbridge
 from wsbridge.cli.history import parse_time
+from wsbridge.errors import CliError
 from wsbridge.testing import RawServer, Server
 
 from conftest import Feed, Lines, wait_until
@@ -180,3 +182,14 @@ def test_a_clock_time_is_today_or_yesterday_if_that_is_still_to_come():
     assert parse_time("1d", now=now) == now - 86400
     assert parse_time("1700000000", now=now) == 1700000000.0
     assert parse_time("2026-11-28T09:00", now=now) == datetime.datetime(2026, 11, 28, 9, 0).timestamp()
+
+
+def test_a_time_in_utc_is_read_and_nan_or_inf_is_refused():
+    """ISO 8601's "Z" (which `fromisoformat` reads only from Python 3.11) means UTC; "nan" and "inf", which
+    `float()` takes, are no moment: a usage error, not an empty history."""
+    utc = datetime.datetime(2026, 12, 7, 5, 0, tzinfo=datetime.timezone.utc).timestamp()
+    assert parse_time("2026-12-07T05:00Z") == parse_time("2026-12-07T05:00+00:00") == utc
+    for text in ("nan", "inf", "-inf", "NaN"):
+        with pytest.raises(CliError) as refused:
+            parse_time(text, "--since")
+        assert refused.value.code == 2 and "--since wants" in str(refused.value)

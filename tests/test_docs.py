@@ -100,7 +100,7 @@ def slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> List[str]:
-    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)  # no "#" of code
+    text = re.sub(r"^(```|~~~).*?^\1", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)  # no "#" of code
     return [slug(heading) for heading in re.findall(r"^#+ (.+)$", text, re.M)]
 
 
@@ -124,9 +124,13 @@ def test_every_table_row_has_as_many_cells_as_its_header() -> None:
     """An unescaped ``|`` splits a cell even inside backticks (GitHub and MyST alike): a row that comes out
     with more cells than its header loses its last column."""
     for path in [*documentation_files(), ROOT / "SECURITY.md"]:
-        header = None
+        header, fence = None, ""
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.startswith("|"):
+            marker = re.match(r"\s*(```|~~~)", line)
+            if marker and (not fence or marker.group(1) == fence):
+                fence = "" if fence else marker.group(1)  # a code block: its lines are not a table
+                continue
+            if fence or not line.startswith("|"):
                 header = None
                 continue
             cells = len(re.findall(r"(?<!\\)\|", line))
@@ -142,12 +146,36 @@ def test_every_benchmark_script_is_documented() -> None:
     assert [name for name in scripts if f"benchmarks/{name}" not in page] == []
 
 
+def wrong_install_lines(text: str) -> List[str]:
+    """The install commands in ``text`` that name ``wsbridge`` (with or without extras) as a package: each
+    command's words up to a backtick, a double quote or the end of the line. The README's own warning,
+    "`pip install wsbridge` does not install this one", is what it says, not advice."""
+    wrong = []
+    word = r"""(?:"[^"\n]*"|'[^'\n]*'|[^\s`"']+)"""  # a quoted argument, or one up to a backtick or quote
+    for match in re.finditer(rf"(?:\bpip3?|\buv pip|-m pip) install((?:[ \t]+{word})+)", text):
+        if "does not install" in text[match.end():match.end() + 30]:
+            continue
+        words = [word.strip("'\"") for word in match.group(1).split()]
+        if any(word == "wsbridge" or word.startswith("wsbridge[") for word in words):
+            wrong.append(match.group(0))
+    return wrong
+
+
 def test_every_install_line_names_the_distribution() -> None:
     """PyPI's `wsbridge` is another project: an install hint that says `pip install 'wsbridge[...]'` (in an
     error message or a page) installs it. Every one names `wsbridge-sync`."""
     files = [*documentation_files(), ROOT / "SECURITY.md", *(ROOT / "wsbridge").rglob("*.py"),
              *(ROOT / "samples").rglob("*.py")]
-    hint = re.compile(r"pip install [^\n]*?['\" ]wsbridge(\[[\w,]*\])?(?=['\" \n]|$)")
-    wrong = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in files
-             for match in hint.finditer(path.read_text(encoding="utf-8"))]
+    wrong = [f"{path.relative_to(ROOT)}: {line}" for path in files
+             for line in wrong_install_lines(path.read_text(encoding="utf-8"))]
     assert wrong == []
+
+
+@pytest.mark.parametrize("text,found", [
+    ("`pip install wsbridge[views]`", True), ("python -m pip install wsbridge", True), ("pip3 install wsbridge\n", True),
+    ("uv pip install wsbridge", True), ("pip install 'wsbridge[redis, msgpack]'", True), ('pip install "wsbridge[x]"', True),
+    ("pip install -q -e '.[test]' wsbridge-sync", False), ("pip install 'wsbridge-sync[views]'", False),
+    ("(`pip install wsbridge` does not install this one)", False), ("pip install wsbridgex", False),
+])
+def test_the_install_line_check_sees_the_usual_spellings(text: str, found: bool) -> None:
+    assert bool(wrong_install_lines(text)) == found, text

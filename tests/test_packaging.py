@@ -39,6 +39,8 @@ def test_the_wheel_and_the_sdist_build_and_pass_twine_check(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "wsbridge/py.typed" in names
     assert [n for n in names if not n.startswith(("wsbridge/", "wsbridge_sync-"))] == [], "the wheel carries only the package"
+    package = {name for name in tracked_files() if name.startswith("wsbridge/")}
+    assert sorted(package - set(names)) == [], "the wheel carries the whole package (every module and py.typed)"
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Name: wsbridge-sync" in metadata and "Requires-Dist: websocket-client" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names), names
@@ -51,7 +53,8 @@ def test_the_wheel_and_the_sdist_build_and_pass_twine_check(tmp_path):
         members = archive.getnames()
         top = members[0].split("/")[0]
         for needed in ("wsbridge/py.typed", "LICENSE", "SECURITY.md", "docs/conf.py", "docs/_ext/cli_reference.py",
-                       "docs/index.md", "tests/conftest.py"):
+                       "docs/index.md", "tests/conftest.py", "samples/chat_pull.py", "benchmarks/receive.py",
+                       "conformance/autobahn.sh"):
             assert f"{top}/{needed}" in members, needed
         archive.extractall(tmp_path / "unpacked", filter="data")
     unpacked = tmp_path / "unpacked" / top

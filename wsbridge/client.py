@@ -175,6 +175,10 @@ class Client(Subscribable, Pulling):
         if store is not None:  # a second writer's StoreInUse names this client
             store.owner = self.name
         self.signals = Signals()
+        """The blinker signals (``client.signals.error.connect(fn)``): ``connecting``, ``connected``,
+        ``disconnected``, ``reconnecting``, ``gave_up``, ``stopped``, ``message``, ``duplicate``, ``error``,
+        ``dropped``, ``gap``, ``reset``; the keywords each passes are its receiver protocol
+        (`ErrorReceiver`, ...)."""
         self._pid = os.getpid()
         self._lifecycle = Lifecycle()
         self._store_closed = False
@@ -294,7 +298,8 @@ class Client(Subscribable, Pulling):
 
     @property
     def state(self) -> State:
-        """A `State` (a `str` too): ``new``, ``connecting``, ``connected``, ``backoff``, ``gave_up``, ``stopped``."""
+        """A `State` (a `str` too): ``new``, ``connecting``, ``connected``, ``backoff``, ``gave_up``,
+        ``stopped``, or ``replaying`` during a `replay`."""
         return self._lifecycle.state
 
     @property

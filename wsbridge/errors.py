@@ -189,3 +189,13 @@ class UsageError(WsbridgeError, RuntimeError):
     stream waits for room, so its message cannot come), or any method of a
     client inherited through ``fork()`` (its threads and socket belong to the
     parent process: make a new client in the child)."""
+
+
+DISTRIBUTION = "wsbridge-sync"
+"""The distribution's name on PyPI, where ``wsbridge`` is another project."""
+
+
+def install_hint(extras: str) -> str:
+    """What to run for a missing optional part: ``pip install 'wsbridge-sync[EXTRAS]'``.
+    Every such error names the distribution through this, never the import name."""
+    return f"pip install '{DISTRIBUTION}[{extras}]'"

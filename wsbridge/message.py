@@ -35,13 +35,21 @@ class Message(NamedTuple):
     """
 
     type: str
+    """What subscribers are registered for (``client.on(type)``)."""
     payload: Any = None
+    """What the codec decoded: a dict for a JSON object, text or bytes for the pipe and raw formats."""
     seq: Optional[int] = None
+    """The sequence id within its ``stream``, when the codec reads one (``seq_field``)."""
     id: Optional[Any] = None
+    """The message's id, when the codec reads one (``id_field``): dedup of messages without ``seq``."""
     stream: Optional[str] = None
+    """The stream ``seq`` counts in (``stream_field``); None: the one unnamed stream."""
     received_at: Optional[float] = None
+    """``time.time()`` when it was decoded (for a replay: when it was recorded)."""
     raw: Union[bytes, str, None] = None
+    """Its bytes as they came: its frame, or its own part of a frame that holds several."""
     epoch: Optional[Any] = None  # last: positional construction of the fields above stays as it was
+    """The generation of the stream's numbering (``epoch_field``): another epoch starts the stream afresh."""
 
     def __repr__(self) -> str:
         payload = repr(self.payload)

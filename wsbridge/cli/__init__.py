@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..errors import install_hint
 from ..redact import MASK, redact_protocol, redact_url
 from . import bridge, connect, consume, history, listen, replay, send, serve
 from .common import (
@@ -32,12 +33,10 @@ Run `wsbridge COMMAND --help` for each command's options and examples."""
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        import rich  # noqa: F401
-        import websockets  # noqa: F401
-
+        from .. import testing, views  # noqa: F401  (each says what it lacks; the demo needs both)
         from ..demo import run_demo
     except ImportError:
-        raise CliError("the demo needs the bundled server and the views: pip install 'wsbridge-sync[server,views]'") from None
+        raise CliError(f"the demo needs the bundled server and the views: {install_hint('server,views')}") from None
     live = sys.stdout.isatty() and not args.plain
     tally = run_demo(lambda line: print(line, flush=True), burst=args.burst, seconds=args.seconds, live=live)
     ok = tally["ended"] and tally["lost"] == 0 and tally["in_order"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import re
 import sys
 import time
@@ -75,9 +76,13 @@ def parse_time(text: Optional[str], option: str = "--since", now: Optional[float
     if text is None:
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # float() takes "nan" and "inf": neither is a moment
+            raise CliError(f"{option} wants {TIME_FORMS}; not {text!r}", EXIT_USAGE)
+        return seconds
     moment = time.time() if now is None else now
     relative = _RELATIVE.fullmatch(text.strip())
     if relative:
@@ -91,8 +96,11 @@ def parse_time(text: Optional[str], option: str = "--since", now: Optional[float
         if today.timestamp() > moment:
             today -= datetime.timedelta(days=1)  # a time still to come today: yesterday's
         return today.timestamp()  # naive: local time
+    iso = text.strip()
+    if iso[-1:] in ("Z", "z"):  # UTC as ISO 8601 writes it, which fromisoformat reads only from Python 3.11
+        iso = iso[:-1] + "+00:00"
     try:
-        return datetime.datetime.fromisoformat(text).timestamp()  # naive: local time
+        return datetime.datetime.fromisoformat(iso).timestamp()  # naive: local time
     except ValueError:
         raise CliError(f"{option} wants {TIME_FORMS}; not {text!r}", EXIT_USAGE) from None
 

@@ -10,6 +10,7 @@ import time
 from typing import Any, List, Optional
 
 from ..codecs import CODECS, codec_by_name
+from ..errors import install_hint
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, non_negative_int, port_number, positive_float
 
 DESCRIPTION = """\
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..testing import DocumentServer, Server
     except ImportError:
-        raise CliError("serve needs the bundled server: pip install 'wsbridge-sync[server]'") from None
+        raise CliError(f"serve needs the bundled server: {install_hint('server')}") from None
     try:
         skip = {int(x) for x in args.skip.split(",") if x.strip()}
     except ValueError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional, Union
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, install_hint
 from ..message import Message
 from .base import Frame
 from .json import JsonCodec, TypeField
@@ -15,7 +15,7 @@ def _msgpack() -> Any:
     try:
         import msgpack
     except ImportError:
-        raise ImportError("MsgpackCodec needs msgpack: pip install 'wsbridge-sync[msgpack]'") from None
+        raise ImportError(f"MsgpackCodec needs msgpack: {install_hint('msgpack')}") from None
     return msgpack
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Mapping, Optional, Type, Union
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, install_hint
 from ..message import Message
 from .base import Frame
 from .json import JsonCodec, Path, TypeField, _path
@@ -15,7 +15,7 @@ def _protobuf() -> Any:
     try:
         from google.protobuf import message
     except ImportError:
-        raise ImportError("ProtobufCodec needs protobuf: pip install 'wsbridge-sync[protobuf]'") from None
+        raise ImportError(f"ProtobufCodec needs protobuf: {install_hint('protobuf')}") from None
     return message
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Tuple, Type
 
-from ..errors import StoreError
+from ..errors import StoreError, install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     import redis
@@ -29,7 +29,7 @@ REDIS_ERRORS: Tuple[Type[BaseException], ...] = (_redis.ConnectionError, _redis.
 def load_redis() -> Any:
     """redis-py, or a clear error when the extra is missing."""
     if _redis is None:  # pragma: no cover - the extra is installed for the tests
-        raise StoreError("Redis support needs redis-py and msgpack: pip install 'wsbridge-sync[redis]'")
+        raise StoreError(f"Redis support needs redis-py and msgpack: {install_hint('redis')}")
     return _redis
 
 

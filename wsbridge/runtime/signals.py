@@ -93,7 +93,7 @@ class GapReceiver(Protocol):
 
 
 class ResetReceiver(Protocol):
-    """``reset``: ``stream`` numbers afresh (see `Signals` and the guide's Delivery page)."""
+    """``reset``: ``stream`` numbers afresh (see `Client.signals` and the guide's Delivery page)."""
 
     def __call__(self, sender: Any, *, stream: Optional[str], last: int, seq: int, epoch: Any, why: str,
                  restarted: bool, identical: int, **kw: Any) -> object: ...
@@ -313,7 +313,8 @@ class Subscribable:
 
         Use as ``x.on("chat", fn)`` or as a decorator ``@x.on("chat")``.
         Subscribers run on one thread, one message at a time, in arrival
-        order; returns ``fn`` so decorators stack.
+        order; returns ``fn`` so decorators stack. ``H`` is ``fn``'s own type (any
+        ``Callable[[Message], object]``): a decorated function stays typed as it was.
         """
         self._check_process()
 

@@ -15,6 +15,13 @@ resume request of its own shape.
 Needs the ``server`` extra.
 """
 
+try:  # the servers run on the websockets library: say what to install, not only what is missing
+    import websockets  # noqa: F401
+except ImportError as _missing:
+    from ..errors import install_hint
+
+    raise ImportError(f"wsbridge.testing needs websockets: {install_hint('server')}") from _missing
+
 from .blackhole import Blackhole
 from .chaos import ChaosReport, run_chaos
 from .exchange import ExchangeServer

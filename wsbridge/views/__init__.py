@@ -12,6 +12,15 @@ Needs the ``views`` extra (``rich``, ``jsonpatch``); notebooks also ``ipywidgets
 (the ``jupyter`` extra).
 """
 
+try:  # both are imported by the views and renderers below: say what to install, not only what is missing
+    import jsonpatch  # noqa: F401
+    import rich  # noqa: F401
+except ImportError as _missing:
+    from ..errors import install_hint
+
+    raise ImportError(f"wsbridge.views needs rich and jsonpatch ({_missing.name} is missing): {install_hint('views')}") \
+        from _missing
+
 from ..errors import PatchError
 from .base import View
 from .chat import ChatLine, ChatView

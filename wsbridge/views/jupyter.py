@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from ..errors import install_hint
 from .base import View, register_notebook_renderer
 
 log = logging.getLogger("wsbridge")
@@ -37,7 +38,10 @@ class JupyterRenderer:
         if (isinstance(refresh_per_second, bool) or not isinstance(refresh_per_second, (int, float))
                 or not 0 < refresh_per_second <= 100):
             raise ValueError(f"refresh_per_second is a number of redraws a second, > 0 and <= 100, not {refresh_per_second!r}")
-        import ipywidgets
+        try:
+            import ipywidgets
+        except ImportError as exc:
+            raise ImportError(f"JupyterRenderer needs ipywidgets: {install_hint('jupyter')}") from exc
 
         self.view = view
         self.min_interval = min_interval
