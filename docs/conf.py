@@ -8,6 +8,7 @@ docstrings (autodoc), the command-line reference from ``wsbridge.cli.build_parse
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -82,8 +83,10 @@ def _signature(app, what, name, obj, options, signature, return_annotation):  # 
 
 
 def _drop_builtin_docstring(app, what, name, obj, options, lines):  # noqa: ANN001, ANN202
-    """``__call__`` of a protocol has no docstring of its own; Python's "Call self as a function." says nothing."""
-    if [line.strip() for line in lines if line.strip()] == ["Call self as a function."]:
+    """Docstrings Python writes, which say nothing: "Call self as a function." (a protocol's ``__call__``) and
+    "Alias for field number N" (a named tuple's field without a docstring of its own)."""
+    text = [line.strip() for line in lines if line.strip()]
+    if text == ["Call self as a function."] or (len(text) == 1 and re.fullmatch(r"Alias for field number \d+", text[0])):
         lines.clear()
 
 
