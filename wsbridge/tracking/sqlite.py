@@ -29,9 +29,7 @@ from .store import JSON_FRAME, Store, check_store_path, decode_payload, encode_i
 log = logging.getLogger("wsbridge")
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    key INTEGER PRIMARY KEY,
+_MESSAGE_COLUMNS = """\
     type TEXT NOT NULL,
     stream TEXT,
     seq INTEGER,
@@ -39,7 +37,13 @@ CREATE TABLE IF NOT EXISTS messages (
     kind INTEGER NOT NULL,
     payload,
     received_at REAL
-);
+"""
+"""A kept message's columns: the messages table and the held table (messages behind an open gap) alike."""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS messages (
+    key INTEGER PRIMARY KEY,
+{_MESSAGE_COLUMNS});
 CREATE INDEX IF NOT EXISTS messages_stream_seq ON messages (stream, seq);
 CREATE INDEX IF NOT EXISTS messages_type ON messages (type);
 CREATE TABLE IF NOT EXISTS positions (
@@ -56,14 +60,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS held (
     key INTEGER PRIMARY KEY,
-    type TEXT NOT NULL,
-    stream TEXT,
-    seq INTEGER,
-    id,
-    kind INTEGER NOT NULL,
-    payload,
-    received_at REAL
-);
+{_MESSAGE_COLUMNS});
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value
